@@ -1,0 +1,1 @@
+//! Test-and-benchmark package of the polylm workspace: see `tests/` and `benches/`.
