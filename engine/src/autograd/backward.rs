@@ -1,0 +1,81 @@
+//! The backward pass: topological order, gradient summation, leaf accumulation, graph release.
+
+use std::collections::{HashMap, HashSet};
+
+use super::grad_mode::no_grad;
+use crate::tensor::TensorId;
+use crate::{Error, Result, Tensor};
+
+/// Runs backward from `root` (a one-element tensor) with seed gradient 1.
+pub(crate) fn run_backward(root: &Tensor) -> Result<()> {
+    if root.numel() != 1 {
+        return Err(Error::BackwardNonScalar { shape: root.shape().to_vec() });
+    }
+    if !root.requires_grad_flag() {
+        return Err(Error::BackwardWithoutGraph);
+    }
+    if !root.is_leaf() && root.node().is_none() {
+        return Err(Error::GraphFreed);
+    }
+    let _guard = no_grad();
+    let order = topological_order(root);
+    let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
+    grads.insert(root.id(), Tensor::ones(root.shape(), root.dtype())?);
+    for t in order.iter().rev() {
+        let Some(grad) = grads.remove(&t.id()) else { continue };
+        match t.take_node() {
+            None => t.accumulate_grad(&grad)?,
+            Some(node) => {
+                let input_grads = node.op.backward(&grad, &node.inputs)?;
+                for (input, g) in node.inputs.iter().zip(input_grads) {
+                    let Some(g) = g else { continue };
+                    if !input.requires_grad_flag() {
+                        continue;
+                    }
+                    if g.shape() != input.shape() {
+                        return Err(Error::ShapeMismatch {
+                            op: node.op.name(),
+                            lhs: g.shape().to_vec(),
+                            rhs: input.shape().to_vec(),
+                        });
+                    }
+                    let g = if g.dtype() != input.dtype() { g.to_dtype(input.dtype())? } else { g };
+                    let summed = match grads.remove(&input.id()) {
+                        Some(prev) => prev.add(&g)?,
+                        None => g,
+                    };
+                    grads.insert(input.id(), summed);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Tensors reachable from `root` that require grad, each after all of its inputs.
+fn topological_order(root: &Tensor) -> Vec<Tensor> {
+    let mut order = Vec::new();
+    let mut seen = HashSet::new();
+    // Iterative post-order DFS: (tensor, inputs already pushed).
+    let mut stack = vec![(root.clone(), false)];
+    while let Some((t, expanded)) = stack.pop() {
+        if expanded {
+            order.push(t);
+            continue;
+        }
+        if !seen.insert(t.id()) {
+            continue;
+        }
+        let inputs: Vec<Tensor> = match t.node() {
+            Some(node) => node.inputs.iter().filter(|i| i.requires_grad_flag()).cloned().collect(),
+            None => Vec::new(),
+        };
+        stack.push((t, true));
+        for i in inputs {
+            if !seen.contains(&i.id()) {
+                stack.push((i, false));
+            }
+        }
+    }
+    order
+}

@@ -1,0 +1,38 @@
+//! Reverse-mode automatic differentiation over a dynamic graph.
+//!
+//! Every op that has an input requiring grad records a [`Node`]: its backward rule and its
+//! inputs. [`Tensor::backward`](crate::Tensor::backward) walks the graph from a scalar in
+//! reverse topological order, runs each rule once with the summed gradient of its output, adds
+//! the gradients of leaves into their `.grad()` (so several backward passes accumulate), and
+//! frees the graph as it goes. Rules run under [`no_grad`], so gradients are plain tensors.
+
+mod backward;
+mod grad_mode;
+
+pub use grad_mode::{is_grad_enabled, no_grad, with_no_grad, NoGradGuard};
+
+pub(crate) use backward::run_backward;
+
+use crate::{Result, Tensor};
+
+/// The backward rule of one recorded op.
+pub trait BackwardOp: Send + Sync {
+    /// The op's name, for debugging.
+    fn name(&self) -> &'static str;
+
+    /// Gradients for each input (`None` where an input needs none), given the gradient of the
+    /// output. `inputs` are the op's inputs in the order they were recorded.
+    fn backward(&self, grad_output: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>>;
+}
+
+/// A recorded op: its rule and its inputs.
+pub struct Node {
+    pub(crate) op: Box<dyn BackwardOp>,
+    pub(crate) inputs: Vec<Tensor>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("op", &self.op.name()).field("inputs", &self.inputs.len()).finish()
+    }
+}

@@ -1,0 +1,102 @@
+//! Causal scaled-dot-product attention as one fused op (the CPU twin of flash attention):
+//! no T×T matrix is ever stored; the backward pass recomputes probabilities from the saved
+//! per-row log-sum-exp.
+
+use polylm_kernels::attention::{self, AttentionDims};
+use polylm_kernels::Float;
+
+use crate::autograd::BackwardOp;
+use crate::dtype::CpuFloat;
+use crate::{Error, Result, Tensor};
+
+use super::{check_same, with_compute_type};
+
+/// The per-row log-sum-exp saved by the forward pass, in the compute type.
+enum Lse {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+struct AttentionBackward {
+    output: Tensor,
+    lse: Lse,
+    dims: AttentionDims,
+    scale: f64,
+}
+
+impl BackwardOp for AttentionBackward {
+    fn name(&self) -> &'static str {
+        "causal_attention"
+    }
+    fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+        let grads = match &self.lse {
+            Lse::F32(l) => backward_impl::<f32>(self, l, g, inputs)?,
+            Lse::F64(l) => backward_impl::<f64>(self, l, g, inputs)?,
+        };
+        Ok(grads.into_iter().map(Some).collect())
+    }
+}
+
+fn backward_impl<T: CpuFloat>(b: &AttentionBackward, lse: &[T], g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+    let (q, k, v) = (inputs[0].values::<T>(), inputs[1].values::<T>(), inputs[2].values::<T>());
+    let (o, gv) = (b.output.values::<T>(), g.values::<T>());
+    let n = b.dims.qkv_len();
+    let (mut dq, mut dk, mut dv) = (vec![T::ZERO; n], vec![T::ZERO; n], vec![T::ZERO; n]);
+    attention::causal_attention_backward(&q, &k, &v, &o, lse, &gv, b.dims, T::from_f64(b.scale), &mut dq, &mut dk, &mut dv);
+    let (shape, dtype) = (inputs[0].shape(), inputs[0].dtype());
+    Ok(vec![
+        Tensor::from_compute(dq, shape, dtype)?,
+        Tensor::from_compute(dk, shape, dtype)?,
+        Tensor::from_compute(dv, shape, dtype)?,
+    ])
+}
+
+fn forward_impl<T: CpuFloat>(q: &Tensor, k: &Tensor, v: &Tensor, dims: AttentionDims, scale: f64) -> Result<(Tensor, Vec<T>)> {
+    let (qv, kv, vv) = (q.values::<T>(), k.values::<T>(), v.values::<T>());
+    let mut out = vec![T::ZERO; dims.qkv_len()];
+    let mut lse = vec![T::ZERO; dims.lse_len()];
+    attention::causal_attention_forward(&qv, &kv, &vv, dims, T::from_f64(scale), &mut out, &mut lse);
+    Ok((Tensor::from_compute(out, q.shape(), q.dtype())?, lse))
+}
+
+trait LseOf: Float {
+    fn wrap(v: Vec<Self>) -> Lse;
+}
+impl LseOf for f32 {
+    fn wrap(v: Vec<f32>) -> Lse {
+        Lse::F32(v)
+    }
+}
+impl LseOf for f64 {
+    fn wrap(v: Vec<f64>) -> Lse {
+        Lse::F64(v)
+    }
+}
+
+impl Tensor {
+    /// Causal attention `softmax(q·kᵀ/√d + causal mask)·v` over `[..., seq, head_dim]`
+    /// tensors (typically `[batch, heads, seq, head_dim]`); all three shapes must be equal.
+    pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        check_same("causal_attention", q, k)?;
+        check_same("causal_attention", q, v)?;
+        for other in [k, v] {
+            if other.shape() != q.shape() {
+                return Err(Error::ShapeMismatch { op: "causal_attention", lhs: q.shape().to_vec(), rhs: other.shape().to_vec() });
+            }
+        }
+        let r = q.rank();
+        if r < 2 {
+            return Err(Error::BadShape { op: "causal_attention", shape: q.shape().to_vec(), reason: "needs [..., seq, head_dim]".into() });
+        }
+        let (seq, head_dim) = (q.shape()[r - 2], q.shape()[r - 1]);
+        let heads: usize = q.shape()[..r - 2].iter().product();
+        let dims = AttentionDims { heads, seq, head_dim };
+        let scale = 1.0 / (head_dim.max(1) as f64).sqrt();
+        let (out, lse) = with_compute_type!(q.dtype(), T => {
+            let (out, lse) = forward_impl::<T>(q, k, v, dims, scale)?;
+            (out, <T as LseOf>::wrap(lse))
+        });
+        let back = AttentionBackward { output: out.detach(), lse, dims, scale };
+        Ok(Tensor::from_op(out, back, vec![q.clone(), k.clone(), v.clone()]))
+    }
+}

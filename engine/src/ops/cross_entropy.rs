@@ -1,0 +1,111 @@
+//! Cross-entropy fused with log-softmax and chunked over the vocabulary: the mean negative
+//! log-likelihood of the targets, with an optional ignore index. No probability matrix is
+//! stored; backward writes `softmax − onehot` straight into the logits' gradient.
+
+use polylm_kernels::cross_entropy;
+use polylm_kernels::Float;
+
+use crate::autograd::BackwardOp;
+use crate::dtype::CpuFloat;
+use crate::{Error, Result, Tensor};
+
+use super::with_compute_type;
+
+enum Lse {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+struct CrossEntropyBackward {
+    targets: Vec<u32>,
+    ignore_index: Option<u32>,
+    lse: Lse,
+    count: usize,
+}
+
+impl BackwardOp for CrossEntropyBackward {
+    fn name(&self) -> &'static str {
+        "cross_entropy"
+    }
+    fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+        let logits = &inputs[0];
+        let dl = match &self.lse {
+            Lse::F32(l) => backward_impl::<f32>(self, l, g, logits)?,
+            Lse::F64(l) => backward_impl::<f64>(self, l, g, logits)?,
+        };
+        Ok(vec![Some(dl)])
+    }
+}
+
+fn backward_impl<T: CpuFloat>(b: &CrossEntropyBackward, lse: &[T], g: &Tensor, logits: &Tensor) -> Result<Tensor> {
+    let vocab = *logits.shape().last().unwrap_or(&1);
+    let scale = if b.count == 0 { 0.0 } else { g.to_scalar()? / b.count as f64 };
+    let dloss = vec![T::from_f64(scale); b.targets.len()];
+    let lv = logits.values::<T>();
+    let mut dl = vec![T::ZERO; lv.len()];
+    cross_entropy::cross_entropy_backward(&lv, &b.targets, lse, &dloss, vocab, b.ignore_index, &mut dl);
+    Tensor::from_compute(dl, logits.shape(), logits.dtype())
+}
+
+fn forward_impl<T: CpuFloat>(logits: &Tensor, targets: &[u32], ignore: Option<u32>, count: usize) -> Result<(Tensor, Vec<T>)> {
+    let vocab = *logits.shape().last().unwrap_or(&1);
+    let lv = logits.values::<T>();
+    let mut loss = vec![T::ZERO; targets.len()];
+    let mut lse = vec![T::ZERO; targets.len()];
+    cross_entropy::cross_entropy_forward(&lv, targets, vocab, ignore, &mut loss, &mut lse);
+    let total: f64 = loss.iter().map(|&l| Float::to_f64(l)).sum();
+    let mean = if count == 0 { 0.0 } else { total / count as f64 };
+    Ok((Tensor::scalar(mean, logits.dtype()), lse))
+}
+
+trait LseOf: Float {
+    fn wrap(v: Vec<Self>) -> Lse;
+}
+impl LseOf for f32 {
+    fn wrap(v: Vec<f32>) -> Lse {
+        Lse::F32(v)
+    }
+}
+impl LseOf for f64 {
+    fn wrap(v: Vec<f64>) -> Lse {
+        Lse::F64(v)
+    }
+}
+
+impl Tensor {
+    /// Mean cross-entropy of `[..., vocab]` logits against one target id per row.
+    ///
+    /// Rows whose target equals `ignore_index` count neither in the loss nor in the mean;
+    /// when every row is ignored the loss is 0 with a zero gradient. Any other target must be
+    /// `< vocab`, else the first offending position is reported.
+    pub fn cross_entropy(&self, targets: &[u32], ignore_index: Option<u32>) -> Result<Tensor> {
+        let vocab = *self.shape().last().ok_or_else(|| Error::BadShape {
+            op: "cross_entropy",
+            shape: vec![],
+            reason: "logits need a vocabulary axis".into(),
+        })?;
+        let rows = if vocab == 0 { 0 } else { self.numel() / vocab };
+        if vocab == 0 {
+            return Err(Error::BadShape { op: "cross_entropy", shape: self.shape().to_vec(), reason: "empty vocabulary axis".into() });
+        }
+        if targets.len() != rows {
+            return Err(Error::ElementCount { shape: self.shape()[..self.rank() - 1].to_vec(), expected: rows, len: targets.len() });
+        }
+        let mut count = 0;
+        for (position, &id) in targets.iter().enumerate() {
+            if Some(id) == ignore_index {
+                continue;
+            }
+            if id as usize >= vocab {
+                return Err(Error::IdOutOfRange { op: "cross_entropy", position, id, limit: vocab });
+            }
+            count += 1;
+        }
+        let (out, lse) = with_compute_type!(self.dtype(), T => {
+            let (out, lse) = forward_impl::<T>(self, targets, ignore_index, count)?;
+            (out, <T as LseOf>::wrap(lse))
+        });
+        let back = CrossEntropyBackward { targets: targets.to_vec(), ignore_index, lse, count };
+        Ok(Tensor::from_op(out, back, vec![self.clone()]))
+    }
+}

@@ -1,0 +1,68 @@
+//! Embedding lookup: gather rows of a table; the backward pass is a scatter-add.
+
+use polylm_kernels::embedding;
+
+use crate::autograd::BackwardOp;
+use crate::dtype::CpuFloat;
+use crate::storage::CpuStorage;
+use crate::{Error, Result, Tensor};
+
+use super::with_compute_type;
+
+struct EmbeddingBackward {
+    ids: Vec<u32>,
+}
+impl BackwardOp for EmbeddingBackward {
+    fn name(&self) -> &'static str {
+        "embedding"
+    }
+    fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+        let w = &inputs[0];
+        let dim = w.shape()[1];
+        let dw = with_compute_type!(w.dtype(), T => scatter::<T>(&self.ids, g, w, dim))?;
+        Ok(vec![Some(dw)])
+    }
+}
+
+fn scatter<T: CpuFloat>(ids: &[u32], g: &Tensor, w: &Tensor, dim: usize) -> Result<Tensor> {
+    let gv = g.values::<T>();
+    let mut dw = vec![T::ZERO; w.numel()];
+    embedding::embedding_backward(ids, &gv, dim, &mut dw);
+    Tensor::from_compute(dw, w.shape(), w.dtype())
+}
+
+impl Tensor {
+    /// Rows of this `[rows, dim]` table picked by `ids` (laid out as `ids_shape`), giving
+    /// `[..ids_shape, dim]`. Every id must be `< rows`; the first that is not is reported.
+    pub fn embedding(&self, ids: &[u32], ids_shape: &[usize]) -> Result<Tensor> {
+        if self.rank() != 2 {
+            return Err(Error::BadShape { op: "embedding", shape: self.shape().to_vec(), reason: "the table must be [rows, dim]".into() });
+        }
+        let expected: usize = ids_shape.iter().product();
+        if expected != ids.len() {
+            return Err(Error::ElementCount { shape: ids_shape.to_vec(), expected, len: ids.len() });
+        }
+        let (rows, dim) = (self.shape()[0], self.shape()[1]);
+        if let Some((position, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= rows) {
+            return Err(Error::IdOutOfRange { op: "embedding", position, id, limit: rows });
+        }
+        let mut shape = ids_shape.to_vec();
+        shape.push(dim);
+        let table = self.contiguous_storage();
+        macro_rules! gather {
+            ($v:expr, $variant:ident) => {{
+                let mut out = vec![Default::default(); ids.len() * dim];
+                embedding::embedding_forward($v, ids, dim, &mut out);
+                CpuStorage::$variant(out)
+            }};
+        }
+        let storage = match &table {
+            CpuStorage::F32(v) => gather!(v, F32),
+            CpuStorage::F64(v) => gather!(v, F64),
+            CpuStorage::BF16(v) => gather!(v, BF16),
+            CpuStorage::F16(v) => gather!(v, F16),
+        };
+        let out = Tensor::from_storage(storage, &shape);
+        Ok(Tensor::from_op(out, EmbeddingBackward { ids: ids.to_vec() }, vec![self.clone()]))
+    }
+}
