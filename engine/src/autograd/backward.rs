@@ -9,7 +9,9 @@ use crate::{Error, Result, Tensor};
 /// Runs backward from `root` (a one-element tensor) with seed gradient 1.
 pub(crate) fn run_backward(root: &Tensor) -> Result<()> {
     if root.numel() != 1 {
-        return Err(Error::BackwardNonScalar { shape: root.shape().to_vec() });
+        return Err(Error::BackwardNonScalar {
+            shape: root.shape().to_vec(),
+        });
     }
     if !root.requires_grad_flag() {
         return Err(Error::BackwardWithoutGraph);
@@ -22,7 +24,9 @@ pub(crate) fn run_backward(root: &Tensor) -> Result<()> {
     let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
     grads.insert(root.id(), Tensor::ones(root.shape(), root.dtype())?);
     for t in order.iter().rev() {
-        let Some(grad) = grads.remove(&t.id()) else { continue };
+        let Some(grad) = grads.remove(&t.id()) else {
+            continue;
+        };
         match t.take_node() {
             None => t.accumulate_grad(&grad)?,
             Some(node) => {
@@ -39,7 +43,11 @@ pub(crate) fn run_backward(root: &Tensor) -> Result<()> {
                             rhs: input.shape().to_vec(),
                         });
                     }
-                    let g = if g.dtype() != input.dtype() { g.to_dtype(input.dtype())? } else { g };
+                    let g = if g.dtype() != input.dtype() {
+                        g.to_dtype(input.dtype())?
+                    } else {
+                        g
+                    };
                     let summed = match grads.remove(&input.id()) {
                         Some(prev) => prev.add(&g)?,
                         None => g,
@@ -67,7 +75,12 @@ fn topological_order(root: &Tensor) -> Vec<Tensor> {
             continue;
         }
         let inputs: Vec<Tensor> = match t.node() {
-            Some(node) => node.inputs.iter().filter(|i| i.requires_grad_flag()).cloned().collect(),
+            Some(node) => node
+                .inputs
+                .iter()
+                .filter(|i| i.requires_grad_flag())
+                .cloned()
+                .collect(),
             None => Vec::new(),
         };
         stack.push((t, true));

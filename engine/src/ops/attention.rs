@@ -37,12 +37,33 @@ impl BackwardOp for AttentionBackward {
     }
 }
 
-fn backward_impl<T: CpuFloat>(b: &AttentionBackward, lse: &[T], g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-    let (q, k, v) = (inputs[0].values::<T>(), inputs[1].values::<T>(), inputs[2].values::<T>());
+fn backward_impl<T: CpuFloat>(
+    b: &AttentionBackward,
+    lse: &[T],
+    g: &Tensor,
+    inputs: &[Tensor],
+) -> Result<Vec<Tensor>> {
+    let (q, k, v) = (
+        inputs[0].values::<T>(),
+        inputs[1].values::<T>(),
+        inputs[2].values::<T>(),
+    );
     let (o, gv) = (b.output.values::<T>(), g.values::<T>());
     let n = b.dims.qkv_len();
     let (mut dq, mut dk, mut dv) = (vec![T::ZERO; n], vec![T::ZERO; n], vec![T::ZERO; n]);
-    attention::causal_attention_backward(&q, &k, &v, &o, lse, &gv, b.dims, T::from_f64(b.scale), &mut dq, &mut dk, &mut dv);
+    attention::causal_attention_backward(
+        &q,
+        &k,
+        &v,
+        &o,
+        lse,
+        &gv,
+        b.dims,
+        T::from_f64(b.scale),
+        &mut dq,
+        &mut dk,
+        &mut dv,
+    );
     let (shape, dtype) = (inputs[0].shape(), inputs[0].dtype());
     Ok(vec![
         Tensor::from_compute(dq, shape, dtype)?,
@@ -51,11 +72,25 @@ fn backward_impl<T: CpuFloat>(b: &AttentionBackward, lse: &[T], g: &Tensor, inpu
     ])
 }
 
-fn forward_impl<T: CpuFloat>(q: &Tensor, k: &Tensor, v: &Tensor, dims: AttentionDims, scale: f64) -> Result<(Tensor, Vec<T>)> {
+fn forward_impl<T: CpuFloat>(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    dims: AttentionDims,
+    scale: f64,
+) -> Result<(Tensor, Vec<T>)> {
     let (qv, kv, vv) = (q.values::<T>(), k.values::<T>(), v.values::<T>());
     let mut out = vec![T::ZERO; dims.qkv_len()];
     let mut lse = vec![T::ZERO; dims.lse_len()];
-    attention::causal_attention_forward(&qv, &kv, &vv, dims, T::from_f64(scale), &mut out, &mut lse);
+    attention::causal_attention_forward(
+        &qv,
+        &kv,
+        &vv,
+        dims,
+        T::from_f64(scale),
+        &mut out,
+        &mut lse,
+    );
     Ok((Tensor::from_compute(out, q.shape(), q.dtype())?, lse))
 }
 
@@ -81,22 +116,43 @@ impl Tensor {
         check_same("causal_attention", q, v)?;
         for other in [k, v] {
             if other.shape() != q.shape() {
-                return Err(Error::ShapeMismatch { op: "causal_attention", lhs: q.shape().to_vec(), rhs: other.shape().to_vec() });
+                return Err(Error::ShapeMismatch {
+                    op: "causal_attention",
+                    lhs: q.shape().to_vec(),
+                    rhs: other.shape().to_vec(),
+                });
             }
         }
         let r = q.rank();
         if r < 2 {
-            return Err(Error::BadShape { op: "causal_attention", shape: q.shape().to_vec(), reason: "needs [..., seq, head_dim]".into() });
+            return Err(Error::BadShape {
+                op: "causal_attention",
+                shape: q.shape().to_vec(),
+                reason: "needs [..., seq, head_dim]".into(),
+            });
         }
         let (seq, head_dim) = (q.shape()[r - 2], q.shape()[r - 1]);
         let heads: usize = q.shape()[..r - 2].iter().product();
-        let dims = AttentionDims { heads, seq, head_dim };
+        let dims = AttentionDims {
+            heads,
+            seq,
+            head_dim,
+        };
         let scale = 1.0 / (head_dim.max(1) as f64).sqrt();
         let (out, lse) = with_compute_type!(q.dtype(), T => {
             let (out, lse) = forward_impl::<T>(q, k, v, dims, scale)?;
             (out, <T as LseOf>::wrap(lse))
         });
-        let back = AttentionBackward { output: out.detach(), lse, dims, scale };
-        Ok(Tensor::from_op(out, back, vec![q.clone(), k.clone(), v.clone()]))
+        let back = AttentionBackward {
+            output: out.detach(),
+            lse,
+            dims,
+            scale,
+        };
+        Ok(Tensor::from_op(
+            out,
+            back,
+            vec![q.clone(), k.clone(), v.clone()],
+        ))
     }
 }

@@ -37,24 +37,50 @@ impl BackwardOp for CrossEntropyBackward {
     }
 }
 
-fn backward_impl<T: CpuFloat>(b: &CrossEntropyBackward, lse: &[T], g: &Tensor, logits: &Tensor) -> Result<Tensor> {
+fn backward_impl<T: CpuFloat>(
+    b: &CrossEntropyBackward,
+    lse: &[T],
+    g: &Tensor,
+    logits: &Tensor,
+) -> Result<Tensor> {
     let vocab = *logits.shape().last().unwrap_or(&1);
-    let scale = if b.count == 0 { 0.0 } else { g.to_scalar()? / b.count as f64 };
+    let scale = if b.count == 0 {
+        0.0
+    } else {
+        g.to_scalar()? / b.count as f64
+    };
     let dloss = vec![T::from_f64(scale); b.targets.len()];
     let lv = logits.values::<T>();
     let mut dl = vec![T::ZERO; lv.len()];
-    cross_entropy::cross_entropy_backward(&lv, &b.targets, lse, &dloss, vocab, b.ignore_index, &mut dl);
+    cross_entropy::cross_entropy_backward(
+        &lv,
+        &b.targets,
+        lse,
+        &dloss,
+        vocab,
+        b.ignore_index,
+        &mut dl,
+    );
     Tensor::from_compute(dl, logits.shape(), logits.dtype())
 }
 
-fn forward_impl<T: CpuFloat>(logits: &Tensor, targets: &[u32], ignore: Option<u32>, count: usize) -> Result<(Tensor, Vec<T>)> {
+fn forward_impl<T: CpuFloat>(
+    logits: &Tensor,
+    targets: &[u32],
+    ignore: Option<u32>,
+    count: usize,
+) -> Result<(Tensor, Vec<T>)> {
     let vocab = *logits.shape().last().unwrap_or(&1);
     let lv = logits.values::<T>();
     let mut loss = vec![T::ZERO; targets.len()];
     let mut lse = vec![T::ZERO; targets.len()];
     cross_entropy::cross_entropy_forward(&lv, targets, vocab, ignore, &mut loss, &mut lse);
     let total: f64 = loss.iter().map(|&l| Float::to_f64(l)).sum();
-    let mean = if count == 0 { 0.0 } else { total / count as f64 };
+    let mean = if count == 0 {
+        0.0
+    } else {
+        total / count as f64
+    };
     Ok((Tensor::scalar(mean, logits.dtype()), lse))
 }
 
@@ -84,12 +110,19 @@ impl Tensor {
             shape: vec![],
             reason: "logits need a vocabulary axis".into(),
         })?;
-        let rows = if vocab == 0 { 0 } else { self.numel() / vocab };
-        if vocab == 0 {
-            return Err(Error::BadShape { op: "cross_entropy", shape: self.shape().to_vec(), reason: "empty vocabulary axis".into() });
-        }
+        let Some(rows) = self.numel().checked_div(vocab) else {
+            return Err(Error::BadShape {
+                op: "cross_entropy",
+                shape: self.shape().to_vec(),
+                reason: "empty vocabulary axis".into(),
+            });
+        };
         if targets.len() != rows {
-            return Err(Error::ElementCount { shape: self.shape()[..self.rank() - 1].to_vec(), expected: rows, len: targets.len() });
+            return Err(Error::ElementCount {
+                shape: self.shape()[..self.rank() - 1].to_vec(),
+                expected: rows,
+                len: targets.len(),
+            });
         }
         let mut count = 0;
         for (position, &id) in targets.iter().enumerate() {
@@ -97,7 +130,12 @@ impl Tensor {
                 continue;
             }
             if id as usize >= vocab {
-                return Err(Error::IdOutOfRange { op: "cross_entropy", position, id, limit: vocab });
+                return Err(Error::IdOutOfRange {
+                    op: "cross_entropy",
+                    position,
+                    id,
+                    limit: vocab,
+                });
             }
             count += 1;
         }
@@ -105,7 +143,12 @@ impl Tensor {
             let (out, lse) = forward_impl::<T>(self, targets, ignore_index, count)?;
             (out, <T as LseOf>::wrap(lse))
         });
-        let back = CrossEntropyBackward { targets: targets.to_vec(), ignore_index, lse, count };
+        let back = CrossEntropyBackward {
+            targets: targets.to_vec(),
+            ignore_index,
+            lse,
+            count,
+        };
         Ok(Tensor::from_op(out, back, vec![self.clone()]))
     }
 }

@@ -36,15 +36,28 @@ impl Tensor {
     /// `[..ids_shape, dim]`. Every id must be `< rows`; the first that is not is reported.
     pub fn embedding(&self, ids: &[u32], ids_shape: &[usize]) -> Result<Tensor> {
         if self.rank() != 2 {
-            return Err(Error::BadShape { op: "embedding", shape: self.shape().to_vec(), reason: "the table must be [rows, dim]".into() });
+            return Err(Error::BadShape {
+                op: "embedding",
+                shape: self.shape().to_vec(),
+                reason: "the table must be [rows, dim]".into(),
+            });
         }
         let expected: usize = ids_shape.iter().product();
         if expected != ids.len() {
-            return Err(Error::ElementCount { shape: ids_shape.to_vec(), expected, len: ids.len() });
+            return Err(Error::ElementCount {
+                shape: ids_shape.to_vec(),
+                expected,
+                len: ids.len(),
+            });
         }
         let (rows, dim) = (self.shape()[0], self.shape()[1]);
         if let Some((position, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= rows) {
-            return Err(Error::IdOutOfRange { op: "embedding", position, id, limit: rows });
+            return Err(Error::IdOutOfRange {
+                op: "embedding",
+                position,
+                id,
+                limit: rows,
+            });
         }
         let mut shape = ids_shape.to_vec();
         shape.push(dim);
@@ -63,6 +76,10 @@ impl Tensor {
             CpuStorage::F16(v) => gather!(v, F16),
         };
         let out = Tensor::from_storage(storage, &shape);
-        Ok(Tensor::from_op(out, EmbeddingBackward { ids: ids.to_vec() }, vec![self.clone()]))
+        Ok(Tensor::from_op(
+            out,
+            EmbeddingBackward { ids: ids.to_vec() },
+            vec![self.clone()],
+        ))
     }
 }

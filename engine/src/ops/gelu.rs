@@ -18,13 +18,25 @@ impl BackwardOp for BiasGeluBackward {
     }
     fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
         let x = &inputs[0];
-        let bias = if self.has_bias { Some(&inputs[1]) } else { None };
+        let bias = if self.has_bias {
+            Some(&inputs[1])
+        } else {
+            None
+        };
         let (dx, db) = with_compute_type!(x.dtype(), T => backward_impl::<T>(x, bias, g))?;
-        Ok(if self.has_bias { vec![Some(dx), db] } else { vec![Some(dx)] })
+        Ok(if self.has_bias {
+            vec![Some(dx), db]
+        } else {
+            vec![Some(dx)]
+        })
     }
 }
 
-fn backward_impl<T: CpuFloat>(x: &Tensor, bias: Option<&Tensor>, g: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+fn backward_impl<T: CpuFloat>(
+    x: &Tensor,
+    bias: Option<&Tensor>,
+    g: &Tensor,
+) -> Result<(Tensor, Option<Tensor>)> {
     let cols = *x.shape().last().unwrap_or(&1);
     let xv = x.values::<T>();
     let bv = bias.map(|b| b.values::<T>());
@@ -54,15 +66,27 @@ impl Tensor {
         check_same("bias_gelu", self, bias)?;
         let cols = self.shape().last().copied();
         if self.rank() == 0 || bias.shape() != [cols.unwrap_or(0)] {
-            return Err(Error::ShapeMismatch { op: "bias_gelu", lhs: self.shape().to_vec(), rhs: bias.shape().to_vec() });
+            return Err(Error::ShapeMismatch {
+                op: "bias_gelu",
+                lhs: self.shape().to_vec(),
+                rhs: bias.shape().to_vec(),
+            });
         }
         let out = with_compute_type!(self.dtype(), T => forward_impl::<T>(self, Some(bias)))?;
-        Ok(Tensor::from_op(out, BiasGeluBackward { has_bias: true }, vec![self.clone(), bias.clone()]))
+        Ok(Tensor::from_op(
+            out,
+            BiasGeluBackward { has_bias: true },
+            vec![self.clone(), bias.clone()],
+        ))
     }
 
     /// GeLU (tanh form) elementwise.
     pub fn gelu(&self) -> Result<Tensor> {
         let out = with_compute_type!(self.dtype(), T => forward_impl::<T>(self, None))?;
-        Ok(Tensor::from_op(out, BiasGeluBackward { has_bias: false }, vec![self.clone()]))
+        Ok(Tensor::from_op(
+            out,
+            BiasGeluBackward { has_bias: false },
+            vec![self.clone()],
+        ))
     }
 }

@@ -33,7 +33,13 @@ impl BackwardOp for LayerNormBackward {
     }
 }
 
-fn backward_impl<T: CpuFloat>(x: &Tensor, w: &Tensor, g: &Tensor, mean: &[T], rstd: &[T]) -> Result<(Tensor, Tensor, Tensor)> {
+fn backward_impl<T: CpuFloat>(
+    x: &Tensor,
+    w: &Tensor,
+    g: &Tensor,
+    mean: &[T],
+    rstd: &[T],
+) -> Result<(Tensor, Tensor, Tensor)> {
     let cols = w.numel();
     let (xv, wv, gv) = (x.values::<T>(), w.values::<T>(), g.values::<T>());
     let mut dx = vec![T::ZERO; xv.len()];
@@ -47,14 +53,28 @@ fn backward_impl<T: CpuFloat>(x: &Tensor, w: &Tensor, g: &Tensor, mean: &[T], rs
     ))
 }
 
-fn forward_impl<T: CpuFloat>(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<(Tensor, Vec<T>, Vec<T>)> {
+fn forward_impl<T: CpuFloat>(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Vec<T>, Vec<T>)> {
     let cols = w.numel();
     let rows = x.numel() / cols.max(1);
     let (xv, wv, bv) = (x.values::<T>(), w.values::<T>(), b.values::<T>());
     let mut out = vec![T::ZERO; xv.len()];
     let mut mean = vec![T::ZERO; rows];
     let mut rstd = vec![T::ZERO; rows];
-    layernorm::layernorm_forward(&xv, &wv, &bv, T::from_f64(eps), cols, &mut out, &mut mean, &mut rstd);
+    layernorm::layernorm_forward(
+        &xv,
+        &wv,
+        &bv,
+        T::from_f64(eps),
+        cols,
+        &mut out,
+        &mut mean,
+        &mut rstd,
+    );
     Ok((Tensor::from_compute(out, x.shape(), x.dtype())?, mean, rstd))
 }
 
@@ -71,17 +91,28 @@ impl Tensor {
         })?;
         for p in [weight, bias] {
             if p.shape() != [cols] {
-                return Err(Error::ShapeMismatch { op: "layer_norm", lhs: self.shape().to_vec(), rhs: p.shape().to_vec() });
+                return Err(Error::ShapeMismatch {
+                    op: "layer_norm",
+                    lhs: self.shape().to_vec(),
+                    rhs: p.shape().to_vec(),
+                });
             }
         }
-        if !(eps > 0.0) {
-            return Err(Error::InvalidArgument { op: "layer_norm", reason: format!("eps must be positive, got {eps}") });
+        if eps.is_nan() || eps <= 0.0 {
+            return Err(Error::InvalidArgument {
+                op: "layer_norm",
+                reason: format!("eps must be positive, got {eps}"),
+            });
         }
         let (out, stats) = with_compute_type!(self.dtype(), T => {
             let (out, mean, rstd) = forward_impl::<T>(self, weight, bias, eps)?;
             (out, <T as StatsOf>::wrap(mean, rstd))
         });
-        Ok(Tensor::from_op(out, LayerNormBackward { stats }, vec![self.clone(), weight.clone(), bias.clone()]))
+        Ok(Tensor::from_op(
+            out,
+            LayerNormBackward { stats },
+            vec![self.clone(), weight.clone(), bias.clone()],
+        ))
     }
 }
 

@@ -19,7 +19,11 @@ impl BackwardOp for MatmulBackward {
     }
     fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
         let (a, b) = (&inputs[0], &inputs[1]);
-        let ga = if a.requires_grad_flag() { Some(g.matmul(&b.t()?)?.sum_to_shape(a.shape())?) } else { None };
+        let ga = if a.requires_grad_flag() {
+            Some(g.matmul(&b.t()?)?.sum_to_shape(a.shape())?)
+        } else {
+            None
+        };
         let gb = if !b.requires_grad_flag() {
             None
         } else if b.rank() == 2 && a.rank() > 2 {
@@ -43,7 +47,12 @@ fn batch_offset(batch: &[usize], strides: &[usize], mut index: usize) -> usize {
 }
 
 /// The 2-D strided view of batch element `index`.
-fn mat_view<'a, T: Copy>(data: &'a [T], layout: &Layout, batch: &[usize], index: usize) -> Result<MatRef<'a, T>> {
+fn mat_view<'a, T: Copy>(
+    data: &'a [T],
+    layout: &Layout,
+    batch: &[usize],
+    index: usize,
+) -> Result<MatRef<'a, T>> {
     let r = layout.rank();
     let strides = layout.broadcast_strides(&[batch, &layout.shape()[r - 2..]].concat());
     let off = layout.offset() + batch_offset(batch, &strides[..batch.len()], index);
@@ -56,20 +65,27 @@ fn mat_view<'a, T: Copy>(data: &'a [T], layout: &Layout, batch: &[usize], index:
     })
 }
 
+/// One operand of a product: its storage slice and the view into it.
+struct Operand<'a, T> {
+    data: &'a [T],
+    layout: &'a Layout,
+}
+
+/// Runs one product per batch element into `out` (`[batch, m, n]`, row-major).
 fn run_gemm<A: Elem, B: Elem>(
-    a: &[A],
-    al: &Layout,
-    b: &[B],
-    bl: &Layout,
+    a: Operand<'_, A>,
+    b: Operand<'_, B>,
     batch: &[usize],
-    m: usize,
-    n: usize,
     out: &mut [f32],
 ) -> Result<()> {
     let count: usize = batch.iter().product();
+    let (m, n) = (
+        a.layout.shape()[a.layout.rank() - 2],
+        b.layout.shape()[b.layout.rank() - 1],
+    );
     for (i, c) in out.chunks_mut((m * n).max(1)).take(count).enumerate() {
-        let av = mat_view(a, al, batch, i)?;
-        let bv = mat_view(b, bl, batch, i)?;
+        let av = mat_view(a.data, a.layout, batch, i)?;
+        let bv = mat_view(b.data, b.layout, batch, i)?;
         let cv = MatMut::row_major(c, m, n).expect("output chunk has m·n elements");
         gemm(1.0, av, bv, 0.0, cv);
     }
@@ -83,22 +99,38 @@ impl Tensor {
         check_same("matmul", self, rhs)?;
         let (ra, rb) = (self.rank(), rhs.rank());
         if ra < 2 || rb < 2 {
-            return Err(Error::ShapeMismatch { op: "matmul (needs rank >= 2)", lhs: self.shape().to_vec(), rhs: rhs.shape().to_vec() });
+            return Err(Error::ShapeMismatch {
+                op: "matmul (needs rank >= 2)",
+                lhs: self.shape().to_vec(),
+                rhs: rhs.shape().to_vec(),
+            });
         }
         let (m, k) = (self.shape()[ra - 2], self.shape()[ra - 1]);
         let (k2, n) = (rhs.shape()[rb - 2], rhs.shape()[rb - 1]);
         if k != k2 {
-            return Err(Error::ShapeMismatch { op: "matmul", lhs: self.shape().to_vec(), rhs: rhs.shape().to_vec() });
+            return Err(Error::ShapeMismatch {
+                op: "matmul",
+                lhs: self.shape().to_vec(),
+                rhs: rhs.shape().to_vec(),
+            });
         }
         // [..., m, k] · [k, n] with a contiguous lhs: fold the batch into m.
         if rb == 2 && ra > 2 && self.is_contiguous() {
             let rows = self.numel() / k.max(1);
-            let flat = self.with_layout(Layout::new(vec![rows, k], vec![k, 1], self.layout().offset()));
+            let flat = self.with_layout(Layout::new(
+                vec![rows, k],
+                vec![k, 1],
+                self.layout().offset(),
+            ));
             let out2 = crate::autograd::with_no_grad(|| flat.matmul(rhs))?;
             let mut shape = self.shape().to_vec();
             shape[ra - 1] = n;
             let out = out2.with_layout(Layout::contiguous(&shape));
-            return Ok(Tensor::from_op(out, MatmulBackward, vec![self.clone(), rhs.clone()]));
+            return Ok(Tensor::from_op(
+                out,
+                MatmulBackward,
+                vec![self.clone(), rhs.clone()],
+            ));
         }
         let batch = broadcast_shape("matmul", &self.shape()[..ra - 2], &rhs.shape()[..rb - 2])?;
         let mut shape = batch.clone();
@@ -112,22 +144,65 @@ impl Tensor {
                 for (i, c) in out.chunks_mut((m * n).max(1)).take(count).enumerate() {
                     let av = mat_view(a, al, &batch, i)?;
                     let bv = mat_view(b, bl, &batch, i)?;
-                    gemm_f64(1.0, av, bv, 0.0, MatMut::row_major(c, m, n).expect("chunk has m·n elements"));
+                    gemm_f64(
+                        1.0,
+                        av,
+                        bv,
+                        0.0,
+                        MatMut::row_major(c, m, n).expect("chunk has m·n elements"),
+                    );
                 }
                 Tensor::from_vec(out, &shape)?
             }
             (sa, sb) => {
                 let mut out = vec![0f32; numel];
                 match (sa, sb) {
-                    (CpuStorage::F32(a), CpuStorage::F32(b)) => run_gemm(a, al, b, bl, &batch, m, n, &mut out)?,
-                    (CpuStorage::BF16(a), CpuStorage::BF16(b)) => run_gemm(a, al, b, bl, &batch, m, n, &mut out)?,
-                    (CpuStorage::F16(a), CpuStorage::F16(b)) => run_gemm(a, al, b, bl, &batch, m, n, &mut out)?,
+                    (CpuStorage::F32(a), CpuStorage::F32(b)) => run_gemm(
+                        Operand {
+                            data: a,
+                            layout: al,
+                        },
+                        Operand {
+                            data: b,
+                            layout: bl,
+                        },
+                        &batch,
+                        &mut out,
+                    )?,
+                    (CpuStorage::BF16(a), CpuStorage::BF16(b)) => run_gemm(
+                        Operand {
+                            data: a,
+                            layout: al,
+                        },
+                        Operand {
+                            data: b,
+                            layout: bl,
+                        },
+                        &batch,
+                        &mut out,
+                    )?,
+                    (CpuStorage::F16(a), CpuStorage::F16(b)) => run_gemm(
+                        Operand {
+                            data: a,
+                            layout: al,
+                        },
+                        Operand {
+                            data: b,
+                            layout: bl,
+                        },
+                        &batch,
+                        &mut out,
+                    )?,
                     _ => unreachable!("dtypes were checked equal"),
                 }
                 Tensor::from_compute(out, &shape, self.dtype())?
             }
         };
         debug_assert!(out.dtype() == self.dtype() || self.dtype() == DType::F64);
-        Ok(Tensor::from_op(out, MatmulBackward, vec![self.clone(), rhs.clone()]))
+        Ok(Tensor::from_op(
+            out,
+            MatmulBackward,
+            vec![self.clone(), rhs.clone()],
+        ))
     }
 }

@@ -18,8 +18,15 @@ impl BackwardOp for SumBackward {
         "sum"
     }
     fn backward(&self, g: &Tensor, _: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
-        let g = g.reshape(&self.keepdim_shape)?.expand(&self.input_shape)?.contiguous()?;
-        let g = if self.scale != 1.0 { g.affine(self.scale, 0.0)? } else { g };
+        let g = g
+            .reshape(&self.keepdim_shape)?
+            .expand(&self.input_shape)?
+            .contiguous()?;
+        let g = if self.scale != 1.0 {
+            g.affine(self.scale, 0.0)?
+        } else {
+            g
+        };
         Ok(vec![Some(g)])
     }
 }
@@ -48,7 +55,11 @@ impl Tensor {
         let mut mask = vec![false; rank];
         for &a in axes {
             if a >= rank {
-                return Err(Error::AxisOutOfRange { op: "sum", axis: a, rank });
+                return Err(Error::AxisOutOfRange {
+                    op: "sum",
+                    axis: a,
+                    rank,
+                });
             }
             mask[a] = true;
         }
@@ -59,10 +70,19 @@ impl Tensor {
         let final_shape: Vec<usize> = if keepdim {
             keep_shape.clone()
         } else {
-            self.shape().iter().enumerate().filter(|(i, _)| !mask[*i]).map(|(_, &d)| d).collect()
+            self.shape()
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !mask[*i])
+                .map(|(_, &d)| d)
+                .collect()
         };
         let out = crate::autograd::with_no_grad(|| out.reshape(&final_shape))?;
-        let back = SumBackward { input_shape: self.shape().to_vec(), keepdim_shape: keep_shape, scale: 1.0 };
+        let back = SumBackward {
+            input_shape: self.shape().to_vec(),
+            keepdim_shape: keep_shape,
+            scale: 1.0,
+        };
         Ok(Tensor::from_op(out, back, vec![self.clone()]))
     }
 
@@ -70,7 +90,10 @@ impl Tensor {
     pub fn mean(&self, axes: &[usize], keepdim: bool) -> Result<Tensor> {
         let count: usize = axes.iter().filter_map(|&a| self.shape().get(a)).product();
         if count == 0 {
-            return Err(Error::InvalidArgument { op: "mean", reason: format!("mean over an empty axis of {:?}", self.shape()) });
+            return Err(Error::InvalidArgument {
+                op: "mean",
+                reason: format!("mean over an empty axis of {:?}", self.shape()),
+            });
         }
         self.sum(axes, keepdim)?.affine(1.0 / count as f64, 0.0)
     }

@@ -41,10 +41,18 @@ impl Tensor {
     /// Softmax over the last axis (numerically stable: the row maximum is subtracted first).
     pub fn softmax(&self) -> Result<Tensor> {
         if self.rank() == 0 {
-            return Err(Error::BadShape { op: "softmax", shape: vec![], reason: "needs at least one axis".into() });
+            return Err(Error::BadShape {
+                op: "softmax",
+                shape: vec![],
+                reason: "needs at least one axis".into(),
+            });
         }
         let out = with_compute_type!(self.dtype(), T => forward_impl::<T>(self))?;
         let saved = out.detach();
-        Ok(Tensor::from_op(out, SoftmaxBackward { output: saved }, vec![self.clone()]))
+        Ok(Tensor::from_op(
+            out,
+            SoftmaxBackward { output: saved },
+            vec![self.clone()],
+        ))
     }
 }

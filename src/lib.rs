@@ -1,1 +1,0 @@
-//! Test-and-benchmark package of the polylm workspace: see `tests/` and `benches/`.
