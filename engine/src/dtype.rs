@@ -88,6 +88,36 @@ with_dtype!(bf16, BF16);
 with_dtype!(f16, F16);
 
 /// A type arithmetic runs in on the CPU: `f32` or `f64`.
-pub trait CpuFloat: WithDType + Float {}
-impl CpuFloat for f32 {}
-impl CpuFloat for f64 {}
+pub trait CpuFloat: WithDType + Float {
+    /// Wraps values that a backward rule keeps (row statistics, log-sum-exps).
+    fn save(values: Vec<Self>) -> SavedValues;
+    /// The saved values, if they are of this type.
+    fn saved(values: &SavedValues) -> Option<&[Self]>;
+}
+
+/// Values in a compute type, saved by a forward pass for its backward rule.
+#[derive(Debug, Clone)]
+pub enum SavedValues {
+    /// Saved by an f32 (or bf16/f16) computation.
+    F32(Vec<f32>),
+    /// Saved by an f64 computation.
+    F64(Vec<f64>),
+}
+
+macro_rules! cpu_float {
+    ($t:ty, $variant:ident) => {
+        impl CpuFloat for $t {
+            fn save(values: Vec<Self>) -> SavedValues {
+                SavedValues::$variant(values)
+            }
+            fn saved(values: &SavedValues) -> Option<&[Self]> {
+                match values {
+                    SavedValues::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+cpu_float!(f32, F32);
+cpu_float!(f64, F64);

@@ -32,3 +32,8 @@ pub use error::{Error, Result};
 pub use rng::Rng;
 pub use storage::{CpuStorage, Storage};
 pub use tensor::{Tensor, TensorId};
+
+/// The README's code examples, compiled and run as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

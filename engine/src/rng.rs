@@ -18,14 +18,7 @@ impl Rng {
     /// A generator seeded from `seed`.
     pub fn new(seed: u64) -> Rng {
         let mut st = seed;
-        Rng {
-            s: [
-                splitmix(&mut st),
-                splitmix(&mut st),
-                splitmix(&mut st),
-                splitmix(&mut st),
-            ],
-        }
+        Rng { s: [splitmix(&mut st), splitmix(&mut st), splitmix(&mut st), splitmix(&mut st)] }
     }
 
     /// The next 64 random bits.

@@ -61,23 +61,16 @@ fn check_len(shape: &[usize], len: usize) -> Result<()> {
     let expected = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
     match expected {
         Some(e) if e == len => Ok(()),
-        _ => Err(Error::ElementCount {
-            shape: shape.to_vec(),
-            expected: expected.unwrap_or(usize::MAX),
-            len,
-        }),
+        _ => {
+            Err(Error::ElementCount { shape: shape.to_vec(), expected: expected.unwrap_or(usize::MAX), len })
+        }
     }
 }
 
 impl Tensor {
     // ----- construction -------------------------------------------------------------------
 
-    fn build(
-        storage: Arc<Storage>,
-        layout: Layout,
-        requires_grad: bool,
-        node: Option<Node>,
-    ) -> Tensor {
+    fn build(storage: Arc<Storage>, layout: Layout, requires_grad: bool, node: Option<Node>) -> Tensor {
         Tensor(Arc::new(TensorImpl {
             id: TensorId::fresh(),
             storage,
@@ -90,12 +83,7 @@ impl Tensor {
     }
 
     pub(crate) fn from_storage(storage: CpuStorage, shape: &[usize]) -> Tensor {
-        Tensor::build(
-            Arc::new(Storage::Cpu(storage)),
-            Layout::contiguous(shape),
-            false,
-            None,
-        )
+        Tensor::build(Arc::new(Storage::Cpu(storage)), Layout::contiguous(shape), false, None)
     }
 
     /// A contiguous CPU tensor owning `data`, which must hold exactly `shape`'s element count.
@@ -111,14 +99,11 @@ impl Tensor {
 
     /// A tensor of `shape` filled with `value` (rounded to `dtype`).
     pub fn full(shape: &[usize], value: f64, dtype: DType) -> Result<Tensor> {
-        let n = shape
-            .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .ok_or_else(|| Error::BadShape {
-                op: "full",
-                shape: shape.to_vec(),
-                reason: "element count overflows".into(),
-            })?;
+        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| Error::BadShape {
+            op: "full",
+            shape: shape.to_vec(),
+            reason: "element count overflows".into(),
+        })?;
         let storage = match dtype {
             DType::F32 => CpuStorage::F32(vec![value as f32; n]),
             DType::F64 => CpuStorage::F64(vec![value; n]),
@@ -151,13 +136,7 @@ impl Tensor {
     }
 
     /// Uniform samples in `[low, high)`, drawn from `rng`.
-    pub fn rand_uniform(
-        shape: &[usize],
-        low: f64,
-        high: f64,
-        dtype: DType,
-        rng: &mut Rng,
-    ) -> Result<Tensor> {
+    pub fn rand_uniform(shape: &[usize], low: f64, high: f64, dtype: DType, rng: &mut Rng) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         let v: Vec<f64> = (0..n).map(|_| low + (high - low) * rng.uniform()).collect();
         Tensor::from_vec(v, shape)?.to_dtype(dtype)
@@ -165,32 +144,16 @@ impl Tensor {
 
     /// A result tensor of an op, recording `op` in the graph if any input requires grad and
     /// grad mode is on.
-    pub(crate) fn from_op(
-        result: Tensor,
-        op: impl BackwardOp + 'static,
-        inputs: Vec<Tensor>,
-    ) -> Tensor {
+    pub(crate) fn from_op(result: Tensor, op: impl BackwardOp + 'static, inputs: Vec<Tensor>) -> Tensor {
         if !is_grad_enabled() || !inputs.iter().any(|t| t.requires_grad_flag()) {
             return result;
         }
-        let node = Node {
-            op: Box::new(op),
-            inputs,
-        };
-        Tensor::build(
-            result.0.storage.clone(),
-            result.0.layout.clone(),
-            true,
-            Some(node),
-        )
+        let node = Node { op: Box::new(op), inputs };
+        Tensor::build(result.0.storage.clone(), result.0.layout.clone(), true, Some(node))
     }
 
     /// A tensor of `dtype` from values computed in `T`, cast when `dtype` differs.
-    pub(crate) fn from_compute<T: CpuFloat>(
-        data: Vec<T>,
-        shape: &[usize],
-        dtype: DType,
-    ) -> Result<Tensor> {
+    pub(crate) fn from_compute<T: CpuFloat>(data: Vec<T>, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let t = Tensor::from_vec(data, shape)?;
         if dtype == T::DTYPE {
             Ok(t)
@@ -248,14 +211,7 @@ impl Tensor {
 
     /// The size of axis `axis`, or an error naming the rank.
     pub fn dim(&self, axis: usize) -> Result<usize> {
-        self.shape()
-            .get(axis)
-            .copied()
-            .ok_or(Error::AxisOutOfRange {
-                op: "dim",
-                axis,
-                rank: self.rank(),
-            })
+        self.shape().get(axis).copied().ok_or(Error::AxisOutOfRange { op: "dim", axis, rank: self.rank() })
     }
 
     // ----- device -------------------------------------------------------------------------
@@ -329,10 +285,7 @@ impl Tensor {
     /// The elements in row-major order as `T`, which must be this tensor's dtype.
     pub fn to_vec<T: WithDType>(&self) -> Result<Vec<T>> {
         if T::DTYPE != self.dtype() {
-            return Err(Error::DTypeAccess {
-                requested: T::DTYPE,
-                actual: self.dtype(),
-            });
+            return Err(Error::DTypeAccess { requested: T::DTYPE, actual: self.dtype() });
         }
         let s = self.contiguous_storage();
         Ok(T::storage_slice(&s).map(|v| v.to_vec()).unwrap_or_default())
@@ -423,13 +376,7 @@ impl Tensor {
 
 impl fmt::Debug for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Tensor[{:?}, {}, {}",
-            self.shape(),
-            self.dtype(),
-            self.device()
-        )?;
+        write!(f, "Tensor[{:?}, {}, {}", self.shape(), self.dtype(), self.device())?;
         if self.requires_grad_flag() {
             f.write_str(", requires_grad")?;
         }

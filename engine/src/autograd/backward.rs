@@ -9,9 +9,7 @@ use crate::{Error, Result, Tensor};
 /// Runs backward from `root` (a one-element tensor) with seed gradient 1.
 pub(crate) fn run_backward(root: &Tensor) -> Result<()> {
     if root.numel() != 1 {
-        return Err(Error::BackwardNonScalar {
-            shape: root.shape().to_vec(),
-        });
+        return Err(Error::BackwardNonScalar { shape: root.shape().to_vec() });
     }
     if !root.requires_grad_flag() {
         return Err(Error::BackwardWithoutGraph);
@@ -43,11 +41,7 @@ pub(crate) fn run_backward(root: &Tensor) -> Result<()> {
                             rhs: input.shape().to_vec(),
                         });
                     }
-                    let g = if g.dtype() != input.dtype() {
-                        g.to_dtype(input.dtype())?
-                    } else {
-                        g
-                    };
+                    let g = if g.dtype() != input.dtype() { g.to_dtype(input.dtype())? } else { g };
                     let summed = match grads.remove(&input.id()) {
                         Some(prev) => prev.add(&g)?,
                         None => g,
@@ -75,12 +69,7 @@ fn topological_order(root: &Tensor) -> Vec<Tensor> {
             continue;
         }
         let inputs: Vec<Tensor> = match t.node() {
-            Some(node) => node
-                .inputs
-                .iter()
-                .filter(|i| i.requires_grad_flag())
-                .cloned()
-                .collect(),
+            Some(node) => node.inputs.iter().filter(|i| i.requires_grad_flag()).cloned().collect(),
             None => Vec::new(),
         };
         stack.push((t, true));

@@ -33,9 +33,6 @@ pub struct Node {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node")
-            .field("op", &self.op.name())
-            .field("inputs", &self.inputs.len())
-            .finish()
+        f.debug_struct("Node").field("op", &self.op.name()).field("inputs", &self.inputs.len()).finish()
     }
 }

@@ -3,23 +3,17 @@
 //! per-row log-sum-exp.
 
 use polylm_kernels::attention::{self, AttentionDims};
-use polylm_kernels::Float;
 
 use crate::autograd::BackwardOp;
-use crate::dtype::CpuFloat;
+use crate::dtype::{CpuFloat, SavedValues};
 use crate::{Error, Result, Tensor};
 
 use super::{check_same, with_compute_type};
 
-/// The per-row log-sum-exp saved by the forward pass, in the compute type.
-enum Lse {
-    F32(Vec<f32>),
-    F64(Vec<f64>),
-}
-
 struct AttentionBackward {
     output: Tensor,
-    lse: Lse,
+    /// The per-row log-sum-exp of the scaled scores.
+    lse: SavedValues,
     dims: AttentionDims,
     scale: f64,
 }
@@ -29,25 +23,14 @@ impl BackwardOp for AttentionBackward {
         "causal_attention"
     }
     fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
-        let grads = match &self.lse {
-            Lse::F32(l) => backward_impl::<f32>(self, l, g, inputs)?,
-            Lse::F64(l) => backward_impl::<f64>(self, l, g, inputs)?,
-        };
+        let grads = with_compute_type!(g.dtype(), T => backward_impl::<T>(self, g, inputs))?;
         Ok(grads.into_iter().map(Some).collect())
     }
 }
 
-fn backward_impl<T: CpuFloat>(
-    b: &AttentionBackward,
-    lse: &[T],
-    g: &Tensor,
-    inputs: &[Tensor],
-) -> Result<Vec<Tensor>> {
-    let (q, k, v) = (
-        inputs[0].values::<T>(),
-        inputs[1].values::<T>(),
-        inputs[2].values::<T>(),
-    );
+fn backward_impl<T: CpuFloat>(b: &AttentionBackward, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+    let lse = T::saved(&b.lse).expect("saved in the compute type of the same dtype");
+    let (q, k, v) = (inputs[0].values::<T>(), inputs[1].values::<T>(), inputs[2].values::<T>());
     let (o, gv) = (b.output.values::<T>(), g.values::<T>());
     let n = b.dims.qkv_len();
     let (mut dq, mut dk, mut dv) = (vec![T::ZERO; n], vec![T::ZERO; n], vec![T::ZERO; n]);
@@ -82,30 +65,8 @@ fn forward_impl<T: CpuFloat>(
     let (qv, kv, vv) = (q.values::<T>(), k.values::<T>(), v.values::<T>());
     let mut out = vec![T::ZERO; dims.qkv_len()];
     let mut lse = vec![T::ZERO; dims.lse_len()];
-    attention::causal_attention_forward(
-        &qv,
-        &kv,
-        &vv,
-        dims,
-        T::from_f64(scale),
-        &mut out,
-        &mut lse,
-    );
+    attention::causal_attention_forward(&qv, &kv, &vv, dims, T::from_f64(scale), &mut out, &mut lse);
     Ok((Tensor::from_compute(out, q.shape(), q.dtype())?, lse))
-}
-
-trait LseOf: Float {
-    fn wrap(v: Vec<Self>) -> Lse;
-}
-impl LseOf for f32 {
-    fn wrap(v: Vec<f32>) -> Lse {
-        Lse::F32(v)
-    }
-}
-impl LseOf for f64 {
-    fn wrap(v: Vec<f64>) -> Lse {
-        Lse::F64(v)
-    }
 }
 
 impl Tensor {
@@ -133,26 +94,13 @@ impl Tensor {
         }
         let (seq, head_dim) = (q.shape()[r - 2], q.shape()[r - 1]);
         let heads: usize = q.shape()[..r - 2].iter().product();
-        let dims = AttentionDims {
-            heads,
-            seq,
-            head_dim,
-        };
+        let dims = AttentionDims { heads, seq, head_dim };
         let scale = 1.0 / (head_dim.max(1) as f64).sqrt();
         let (out, lse) = with_compute_type!(q.dtype(), T => {
             let (out, lse) = forward_impl::<T>(q, k, v, dims, scale)?;
-            (out, <T as LseOf>::wrap(lse))
+            (out, T::save(lse))
         });
-        let back = AttentionBackward {
-            output: out.detach(),
-            lse,
-            dims,
-            scale,
-        };
-        Ok(Tensor::from_op(
-            out,
-            back,
-            vec![q.clone(), k.clone(), v.clone()],
-        ))
+        let back = AttentionBackward { output: out.detach(), lse, dims, scale };
+        Ok(Tensor::from_op(out, back, vec![q.clone(), k.clone(), v.clone()]))
     }
 }

@@ -37,24 +37,13 @@ impl BackwardOp for BinaryBackward {
                 (ga, gb)
             }
         };
-        let ga = a
-            .requires_grad_flag()
-            .then(|| ga.sum_to_shape(a.shape()))
-            .transpose()?;
-        let gb = b
-            .requires_grad_flag()
-            .then(|| gb.sum_to_shape(b.shape()))
-            .transpose()?;
+        let ga = a.requires_grad_flag().then(|| ga.sum_to_shape(a.shape())).transpose()?;
+        let gb = b.requires_grad_flag().then(|| gb.sum_to_shape(b.shape())).transpose()?;
         Ok(vec![ga, gb])
     }
 }
 
-fn binary_impl<T: CpuFloat>(
-    op: BinaryOp,
-    a: &Tensor,
-    b: &Tensor,
-    shape: &[usize],
-) -> Result<Tensor> {
+fn binary_impl<T: CpuFloat>(op: BinaryOp, a: &Tensor, b: &Tensor, shape: &[usize]) -> Result<Tensor> {
     let av = a.values::<T>();
     let bv = b.values::<T>();
     // `values` is row-major dense, so broadcasting only needs contiguous strides zeroed on
@@ -65,16 +54,8 @@ fn binary_impl<T: CpuFloat>(
     elementwise::binary(
         op,
         shape,
-        Strided {
-            data: &av,
-            offset: 0,
-            strides: &a_strides,
-        },
-        Strided {
-            data: &bv,
-            offset: 0,
-            strides: &b_strides,
-        },
+        Strided { data: &av, offset: 0, strides: &a_strides },
+        Strided { data: &bv, offset: 0, strides: &b_strides },
         &mut out,
     );
     Tensor::from_compute(out, shape, a.dtype())
@@ -96,11 +77,7 @@ impl Tensor {
         check_same(name, self, rhs)?;
         let shape = broadcast_shape(name, self.shape(), rhs.shape())?;
         let out = with_compute_type!(self.dtype(), T => binary_impl::<T>(op, self, rhs, &shape))?;
-        Ok(Tensor::from_op(
-            out,
-            BinaryBackward { op },
-            vec![self.clone(), rhs.clone()],
-        ))
+        Ok(Tensor::from_op(out, BinaryBackward { op }, vec![self.clone(), rhs.clone()]))
     }
 
     /// `self + rhs`, broadcasting.
@@ -135,9 +112,8 @@ impl Tensor {
             });
         }
         let pad = self.rank() - shape.len();
-        let axes: Vec<usize> = (0..self.rank())
-            .filter(|&i| i < pad || (shape[i - pad] == 1 && self.shape()[i] != 1))
-            .collect();
+        let axes: Vec<usize> =
+            (0..self.rank()).filter(|&i| i < pad || (shape[i - pad] == 1 && self.shape()[i] != 1)).collect();
         let summed = self.sum(&axes, true)?;
         summed.reshape(shape)
     }

@@ -22,10 +22,6 @@ impl Tensor {
             return Ok(self.clone());
         }
         let out = self.cast_storage(dtype)?;
-        Ok(Tensor::from_op(
-            out,
-            CastBackward { from: self.dtype() },
-            vec![self.clone()],
-        ))
+        Ok(Tensor::from_op(out, CastBackward { from: self.dtype() }, vec![self.clone()]))
     }
 }

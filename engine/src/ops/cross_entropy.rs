@@ -6,20 +6,16 @@ use polylm_kernels::cross_entropy;
 use polylm_kernels::Float;
 
 use crate::autograd::BackwardOp;
-use crate::dtype::CpuFloat;
+use crate::dtype::{CpuFloat, SavedValues};
 use crate::{Error, Result, Tensor};
 
 use super::with_compute_type;
 
-enum Lse {
-    F32(Vec<f32>),
-    F64(Vec<f64>),
-}
-
 struct CrossEntropyBackward {
     targets: Vec<u32>,
     ignore_index: Option<u32>,
-    lse: Lse,
+    /// The log-sum-exp of each row of logits.
+    lse: SavedValues,
     count: usize,
 }
 
@@ -29,38 +25,19 @@ impl BackwardOp for CrossEntropyBackward {
     }
     fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
         let logits = &inputs[0];
-        let dl = match &self.lse {
-            Lse::F32(l) => backward_impl::<f32>(self, l, g, logits)?,
-            Lse::F64(l) => backward_impl::<f64>(self, l, g, logits)?,
-        };
+        let dl = with_compute_type!(logits.dtype(), T => backward_impl::<T>(self, g, logits))?;
         Ok(vec![Some(dl)])
     }
 }
 
-fn backward_impl<T: CpuFloat>(
-    b: &CrossEntropyBackward,
-    lse: &[T],
-    g: &Tensor,
-    logits: &Tensor,
-) -> Result<Tensor> {
+fn backward_impl<T: CpuFloat>(b: &CrossEntropyBackward, g: &Tensor, logits: &Tensor) -> Result<Tensor> {
+    let lse = T::saved(&b.lse).expect("saved in the compute type of the same dtype");
     let vocab = *logits.shape().last().unwrap_or(&1);
-    let scale = if b.count == 0 {
-        0.0
-    } else {
-        g.to_scalar()? / b.count as f64
-    };
+    let scale = if b.count == 0 { 0.0 } else { g.to_scalar()? / b.count as f64 };
     let dloss = vec![T::from_f64(scale); b.targets.len()];
     let lv = logits.values::<T>();
     let mut dl = vec![T::ZERO; lv.len()];
-    cross_entropy::cross_entropy_backward(
-        &lv,
-        &b.targets,
-        lse,
-        &dloss,
-        vocab,
-        b.ignore_index,
-        &mut dl,
-    );
+    cross_entropy::cross_entropy_backward(&lv, &b.targets, lse, &dloss, vocab, b.ignore_index, &mut dl);
     Tensor::from_compute(dl, logits.shape(), logits.dtype())
 }
 
@@ -76,26 +53,8 @@ fn forward_impl<T: CpuFloat>(
     let mut lse = vec![T::ZERO; targets.len()];
     cross_entropy::cross_entropy_forward(&lv, targets, vocab, ignore, &mut loss, &mut lse);
     let total: f64 = loss.iter().map(|&l| Float::to_f64(l)).sum();
-    let mean = if count == 0 {
-        0.0
-    } else {
-        total / count as f64
-    };
+    let mean = if count == 0 { 0.0 } else { total / count as f64 };
     Ok((Tensor::scalar(mean, logits.dtype()), lse))
-}
-
-trait LseOf: Float {
-    fn wrap(v: Vec<Self>) -> Lse;
-}
-impl LseOf for f32 {
-    fn wrap(v: Vec<f32>) -> Lse {
-        Lse::F32(v)
-    }
-}
-impl LseOf for f64 {
-    fn wrap(v: Vec<f64>) -> Lse {
-        Lse::F64(v)
-    }
 }
 
 impl Tensor {
@@ -130,25 +89,15 @@ impl Tensor {
                 continue;
             }
             if id as usize >= vocab {
-                return Err(Error::IdOutOfRange {
-                    op: "cross_entropy",
-                    position,
-                    id,
-                    limit: vocab,
-                });
+                return Err(Error::IdOutOfRange { op: "cross_entropy", position, id, limit: vocab });
             }
             count += 1;
         }
         let (out, lse) = with_compute_type!(self.dtype(), T => {
             let (out, lse) = forward_impl::<T>(self, targets, ignore_index, count)?;
-            (out, <T as LseOf>::wrap(lse))
+            (out, T::save(lse))
         });
-        let back = CrossEntropyBackward {
-            targets: targets.to_vec(),
-            ignore_index,
-            lse,
-            count,
-        };
+        let back = CrossEntropyBackward { targets: targets.to_vec(), ignore_index, lse, count };
         Ok(Tensor::from_op(out, back, vec![self.clone()]))
     }
 }

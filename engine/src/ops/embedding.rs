@@ -44,20 +44,11 @@ impl Tensor {
         }
         let expected: usize = ids_shape.iter().product();
         if expected != ids.len() {
-            return Err(Error::ElementCount {
-                shape: ids_shape.to_vec(),
-                expected,
-                len: ids.len(),
-            });
+            return Err(Error::ElementCount { shape: ids_shape.to_vec(), expected, len: ids.len() });
         }
         let (rows, dim) = (self.shape()[0], self.shape()[1]);
         if let Some((position, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= rows) {
-            return Err(Error::IdOutOfRange {
-                op: "embedding",
-                position,
-                id,
-                limit: rows,
-            });
+            return Err(Error::IdOutOfRange { op: "embedding", position, id, limit: rows });
         }
         let mut shape = ids_shape.to_vec();
         shape.push(dim);
@@ -76,10 +67,6 @@ impl Tensor {
             CpuStorage::F16(v) => gather!(v, F16),
         };
         let out = Tensor::from_storage(storage, &shape);
-        Ok(Tensor::from_op(
-            out,
-            EmbeddingBackward { ids: ids.to_vec() },
-            vec![self.clone()],
-        ))
+        Ok(Tensor::from_op(out, EmbeddingBackward { ids: ids.to_vec() }, vec![self.clone()]))
     }
 }

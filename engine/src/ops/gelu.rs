@@ -18,17 +18,9 @@ impl BackwardOp for BiasGeluBackward {
     }
     fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
         let x = &inputs[0];
-        let bias = if self.has_bias {
-            Some(&inputs[1])
-        } else {
-            None
-        };
+        let bias = if self.has_bias { Some(&inputs[1]) } else { None };
         let (dx, db) = with_compute_type!(x.dtype(), T => backward_impl::<T>(x, bias, g))?;
-        Ok(if self.has_bias {
-            vec![Some(dx), db]
-        } else {
-            vec![Some(dx)]
-        })
+        Ok(if self.has_bias { vec![Some(dx), db] } else { vec![Some(dx)] })
     }
 }
 
@@ -73,20 +65,12 @@ impl Tensor {
             });
         }
         let out = with_compute_type!(self.dtype(), T => forward_impl::<T>(self, Some(bias)))?;
-        Ok(Tensor::from_op(
-            out,
-            BiasGeluBackward { has_bias: true },
-            vec![self.clone(), bias.clone()],
-        ))
+        Ok(Tensor::from_op(out, BiasGeluBackward { has_bias: true }, vec![self.clone(), bias.clone()]))
     }
 
     /// GeLU (tanh form) elementwise.
     pub fn gelu(&self) -> Result<Tensor> {
         let out = with_compute_type!(self.dtype(), T => forward_impl::<T>(self, None))?;
-        Ok(Tensor::from_op(
-            out,
-            BiasGeluBackward { has_bias: false },
-            vec![self.clone()],
-        ))
+        Ok(Tensor::from_op(out, BiasGeluBackward { has_bias: false }, vec![self.clone()]))
     }
 }

@@ -1,22 +1,18 @@
 //! LayerNorm over the last axis, fused forward and backward.
 
 use polylm_kernels::layernorm;
-use polylm_kernels::Float;
 
 use crate::autograd::BackwardOp;
-use crate::dtype::CpuFloat;
+use crate::dtype::{CpuFloat, SavedValues};
 use crate::{Error, Result, Tensor};
 
 use super::{check_same, with_compute_type};
 
-/// Row statistics saved by the forward pass, in the compute type.
-enum Stats {
-    F32 { mean: Vec<f32>, rstd: Vec<f32> },
-    F64 { mean: Vec<f64>, rstd: Vec<f64> },
-}
-
 struct LayerNormBackward {
-    stats: Stats,
+    /// Mean of each row.
+    mean: SavedValues,
+    /// Reciprocal standard deviation of each row.
+    rstd: SavedValues,
 }
 
 impl BackwardOp for LayerNormBackward {
@@ -25,21 +21,19 @@ impl BackwardOp for LayerNormBackward {
     }
     fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
         let (x, w) = (&inputs[0], &inputs[1]);
-        let (dx, dw, db) = match &self.stats {
-            Stats::F32 { mean, rstd } => backward_impl::<f32>(x, w, g, mean, rstd)?,
-            Stats::F64 { mean, rstd } => backward_impl::<f64>(x, w, g, mean, rstd)?,
-        };
+        let (dx, dw, db) = with_compute_type!(x.dtype(), T => backward_impl::<T>(self, x, w, g))?;
         Ok(vec![Some(dx), Some(dw), Some(db)])
     }
 }
 
 fn backward_impl<T: CpuFloat>(
+    b: &LayerNormBackward,
     x: &Tensor,
     w: &Tensor,
     g: &Tensor,
-    mean: &[T],
-    rstd: &[T],
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    let mean = T::saved(&b.mean).expect("saved in the compute type of the same dtype");
+    let rstd = T::saved(&b.rstd).expect("saved in the compute type of the same dtype");
     let cols = w.numel();
     let (xv, wv, gv) = (x.values::<T>(), w.values::<T>(), g.values::<T>());
     let mut dx = vec![T::ZERO; xv.len()];
@@ -65,16 +59,7 @@ fn forward_impl<T: CpuFloat>(
     let mut out = vec![T::ZERO; xv.len()];
     let mut mean = vec![T::ZERO; rows];
     let mut rstd = vec![T::ZERO; rows];
-    layernorm::layernorm_forward(
-        &xv,
-        &wv,
-        &bv,
-        T::from_f64(eps),
-        cols,
-        &mut out,
-        &mut mean,
-        &mut rstd,
-    );
+    layernorm::layernorm_forward(&xv, &wv, &bv, T::from_f64(eps), cols, &mut out, &mut mean, &mut rstd);
     Ok((Tensor::from_compute(out, x.shape(), x.dtype())?, mean, rstd))
 }
 
@@ -104,28 +89,14 @@ impl Tensor {
                 reason: format!("eps must be positive, got {eps}"),
             });
         }
-        let (out, stats) = with_compute_type!(self.dtype(), T => {
+        let (out, mean, rstd) = with_compute_type!(self.dtype(), T => {
             let (out, mean, rstd) = forward_impl::<T>(self, weight, bias, eps)?;
-            (out, <T as StatsOf>::wrap(mean, rstd))
+            (out, T::save(mean), T::save(rstd))
         });
         Ok(Tensor::from_op(
             out,
-            LayerNormBackward { stats },
+            LayerNormBackward { mean, rstd },
             vec![self.clone(), weight.clone(), bias.clone()],
         ))
-    }
-}
-
-trait StatsOf: Float {
-    fn wrap(mean: Vec<Self>, rstd: Vec<Self>) -> Stats;
-}
-impl StatsOf for f32 {
-    fn wrap(mean: Vec<f32>, rstd: Vec<f32>) -> Stats {
-        Stats::F32 { mean, rstd }
-    }
-}
-impl StatsOf for f64 {
-    fn wrap(mean: Vec<f64>, rstd: Vec<f64>) -> Stats {
-        Stats::F64 { mean, rstd }
     }
 }

@@ -2,7 +2,6 @@
 //! kernel as strided views, so a transposed operand (`x.t()`) is never materialised.
 
 use polylm_kernels::matmul::{gemm, gemm_f64, MatMut, MatRef};
-use polylm_kernels::Elem;
 
 use crate::autograd::BackwardOp;
 use crate::layout::{broadcast_shape, Layout};
@@ -19,11 +18,8 @@ impl BackwardOp for MatmulBackward {
     }
     fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
         let (a, b) = (&inputs[0], &inputs[1]);
-        let ga = if a.requires_grad_flag() {
-            Some(g.matmul(&b.t()?)?.sum_to_shape(a.shape())?)
-        } else {
-            None
-        };
+        let ga =
+            if a.requires_grad_flag() { Some(g.matmul(&b.t()?)?.sum_to_shape(a.shape())?) } else { None };
         let gb = if !b.requires_grad_flag() {
             None
         } else if b.rank() == 2 && a.rank() > 2 {
@@ -71,23 +67,20 @@ struct Operand<'a, T> {
     layout: &'a Layout,
 }
 
-/// Runs one product per batch element into `out` (`[batch, m, n]`, row-major).
-fn run_gemm<A: Elem, B: Elem>(
+/// Runs `product` once per batch element, writing `out` (`[batch, m, n]`, row-major).
+fn batched<A: Copy, B: Copy, C>(
     a: Operand<'_, A>,
     b: Operand<'_, B>,
     batch: &[usize],
-    out: &mut [f32],
+    out: &mut [C],
+    product: impl Fn(MatRef<'_, A>, MatRef<'_, B>, MatMut<'_, C>),
 ) -> Result<()> {
     let count: usize = batch.iter().product();
-    let (m, n) = (
-        a.layout.shape()[a.layout.rank() - 2],
-        b.layout.shape()[b.layout.rank() - 1],
-    );
+    let (m, n) = (a.layout.shape()[a.layout.rank() - 2], b.layout.shape()[b.layout.rank() - 1]);
     for (i, c) in out.chunks_mut((m * n).max(1)).take(count).enumerate() {
         let av = mat_view(a.data, a.layout, batch, i)?;
         let bv = mat_view(b.data, b.layout, batch, i)?;
-        let cv = MatMut::row_major(c, m, n).expect("output chunk has m·n elements");
-        gemm(1.0, av, bv, 0.0, cv);
+        product(av, bv, MatMut::row_major(c, m, n).expect("output chunk has m·n elements"));
     }
     Ok(())
 }
@@ -117,92 +110,54 @@ impl Tensor {
         // [..., m, k] · [k, n] with a contiguous lhs: fold the batch into m.
         if rb == 2 && ra > 2 && self.is_contiguous() {
             let rows = self.numel() / k.max(1);
-            let flat = self.with_layout(Layout::new(
-                vec![rows, k],
-                vec![k, 1],
-                self.layout().offset(),
-            ));
+            let flat = self.with_layout(Layout::new(vec![rows, k], vec![k, 1], self.layout().offset()));
             let out2 = crate::autograd::with_no_grad(|| flat.matmul(rhs))?;
             let mut shape = self.shape().to_vec();
             shape[ra - 1] = n;
             let out = out2.with_layout(Layout::contiguous(&shape));
-            return Ok(Tensor::from_op(
-                out,
-                MatmulBackward,
-                vec![self.clone(), rhs.clone()],
-            ));
+            return Ok(Tensor::from_op(out, MatmulBackward, vec![self.clone(), rhs.clone()]));
         }
         let batch = broadcast_shape("matmul", &self.shape()[..ra - 2], &rhs.shape()[..rb - 2])?;
         let mut shape = batch.clone();
         shape.extend([m, n]);
         let numel: usize = shape.iter().product();
         let (al, bl) = (self.layout(), rhs.layout());
+        macro_rules! product {
+            ($a:expr, $b:expr, $out:expr, $gemm:expr) => {
+                batched(
+                    Operand { data: $a, layout: al },
+                    Operand { data: $b, layout: bl },
+                    &batch,
+                    $out,
+                    $gemm,
+                )
+            };
+        }
         let out = match (self.storage().cpu(), rhs.storage().cpu()) {
             (CpuStorage::F64(a), CpuStorage::F64(b)) => {
                 let mut out = vec![0f64; numel];
-                let count: usize = batch.iter().product();
-                for (i, c) in out.chunks_mut((m * n).max(1)).take(count).enumerate() {
-                    let av = mat_view(a, al, &batch, i)?;
-                    let bv = mat_view(b, bl, &batch, i)?;
-                    gemm_f64(
-                        1.0,
-                        av,
-                        bv,
-                        0.0,
-                        MatMut::row_major(c, m, n).expect("chunk has m·n elements"),
-                    );
-                }
+                product!(a, b, &mut out, |x, y, c| gemm_f64(1.0, x, y, 0.0, c))?;
                 Tensor::from_vec(out, &shape)?
             }
             (sa, sb) => {
+                // f32, bf16 and f16 operands all accumulate into f32.
                 let mut out = vec![0f32; numel];
                 match (sa, sb) {
-                    (CpuStorage::F32(a), CpuStorage::F32(b)) => run_gemm(
-                        Operand {
-                            data: a,
-                            layout: al,
-                        },
-                        Operand {
-                            data: b,
-                            layout: bl,
-                        },
-                        &batch,
-                        &mut out,
-                    )?,
-                    (CpuStorage::BF16(a), CpuStorage::BF16(b)) => run_gemm(
-                        Operand {
-                            data: a,
-                            layout: al,
-                        },
-                        Operand {
-                            data: b,
-                            layout: bl,
-                        },
-                        &batch,
-                        &mut out,
-                    )?,
-                    (CpuStorage::F16(a), CpuStorage::F16(b)) => run_gemm(
-                        Operand {
-                            data: a,
-                            layout: al,
-                        },
-                        Operand {
-                            data: b,
-                            layout: bl,
-                        },
-                        &batch,
-                        &mut out,
-                    )?,
+                    (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+                        product!(a, b, &mut out, |x, y, c| gemm(1.0, x, y, 0.0, c))?
+                    }
+                    (CpuStorage::BF16(a), CpuStorage::BF16(b)) => {
+                        product!(a, b, &mut out, |x, y, c| gemm(1.0, x, y, 0.0, c))?
+                    }
+                    (CpuStorage::F16(a), CpuStorage::F16(b)) => {
+                        product!(a, b, &mut out, |x, y, c| gemm(1.0, x, y, 0.0, c))?
+                    }
                     _ => unreachable!("dtypes were checked equal"),
                 }
                 Tensor::from_compute(out, &shape, self.dtype())?
             }
         };
         debug_assert!(out.dtype() == self.dtype() || self.dtype() == DType::F64);
-        Ok(Tensor::from_op(
-            out,
-            MatmulBackward,
-            vec![self.clone(), rhs.clone()],
-        ))
+        Ok(Tensor::from_op(out, MatmulBackward, vec![self.clone(), rhs.clone()]))
     }
 }

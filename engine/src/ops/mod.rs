@@ -22,18 +22,10 @@ use crate::{DType, Error, Result, Tensor};
 /// Checks that two operands share dtype and device.
 pub(crate) fn check_same(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.dtype() != b.dtype() {
-        return Err(Error::DTypeMismatch {
-            op,
-            lhs: a.dtype(),
-            rhs: b.dtype(),
-        });
+        return Err(Error::DTypeMismatch { op, lhs: a.dtype(), rhs: b.dtype() });
     }
     if a.device() != b.device() {
-        return Err(Error::DeviceMismatch {
-            op,
-            lhs: a.device(),
-            rhs: b.device(),
-        });
+        return Err(Error::DeviceMismatch { op, lhs: a.device(), rhs: b.device() });
     }
     Ok(())
 }
@@ -42,11 +34,7 @@ pub(crate) fn check_same(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()>
 pub(crate) fn resolve_axis(op: &'static str, axis: isize, rank: usize) -> Result<usize> {
     let a = if axis < 0 { axis + rank as isize } else { axis };
     if a < 0 || a as usize >= rank {
-        return Err(Error::AxisOutOfRange {
-            op,
-            axis: axis.unsigned_abs(),
-            rank,
-        });
+        return Err(Error::AxisOutOfRange { op, axis: axis.unsigned_abs(), rank });
     }
     Ok(a as usize)
 }

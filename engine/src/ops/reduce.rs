@@ -18,15 +18,8 @@ impl BackwardOp for SumBackward {
         "sum"
     }
     fn backward(&self, g: &Tensor, _: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
-        let g = g
-            .reshape(&self.keepdim_shape)?
-            .expand(&self.input_shape)?
-            .contiguous()?;
-        let g = if self.scale != 1.0 {
-            g.affine(self.scale, 0.0)?
-        } else {
-            g
-        };
+        let g = g.reshape(&self.keepdim_shape)?.expand(&self.input_shape)?.contiguous()?;
+        let g = if self.scale != 1.0 { g.affine(self.scale, 0.0)? } else { g };
         Ok(vec![Some(g)])
     }
 }
@@ -55,11 +48,7 @@ impl Tensor {
         let mut mask = vec![false; rank];
         for &a in axes {
             if a >= rank {
-                return Err(Error::AxisOutOfRange {
-                    op: "sum",
-                    axis: a,
-                    rank,
-                });
+                return Err(Error::AxisOutOfRange { op: "sum", axis: a, rank });
             }
             mask[a] = true;
         }
@@ -70,19 +59,10 @@ impl Tensor {
         let final_shape: Vec<usize> = if keepdim {
             keep_shape.clone()
         } else {
-            self.shape()
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !mask[*i])
-                .map(|(_, &d)| d)
-                .collect()
+            self.shape().iter().enumerate().filter(|(i, _)| !mask[*i]).map(|(_, &d)| d).collect()
         };
         let out = crate::autograd::with_no_grad(|| out.reshape(&final_shape))?;
-        let back = SumBackward {
-            input_shape: self.shape().to_vec(),
-            keepdim_shape: keep_shape,
-            scale: 1.0,
-        };
+        let back = SumBackward { input_shape: self.shape().to_vec(), keepdim_shape: keep_shape, scale: 1.0 };
         Ok(Tensor::from_op(out, back, vec![self.clone()]))
     }
 

@@ -30,9 +30,7 @@ impl BackwardOp for PowBackward {
         "powf"
     }
     fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
-        let d = inputs[0]
-            .powf(self.exponent - 1.0)?
-            .affine(self.exponent, 0.0)?;
+        let d = inputs[0].powf(self.exponent - 1.0)?.affine(self.exponent, 0.0)?;
         Ok(vec![Some(g.mul(&d)?)])
     }
 }
@@ -51,11 +49,7 @@ impl Tensor {
             let (s, b) = (T::from_f64(scale), T::from_f64(shift));
             map_impl::<T>(self, move |v| v * s + b)
         })?;
-        Ok(Tensor::from_op(
-            out,
-            AffineBackward { scale },
-            vec![self.clone()],
-        ))
+        Ok(Tensor::from_op(out, AffineBackward { scale }, vec![self.clone()]))
     }
     /// `self + value`.
     pub fn add_scalar(&self, value: f64) -> Result<Tensor> {
@@ -72,10 +66,7 @@ impl Tensor {
     /// `self / value`; dividing by zero is an error rather than a tensor of infinities.
     pub fn div_scalar(&self, value: f64) -> Result<Tensor> {
         if value == 0.0 {
-            return Err(Error::InvalidArgument {
-                op: "div_scalar",
-                reason: "division by zero".into(),
-            });
+            return Err(Error::InvalidArgument { op: "div_scalar", reason: "division by zero".into() });
         }
         self.affine(1.0 / value, 0.0)
     }
@@ -89,11 +80,7 @@ impl Tensor {
         let out = with_compute_type!(self.dtype(), T => {
             map_impl::<T>(self, move |v| T::from_f64(v.to_f64().powf(exponent)))
         })?;
-        Ok(Tensor::from_op(
-            out,
-            PowBackward { exponent },
-            vec![self.clone()],
-        ))
+        Ok(Tensor::from_op(out, PowBackward { exponent }, vec![self.clone()]))
     }
 
     /// `self²` elementwise.

@@ -49,10 +49,6 @@ impl Tensor {
         }
         let out = with_compute_type!(self.dtype(), T => forward_impl::<T>(self))?;
         let saved = out.detach();
-        Ok(Tensor::from_op(
-            out,
-            SoftmaxBackward { output: saved },
-            vec![self.clone()],
-        ))
+        Ok(Tensor::from_op(out, SoftmaxBackward { output: saved }, vec![self.clone()]))
     }
 }

@@ -119,23 +119,10 @@ impl Tensor {
                 rhs: shape.to_vec(),
             });
         }
-        let base = if self.is_contiguous() {
-            self.clone()
-        } else {
-            self.contiguous()?
-        };
-        let view = base.with_layout(Layout::new(
-            shape.to_vec(),
-            contiguous_strides(shape),
-            base.layout().offset(),
-        ));
-        Ok(Tensor::from_op(
-            view,
-            ReshapeBackward {
-                input_shape: self.shape().to_vec(),
-            },
-            vec![self.clone()],
-        ))
+        let base = if self.is_contiguous() { self.clone() } else { self.contiguous()? };
+        let view =
+            base.with_layout(Layout::new(shape.to_vec(), contiguous_strides(shape), base.layout().offset()));
+        Ok(Tensor::from_op(view, ReshapeBackward { input_shape: self.shape().to_vec() }, vec![self.clone()]))
     }
 
     /// Collapses all axes but the last into one: `[a, b, ..., c] → [a·b·…, c]`.
@@ -152,17 +139,10 @@ impl Tensor {
     pub fn permute(&self, order: &[usize]) -> Result<Tensor> {
         let rank = self.rank();
         let mut seen = vec![false; rank];
-        if order.len() != rank
-            || order
-                .iter()
-                .any(|&a| a >= rank || std::mem::replace(&mut seen[a], true))
-        {
+        if order.len() != rank || order.iter().any(|&a| a >= rank || std::mem::replace(&mut seen[a], true)) {
             return Err(Error::InvalidArgument {
                 op: "permute",
-                reason: format!(
-                    "{order:?} is not a permutation of the {rank} axes of {:?}",
-                    self.shape()
-                ),
+                reason: format!("{order:?} is not a permutation of the {rank} axes of {:?}", self.shape()),
             });
         }
         let l = self.layout();
@@ -173,11 +153,7 @@ impl Tensor {
             inverse[a] = i;
         }
         let view = self.with_layout(Layout::new(shape, strides, l.offset()));
-        Ok(Tensor::from_op(
-            view,
-            PermuteBackward { inverse },
-            vec![self.clone()],
-        ))
+        Ok(Tensor::from_op(view, PermuteBackward { inverse }, vec![self.clone()]))
     }
 
     /// Swaps two axes (negative axes count from the end). Always a view.
@@ -205,32 +181,21 @@ impl Tensor {
     pub fn narrow(&self, axis: isize, start: usize, len: usize) -> Result<Tensor> {
         let axis = resolve_axis("narrow", axis, self.rank())?;
         let size = self.shape()[axis];
-        let end = start
-            .checked_add(len)
-            .filter(|&e| e <= size)
-            .ok_or(Error::RangeOutOfBounds {
-                axis,
-                start,
-                end: start.saturating_add(len),
-                size,
-            })?;
+        let end = start.checked_add(len).filter(|&e| e <= size).ok_or(Error::RangeOutOfBounds {
+            axis,
+            start,
+            end: start.saturating_add(len),
+            size,
+        })?;
         let _ = end;
         let l = self.layout();
         let mut shape = l.shape().to_vec();
         shape[axis] = len;
-        let offset = if len == 0 {
-            l.offset()
-        } else {
-            l.offset() + start * l.strides()[axis]
-        };
+        let offset = if len == 0 { l.offset() } else { l.offset() + start * l.strides()[axis] };
         let view = self.with_layout(Layout::new(shape, l.strides().to_vec(), offset));
         Ok(Tensor::from_op(
             view,
-            NarrowBackward {
-                axis,
-                start,
-                input_shape: self.shape().to_vec(),
-            },
+            NarrowBackward { axis, start, input_shape: self.shape().to_vec() },
             vec![self.clone()],
         ))
     }
@@ -241,10 +206,7 @@ impl Tensor {
         if sizes.iter().sum::<usize>() != self.shape()[ax] {
             return Err(Error::InvalidArgument {
                 op: "split",
-                reason: format!(
-                    "sizes {sizes:?} do not add up to axis {ax} of {:?}",
-                    self.shape()
-                ),
+                reason: format!("sizes {sizes:?} do not add up to axis {ax} of {:?}", self.shape()),
             });
         }
         let mut start = 0;
@@ -261,11 +223,7 @@ impl Tensor {
     /// Adds an axis of size 1 at position `axis` (`0..=rank`). A view.
     pub fn unsqueeze(&self, axis: usize) -> Result<Tensor> {
         if axis > self.rank() {
-            return Err(Error::AxisOutOfRange {
-                op: "unsqueeze",
-                axis,
-                rank: self.rank(),
-            });
+            return Err(Error::AxisOutOfRange { op: "unsqueeze", axis, rank: self.rank() });
         }
         let mut shape = self.shape().to_vec();
         shape.insert(axis, 1);
@@ -301,13 +259,7 @@ impl Tensor {
         }
         let strides = self.layout().broadcast_strides(shape);
         let view = self.with_layout(Layout::new(shape.to_vec(), strides, self.layout().offset()));
-        Ok(Tensor::from_op(
-            view,
-            ExpandBackward {
-                input_shape: self.shape().to_vec(),
-            },
-            vec![self.clone()],
-        ))
+        Ok(Tensor::from_op(view, ExpandBackward { input_shape: self.shape().to_vec() }, vec![self.clone()]))
     }
 
     /// A dense row-major copy (or this tensor itself when already contiguous).
@@ -321,19 +273,14 @@ impl Tensor {
 
     /// Joins tensors along `axis`; every other axis must agree. A copy.
     pub fn concat(tensors: &[Tensor], axis: isize) -> Result<Tensor> {
-        let first = tensors.first().ok_or(Error::InvalidArgument {
-            op: "concat",
-            reason: "no tensors given".into(),
-        })?;
+        let first = tensors
+            .first()
+            .ok_or(Error::InvalidArgument { op: "concat", reason: "no tensors given".into() })?;
         let ax = resolve_axis("concat", axis, first.rank())?;
         for t in &tensors[1..] {
             check_same("concat", first, t)?;
             let same_rest = t.rank() == first.rank()
-                && t.shape()
-                    .iter()
-                    .zip(first.shape())
-                    .enumerate()
-                    .all(|(i, (a, b))| i == ax || a == b);
+                && t.shape().iter().zip(first.shape()).enumerate().all(|(i, (a, b))| i == ax || a == b);
             if !same_rest {
                 return Err(Error::ShapeMismatch {
                     op: "concat",
@@ -373,10 +320,6 @@ impl Tensor {
             CpuStorage::F16(_) => join!(F16),
         };
         let out = Tensor::from_storage(storage, &shape);
-        Ok(Tensor::from_op(
-            out,
-            ConcatBackward { axis: ax, sizes },
-            tensors.to_vec(),
-        ))
+        Ok(Tensor::from_op(out, ConcatBackward { axis: ax, sizes }, tensors.to_vec()))
     }
 }
