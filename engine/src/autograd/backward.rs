@@ -14,11 +14,13 @@ pub(crate) fn run_backward(root: &Tensor) -> Result<()> {
     if !root.requires_grad_flag() {
         return Err(Error::BackwardWithoutGraph);
     }
-    if !root.is_leaf() && root.node().is_none() {
-        return Err(Error::GraphFreed);
-    }
     let _guard = no_grad();
     let order = topological_order(root);
+    // A non-leaf whose node is gone was consumed by an earlier backward: refuse before any
+    // gradient is accumulated, rather than treat it as a leaf.
+    if order.iter().any(|t| !t.is_leaf() && t.node().is_none()) {
+        return Err(Error::GraphFreed);
+    }
     let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
     grads.insert(root.id(), Tensor::ones(root.shape(), root.dtype())?);
     for t in order.iter().rev() {
@@ -26,7 +28,8 @@ pub(crate) fn run_backward(root: &Tensor) -> Result<()> {
             continue;
         };
         match t.take_node() {
-            None => t.accumulate_grad(&grad)?,
+            None if t.is_leaf() => t.accumulate_grad(&grad)?,
+            None => return Err(Error::GraphFreed),
             Some(node) => {
                 let input_grads = node.op.backward(&grad, &node.inputs)?;
                 for (input, g) in node.inputs.iter().zip(input_grads) {

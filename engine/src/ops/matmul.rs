@@ -109,7 +109,7 @@ impl Tensor {
         }
         // [..., m, k] · [k, n] with a contiguous lhs: fold the batch into m.
         if rb == 2 && ra > 2 && self.is_contiguous() {
-            let rows = self.numel() / k.max(1);
+            let rows: usize = self.shape()[..ra - 1].iter().product();
             let flat = self.with_layout(Layout::new(vec![rows, k], vec![k, 1], self.layout().offset()));
             let out2 = crate::autograd::with_no_grad(|| flat.matmul(rhs))?;
             let mut shape = self.shape().to_vec();
@@ -117,7 +117,14 @@ impl Tensor {
             let out = out2.with_layout(Layout::contiguous(&shape));
             return Ok(Tensor::from_op(out, MatmulBackward, vec![self.clone(), rhs.clone()]));
         }
-        let batch = broadcast_shape("matmul", &self.shape()[..ra - 2], &rhs.shape()[..rb - 2])?;
+        let batch =
+            broadcast_shape("matmul", &self.shape()[..ra - 2], &rhs.shape()[..rb - 2]).map_err(|_| {
+                Error::ShapeMismatch {
+                    op: "matmul (batch axes)",
+                    lhs: self.shape().to_vec(),
+                    rhs: rhs.shape().to_vec(),
+                }
+            })?;
         let mut shape = batch.clone();
         shape.extend([m, n]);
         let numel: usize = shape.iter().product();

@@ -68,7 +68,10 @@ impl Tensor {
 
     /// Mean over `axes`; reduced axes are kept with size 1 when `keepdim`, else removed.
     pub fn mean(&self, axes: &[usize], keepdim: bool) -> Result<Tensor> {
-        let count: usize = axes.iter().filter_map(|&a| self.shape().get(a)).product();
+        let mut unique = axes.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        let count: usize = unique.iter().filter_map(|&a| self.shape().get(a)).product();
         if count == 0 {
             return Err(Error::InvalidArgument {
                 op: "mean",

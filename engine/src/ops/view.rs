@@ -132,7 +132,8 @@ impl Tensor {
             shape: vec![],
             reason: "needs at least one axis".into(),
         })?;
-        self.reshape(&[self.numel() / last.max(1), last])
+        let rows: usize = self.shape()[..self.rank() - 1].iter().product();
+        self.reshape(&[rows, last])
     }
 
     /// Reorders the axes: result axis `i` is input axis `order[i]`. Always a view.
@@ -220,7 +221,7 @@ impl Tensor {
             .collect()
     }
 
-    /// Adds an axis of size 1 at position `axis` (`0..=rank`). A view.
+    /// Adds an axis of size 1 at position `axis` (`0..=rank`). A view of a contiguous tensor, else a copy.
     pub fn unsqueeze(&self, axis: usize) -> Result<Tensor> {
         if axis > self.rank() {
             return Err(Error::AxisOutOfRange { op: "unsqueeze", axis, rank: self.rank() });
@@ -230,7 +231,7 @@ impl Tensor {
         self.reshape_view_or_copy(&shape)
     }
 
-    /// Removes an axis of size 1. A view.
+    /// Removes an axis of size 1. A view of a contiguous tensor, else a copy.
     pub fn squeeze(&self, axis: usize) -> Result<Tensor> {
         if self.shape().get(axis) != Some(&1) {
             return Err(Error::InvalidArgument {
