@@ -10,7 +10,11 @@ use proptest::prelude::*;
 
 /// Compares `f` on f32 and on `dtype` copies of the same inputs; `rtol` of the output scale.
 #[track_caller]
-fn check_narrow(what: &str, inputs: &[(Vec<f64>, Vec<usize>)], f: &dyn Fn(&[Tensor]) -> polylm_engine::Result<Tensor>) {
+fn check_narrow(
+    what: &str,
+    inputs: &[(Vec<f64>, Vec<usize>)],
+    f: &dyn Fn(&[Tensor]) -> polylm_engine::Result<Tensor>,
+) {
     for (dtype, rtol) in [(DType::BF16, 1.6e-2), (DType::F16, 2e-3)] {
         let wide: Vec<Tensor> = inputs.iter().map(|(v, s)| tensor_of(v, s, DType::F32)).collect();
         let narrow: Vec<Tensor> = inputs.iter().map(|(v, s)| tensor_of(v, s, dtype)).collect();
@@ -20,7 +24,10 @@ fn check_narrow(what: &str, inputs: &[(Vec<f64>, Vec<usize>)], f: &dyn Fn(&[Tens
         let got = out.to_vec_f64();
         let scale = want.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!((g - w).abs() <= rtol * (w.abs() + 0.1 * scale), "{what} ({dtype}): element {i}: {g} vs f32 {w}");
+            assert!(
+                (g - w).abs() <= rtol * (w.abs() + 0.1 * scale),
+                "{what} ({dtype}): element {i}: {g} vs f32 {w}"
+            );
         }
     }
 }

@@ -20,7 +20,12 @@ fn config(cases: u32) -> ProptestConfig {
 
 /// Runs `f` on f64 and f32 copies of `inputs` and compares both with `want`.
 #[track_caller]
-fn check_forward(what: &str, inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> polylm_engine::Result<Tensor>, want: &[f64]) {
+fn check_forward(
+    what: &str,
+    inputs: &[Tensor],
+    f: &dyn Fn(&[Tensor]) -> polylm_engine::Result<Tensor>,
+    want: &[f64],
+) {
     let scale = max_abs(want).max(1.0);
     let got64 = f(inputs).expect("f64 forward").to_vec_f64();
     assert_close(&format!("{what} (f64)"), &got64, want, F64_TOL, F64_TOL * scale);
@@ -278,7 +283,11 @@ fn casts_round_trip_and_pass_gradients() {
         let y = x.to_dtype(dtype).unwrap();
         assert_eq!(y.dtype(), dtype);
         let back = y.to_dtype(DType::F64).unwrap().to_vec_f64();
-        let tol = match dtype { DType::F32 => 1e-7, DType::F16 => 1e-3, _ => 8e-3 };
+        let tol = match dtype {
+            DType::F32 => 1e-7,
+            DType::F16 => 1e-3,
+            _ => 8e-3,
+        };
         assert_close(&format!("round trip via {dtype}"), &back, &x.to_vec_f64(), tol, 0.0);
     }
     let f = |t: &[Tensor]| t[0].to_dtype(DType::F32)?.to_dtype(DType::F64)?.mul_scalar(2.0);

@@ -24,7 +24,11 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], rtol: f64, atol: f64)
     assert_eq!(got.len(), want.len(), "{what}: length {} vs {}", got.len(), want.len());
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let ok = (g - w).abs() <= atol + rtol * w.abs();
-        assert!(ok, "{what}: element {i}: got {g}, want {w} (|diff| {:.3e}, rtol {rtol:e}, atol {atol:e})", (g - w).abs());
+        assert!(
+            ok,
+            "{what}: element {i}: got {g}, want {w} (|diff| {:.3e}, rtol {rtol:e}, atol {atol:e})",
+            (g - w).abs()
+        );
     }
 }
 
@@ -54,14 +58,24 @@ pub fn gradcheck(
     loss.backward().expect("backward");
     let eval = |xs: &[Tensor]| -> f64 {
         let _g = polylm_engine::no_grad();
-        f(xs).expect("forward").mul(&weights).expect("mul").sum_all().expect("sum").to_scalar().expect("scalar")
+        f(xs)
+            .expect("forward")
+            .mul(&weights)
+            .expect("mul")
+            .sum_all()
+            .expect("sum")
+            .to_scalar()
+            .expect("scalar")
     };
     for (idx, leaf) in leaves.iter().enumerate() {
         let analytic = leaf.grad().expect("leaf has a gradient").to_vec_f64();
         let base = leaf.to_vec_f64();
         let n = base.len();
-        let probes: Vec<usize> =
-            if n <= max_probes { (0..n).collect() } else { (0..max_probes).map(|_| rng.below(n as u64) as usize).collect() };
+        let probes: Vec<usize> = if n <= max_probes {
+            (0..n).collect()
+        } else {
+            (0..max_probes).map(|_| rng.below(n as u64) as usize).collect()
+        };
         for &p in &probes {
             let mut plus = base.clone();
             plus[p] += h;

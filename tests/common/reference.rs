@@ -28,7 +28,13 @@ pub fn transpose(a: &[f64], rows: usize, cols: usize) -> Vec<f64> {
 }
 
 /// Elementwise `f(a, b)` with NumPy broadcasting; returns the values and the result shape.
-pub fn broadcast(a: &[f64], sa: &[usize], b: &[f64], sb: &[usize], f: impl Fn(f64, f64) -> f64) -> (Vec<f64>, Vec<usize>) {
+pub fn broadcast(
+    a: &[f64],
+    sa: &[usize],
+    b: &[f64],
+    sb: &[usize],
+    f: impl Fn(f64, f64) -> f64,
+) -> (Vec<f64>, Vec<usize>) {
     let rank = sa.len().max(sb.len());
     let pad = |s: &[usize]| -> Vec<usize> { [vec![1; rank - s.len()], s.to_vec()].concat() };
     let (pa, pb) = (pad(sa), pad(sb));
@@ -58,7 +64,8 @@ pub fn broadcast(a: &[f64], sa: &[usize], b: &[f64], sb: &[usize], f: impl Fn(f6
 
 /// Sum over `axes` of a row-major tensor, keeping reduced axes with size 1.
 pub fn sum_axes(x: &[f64], shape: &[usize], axes: &[usize]) -> (Vec<f64>, Vec<usize>) {
-    let out_shape: Vec<usize> = shape.iter().enumerate().map(|(i, &d)| if axes.contains(&i) { 1 } else { d }).collect();
+    let out_shape: Vec<usize> =
+        shape.iter().enumerate().map(|(i, &d)| if axes.contains(&i) { 1 } else { d }).collect();
     let mut out = vec![0.0; out_shape.iter().product()];
     let mut idx = vec![0; shape.len()];
     for &v in x {
