@@ -115,11 +115,9 @@ pub fn map<T: Float, F: Fn(T) -> T + Sync>(x: &[T], out: &mut [T], f: F) {
 
 /// `out[i] = f(x[i], y[i])` in parallel over equal-length slices.
 pub fn zip_map<T: Float, F: Fn(T, T) -> T + Sync>(x: &[T], y: &[T], out: &mut [T], f: F) {
-    out.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
-        .for_each(|(o, (xs, ys))| {
-            o.iter_mut().zip(xs.iter().zip(ys)).for_each(|(o, (&a, &b))| *o = f(a, b));
-        });
+    out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(y.par_chunks(CHUNK))).for_each(|(o, (xs, ys))| {
+        o.iter_mut().zip(xs.iter().zip(ys)).for_each(|(o, (&a, &b))| *o = f(a, b));
+    });
 }
 
 /// `acc[i] += x[i]` in parallel.

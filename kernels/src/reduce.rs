@@ -51,7 +51,5 @@ pub fn sum_axis<T: Float>(x: &[T], outer: usize, len: usize, inner: usize, out: 
 
 /// Sum of squares of all elements (for gradient norms), accumulated in f64.
 pub fn sum_squares<T: Float>(x: &[T]) -> f64 {
-    x.par_chunks(1 << 14)
-        .map(|c| c.iter().map(|&v| v.to_f64() * v.to_f64()).sum::<f64>())
-        .sum()
+    x.par_chunks(1 << 14).map(|c| c.iter().map(|&v| v.to_f64() * v.to_f64()).sum::<f64>()).sum()
 }
