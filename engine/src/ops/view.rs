@@ -42,26 +42,15 @@ impl BackwardOp for NarrowBackward {
         "narrow"
     }
     fn backward(&self, g: &Tensor, _: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+        // The gradient is g surrounded by zeros along the narrowed axis.
         let size = self.input_shape[self.axis];
         let len = g.shape()[self.axis];
-        let mut parts = Vec::with_capacity(3);
-        let mut pad = |n: usize| -> Result<()> {
-            if n > 0 {
-                let mut s = self.input_shape.clone();
-                s[self.axis] = n;
-                parts.push(Tensor::zeros(&s, g.dtype())?);
-            }
-            Ok(())
+        let zeros = |n: usize| {
+            let mut shape = self.input_shape.clone();
+            shape[self.axis] = n;
+            Tensor::zeros(&shape, g.dtype())
         };
-        pad(self.start)?;
-        parts.push(g.clone());
-        let mut tail = vec![];
-        if self.start + len < size {
-            let mut s = self.input_shape.clone();
-            s[self.axis] = size - self.start - len;
-            tail.push(Tensor::zeros(&s, g.dtype())?);
-        }
-        parts.extend(tail);
+        let parts = [zeros(self.start)?, g.clone(), zeros(size - self.start - len)?];
         Ok(vec![Some(Tensor::concat(&parts, self.axis as isize)?)])
     }
 }
