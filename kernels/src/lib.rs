@@ -15,6 +15,7 @@ pub mod copy;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
+mod fastmath;
 pub mod float;
 pub mod gelu;
 pub mod layernorm;
