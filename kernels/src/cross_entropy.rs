@@ -57,6 +57,113 @@ fn row_stats<T: Real, const FMA: bool>(row: &[T]) -> (T, T) {
     acc
 }
 
+/// [`chunk_stats`] (or [`row_stats`] when `whole_row`) for the instruction set `level`.
+fn stats_with<T: Float>(level: SimdLevel, chunk: &[T], whole_row: bool) -> (T, T) {
+    #[cfg(target_arch = "x86_64")]
+    if fastmath::avx512_f32::<T>(level) {
+        let mut acc = (T::NEG_INFINITY, T::ZERO);
+        for c in fastmath::as_f32(chunk).chunks(VOCAB_CHUNK) {
+            // SAFETY: `avx512_f32` checked that the CPU supports AVX-512F.
+            let (m, s) = unsafe { avx512::chunk_stats(c) };
+            acc = combine(acc, (T::from_f64(m as f64), T::from_f64(s as f64)));
+        }
+        return acc;
+    }
+    if whole_row {
+        simd_dispatch!(level, FMA => row_stats::<T, FMA>(chunk))
+    } else {
+        simd_dispatch!(level, FMA => chunk_stats::<T, FMA>(chunk))
+    }
+}
+
+/// [`grad_chunk`] for the instruction set `level`.
+fn grad_with<T: Float>(level: SimdLevel, row: &[T], log_z: T, g: T, d: &mut [T]) {
+    #[cfg(target_arch = "x86_64")]
+    if fastmath::avx512_f32::<T>(level) {
+        let (row, d) = (fastmath::as_f32(row), fastmath::as_f32_mut(d));
+        let (log_z, g) = (log_z.to_f64() as f32, g.to_f64() as f32);
+        // SAFETY: `avx512_f32` checked that the CPU supports AVX-512F.
+        return unsafe { avx512::grad_chunk(row, log_z, g, d) };
+    }
+    simd_dispatch!(level, FMA => grad_chunk::<T, FMA>(row, log_z, g, d))
+}
+
+/// The f32 chunk loops written with AVX-512 intrinsics.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use crate::fastmath::avx512::{
+        exp_le88, hmax, hsum, load, load_mask, splat, store, store_mask, tail_mask, W,
+    };
+
+    /// (max, Σ e^(v − max)) of a chunk (−∞, 0 for an empty one).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn chunk_stats(c: &[f32]) -> (f32, f32) {
+        let n = c.len();
+        let ninf = splat(f32::NEG_INFINITY);
+        let (mut m0, mut m1, mut m2, mut m3) = (ninf, ninf, ninf, ninf);
+        let mut i = 0;
+        while i + 4 * W <= n {
+            m0 = _mm512_max_ps(m0, load(c, i));
+            m1 = _mm512_max_ps(m1, load(c, i + W));
+            m2 = _mm512_max_ps(m2, load(c, i + 2 * W));
+            m3 = _mm512_max_ps(m3, load(c, i + 3 * W));
+            i += 4 * W;
+        }
+        while i + W <= n {
+            m0 = _mm512_max_ps(m0, load(c, i));
+            i += W;
+        }
+        if i < n {
+            let k = tail_mask(n - i);
+            m1 = _mm512_mask_max_ps(m1, k, m1, load_mask(c, i, k));
+        }
+        let m = hmax(_mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3)));
+        let mv = splat(m);
+        let z = _mm512_setzero_ps();
+        let (mut s0, mut s1) = (z, z);
+        let mut i = 0;
+        while i + 2 * W <= n {
+            s0 = _mm512_add_ps(s0, exp_le88(_mm512_sub_ps(load(c, i), mv)));
+            s1 = _mm512_add_ps(s1, exp_le88(_mm512_sub_ps(load(c, i + W), mv)));
+            i += 2 * W;
+        }
+        if i + W <= n {
+            s0 = _mm512_add_ps(s0, exp_le88(_mm512_sub_ps(load(c, i), mv)));
+            i += W;
+        }
+        if i < n {
+            let k = tail_mask(n - i);
+            let e = exp_le88(_mm512_sub_ps(load_mask(c, i, k), mv));
+            s1 = _mm512_mask_add_ps(s1, k, s1, e);
+        }
+        (m, hsum(_mm512_add_ps(s0, s1)))
+    }
+
+    /// `d = e^(v − log_z) · g` elementwise.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn grad_chunk(row: &[f32], log_z: f32, g: f32, d: &mut [f32]) {
+        let n = row.len().min(d.len());
+        let (lz, gv) = (splat(log_z), splat(g));
+        let mut i = 0;
+        while i + W <= n {
+            store(d, i, _mm512_mul_ps(exp_le88(_mm512_sub_ps(load(row, i), lz)), gv));
+            i += W;
+        }
+        if i < n {
+            let k = tail_mask(n - i);
+            store_mask(d, i, k, _mm512_mul_ps(exp_le88(_mm512_sub_ps(load_mask(row, i, k), lz)), gv));
+        }
+    }
+}
+
 /// Writes per-row `loss[r] = lse[r] − logits[r, target[r]]` and the row log-sum-exp `lse[r]`.
 ///
 /// Rows whose target is `ignore_index` get `loss = 0` (their `lse` is still computed).
@@ -99,10 +206,10 @@ fn cross_entropy_forward_with<T: Float>(
         .for_each(|((l, s), (row, &t))| {
             let stats = if split {
                 row.par_chunks(VOCAB_CHUNK)
-                    .map(|c| simd_dispatch!(level, FMA => chunk_stats::<T, FMA>(c)))
+                    .map(|c| stats_with(level, c, false))
                     .reduce(|| (T::NEG_INFINITY, T::ZERO), combine)
             } else {
-                simd_dispatch!(level, FMA => row_stats::<T, FMA>(row))
+                stats_with(level, row, true)
             };
             finish(l, s, row, t, stats);
         });
@@ -157,11 +264,11 @@ fn cross_entropy_backward_with<T: Float>(
                 return;
             }
             if split {
-                d.par_chunks_mut(VOCAB_CHUNK).zip(row.par_chunks(VOCAB_CHUNK)).for_each(
-                    |(dc, rc)| simd_dispatch!(level, FMA => grad_chunk::<T, FMA>(rc, log_z, g, dc)),
-                );
+                d.par_chunks_mut(VOCAB_CHUNK)
+                    .zip(row.par_chunks(VOCAB_CHUNK))
+                    .for_each(|(dc, rc)| grad_with(level, rc, log_z, g, dc));
             } else {
-                simd_dispatch!(level, FMA => grad_chunk::<T, FMA>(row, log_z, g, d));
+                grad_with(level, row, log_z, g, d);
             }
             d[t as usize] -= g;
         });

@@ -15,6 +15,7 @@
 use std::any::TypeId;
 
 use crate::float::Float;
+use crate::simd::SimdLevel;
 
 #[inline(always)]
 fn is<T: 'static, U: 'static>() -> bool {
@@ -285,6 +286,187 @@ pub(crate) fn hsum<T: Real>(mut acc: [T; LANES]) -> T {
     acc[0]
 }
 
+/// Whether a kernel on `T` at `level` should take its explicit AVX-512 f32 path (`T` is `f32`,
+/// `level` is [`SimdLevel::Avx512`] and the CPU supports it).
+#[inline(always)]
+pub(crate) fn avx512_f32<T: 'static>(level: SimdLevel) -> bool {
+    cfg!(target_arch = "x86_64") && is::<T, f32>() && level == SimdLevel::Avx512 && level.is_supported()
+}
+
+/// `x` as `&[f32]`; only called when `T` is `f32` (checked).
+#[inline(always)]
+pub(crate) fn as_f32<T: 'static>(x: &[T]) -> &[f32] {
+    assert!(is::<T, f32>());
+    // SAFETY: the assert guarantees `T == f32`, so the slice is reinterpreted as itself.
+    unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) }
+}
+
+/// `x` as `&mut [f32]`; only called when `T` is `f32` (checked).
+#[inline(always)]
+pub(crate) fn as_f32_mut<T: 'static>(x: &mut [T]) -> &mut [f32] {
+    assert!(is::<T, f32>());
+    // SAFETY: the assert guarantees `T == f32`; the borrow is moved into the result.
+    unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<f32>(), x.len()) }
+}
+
+/// Explicit AVX-512 f32 building blocks (16 lanes per `__m512`) for the hand-written row loops
+/// of the kernels. Every function needs AVX-512F (and DQ where stated), which the callers check
+/// with [`avx512_f32`] before entering a `#[target_feature]` function.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// Lanes per vector.
+    pub(crate) const W: usize = 16;
+
+    /// The mask of the first `n` lanes (`n < 16`).
+    #[inline(always)]
+    pub(crate) fn tail_mask(n: usize) -> __mmask16 {
+        debug_assert!(n < W);
+        ((1u32 << n) - 1) as __mmask16
+    }
+
+    /// Loads 16 values from `x[i..i + 16]`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn load(x: &[f32], i: usize) -> __m512 {
+        assert!(i + W <= x.len());
+        // SAFETY: the assert keeps the 16 lanes inside `x`; unaligned loads are allowed.
+        unsafe { _mm512_loadu_ps(x.as_ptr().add(i)) }
+    }
+
+    /// Loads the lanes of `m` from `x[i..]` (zero elsewhere).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn load_mask(x: &[f32], i: usize, m: __mmask16) -> __m512 {
+        assert!(i + (16 - m.leading_zeros() as usize) <= x.len());
+        // SAFETY: the assert keeps every lane selected by `m` inside `x`; masked-off lanes are
+        // not accessed (AVX-512 masked loads suppress their faults).
+        unsafe { _mm512_maskz_loadu_ps(m, x.as_ptr().add(i)) }
+    }
+
+    /// Stores 16 values to `x[i..i + 16]`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn store(x: &mut [f32], i: usize, v: __m512) {
+        assert!(i + W <= x.len());
+        // SAFETY: the assert keeps the 16 lanes inside `x`; unaligned stores are allowed.
+        unsafe { _mm512_storeu_ps(x.as_mut_ptr().add(i), v) }
+    }
+
+    /// Stores the lanes of `m` to `x[i..]`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn store_mask(x: &mut [f32], i: usize, m: __mmask16, v: __m512) {
+        assert!(i + (16 - m.leading_zeros() as usize) <= x.len());
+        // SAFETY: the assert keeps every lane selected by `m` inside `x`; masked-off lanes are
+        // neither written nor faulted on.
+        unsafe { _mm512_mask_storeu_ps(x.as_mut_ptr().add(i), m, v) }
+    }
+
+    /// Horizontal sum.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn hsum(v: __m512) -> f32 {
+        _mm512_reduce_add_ps(v)
+    }
+
+    /// Horizontal maximum.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn hmax(v: __m512) -> f32 {
+        _mm512_reduce_max_ps(v)
+    }
+
+    /// Prefetches the cache line holding `x[i]` into L1 (any `i`: nothing is dereferenced).
+    #[inline(always)]
+    pub(crate) fn prefetch(x: &[f32], i: usize) {
+        // SAFETY: a prefetch never faults, whatever the address; `wrapping_add` keeps the
+        // pointer arithmetic defined past the end of the slice.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().wrapping_add(i).cast()) }
+    }
+
+    #[inline(always)]
+    pub(crate) fn splat(v: f32) -> __m512 {
+        // SAFETY: a broadcast has no memory or feature requirement beyond AVX-512F, which
+        // every caller (all `#[target_feature(enable = "avx512f")]`) has.
+        unsafe { _mm512_set1_ps(v) }
+    }
+
+    /// Rounds to the nearest integer (ties to even), as a float.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn round(x: __m512) -> __m512 {
+        _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x)
+    }
+
+    /// 2^w for |w| ≤ 126 (callers clamp): `2^f·2^n` with `n = round(w)`, `f = w − n` exact, and
+    /// a degree-5 minimax polynomial for 2^f on [−½, ½] (relative error 7.5·10⁻⁸, ≈ 2·10⁻⁷
+    /// with rounding).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn exp2_bounded(w: __m512) -> __m512 {
+        let n = round(w);
+        let f = _mm512_sub_ps(w, n);
+        let mut p = splat(1.327_647_2e-3);
+        p = _mm512_fmadd_ps(p, f, splat(9.675_542e-3));
+        p = _mm512_fmadd_ps(p, f, splat(5.550_713e-2));
+        p = _mm512_fmadd_ps(p, f, splat(2.402_212e-1));
+        p = _mm512_fmadd_ps(p, f, splat(6.931_469_4e-1));
+        p = _mm512_fmadd_ps(p, f, splat(1.000_000_1));
+        _mm512_scalef_ps(p, n)
+    }
+
+    /// e^x for `x ≤ 88` (larger values may give +∞ or NaN): Cody–Waite reduction by ln 2 and a
+    /// degree-5 minimax polynomial on [−ln2/2, ln2/2] (relative error ≈ 2·10⁻⁷). Below −104
+    /// (including −∞) the result is 0; NaN propagates.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn exp_le88(x: __m512) -> __m512 {
+        const C1: f32 = 0.693_359_4; // ln 2, high part (exact in few bits)
+        const C2: f32 = -2.121_944_4e-4; // ln 2, low part
+                                         // `max(lo, x)` returns its second operand, `x`, when that is NaN.
+        let x = _mm512_max_ps(splat(-104.0), x);
+        let n = round(_mm512_mul_ps(x, splat(std::f32::consts::LOG2_E)));
+        let r = _mm512_fnmadd_ps(n, splat(C1), x);
+        let r = _mm512_fnmadd_ps(n, splat(C2), r);
+        let mut p = splat(8.297_655e-3);
+        p = _mm512_fmadd_ps(p, r, splat(4.191_538_3e-2));
+        p = _mm512_fmadd_ps(p, r, splat(1.666_757_5e-1));
+        p = _mm512_fmadd_ps(p, r, splat(4.999_889_4e-1));
+        p = _mm512_fmadd_ps(p, r, splat(9.999_997e-1));
+        p = _mm512_fmadd_ps(p, r, splat(1.000_000_1));
+        _mm512_scalef_ps(p, n)
+    }
+
+    /// `a / d` to about one ulp: a 14-bit reciprocal estimate refined by one Newton–Raphson
+    /// step. `d` must be finite and normal-range (`1 ≤ d ≤ 2¹²⁷` for the kernels).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn div_nr(a: __m512, d: __m512) -> __m512 {
+        // Refining the reciprocal (rather than the quotient) keeps `±∞ / 1 = ±∞`.
+        _mm512_mul_ps(a, recip_nr(d))
+    }
+
+    /// `1 / d` to about one ulp (see [`div_nr`]).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn recip_nr(d: __m512) -> __m512 {
+        let r = _mm512_rcp14_ps(d);
+        let e = _mm512_fnmadd_ps(d, r, splat(1.0));
+        _mm512_fmadd_ps(r, e, r)
+    }
+
+    /// Clamps every lane to [−c, c] (`c ≥ 0`); a NaN lane becomes a value in that range, so a
+    /// caller that must propagate NaN has to do so through another operand.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub(crate) fn clamp_abs(x: __m512, c: f32) -> __m512 {
+        // imm 0b0010: the smaller magnitude, with the sign of the first operand.
+        _mm512_range_ps::<0b0010>(x, splat(c))
+    }
+}
+
 /// Calls `f` inside a function compiled with AVX-512 (F, VL, BW, DQ), AVX2 and FMA enabled.
 ///
 /// # Safety
@@ -372,6 +554,52 @@ mod tests {
         assert_eq!(exp_f32::<false>(0.0), 1.0);
         assert_eq!(exp_f32::<false>(100.0), f32::INFINITY);
         assert!(exp_f32::<false>(f32::NAN).is_nan());
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_exp_relative_error() {
+        use std::arch::x86_64::*;
+        if !SimdLevel::Avx512.is_supported() {
+            return;
+        }
+        #[target_feature(enable = "avx512f,avx512dq")]
+        fn eval(x: f32) -> [f32; 4] {
+            let v = _mm512_set1_ps(x);
+            let d = _mm512_set1_ps(1.0 + x.abs());
+            [
+                _mm512_cvtss_f32(avx512::exp2_bounded(avx512::clamp_abs(v, 126.0))),
+                _mm512_cvtss_f32(avx512::exp_le88(v)),
+                _mm512_cvtss_f32(avx512::div_nr(v, d)),
+                _mm512_cvtss_f32(avx512::recip_nr(d)),
+            ]
+        }
+        let (mut e2, mut e, mut dv) = (0.0f64, 0.0f64, 0.0f64);
+        for i in 0..=400_000 {
+            let x = (-104.0 + 192.0 * i as f64 / 400_000.0) as f32;
+            // SAFETY: AVX-512F/DQ support was checked above.
+            let [a, b, c, r] = unsafe { eval(x) };
+            let xd = x as f64;
+            if xd.abs() <= 126.0 {
+                e2 = e2.max((a as f64 / xd.exp2() - 1.0).abs());
+            }
+            if (-87.0..=88.0).contains(&xd) {
+                e = e.max((b as f64 / xd.exp() - 1.0).abs());
+            }
+            let den = 1.0 + xd.abs();
+            if xd != 0.0 {
+                dv = dv.max((c as f64 / (xd / den) - 1.0).abs());
+            }
+            dv = dv.max((r as f64 * den - 1.0).abs());
+        }
+        assert!(e2 < 3e-7 && e < 3e-7 && dv < 2.5e-7, "exp2 {e2:e}, exp {e:e}, div {dv:e}");
+        // SAFETY: as above.
+        let [a, b, ..] = unsafe { eval(f32::NEG_INFINITY) };
+        assert!((a as f64 / 2f64.powi(-126) - 1.0).abs() < 3e-7 && b == 0.0, "{a} {b}");
+        // SAFETY: as above.
+        let [a, b, ..] = unsafe { eval(f32::NAN) };
+        // `clamp_abs` does not keep NaN (the GeLU kernels multiply by the NaN input afterwards).
+        assert!(a.is_finite() && b.is_nan(), "{a} {b}");
     }
 
     #[test]

@@ -142,6 +142,25 @@ fn layernorm_backward_with<T: Float>(
         .fold(
             || (vec![T::ZERO; cols], vec![T::ZERO; cols]),
             |(mut dw, mut db), (((dxb, xb), gb), (mb, rb))| {
+                #[cfg(target_arch = "x86_64")]
+                if fastmath::avx512_f32::<T>(level) {
+                    use fastmath::{as_f32, as_f32_mut};
+                    // SAFETY: `avx512_f32` checked that the CPU supports AVX-512F.
+                    unsafe {
+                        avx512::backward(
+                            as_f32(xb),
+                            as_f32(weight),
+                            as_f32(mb),
+                            as_f32(rb),
+                            as_f32(gb),
+                            cols,
+                            as_f32_mut(dxb),
+                            as_f32_mut(&mut dw),
+                            as_f32_mut(&mut db),
+                        )
+                    };
+                    return (dw, db);
+                }
                 simd_dispatch!(level, FMA => backward_rows::<T, FMA>(
                     xb, weight, mb, rb, gb, cols, dxb, &mut dw, &mut db
                 ));
@@ -214,6 +233,102 @@ fn backward_rows<T: Real, const FMA: bool>(
         for ((d, (&v, &g)), &w) in dxr.iter_mut().zip(xr.iter().zip(gr)).zip(weight) {
             let xhat = (v - mu) * rs;
             *d = rs * (g * w - mg - xhat * mgx);
+        }
+    }
+}
+
+/// The f32 backward row loop written with AVX-512 intrinsics.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use crate::fastmath::avx512::{hsum, load, load_mask, prefetch, splat, store, store_mask, tail_mask, W};
+
+    /// Same contract as [`super::backward_rows`] for f32.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn backward(
+        x: &[f32],
+        weight: &[f32],
+        mean: &[f32],
+        rstd: &[f32],
+        dout: &[f32],
+        cols: usize,
+        dx: &mut [f32],
+        dw: &mut [f32],
+        db: &mut [f32],
+    ) {
+        let rows =
+            (x.len() / cols).min(dout.len() / cols).min(dx.len() / cols).min(mean.len()).min(rstd.len());
+        let (weight, dw, db) = (&weight[..cols], &mut dw[..cols], &mut db[..cols]);
+        let full = cols / W * W;
+        let tail = (full < cols).then(|| tail_mask(cols - full));
+        let inv_n = 1.0 / cols as f32;
+        for r in 0..rows {
+            let off = r * cols;
+            let (xr, gr, dxr) = (&x[off..off + cols], &dout[off..off + cols], &mut dx[off..off + cols]);
+            let (rs, mrs) = (splat(rstd[r]), splat(-mean[r] * rstd[r]));
+            // Pass 1 (reads the row from memory): Σ g·w, Σ g·w·xhat, and dw += g·xhat, db += g.
+            let (mut ag, mut agx) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            let mut step1 = |i: usize, m: Option<__mmask16>| {
+                let ld = |s: &[f32]| match m {
+                    None => load(s, i),
+                    Some(m) => load_mask(s, i, m),
+                };
+                let (xv, gv) = (ld(xr), ld(gr));
+                let xhat = _mm512_fmadd_ps(xv, rs, mrs);
+                let gh = _mm512_mul_ps(gv, ld(weight));
+                ag = _mm512_add_ps(ag, gh);
+                agx = _mm512_fmadd_ps(gh, xhat, agx);
+                let (w1, b1) = (_mm512_fmadd_ps(gv, xhat, ld(dw)), _mm512_add_ps(gv, ld(db)));
+                match m {
+                    None => {
+                        store(dw, i, w1);
+                        store(db, i, b1);
+                    }
+                    Some(m) => {
+                        store_mask(dw, i, m, w1);
+                        store_mask(db, i, m, b1);
+                    }
+                }
+            };
+            let mut i = 0;
+            while i < full {
+                // Bring the lines of `dx` in ahead of the second pass's stores.
+                prefetch(dxr, i);
+                step1(i, None);
+                i += W;
+            }
+            if let Some(m) = tail {
+                step1(full, Some(m));
+            }
+            // dx = rs·(g·w − mean(g·w) − xhat·mean(g·w·xhat)) (the row is now in L1).
+            let c0 = splat(-hsum(ag) * inv_n * rstd[r]);
+            let c1 = splat(-hsum(agx) * inv_n * rstd[r]);
+            let step2 = |i: usize, m: Option<__mmask16>, dxr: &mut [f32]| {
+                let ld = |s: &[f32]| match m {
+                    None => load(s, i),
+                    Some(m) => load_mask(s, i, m),
+                };
+                let xhat = _mm512_fmadd_ps(ld(xr), rs, mrs);
+                let gh = _mm512_mul_ps(ld(gr), ld(weight));
+                let d = _mm512_fmadd_ps(gh, rs, _mm512_fmadd_ps(xhat, c1, c0));
+                match m {
+                    None => store(dxr, i, d),
+                    Some(m) => store_mask(dxr, i, m, d),
+                }
+            };
+            let mut i = 0;
+            while i < full {
+                step2(i, None, dxr);
+                i += W;
+            }
+            if let Some(m) = tail {
+                step2(full, Some(m), dxr);
+            }
         }
     }
 }
