@@ -13,9 +13,9 @@ use std::sync::OnceLock;
 pub enum SimdLevel {
     /// Plain Rust that the compiler may auto-vectorise for the baseline target.
     Portable,
-    /// AVX2 with FMA (x86-64 since Haswell / Zen).
+    /// AVX2 with FMA and BMI1/2 (x86-64 since Haswell / Zen).
     Avx2Fma,
-    /// AVX-512 Foundation (with AVX2 and FMA).
+    /// AVX-512 F, VL, BW and DQ (with AVX2, FMA and BMI1/2), as on Skylake-SP, Ice Lake and Zen 4.
     Avx512,
 }
 
@@ -67,13 +67,23 @@ impl SimdLevel {
     fn best_supported() -> SimdLevel {
         #[cfg(target_arch = "x86_64")]
         {
+            // The AVX-512 kernels use F, VL, BW and DQ instructions (and BMI for masks).
             if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512dq")
                 && is_x86_feature_detected!("avx2")
                 && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("bmi1")
+                && is_x86_feature_detected!("bmi2")
             {
                 return SimdLevel::Avx512;
             }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("bmi1")
+                && is_x86_feature_detected!("bmi2")
+            {
                 return SimdLevel::Avx2Fma;
             }
         }

@@ -34,9 +34,61 @@ fn softmax_forward_with<T: Float>(x: &[T], cols: usize, out: &mut [T], level: Si
         return;
     }
     let chunk = rows_per_task(cols) * cols;
-    out.par_chunks_mut(chunk)
-        .zip(x.par_chunks(chunk))
-        .for_each(|(o, xs)| simd_dispatch!(level, FMA => softmax_rows::<T, FMA>(xs, cols, o)));
+    out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(o, xs)| {
+        #[cfg(target_arch = "x86_64")]
+        if fastmath::avx512_f32::<T>(level) {
+            let (xs, o) = (fastmath::as_f32(xs), fastmath::as_f32_mut(o));
+            // SAFETY: `avx512_f32` checked that the CPU supports AVX-512F.
+            return unsafe { avx512::softmax_rows(xs, cols, o) };
+        }
+        simd_dispatch!(level, FMA => softmax_rows::<T, FMA>(xs, cols, o))
+    });
+}
+
+/// The f32 forward row loop written with AVX-512 intrinsics.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use crate::fastmath::avx512::{
+        exp_le88, hmax, hsum, load, load_mask, splat, store, store_mask, tail_mask, W,
+    };
+
+    /// Softmax of each row of `cols` values: a max pass over memory, then exponentials and
+    /// their sum, then the scaling, both over the row while it sits in L1.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn softmax_rows(x: &[f32], cols: usize, out: &mut [f32]) {
+        let full = cols / W * W;
+        let tail = tail_mask(cols - full);
+        for (o, xr) in out.chunks_exact_mut(cols).zip(x.chunks_exact(cols)) {
+            let mut mv = splat(f32::NEG_INFINITY);
+            for i in (0..full).step_by(W) {
+                mv = _mm512_max_ps(mv, load(xr, i));
+            }
+            if full < cols {
+                mv = _mm512_mask_max_ps(mv, tail, mv, load_mask(xr, full, tail));
+            }
+            let shift = splat(hmax(mv));
+            let mut sum = splat(0.0);
+            for i in (0..full).step_by(W) {
+                let e = exp_le88(_mm512_sub_ps(load(xr, i), shift));
+                sum = _mm512_add_ps(sum, e);
+                store(o, i, e);
+            }
+            if full < cols {
+                let e = exp_le88(_mm512_sub_ps(load_mask(xr, full, tail), shift));
+                sum = _mm512_mask_add_ps(sum, tail, sum, e);
+                store_mask(o, full, tail, e);
+            }
+            let inv = splat(1.0 / hsum(sum));
+            for i in (0..full).step_by(W) {
+                store(o, i, _mm512_mul_ps(load(o, i), inv));
+            }
+            if full < cols {
+                store_mask(o, full, tail, _mm512_mul_ps(load_mask(o, full, tail), inv));
+            }
+        }
+    }
 }
 
 #[inline(always)]
