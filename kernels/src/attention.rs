@@ -1,7 +1,7 @@
 //! Causal scaled-dot-product attention: a CPU flash attention.
 //!
 //! `out_i = Σ_{j ≤ i} softmax_j(scale · q_i·k_j) · v_j` for every head. Queries are taken in
-//! blocks of [`BLOCK`] rows and keys in blocks of the same size; for each (query block, key
+//! blocks of `BLOCK` (64) rows and keys in blocks of the same size; for each (query block, key
 //! block) pair the `BLOCK × BLOCK` score tile is produced by a small register-blocked matrix
 //! product, folded into a per-row online softmax (running max and sum) and multiplied into the
 //! output accumulator. Key blocks past the diagonal are skipped and the diagonal block is masked

@@ -8,7 +8,7 @@
 //! costs one exponential and one division, with no cancellation for large negative inputs
 //! (where `1 + tanh z` would lose all its digits). The loops are branch-free and vectorise
 //! (compiled for the best instruction set found at run time); for f32 the exponential is the
-//! fast polynomial of [`fastmath`] (relative error ≈ 2·10⁻⁷), for f64 it is libm's. The scalar
+//! fast polynomial of `fastmath` (relative error ≈ 2·10⁻⁷), for f64 it is libm's. The scalar
 //! [`gelu`] and [`gelu_grad`] stay exactly as before.
 
 use rayon::prelude::*;

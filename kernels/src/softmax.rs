@@ -3,9 +3,9 @@
 //! Forward subtracts the row maximum before exponentiating so that large logits never overflow.
 //! Backward uses the saved output: `dx = y ⊙ (dy − ⟨y, dy⟩)`.
 //!
-//! Rows are processed in groups of about [`TASK_ELEMS`] elements per rayon task; inside a task
+//! Rows are processed in groups of about `TASK_ELEMS` elements per rayon task; inside a task
 //! the row loops are lane-parallel (vectorisable) and compiled for the best instruction set
-//! found at run time. For f32 the exponential is the fast polynomial of [`fastmath`]; f64 keeps
+//! found at run time. For f32 the exponential is the fast polynomial of `fastmath`; f64 keeps
 //! libm's `exp`.
 
 use rayon::prelude::*;
