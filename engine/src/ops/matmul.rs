@@ -1,7 +1,8 @@
 //! Matrix products: 2-D and batched with broadcast batch axes. Operands are passed to the
 //! kernel as strided views, so a transposed operand (`x.t()`) is never materialised.
 
-use polylm_kernels::matmul::{gemm, gemm_f64, MatMut, MatRef};
+use polylm_kernels::matmul::{gemm_batched, gemm_f64, BatchMut, MatMut, MatRef};
+use polylm_kernels::{Elem, SimdLevel};
 
 use crate::autograd::BackwardOp;
 use crate::layout::{broadcast_shape, Layout};
@@ -32,55 +33,71 @@ impl BackwardOp for MatmulBackward {
     }
 }
 
-/// Offset of batch element `index` (row-major over `batch`) in a view with these batch strides.
-fn batch_offset(batch: &[usize], strides: &[usize], mut index: usize) -> usize {
-    let mut off = 0;
-    for ax in (0..batch.len()).rev() {
-        off += (index % batch[ax]) * strides[ax];
-        index /= batch[ax];
-    }
-    off
-}
-
-/// The 2-D strided view of batch element `index`.
-fn mat_view<'a, T: Copy>(
-    data: &'a [T],
-    layout: &Layout,
-    batch: &[usize],
-    index: usize,
-) -> Result<MatRef<'a, T>> {
-    let r = layout.rank();
-    let strides = layout.broadcast_strides(&[batch, &layout.shape()[r - 2..]].concat());
-    let off = layout.offset() + batch_offset(batch, &strides[..batch.len()], index);
-    let (rows, cols) = (layout.shape()[r - 2], layout.shape()[r - 1]);
-    let (rs, cs) = (layout.strides()[r - 2], layout.strides()[r - 1]);
-    MatRef::new(&data[off.min(data.len())..], rows, cols, rs, cs).ok_or_else(|| Error::BadShape {
-        op: "matmul",
-        shape: layout.shape().to_vec(),
-        reason: "view does not fit its storage".into(),
-    })
-}
-
 /// One operand of a product: its storage slice and the view into it.
 struct Operand<'a, T> {
     data: &'a [T],
     layout: &'a Layout,
 }
 
-/// Runs `product` once per batch element, writing `out` (`[batch, m, n]`, row-major).
-fn batched<A: Copy, B: Copy, C>(
+impl<'a, T: Copy> Operand<'a, T> {
+    /// Where batch element `index` (row-major over the broadcast `batch`) starts in `data`.
+    fn offset(&self, batch: &[usize], mut index: usize) -> usize {
+        let r = self.layout.rank();
+        let strides = self.layout.broadcast_strides(&[batch, &self.layout.shape()[r - 2..]].concat());
+        let mut off = self.layout.offset();
+        for ax in (0..batch.len()).rev() {
+            off += (index % batch[ax]) * strides[ax];
+            index /= batch[ax];
+        }
+        off
+    }
+
+    /// The matrix of batch element `index` as a strided view.
+    fn matrix(&self, batch: &[usize], index: usize) -> Result<MatRef<'a, T>> {
+        let off = self.offset(batch, index);
+        self.view(self.data.get(off..).unwrap_or_default())
+    }
+
+    /// The operand's matrix shape and strides over `data`.
+    fn view(&self, data: &'a [T]) -> Result<MatRef<'a, T>> {
+        let (shape, strides, r) = (self.layout.shape(), self.layout.strides(), self.layout.rank());
+        MatRef::new(data, shape[r - 2], shape[r - 1], strides[r - 2], strides[r - 1]).ok_or_else(|| {
+            Error::BadShape {
+                op: "matmul",
+                shape: shape.to_vec(),
+                reason: "view does not fit its storage".into(),
+            }
+        })
+    }
+}
+
+/// f32-accumulating products of every batch element into `out` (`[batch, m, n]`, row-major),
+/// parallel over the batch when each product is too small to split.
+fn batched_f32<A: Elem, B: Elem>(
     a: Operand<'_, A>,
     b: Operand<'_, B>,
     batch: &[usize],
-    out: &mut [C],
-    product: impl Fn(MatRef<'_, A>, MatRef<'_, B>, MatMut<'_, C>),
+    out: &mut [f32],
 ) -> Result<()> {
     let count: usize = batch.iter().product();
-    let (m, n) = (a.layout.shape()[a.layout.rank() - 2], b.layout.shape()[b.layout.rank() - 1]);
+    let (a_tmpl, b_tmpl) = (a.view(a.data)?, b.view(b.data)?);
+    let (m, n) = (a_tmpl.rows(), b_tmpl.cols());
+    let a_offsets: Vec<usize> = (0..count).map(|i| a.offset(batch, i)).collect();
+    let b_offsets: Vec<usize> = (0..count).map(|i| b.offset(batch, i)).collect();
+    let c = BatchMut { data: out, count, ldc: n, batch_stride: m * n };
+    gemm_batched(SimdLevel::detect(), 1.0, a_tmpl, &a_offsets, b_tmpl, &b_offsets, 0.0, c).map_err(|e| {
+        Error::BadShape { op: "matmul", shape: a.layout.shape().to_vec(), reason: e.to_string() }
+    })
+}
+
+/// f64 products of every batch element into `out` (`[batch, m, n]`, row-major).
+fn batched_f64(a: Operand<'_, f64>, b: Operand<'_, f64>, batch: &[usize], out: &mut [f64]) -> Result<()> {
+    let count: usize = batch.iter().product();
+    let r = a.layout.rank();
+    let (m, n) = (a.layout.shape()[r - 2], b.layout.shape()[b.layout.rank() - 1]);
     for (i, c) in out.chunks_mut((m * n).max(1)).take(count).enumerate() {
-        let av = mat_view(a.data, a.layout, batch, i)?;
-        let bv = mat_view(b.data, b.layout, batch, i)?;
-        product(av, bv, MatMut::row_major(c, m, n).expect("output chunk has m·n elements"));
+        let cv = MatMut::row_major(c, m, n).expect("output chunk has m·n elements");
+        gemm_f64(1.0, a.matrix(batch, i)?, b.matrix(batch, i)?, 0.0, cv);
     }
     Ok(())
 }
@@ -129,36 +146,34 @@ impl Tensor {
         shape.extend([m, n]);
         let numel: usize = shape.iter().product();
         let (al, bl) = (self.layout(), rhs.layout());
-        macro_rules! product {
-            ($a:expr, $b:expr, $out:expr, $gemm:expr) => {
-                batched(
-                    Operand { data: $a, layout: al },
-                    Operand { data: $b, layout: bl },
-                    &batch,
-                    $out,
-                    $gemm,
-                )
-            };
-        }
         let out = match (self.storage().cpu(), rhs.storage().cpu()) {
             (CpuStorage::F64(a), CpuStorage::F64(b)) => {
                 let mut out = vec![0f64; numel];
-                product!(a, b, &mut out, |x, y, c| gemm_f64(1.0, x, y, 0.0, c))?;
+                batched_f64(
+                    Operand { data: a, layout: al },
+                    Operand { data: b, layout: bl },
+                    &batch,
+                    &mut out,
+                )?;
                 Tensor::from_vec(out, &shape)?
             }
             (sa, sb) => {
                 // f32, bf16 and f16 operands all accumulate into f32.
                 let mut out = vec![0f32; numel];
+                macro_rules! product {
+                    ($a:expr, $b:expr) => {
+                        batched_f32(
+                            Operand { data: $a, layout: al },
+                            Operand { data: $b, layout: bl },
+                            &batch,
+                            &mut out,
+                        )
+                    };
+                }
                 match (sa, sb) {
-                    (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-                        product!(a, b, &mut out, |x, y, c| gemm(1.0, x, y, 0.0, c))?
-                    }
-                    (CpuStorage::BF16(a), CpuStorage::BF16(b)) => {
-                        product!(a, b, &mut out, |x, y, c| gemm(1.0, x, y, 0.0, c))?
-                    }
-                    (CpuStorage::F16(a), CpuStorage::F16(b)) => {
-                        product!(a, b, &mut out, |x, y, c| gemm(1.0, x, y, 0.0, c))?
-                    }
+                    (CpuStorage::F32(a), CpuStorage::F32(b)) => product!(a, b)?,
+                    (CpuStorage::BF16(a), CpuStorage::BF16(b)) => product!(a, b)?,
+                    (CpuStorage::F16(a), CpuStorage::F16(b)) => product!(a, b)?,
                     _ => unreachable!("dtypes were checked equal"),
                 }
                 Tensor::from_compute(out, &shape, self.dtype())?
