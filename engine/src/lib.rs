@@ -15,6 +15,8 @@
 //! # Ok::<(), polylm_engine::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod autograd;
 mod device;
 mod dtype;

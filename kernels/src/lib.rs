@@ -9,6 +9,8 @@
 //! their input gradients unless the function says it accumulates (`+=`), as the embedding
 //! scatter-add does. Accumulating gradients across graph edges is the engine's job.
 
+#![warn(missing_docs)]
+
 pub mod attention;
 pub mod cast;
 pub mod copy;
