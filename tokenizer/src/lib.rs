@@ -1,4 +1,31 @@
-//! The multilingual BPE tokenizer of PolyLM (digits split, byte fallback, 256K vocabulary).
+//! The multilingual BPE tokenizer of PolyLM (digits split, byte fallback, language-balanced
+//! vocabulary).
 //!
-//! This crate stands apart from the compute stack (it depends on nothing else here). It is
-//! reserved by the workspace layout; the tokenizer lands with its own issue.
+//! This crate stands apart from the compute stack (it depends on nothing else here). It is a
+//! from-scratch byte-fallback BPE in the style of SentencePiece:
+//!
+//! - [`normalize`]: Unicode normalisation (none / NFC / NFKC) and the `▁` word-start meta symbol;
+//! - [`pretokenize`]: splitting normalised text into words that merges never cross (digits alone);
+//! - [`model`]: the vocabulary, special tokens, byte tokens and the ranked merge list;
+//! - [`mod@train`]: language-balanced BPE training with character coverage;
+//! - [`encode`]: the [`Tokenizer`] (exact merge-rank encoding, word cache, batch encoding, decode);
+//! - [`json`]: the versioned `polylm-bpe` JSON model file;
+//! - [`corpus`]: reading `.jsonl` / `.txt` corpora;
+//! - [`error`]: the typed [`TokenizerError`].
+#![warn(missing_docs)]
+
+pub mod corpus;
+pub mod encode;
+pub mod error;
+mod hash;
+pub mod json;
+pub mod model;
+pub mod normalize;
+pub mod pretokenize;
+pub mod train;
+
+pub use encode::Tokenizer;
+pub use error::{Result, TokenizerError};
+pub use model::BpeModel;
+pub use normalize::{Normalizer, NormalizerKind, META};
+pub use train::{train, LanguageCorpus, TrainConfig};
