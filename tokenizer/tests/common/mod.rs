@@ -35,21 +35,55 @@ pub fn small_corpora() -> Vec<LanguageCorpus> {
         }
         corpora
     } else {
-        vec![
-            LanguageCorpus::new(
-                "en",
-                vec!["The quick brown fox jumps over the lazy dog in 2024.".into(); 50],
-            ),
-            LanguageCorpus::new(
-                "ru",
-                vec![
-                    "Съешь же ещё этих мягких французских булок.".into();
-                    30
-                ],
-            ),
-            LanguageCorpus::new("zh", vec!["我们都是好朋友，今天天气很好。".into(); 30]),
-        ]
+        synthetic_corpora()
     }
+}
+
+/// Seeded pseudo-text in three scripts, varied enough to learn a 1000-entry vocabulary: used
+/// when the shared corpus is absent.
+fn synthetic_corpora() -> Vec<LanguageCorpus> {
+    let scripts: [(&str, &[&str], &[&str]); 3] = [
+        (
+            "en",
+            &["b", "c", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w"],
+            &["a", "e", "i", "o", "u"],
+        ),
+        (
+            "ru",
+            &["б", "в", "г", "д", "ж", "з", "к", "л", "м", "н", "п", "р", "с", "т"],
+            &["а", "е", "и", "о", "у", "ы"],
+        ),
+        ("zh", &["我", "们", "天", "气", "好", "朋", "友", "今", "很", "是"], &["的", "了", "在"]),
+    ];
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = |n: usize| {
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        ((state >> 33) as usize) % n
+    };
+    scripts
+        .iter()
+        .map(|(lang, consonants, vowels)| {
+            let texts = (0..400)
+                .map(|_| {
+                    let words: Vec<String> = (0..5 + next(8))
+                        .map(|_| {
+                            (0..1 + next(4))
+                                .map(|_| {
+                                    format!(
+                                        "{}{}",
+                                        consonants[next(consonants.len())],
+                                        vowels[next(vowels.len())]
+                                    )
+                                })
+                                .collect()
+                        })
+                        .collect();
+                    format!("{} {}.", words.join(" "), next(100))
+                })
+                .collect();
+            LanguageCorpus::new(*lang, texts)
+        })
+        .collect()
 }
 
 /// Train a small tokenizer (vocab 1000 by default settings otherwise).
