@@ -11,6 +11,7 @@
 //! - [`encode`]: the [`Tokenizer`] (exact merge-rank encoding, word cache, batch encoding, decode);
 //! - [`json`]: the versioned `polylm-bpe` JSON model file;
 //! - [`corpus`]: reading `.jsonl` / `.txt` corpora;
+//! - [`sentencepiece`]: importing SentencePiece `.model` files (BPE and unigram);
 //! - [`error`]: the typed [`TokenizerError`].
 #![warn(missing_docs)]
 
@@ -22,10 +23,12 @@ pub mod json;
 pub mod model;
 pub mod normalize;
 pub mod pretokenize;
+pub mod sentencepiece;
 pub mod train;
 
 pub use encode::Tokenizer;
 pub use error::{Result, TokenizerError};
 pub use model::BpeModel;
 pub use normalize::{Normalizer, NormalizerKind, META};
+pub use sentencepiece::SentencePieceModel;
 pub use train::{train, LanguageCorpus, TrainConfig};

@@ -1,0 +1,461 @@
+//! Importing SentencePiece `.model` files (BPE and unigram) without a protobuf dependency.
+//!
+//! - [`proto`]: a minimal protobuf reader and the `ModelProto` fields used here;
+//! - [`SentencePieceModel`]: normalisation, encoding (BPE merges by piece score, unigram
+//!   Viterbi), byte fallback and decoding.
+//!
+//! # Normalisation and its deviation from SentencePiece
+//!
+//! SentencePiece normalises with a precompiled character map (`nmt_nfkc` by default: NFKC plus
+//! a few extra mappings), applied by greedy longest match. This importer ignores the map and
+//! instead applies Unicode NFKC to the whole text, plus the `nmt` extras it knows: C0/C1 control
+//! characters other than tab, LF, CR and form feed are removed; tab, LF, CR, form feed and
+//! U+200B (zero width space) become a space; U+FEFF is removed. Texts whose NFKC differs from
+//! the character-by-character map (rare combining sequences) may therefore normalise slightly
+//! differently. Models whose rule is `identity` are not normalised.
+//!
+//! User-defined pieces are matched only as ordinary vocabulary entries (SentencePiece matches them
+//! first and freezes them), and UNUSED pieces are never produced.
+
+pub mod proto;
+
+use std::collections::{BinaryHeap, HashMap};
+use std::path::Path;
+
+use unicode_normalization::UnicodeNormalization;
+
+use crate::error::{Result, TokenizerError};
+use proto::{ModelProto, ModelType, PieceType};
+
+const META: char = '\u{2581}';
+const UNK_PENALTY: f32 = 10.0;
+
+/// A SentencePiece model imported from a `.model` file.
+#[derive(Debug, Clone)]
+pub struct SentencePieceModel {
+    proto: ModelProto,
+    /// Normal and user-defined pieces that the encoder may produce.
+    vocab: HashMap<String, u32>,
+    /// `<0xNN>` piece ids, indexed by byte.
+    bytes: Option<[u32; 256]>,
+    unk_id: u32,
+    max_piece_chars: usize,
+    min_score: f32,
+    max_score: f32,
+}
+
+impl SentencePieceModel {
+    /// Loads a `.model` file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| TokenizerError::io(path, e))?;
+        Self::from_bytes(&bytes).map_err(|e| match e {
+            TokenizerError::MalformedModel { path: None, message } => {
+                TokenizerError::MalformedModel { path: Some(path.to_path_buf()), message }
+            }
+            e => e,
+        })
+    }
+
+    /// Parses a serialized `ModelProto`.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        Self::from_proto(ModelProto::parse(bytes)?)
+    }
+
+    /// Builds the model from a parsed proto, checking that it is usable.
+    pub fn from_proto(proto: ModelProto) -> Result<Self> {
+        if proto.pieces.is_empty() {
+            return Err(TokenizerError::malformed("SentencePiece model has no pieces"));
+        }
+        match proto.trainer_spec.model_type {
+            ModelType::Bpe | ModelType::Unigram => {}
+            t => {
+                return Err(TokenizerError::malformed(format!("unsupported SentencePiece model type {t:?}")))
+            }
+        }
+        let mut vocab = HashMap::new();
+        let mut byte_ids = [u32::MAX; 256];
+        let mut unk = None;
+        let mut max_piece_chars = 1;
+        let mut min_score = f32::INFINITY;
+        let mut max_score = f32::NEG_INFINITY;
+        for (id, p) in proto.pieces.iter().enumerate() {
+            let id = id as u32;
+            match p.kind {
+                PieceType::Normal | PieceType::UserDefined => {
+                    if p.kind == PieceType::Normal {
+                        min_score = min_score.min(p.score);
+                        max_score = max_score.max(p.score);
+                    }
+                    max_piece_chars = max_piece_chars.max(p.piece.chars().count());
+                    vocab.entry(p.piece.clone()).or_insert(id);
+                }
+                PieceType::Unknown => {
+                    unk.get_or_insert(id);
+                }
+                PieceType::Byte => {
+                    let b = parse_byte_piece(&p.piece)
+                        .ok_or_else(|| TokenizerError::malformed(format!("bad byte piece {:?}", p.piece)))?;
+                    byte_ids[b as usize] = id;
+                }
+                PieceType::Control | PieceType::Unused => {}
+            }
+        }
+        let unk_id =
+            unk.ok_or_else(|| TokenizerError::malformed("SentencePiece model has no unknown piece"))?;
+        let bytes = if proto.trainer_spec.byte_fallback {
+            if byte_ids.contains(&u32::MAX) {
+                return Err(TokenizerError::malformed(
+                    "byte_fallback is set but some <0xNN> pieces are missing",
+                ));
+            }
+            Some(byte_ids)
+        } else {
+            None
+        };
+        if !min_score.is_finite() {
+            min_score = 0.0;
+            max_score = 0.0;
+        }
+        Ok(SentencePieceModel { proto, vocab, bytes, unk_id, max_piece_chars, min_score, max_score })
+    }
+
+    /// The parsed proto.
+    pub fn proto(&self) -> &ModelProto {
+        &self.proto
+    }
+
+    /// The number of pieces.
+    pub fn vocab_size(&self) -> usize {
+        self.proto.pieces.len()
+    }
+
+    /// The piece text of `id`.
+    pub fn id_to_piece(&self, id: u32) -> Option<&str> {
+        self.proto.pieces.get(id as usize).map(|p| p.piece.as_str())
+    }
+
+    /// The unknown id.
+    pub fn unk_id(&self) -> u32 {
+        self.unk_id
+    }
+
+    /// Normalises `text` as the model's normalizer spec says (see the module docs).
+    pub fn normalize(&self, text: &str) -> String {
+        let spec = &self.proto.normalizer_spec;
+        let unicode: String =
+            if spec.name == "identity" { text.to_string() } else { nmt_extras(text).nfkc().collect() };
+        let mut spaced = if spec.remove_extra_whitespaces {
+            unicode.split(' ').filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ")
+        } else {
+            unicode
+        };
+        if spaced.is_empty() {
+            return spaced;
+        }
+        if spec.add_dummy_prefix {
+            spaced.insert(0, ' ');
+        }
+        if spec.escape_whitespaces {
+            spaced = spaced.replace(' ', "\u{2581}");
+        }
+        spaced
+    }
+
+    /// Encodes `text` into piece ids.
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        let norm = self.normalize(text);
+        let segments = match self.proto.trainer_spec.model_type {
+            ModelType::Bpe => self.bpe_segments(&norm),
+            _ => self.unigram_segments(&norm),
+        };
+        let mut out = Vec::with_capacity(segments.len());
+        for (surface, id) in segments {
+            match (id, &self.bytes) {
+                (Some(id), _) => out.push(id),
+                (None, Some(bytes)) => out.extend(surface.bytes().map(|b| bytes[b as usize])),
+                (None, None) => out.push(self.unk_id),
+            }
+        }
+        out
+    }
+
+    /// Encodes `text` into piece strings.
+    pub fn encode_pieces(&self, text: &str) -> Vec<String> {
+        self.encode(text).into_iter().map(|id| self.proto.pieces[id as usize].piece.clone()).collect()
+    }
+
+    /// BPE: start from characters, repeatedly merge the adjacent pair whose concatenation is a
+    /// piece with the highest score (leftmost on ties). `None` ids are unknown surfaces.
+    fn bpe_segments<'a>(&self, norm: &'a str) -> Vec<(&'a str, Option<u32>)> {
+        #[derive(Clone, Copy)]
+        struct Sym {
+            start: usize,
+            len: usize,
+            prev: Option<usize>,
+            next: Option<usize>,
+        }
+        #[derive(PartialEq)]
+        struct Cand {
+            score: f32,
+            left: usize,
+            right: usize,
+            size: usize,
+        }
+        impl Eq for Cand {}
+        impl Ord for Cand {
+            fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+                self.score.total_cmp(&o.score).then_with(|| o.left.cmp(&self.left))
+            }
+        }
+        impl PartialOrd for Cand {
+            fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(o))
+            }
+        }
+        let mut syms: Vec<Sym> = Vec::new();
+        for (i, (start, c)) in norm.char_indices().enumerate() {
+            syms.push(Sym { start, len: c.len_utf8(), prev: i.checked_sub(1), next: None });
+            if i > 0 {
+                syms[i - 1].next = Some(i);
+            }
+        }
+        let mut heap = BinaryHeap::new();
+        let push = |heap: &mut BinaryHeap<Cand>, syms: &[Sym], l: usize, r: usize| {
+            let piece = &norm[syms[l].start..syms[r].start + syms[r].len];
+            if let Some(&id) = self.vocab.get(piece) {
+                heap.push(Cand {
+                    score: self.proto.pieces[id as usize].score,
+                    left: l,
+                    right: r,
+                    size: piece.len(),
+                });
+            }
+        };
+        for i in 1..syms.len() {
+            push(&mut heap, &syms, i - 1, i);
+        }
+        while let Some(c) = heap.pop() {
+            let (l, r) = (c.left, c.right);
+            if syms[l].len == 0
+                || syms[r].len == 0
+                || syms[l].len + syms[r].len != c.size
+                || syms[l].next != Some(r)
+            {
+                continue;
+            }
+            syms[l].len += syms[r].len;
+            syms[r].len = 0;
+            syms[l].next = syms[r].next;
+            if let Some(n) = syms[r].next {
+                syms[n].prev = Some(l);
+            }
+            if let Some(p) = syms[l].prev {
+                push(&mut heap, &syms, p, l);
+            }
+            if let Some(n) = syms[l].next {
+                push(&mut heap, &syms, l, n);
+            }
+        }
+        let mut out = Vec::new();
+        let mut cur = if syms.is_empty() { None } else { Some(0) };
+        while let Some(i) = cur {
+            let s = &norm[syms[i].start..syms[i].start + syms[i].len];
+            out.push((s, self.vocab.get(s).copied()));
+            cur = syms[i].next;
+        }
+        out
+    }
+
+    /// Unigram: Viterbi over all vocabulary pieces (maximum total score, f32 sums as in
+    /// SentencePiece; a user-defined piece scores `chars * max_score - 0.1`; earliest start and then shortest piece win ties). A position with no
+    /// single-character piece gets an unknown node scored `min_score - 10`; runs of unknown
+    /// characters are merged into one unknown segment.
+    fn unigram_segments<'a>(&self, norm: &'a str) -> Vec<(&'a str, Option<u32>)> {
+        let bounds: Vec<usize> =
+            norm.char_indices().map(|(i, _)| i).chain(std::iter::once(norm.len())).collect();
+        let n = bounds.len() - 1;
+        // best[k] = (score, start char index, id) of the best path ending at char boundary k.
+        let mut best: Vec<Option<(f32, usize, Option<u32>)>> = vec![None; n + 1];
+        best[0] = Some((0.0, 0, None));
+        let unk_score = self.min_score - UNK_PENALTY;
+        for start in 0..n {
+            let Some((here, _, _)) = best[start] else { continue };
+            let mut has_single = false;
+            for end in start + 1..=n.min(start + self.max_piece_chars) {
+                let piece = &norm[bounds[start]..bounds[end]];
+                if let Some(&id) = self.vocab.get(piece) {
+                    let p = &self.proto.pieces[id as usize];
+                    let score = if p.kind == PieceType::UserDefined {
+                        (end - start) as f32 * self.max_score - 0.1
+                    } else {
+                        p.score
+                    };
+                    if end == start + 1 {
+                        has_single = true;
+                    }
+                    let cand = here + score;
+                    if best[end].is_none_or(|(s, _, _)| cand > s) {
+                        best[end] = Some((cand, start, Some(id)));
+                    }
+                }
+            }
+            if !has_single {
+                let cand = here + unk_score;
+                if best[start + 1].is_none_or(|(s, _, _)| cand > s) {
+                    best[start + 1] = Some((cand, start, None));
+                }
+            }
+        }
+        let mut rev: Vec<(usize, usize, Option<u32>)> = Vec::new();
+        let mut end = n;
+        while end > 0 {
+            let (_, start, id) = best[end].expect("every position is reachable");
+            match (id, rev.last_mut()) {
+                (None, Some(last)) if last.2.is_none() => last.0 = start,
+                _ => rev.push((start, end, id)),
+            }
+            end = start;
+        }
+        rev.into_iter().rev().map(|(s, e, id)| (&norm[bounds[s]..bounds[e]], id)).collect()
+    }
+
+    /// Decodes ids back to text: byte pieces are joined as UTF-8 (invalid sequences become
+    /// U+FFFD), control pieces vanish, the unknown piece becomes ` ⁇ `, `▁` becomes a space and
+    /// the dummy prefix space is removed.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        let mut out = String::new();
+        let mut pending: Vec<u8> = Vec::new();
+        for &id in ids {
+            let p = self
+                .proto
+                .pieces
+                .get(id as usize)
+                .ok_or(TokenizerError::IdOutOfRange { id, vocab_size: self.proto.pieces.len() })?;
+            if p.kind == PieceType::Byte {
+                if let Some(b) = parse_byte_piece(&p.piece) {
+                    pending.push(b);
+                    continue;
+                }
+            }
+            if !pending.is_empty() {
+                out.push_str(&String::from_utf8_lossy(&pending));
+                pending.clear();
+            }
+            match p.kind {
+                PieceType::Control | PieceType::Unused => {}
+                PieceType::Unknown => out.push_str(" \u{2047} "),
+                _ => out.push_str(&p.piece),
+            }
+        }
+        out.push_str(&String::from_utf8_lossy(&pending));
+        let spec = &self.proto.normalizer_spec;
+        let mut text = if spec.escape_whitespaces { out.replace(META, " ") } else { out };
+        if spec.add_dummy_prefix && text.starts_with(' ') {
+            text.remove(0);
+        }
+        Ok(text)
+    }
+}
+
+/// `<0xNN>` → the byte.
+fn parse_byte_piece(piece: &str) -> Option<u8> {
+    let hex = piece.strip_prefix("<0x")?.strip_suffix('>')?;
+    if hex.len() != 2 {
+        return None;
+    }
+    u8::from_str_radix(hex, 16).ok()
+}
+
+/// The extra `nmt` mappings applied before NFKC (see the module docs).
+fn nmt_extras(text: &str) -> String {
+    text.chars()
+        .filter_map(|c| match c {
+            '\t' | '\n' | '\r' | '\u{0C}' | '\u{200B}' => Some(' '),
+            '\u{FEFF}' => None,
+            c if c.is_control() => None,
+            c => Some(c),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::{NormalizerSpec, Piece, TrainerSpec};
+
+    fn model(kind: ModelType, pieces: &[(&str, f32, PieceType)]) -> SentencePieceModel {
+        let mut all: Vec<Piece> = vec![Piece { piece: "<unk>".into(), score: 0.0, kind: PieceType::Unknown }];
+        for b in 0..=255u8 {
+            all.push(Piece { piece: format!("<0x{b:02X}>"), score: 0.0, kind: PieceType::Byte });
+        }
+        for (p, s, k) in pieces {
+            all.push(Piece { piece: p.to_string(), score: *s, kind: *k });
+        }
+        let proto = ModelProto {
+            pieces: all,
+            trainer_spec: TrainerSpec { model_type: kind, byte_fallback: true, ..TrainerSpec::default() },
+            normalizer_spec: NormalizerSpec::default(),
+        };
+        SentencePieceModel::from_proto(proto).unwrap()
+    }
+
+    #[test]
+    fn normalizes_whitespace() {
+        let m = model(ModelType::Bpe, &[]);
+        assert_eq!(m.normalize("  a \t b  "), "\u{2581}a\u{2581}b");
+        assert_eq!(m.normalize("   "), "");
+        assert_eq!(m.normalize("ｆｕｌｌ"), "\u{2581}full");
+    }
+
+    #[test]
+    fn bpe_merges_by_score_and_falls_back_to_bytes() {
+        use PieceType::Normal as N;
+        let m = model(
+            ModelType::Bpe,
+            &[
+                ("▁", -1.0, N),
+                ("a", -1.0, N),
+                ("b", -1.0, N),
+                ("▁a", -2.0, N),
+                ("ab", -0.5, N),
+                ("▁ab", -3.0, N),
+            ],
+        );
+        // "ab" (score -0.5) wins over "▁a" (-2), then "▁ab".
+        assert_eq!(m.encode_pieces("ab"), vec!["▁ab"]);
+        let ids = m.encode("aé");
+        assert_eq!(m.id_to_piece(ids[1]), Some("<0xC3>"));
+        assert_eq!(m.decode(&ids).unwrap(), "aé");
+    }
+
+    #[test]
+    fn unigram_viterbi_and_unknowns() {
+        use PieceType::Normal as N;
+        let m = model(
+            ModelType::Unigram,
+            &[
+                ("▁", -1.0, N),
+                ("a", -2.0, N),
+                ("b", -2.0, N),
+                ("▁a", -1.5, N),
+                ("ab", -1.0, N),
+                ("▁ab", -5.0, N),
+            ],
+        );
+        assert_eq!(m.encode_pieces("ab"), vec!["▁", "ab"]);
+        let ids = m.encode("a中b");
+        assert_eq!(ids.len(), 1 + 3 + 1); // ▁a, three bytes of 中, b
+        assert_eq!(m.decode(&ids).unwrap(), "a中b");
+        assert!(m.decode(&[99_999]).is_err());
+    }
+
+    #[test]
+    fn corrupt_bytes_are_typed_errors() {
+        assert!(matches!(
+            SentencePieceModel::from_bytes(&[0x0A, 0x05, 0x0A]),
+            Err(TokenizerError::MalformedModel { .. })
+        ));
+        assert!(SentencePieceModel::from_bytes(&[]).is_err());
+    }
+}
