@@ -3,7 +3,8 @@
 //! 1. Words are counted per language (in parallel with rayon) after normalisation and
 //!    pre-tokenisation.
 //! 2. Language balancing: each language's word counts are scaled so that its share of the total
-//!    is proportional to `size^alpha` (temperature sampling; `alpha` = 0.3 by default), which
+//!    text (in UTF-8 bytes) is proportional to `bytes^alpha` (temperature sampling; `alpha` = 0.3
+//!    by default), which
 //!    gives low-resource languages more merges than their raw size would.
 //! 3. Character coverage: characters are ranked by weighted frequency and the rarest ones holding
 //!    the last `1 - character_coverage` of the character mass get no token (they fall back to
@@ -86,6 +87,8 @@ pub struct LanguageStats {
     pub lang: String,
     /// Number of words (pre-tokenised) in the language's texts.
     pub words: u64,
+    /// UTF-8 bytes of the normalised words: the size that balancing uses.
+    pub bytes: u64,
     /// The factor its word counts were scaled by.
     pub weight: f64,
     /// Its share of the balanced total.
@@ -174,7 +177,10 @@ pub fn train_with_stats(corpora: &[LanguageCorpus], config: &TrainConfig) -> Res
     // 1. Word counts per language.
     let per_lang: Vec<FxHashMap<String, u64>> =
         corpora.iter().map(|c| count_words(&normalizer, &c.texts)).collect();
-    let sizes: Vec<u64> = per_lang.iter().map(|m| m.values().sum()).collect();
+    // A language's size is its UTF-8 bytes, not its word count: scripts written without spaces
+    // (Thai, Chinese, Japanese) have few, long "words" and would otherwise be over-weighted.
+    let word_counts: Vec<u64> = per_lang.iter().map(|m| m.values().sum()).collect();
+    let sizes: Vec<u64> = per_lang.iter().map(|m| m.iter().map(|(w, &c)| c * w.len() as u64).sum()).collect();
     let total: u64 = sizes.iter().sum();
     if total == 0 {
         return Err(TokenizerError::EmptyCorpus(format!(
@@ -188,13 +194,13 @@ pub fn train_with_stats(corpora: &[LanguageCorpus], config: &TrainConfig) -> Res
     let powered: f64 = sizes.iter().filter(|&&n| n > 0).map(|&n| (n as f64).powf(config.alpha)).sum();
     let mut languages = Vec::new();
     let mut global: FxHashMap<String, u64> = FxHashMap::default();
-    for ((corpus, counts), &n) in corpora.iter().zip(per_lang).zip(&sizes) {
+    for (((corpus, counts), &n), &words) in corpora.iter().zip(per_lang).zip(&sizes).zip(&word_counts) {
         if n == 0 {
             continue;
         }
         let share = (n as f64).powf(config.alpha) / powered;
         let weight = share * total as f64 / n as f64;
-        languages.push(LanguageStats { lang: corpus.lang.clone(), words: n, weight, share });
+        languages.push(LanguageStats { lang: corpus.lang.clone(), words, bytes: n, weight, share });
         for (w, c) in counts {
             let scaled = ((c as f64) * weight * WEIGHT_SCALE).round().max(1.0) as u64;
             *global.entry(w).or_insert(0) += scaled;
