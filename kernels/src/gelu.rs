@@ -173,8 +173,11 @@ fn bias_gelu_backward_with<T: Float>(
             a
         });
     if let Some(dbias) = dbias {
-        dbias.iter_mut().for_each(|v| *v = T::ZERO);
-        dbias.iter_mut().zip(&partial).for_each(|(d, &p)| *d = p);
+        // `partial` is empty when there were no rows: the bias gradient is then zero.
+        match partial.len() {
+            0 => dbias.fill(T::ZERO),
+            _ => dbias.copy_from_slice(&partial),
+        }
     }
 }
 

@@ -230,25 +230,8 @@ pub(crate) fn encode_word_uncached(model: &BpeModel, word: &str, out: &mut Vec<u
         return;
     }
     if n <= 8 {
-        // Short words: the simple loop (find the lowest-rank pair, merge it, repeat).
-        loop {
-            let mut best: Option<(u32, usize, u32)> = None;
-            for i in 0..ids.len() - 1 {
-                if let Some((rank, result)) = model.merge(ids[i], ids[i + 1]) {
-                    match best {
-                        Some((r, _, _)) if r <= rank => {}
-                        _ => best = Some((rank, i, result)),
-                    }
-                }
-            }
-            match best {
-                Some((_, i, result)) => {
-                    ids[i] = result;
-                    ids.remove(i + 1);
-                }
-                None => break,
-            }
-        }
+        // Short words: the simple loop is faster than building the heap.
+        merge_by_scanning(model, &mut ids);
         out.extend_from_slice(&ids);
         return;
     }
@@ -300,10 +283,9 @@ pub(crate) fn encode_word_uncached(model: &BpeModel, word: &str, out: &mut Vec<u
 }
 
 /// Reference implementation of the merge loop (O(n²)), used by tests to check the fast path.
-#[cfg(test)]
-pub(crate) fn encode_word_reference(model: &BpeModel, word: &str) -> Vec<u32> {
-    let mut ids = Vec::new();
-    initial_symbols(model, word, &mut ids);
+/// Merges `ids` in place by rescanning: find the lowest-rank adjacent pair (leftmost on ties),
+/// merge it, repeat. Quadratic, so used for short words and as the tests' reference.
+fn merge_by_scanning(model: &BpeModel, ids: &mut Vec<u32>) {
     loop {
         let mut best: Option<(u32, usize, u32)> = None;
         for i in 0..ids.len().saturating_sub(1) {
@@ -319,9 +301,19 @@ pub(crate) fn encode_word_reference(model: &BpeModel, word: &str) -> Vec<u32> {
                 ids[i] = result;
                 ids.remove(i + 1);
             }
-            None => return ids,
+            None => return,
         }
     }
+}
+
+/// The whole word merged by [`merge_by_scanning`], whatever its length (tests compare the heap
+/// encoder against it).
+#[cfg(test)]
+pub(crate) fn encode_word_reference(model: &BpeModel, word: &str) -> Vec<u32> {
+    let mut ids = Vec::new();
+    initial_symbols(model, word, &mut ids);
+    merge_by_scanning(model, &mut ids);
+    ids
 }
 
 #[cfg(test)]
