@@ -4,8 +4,9 @@ use std::fmt;
 
 use crate::{Error, Result};
 
-/// A compute device. Only the CPU is implemented so far; the CUDA variant exists so that the
-/// rest of the API already carries device information, and asking for it gives a clear error.
+/// A compute device. Tensors live on the CPU so far; the CUDA kernels exist
+/// (`polylm_kernels::cuda`) but the engine's GPU storage does not yet, so asking for a CUDA
+/// device gives a clear error that says whether a GPU is present.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Device {
     /// The host CPU (rayon thread pool, SIMD kernels).
@@ -18,10 +19,15 @@ pub enum Device {
 impl Device {
     /// The CUDA device `ordinal`, or an error saying why it cannot be used.
     pub fn cuda(ordinal: usize) -> Result<Device> {
-        Err(Error::DeviceUnavailable {
-            device: Device::Cuda(ordinal),
-            reason: "this build has no CUDA backend yet; use Device::Cpu".into(),
-        })
+        let reason = match polylm_kernels::cuda::CudaDevice::new(ordinal) {
+            Err(e) => e.to_string(),
+            Ok(gpu) => format!(
+                "{} is present, but tensors cannot live on a GPU yet (the CUDA kernels are in \
+                 polylm_kernels::cuda; the engine's GPU storage is not built); use Device::Cpu",
+                gpu.name()
+            ),
+        };
+        Err(Error::DeviceUnavailable { device: Device::Cuda(ordinal), reason })
     }
 
     /// Whether this is the CPU.

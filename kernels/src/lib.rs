@@ -1,4 +1,5 @@
-//! Raw compute kernels of polylm.
+//! Raw compute kernels of polylm: CPU kernels in `src/`, CUDA kernels and their launch
+//! wrappers in `cuda/` (see [`cuda`]).
 //!
 //! Everything here works on plain slices and knows nothing of tensors, devices or autograd:
 //! the engine (`polylm-engine`) validates shapes and ids, then calls in here. One module per
@@ -11,10 +12,13 @@
 
 #![warn(missing_docs)]
 
+pub mod adamw;
 pub mod attention;
 pub mod cast;
 pub mod copy;
 pub mod cross_entropy;
+#[path = "../cuda/mod.rs"]
+pub mod cuda;
 pub mod elementwise;
 pub mod embedding;
 mod fastmath;

@@ -52,7 +52,6 @@ impl Tensor {
         }
         let mut shape = ids_shape.to_vec();
         shape.push(dim);
-        let table = self.contiguous_storage();
         macro_rules! gather {
             ($v:expr, $variant:ident) => {{
                 let mut out = vec![Default::default(); ids.len() * dim];
@@ -60,11 +59,20 @@ impl Tensor {
                 CpuStorage::$variant(out)
             }};
         }
-        let storage = match &table {
-            CpuStorage::F32(v) => gather!(v, F32),
-            CpuStorage::F64(v) => gather!(v, F64),
-            CpuStorage::BF16(v) => gather!(v, BF16),
-            CpuStorage::F16(v) => gather!(v, F16),
+        // A contiguous table (the usual case) is read in place; a strided view is copied once.
+        let copied;
+        let (table, offset) = if self.is_contiguous() {
+            (self.storage().cpu(), self.layout().offset())
+        } else {
+            copied = self.contiguous_storage();
+            (&copied, 0)
+        };
+        let range = offset..offset + rows * dim;
+        let storage = match table {
+            CpuStorage::F32(v) => gather!(&v[range], F32),
+            CpuStorage::F64(v) => gather!(&v[range], F64),
+            CpuStorage::BF16(v) => gather!(&v[range], BF16),
+            CpuStorage::F16(v) => gather!(&v[range], F16),
         };
         let out = Tensor::from_storage(storage, &shape);
         Ok(Tensor::from_op(out, EmbeddingBackward { ids: ids.to_vec() }, vec![self.clone()]))

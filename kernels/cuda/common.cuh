@@ -1,0 +1,167 @@
+// Shared prelude of every polylm CUDA kernel file.
+//
+// It is prepended to each kernel source before NVRTC compiles it, so kernels need no
+// `#include` and no CUDA toolkit headers: bf16 and f16 are plain 16-bit storage types whose
+// conversions to and from f32 go through PTX `cvt` instructions (round to nearest even).
+// All arithmetic happens in f32.
+
+typedef unsigned long long u64;
+typedef long long i64;
+typedef unsigned int u32;
+
+/// +infinity without <math.h>.
+#define POLY_INF __int_as_float(0x7f800000)
+
+/// bf16 storage: the upper 16 bits of an IEEE f32.
+struct bf16 { unsigned short bits; };
+/// IEEE half-precision storage.
+struct f16 { unsigned short bits; };
+
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(bf16 v) { return __uint_as_float(((u32)v.bits) << 16); }
+__device__ __forceinline__ float to_f32(f16 v) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.bits));
+    return f;
+}
+
+template <class T> __device__ __forceinline__ T from_f32(float v);
+template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ bf16 from_f32<bf16>(float v) {
+    bf16 r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r.bits) : "f"(v));
+    return r;
+}
+template <> __device__ __forceinline__ f16 from_f32<f16>(float v) {
+    f16 r;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.bits) : "f"(v));
+    return r;
+}
+
+/// Sum over the 32 lanes of a warp; every lane gets the result.
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/// Maximum over the 32 lanes of a warp; every lane gets the result.
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/// Sum over a whole block (blockDim.x a multiple of 32, at most 1024); every thread gets the
+/// result. `scratch` holds 32 floats of shared memory; the call synchronises the block.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float t = lane < warps ? scratch[lane] : 0.0f;
+    return warp_sum(t);
+}
+
+/// Maximum over a whole block; see `block_sum`.
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float t = lane < warps ? scratch[lane] : -POLY_INF;
+    return warp_max(t);
+}
+
+/// The tanh form of GeLU and its derivative, as the CPU kernels compute them.
+__device__ __forceinline__ float gelu_tanh(float x) {
+    const float k = 0.7978845608028654f;  // sqrt(2/pi)
+    float u = k * (x + 0.044715f * x * x * x);
+    return 0.5f * x * (1.0f + tanhf(u));
+}
+__device__ __forceinline__ float gelu_tanh_grad(float x) {
+    const float k = 0.7978845608028654f;
+    float x2 = x * x;
+    float u = k * (x + 0.044715f * x2 * x);
+    float t = tanhf(u);
+    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * 0.044715f * x2);
+}
+
+/// Sum of two values over a whole block at once (one pair of barriers); see `block_sum`.
+/// `scratch` holds 64 floats.
+__device__ __forceinline__ float2 block_sum2(float a, float b, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    a = warp_sum(a);
+    b = warp_sum(b);
+    __syncthreads();
+    if (lane == 0) { scratch[warp] = a; scratch[32 + warp] = b; }
+    __syncthreads();
+    float ta = lane < warps ? scratch[lane] : 0.0f;
+    float tb = lane < warps ? scratch[32 + lane] : 0.0f;
+    return make_float2(warp_sum(ta), warp_sum(tb));
+}
+
+/// Loads `N` consecutive elements starting at `p` as f32; `p` must be aligned to the vector.
+template <class T, int N>
+__device__ __forceinline__ void load_pack(const T* p, float* out) {
+    if constexpr (sizeof(T) * N == 16) {
+        uint4 raw = *reinterpret_cast<const uint4*>(p);
+        const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+        for (int i = 0; i < N; i++) out[i] = to_f32(e[i]);
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; i++) out[i] = to_f32(p[i]);
+    }
+}
+/// Stores `N` f32 values as `T` at `p`, aligned to the vector.
+template <class T, int N>
+__device__ __forceinline__ void store_pack(T* p, const float* in) {
+    if constexpr (sizeof(T) * N == 16) {
+        uint4 raw;
+        T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+        for (int i = 0; i < N; i++) e[i] = from_f32<T>(in[i]);
+        *reinterpret_cast<uint4*>(p) = raw;
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; i++) p[i] = from_f32<T>(in[i]);
+    }
+}
+/// Elements of `T` in one 16-byte vector.
+template <class T> struct VecWidth { static constexpr int value = 16 / sizeof(T); };
+
+/// True when `p` is aligned to 16 bytes.
+__device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<u64>(p) & 15) == 0; }
+
+/// Loads 4 consecutive elements (16 bytes of f32, 8 of bf16/f16) as f32; `p` aligned to that.
+template <class T>
+__device__ __forceinline__ void load4(const T* p, float* out) {
+    if constexpr (sizeof(T) == 4) {
+        float4 v = *reinterpret_cast<const float4*>(p);
+        out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
+    } else {
+        uint2 raw = *reinterpret_cast<const uint2*>(p);
+        const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+        for (int i = 0; i < 4; i++) out[i] = to_f32(e[i]);
+    }
+}
+/// Stores 4 f32 values as `T` at `p`, aligned to the 4-element vector.
+template <class T>
+__device__ __forceinline__ void store4(T* p, const float* in) {
+    if constexpr (sizeof(T) == 4) {
+        *reinterpret_cast<float4*>(p) = make_float4(in[0], in[1], in[2], in[3]);
+    } else {
+        uint2 raw;
+        T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+        for (int i = 0; i < 4; i++) e[i] = from_f32<T>(in[i]);
+        *reinterpret_cast<uint2*>(p) = raw;
+    }
+}
+
+/// Instantiates `MACRO(T, suffix)` for the three storage types.
+#define FOR_EACH_DTYPE(MACRO) MACRO(float, f32) MACRO(bf16, bf16) MACRO(f16, f16)

@@ -1,0 +1,143 @@
+// Elementwise kernels: broadcasting binary ops over strided operands, unary maps, casts,
+// strided gathers (making a view contiguous), accumulation and fill.
+//
+// Every kernel is a grid-stride loop over the contiguous output, so any grid size is correct.
+
+#define MAX_DIMS 6
+
+// Shape of the output and the strides (in elements) of up to two operands over it; a stride
+// of 0 broadcasts that axis.
+struct StridedShape {
+    int ndim;
+    int pad;
+    i64 shape[MAX_DIMS];
+    i64 a_stride[MAX_DIMS];
+    i64 b_stride[MAX_DIMS];
+};
+
+__device__ __forceinline__ void strided_offsets(const StridedShape& s, i64 i, i64& oa, i64& ob) {
+    oa = 0;
+    ob = 0;
+#pragma unroll
+    for (int d = MAX_DIMS - 1; d >= 0; d--) {
+        if (d < s.ndim) {
+            i64 c = i % s.shape[d];
+            i /= s.shape[d];
+            oa += c * s.a_stride[d];
+            ob += c * s.b_stride[d];
+        }
+    }
+}
+
+#define GRID_STRIDE_LOOP(i, n) \
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
+
+// op: 0 add, 1 sub, 2 mul, 3 div.
+__device__ __forceinline__ float apply_binary(int op, float x, float y) {
+    switch (op) {
+        case 0: return x + y;
+        case 1: return x - y;
+        case 2: return x * y;
+        default: return x / y;
+    }
+}
+
+template <class T>
+__device__ void binary(const StridedShape& s, const T* a, const T* b, T* out, i64 n, int op) {
+    GRID_STRIDE_LOOP(i, n) {
+        i64 oa, ob;
+        strided_offsets(s, i, oa, ob);
+        out[i] = from_f32<T>(apply_binary(op, to_f32(a[oa]), to_f32(b[ob])));
+    }
+}
+
+// op: 0 affine (alpha·x + beta), 1 square, 2 power alpha, 3 GeLU (tanh form).
+template <class T>
+__device__ void map(const T* x, T* out, i64 n, int op, float alpha, float beta) {
+    GRID_STRIDE_LOOP(i, n) {
+        float v = to_f32(x[i]);
+        float r;
+        switch (op) {
+            case 0: r = fmaf(alpha, v, beta); break;
+            case 1: r = v * v; break;
+            case 2: r = powf(v, alpha); break;
+            default: r = gelu_tanh(v); break;
+        }
+        out[i] = from_f32<T>(r);
+    }
+}
+
+template <class T>
+__device__ void gather(const StridedShape& s, const T* a, T* out, i64 n) {
+    GRID_STRIDE_LOOP(i, n) {
+        i64 oa, ob;
+        strided_offsets(s, i, oa, ob);
+        out[i] = a[oa];
+    }
+}
+
+template <class T>
+__device__ void add_assign(T* acc, const T* x, i64 n) {
+    GRID_STRIDE_LOOP(i, n) { acc[i] = from_f32<T>(to_f32(acc[i]) + to_f32(x[i])); }
+}
+
+template <class T>
+__device__ void fill(T* out, i64 n, float v) {
+    GRID_STRIDE_LOOP(i, n) { out[i] = from_f32<T>(v); }
+}
+
+#define ELEMENTWISE(T, S)                                                                       \
+    extern "C" __global__ void binary_##S(StridedShape s, const T* a, const T* b, T* out, i64 n, \
+                                          int op) {                                             \
+        binary<T>(s, a, b, out, n, op);                                                         \
+    }                                                                                           \
+    extern "C" __global__ void map_##S(const T* x, T* out, i64 n, int op, float alpha,          \
+                                       float beta) {                                            \
+        map<T>(x, out, n, op, alpha, beta);                                                     \
+    }                                                                                           \
+    extern "C" __global__ void gather_##S(StridedShape s, const T* a, T* out, i64 n) {          \
+        gather<T>(s, a, out, n);                                                                \
+    }                                                                                           \
+    extern "C" __global__ void add_assign_##S(T* acc, const T* x, i64 n) { add_assign<T>(acc, x, n); } \
+    extern "C" __global__ void fill_##S(T* out, i64 n, float v) { fill<T>(out, n, v); }
+FOR_EACH_DTYPE(ELEMENTWISE)
+
+template <class S, class D>
+__device__ void cast(const S* x, D* out, i64 n) {
+    GRID_STRIDE_LOOP(i, n) { out[i] = from_f32<D>(to_f32(x[i])); }
+}
+#define CAST(S, SN, D, DN) \
+    extern "C" __global__ void cast_##SN##_to_##DN(const S* x, D* out, i64 n) { cast<S, D>(x, out, n); }
+#define CAST_FROM(S, SN) CAST(S, SN, float, f32) CAST(S, SN, bf16, bf16) CAST(S, SN, f16, f16)
+FOR_EACH_DTYPE(CAST_FROM)
+
+// Sums `splits` rows of f32 partial results (row `s` starts at `partial + s·row_stride`) in a
+// fixed order, so that reductions are deterministic: column c < cols goes to out_a[c], column
+// cols + c (when out_b is given) to out_b[c]; `accumulate` adds to the outputs instead of
+// overwriting them. Block (32, 32): 32 columns, 32 row lanes each summing every 32nd row,
+// then a fixed-order sum over the lanes.
+template <class T>
+__device__ void column_sum(const float* partial, i64 row_stride, int splits, int cols, T* out_a, T* out_b,
+                           int accumulate) {
+    __shared__ float lanes[32][33];
+    const int total = out_b ? 2 * cols : cols;
+    const int c = blockIdx.x * 32 + threadIdx.x;
+    float s = 0.0f;
+    if (c < total)
+        for (int i = threadIdx.y; i < splits; i += 32) s += partial[i * row_stride + c];
+    lanes[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y != 0 || c >= total) return;
+    float sum = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 32; k++) sum += lanes[k][threadIdx.x];
+    T* dst = c < cols ? out_a + c : out_b + (c - cols);
+    if (accumulate) sum += to_f32(*dst);
+    *dst = from_f32<T>(sum);
+}
+#define COLUMN_SUM(T, S)                                                                         \
+    extern "C" __global__ void column_sum_##S(const float* partial, i64 row_stride, int splits, \
+                                              int cols, T* out_a, T* out_b, int accumulate) {   \
+        column_sum<T>(partial, row_stride, splits, cols, out_a, out_b, accumulate);             \
+    }
+FOR_EACH_DTYPE(COLUMN_SUM)

@@ -1,0 +1,109 @@
+//! The CUDA compile gate, which needs no GPU: every kernel file compiles with NVRTC for
+//! Hopper (`sm_90`, or `sm_90a` where a file needs it) and Ampere (`sm_80`) with ptxas's
+//! register-spill warnings turned into errors, and each kernel's registers and shared memory
+//! are printed.
+//!
+//! NVRTC comes from the PyPI wheels that `.ci/run` installs (see docs/cuda.md). Without it the
+//! test prints that it skipped, unless `POLYLM_REQUIRE_NVRTC=1` (set by CI), which makes a
+//! missing NVRTC a failure.
+
+use polylm_kernels::cuda::nvrtc::{compile, nvrtc_available, nvrtc_version, Arch, CompileOptions};
+use polylm_kernels::cuda::source::all_sources;
+
+fn nvrtc_or_skip() -> bool {
+    if nvrtc_available() {
+        return true;
+    }
+    if std::env::var("POLYLM_REQUIRE_NVRTC").is_ok_and(|v| v == "1") {
+        panic!("POLYLM_REQUIRE_NVRTC=1 but libnvrtc.so.13 could not be loaded (is LD_LIBRARY_PATH set?)");
+    }
+    eprintln!("skipped: NVRTC (libnvrtc.so.13) not found; see docs/cuda.md to install it");
+    false
+}
+
+#[test]
+fn every_kernel_compiles_without_spills() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let version = nvrtc_version().expect("NVRTC version");
+    println!("NVRTC {}.{}", version.0, version.1);
+    let mut failures = Vec::new();
+    let mut kernels = 0;
+    for source in all_sources() {
+        let mut archs = vec![Arch::SM80, Arch::SM90];
+        if source.needs_sm90a {
+            archs = vec![Arch::SM90A];
+        }
+        for arch in archs {
+            match compile(&source, &CompileOptions { arch, spills_are_errors: true }) {
+                Ok(compiled) => {
+                    let report = compiled.resources();
+                    assert!(!report.is_empty(), "{} for {arch}: no kernels in the ptxas report", source.name);
+                    assert!(!compiled.cubin.is_empty(), "{} for {arch}: empty cubin", source.name);
+                    for k in &report {
+                        if arch == Arch::SM90 || source.needs_sm90a {
+                            println!(
+                                "{arch} {:<16} {:<32} {:>3} regs {:>6} B smem {:>4} B stack",
+                                source.name, k.name, k.registers, k.shared_bytes, k.stack_bytes
+                            );
+                            kernels += 1;
+                        }
+                        if k.spill_stores > 0 || k.spill_loads > 0 {
+                            failures.push(format!("{} {} spills on {arch}", source.name, k.name));
+                        }
+                    }
+                }
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+    }
+    println!("{kernels} kernels compiled for sm_90");
+    assert!(failures.is_empty(), "compile gate failed:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn a_broken_kernel_is_reported_with_its_log() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let broken = polylm_kernels::cuda::source::KernelSource {
+        name: "broken",
+        code: "extern \"C\" __global__ void k(float* x) { x[0] = undefined_name; }",
+        needs_sm90a: false,
+    };
+    let err = compile(&broken, &CompileOptions { arch: Arch::SM90, spills_are_errors: true }).unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("broken") && message.contains("undefined_name"), "{message}");
+}
+
+#[test]
+fn a_spilling_kernel_fails_the_gate() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    // A large dynamically indexed local array cannot live in registers: ptxas must spill or
+    // use a stack frame; under a 32-register cap it spills, which the gate rejects.
+    let spilling = polylm_kernels::cuda::source::KernelSource {
+        name: "spilling",
+        code: r#"
+extern "C" __global__ void __launch_bounds__(1024, 2) k(float* x, int n) {
+    float acc[96];
+#pragma unroll
+    for (int i = 0; i < 96; i++) acc[i] = x[i * n + threadIdx.x];
+    float s = 0.0f;
+#pragma unroll
+    for (int r = 0; r < 8; r++)
+#pragma unroll
+        for (int i = 0; i < 96; i++) s += acc[i] * acc[(i * 7 + r) % 96];
+#pragma unroll
+    for (int i = 0; i < 96; i++) x[i * n + threadIdx.x] = acc[i] + s;
+}
+"#,
+        needs_sm90a: false,
+    };
+    let result = compile(&spilling, &CompileOptions { arch: Arch::SM90, spills_are_errors: true });
+    let message = result.as_ref().map(|c| c.log.clone()).unwrap_or_else(|e| e.to_string());
+    assert!(result.is_err(), "a kernel that spills must fail the gate; log:\n{message}");
+    assert!(message.contains("spill"), "{message}");
+}

@@ -1,0 +1,865 @@
+//! Every CUDA kernel against the CPU path, on a GPU.
+//!
+//! Each test draws random ragged shapes and values (never zeros or ones), runs the kernel in
+//! f32, bf16 and f16 with its outputs poisoned beforehand (every byte 0xFF, a NaN in each
+//! float type, so an element the kernel never wrote fails the finiteness check), and compares
+//! with the CPU kernels run in f64 on the same (rounded) inputs, with the tolerance of the
+//! storage precision. Without a GPU every test prints that it skipped and passes.
+//!
+//! On the GPU machine these run from `scripts/gpu-check.sh`.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::assert_close;
+use half::{bf16, f16};
+use polylm_engine::Rng;
+use polylm_kernels::attention::{causal_attention_backward, causal_attention_forward, AttentionDims};
+use polylm_kernels::cast::Scalar;
+use polylm_kernels::cuda::attention::{
+    attention_backward, attention_forward, AttentionGrads, AttentionShape,
+};
+use polylm_kernels::cuda::cross_entropy::{
+    cross_entropy, cross_entropy_in_place, CrossEntropyOutputs, GradScale,
+};
+use polylm_kernels::cuda::elementwise::{self, BinaryOp, DeviceStrided, UnaryOp};
+use polylm_kernels::cuda::embedding::{embedding_backward, embedding_forward};
+use polylm_kernels::cuda::gelu::{bias_gelu_backward, bias_gelu_forward};
+use polylm_kernels::cuda::layernorm::{layernorm_backward, layernorm_forward, ResidualAdd};
+use polylm_kernels::cuda::matmul::{gemm, GemmDims, MatView};
+use polylm_kernels::cuda::optim::{adamw_step, global_norm, AdamWStep, AdamWTensor};
+use polylm_kernels::cuda::softmax::{softmax_backward, softmax_forward};
+use polylm_kernels::cuda::{CudaDevice, CudaError, DeviceBuf, FloatElem};
+
+/// The device, or `None` after printing why the test skips.
+fn device(test: &str) -> Option<Arc<CudaDevice>> {
+    match CudaDevice::new(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            eprintln!("skipped {test}: no CUDA device ({e})");
+            None
+        }
+    }
+}
+
+/// A storage type under test with its tolerances (relative, and absolute as a fraction of
+/// the largest reference magnitude).
+trait Precision: FloatElem + Scalar {
+    const RTOL: f64;
+    const ATOL: f64;
+}
+impl Precision for f32 {
+    const RTOL: f64 = 2e-5;
+    const ATOL: f64 = 2e-6;
+}
+impl Precision for bf16 {
+    const RTOL: f64 = 1.6e-2;
+    const ATOL: f64 = 8e-3;
+}
+impl Precision for f16 {
+    const RTOL: f64 = 3e-3;
+    const ATOL: f64 = 1.5e-3;
+}
+
+/// Random values in `±scale`, rounded to `T`: the device copy and the exact f64 values.
+fn random<T: Precision>(
+    dev: &Arc<CudaDevice>,
+    rng: &mut Rng,
+    n: usize,
+    scale: f64,
+) -> (DeviceBuf<T>, Vec<f64>) {
+    let values: Vec<T> = (0..n).map(|_| T::round_from((rng.uniform() * 2.0 - 1.0) * scale)).collect();
+    let exact = values.iter().map(|v| v.widen()).collect();
+    (dev.upload(&values).expect("upload"), exact)
+}
+
+/// A buffer of `n` elements poisoned with NaN.
+fn poisoned<T: FloatElem>(dev: &Arc<CudaDevice>, n: usize) -> DeviceBuf<T> {
+    dev.alloc_filled_bytes::<T>(n, 0xFF).expect("alloc")
+}
+
+/// The buffer's values as f64, asserting every element was written (no NaN poison left).
+#[track_caller]
+fn read<T: Precision>(what: &str, buf: &DeviceBuf<T>) -> Vec<f64> {
+    let values: Vec<f64> = buf.device().download(buf).expect("download").iter().map(|v| v.widen()).collect();
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        panic!("{what}<{}>: element {i} of {} is {} (never written?)", T::NAME, values.len(), values[i]);
+    }
+    values
+}
+
+/// Compares with the tolerance of `T`, the absolute part scaled by the largest reference value
+/// (at least 1e-6: every test's inputs are of order 1, so a result whose exact value is 0, such
+/// as attention's dq over a single key, is compared at that scale, not at its rounding noise).
+#[track_caller]
+fn check<T: Precision>(what: &str, got: &[f64], want: &[f64]) {
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-6);
+    assert_close(&format!("{what}<{}>", T::NAME), got, want, T::RTOL, T::ATOL * scale);
+}
+
+/// Random sizes in `lo..=hi`, biased towards sizes that are not multiples of anything.
+fn size(rng: &mut Rng, lo: usize, hi: usize) -> usize {
+    lo + rng.below((hi - lo + 1) as u64) as usize
+}
+
+fn for_each_precision(test: &str, f: &dyn Fn(&Arc<CudaDevice>, &str)) {
+    let Some(dev) = device(test) else { return };
+    for dtype in ["f32", "bf16", "f16"] {
+        f(&dev, dtype);
+    }
+}
+
+macro_rules! dispatch {
+    ($dtype:expr, $f:ident ( $($arg:expr),* )) => {
+        match $dtype {
+            "f32" => $f::<f32>($($arg),*),
+            "bf16" => $f::<bf16>($($arg),*),
+            _ => $f::<f16>($($arg),*),
+        }
+    };
+}
+
+// ---------------------------------------------------------------- elementwise
+
+fn binary_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let (a0, a1, a2) = (size(&mut rng, 1, 9), size(&mut rng, 1, 40), size(&mut rng, 1, 300));
+    let shape = [a0, a1, a2];
+    let n = a0 * a1 * a2;
+    // `a` is stored transposed in its last two axes; `b` broadcasts over axes 0 and 2.
+    let (a, av) = random::<T>(dev, &mut rng, n, 2.0);
+    let (b, bv) = random::<T>(dev, &mut rng, a1, 2.0);
+    let a_strides = [a1 * a2, 1, a1];
+    let b_strides = [0, 1, 0];
+    for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
+        let mut out = poisoned::<T>(dev, n);
+        elementwise::binary(
+            op,
+            &shape,
+            DeviceStrided { buf: &a, offset: 0, strides: &a_strides },
+            DeviceStrided { buf: &b, offset: 0, strides: &b_strides },
+            &mut out,
+        )
+        .expect("binary");
+        let mut want = Vec::with_capacity(n);
+        for i in 0..a0 {
+            for j in 0..a1 {
+                for k in 0..a2 {
+                    let x = av[i * a_strides[0] + j + k * a1];
+                    let y = bv[j];
+                    let r = match op {
+                        BinaryOp::Add => x + y,
+                        BinaryOp::Sub => x - y,
+                        BinaryOp::Mul => x * y,
+                        BinaryOp::Div => x / y,
+                    };
+                    want.push(T::round_from(r).widen());
+                }
+            }
+        }
+        // Division by a value near zero is ill-conditioned in relative terms: compare the
+        // results rounded to T (the kernel rounds an f32 result once).
+        check::<T>(&format!("binary {op:?}"), &read("binary", &out), &want);
+    }
+}
+
+#[test]
+fn binary_ops_broadcast_over_strided_operands() {
+    for_each_precision("binary", &|dev, dtype| {
+        for seed in 0..4 {
+            dispatch!(dtype, binary_case(dev, seed));
+        }
+    });
+}
+
+fn unary_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let n = size(&mut rng, 1, 100_000);
+    let (x, xv) = random::<T>(dev, &mut rng, n, 3.0);
+    let cases: [(UnaryOp, &dyn Fn(f64) -> f64); 4] = [
+        (UnaryOp::Affine { alpha: -1.75, beta: 0.3 }, &|v| -1.75 * v + 0.3),
+        (UnaryOp::Square, &|v| v * v),
+        (UnaryOp::Powf(3.0), &|v| v.powi(3)),
+        (UnaryOp::Gelu, &|v| polylm_kernels::gelu::gelu(v)),
+    ];
+    for (op, f) in cases {
+        let mut out = poisoned::<T>(dev, n);
+        elementwise::map(op, &x, &mut out).expect("map");
+        let want: Vec<f64> = xv.iter().map(|&v| T::round_from(f(v)).widen()).collect();
+        check::<T>(&format!("map {op:?}"), &read("map", &out), &want);
+    }
+    // add_assign and fill
+    let (mut acc, accv) = random::<T>(dev, &mut rng, n, 1.0);
+    elementwise::add_assign(&mut acc, &x).expect("add_assign");
+    let want: Vec<f64> = accv.iter().zip(&xv).map(|(a, b)| T::round_from(a + b).widen()).collect();
+    check::<T>("add_assign", &read("add_assign", &acc), &want);
+    let mut filled = poisoned::<T>(dev, n);
+    elementwise::fill(&mut filled, -0.625).expect("fill");
+    check::<T>("fill", &read("fill", &filled), &vec![-0.625; n]);
+}
+
+#[test]
+fn unary_maps_accumulate_and_fill() {
+    for_each_precision("unary", &|dev, dtype| {
+        for seed in 10..13 {
+            dispatch!(dtype, unary_case(dev, seed));
+        }
+    });
+}
+
+fn gather_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let dims = [size(&mut rng, 1, 7), size(&mut rng, 1, 13), size(&mut rng, 1, 50), size(&mut rng, 1, 9)];
+    let n: usize = dims.iter().product();
+    let (x, xv) = random::<T>(dev, &mut rng, n, 1.0);
+    // The view permutes the axes (0, 2, 3, 1) of the contiguous `dims` tensor.
+    let strides = [dims[1] * dims[2] * dims[3], dims[2] * dims[3], dims[3], 1];
+    let shape = [dims[0], dims[2], dims[3], dims[1]];
+    let view_strides = [strides[0], strides[2], strides[3], strides[1]];
+    let mut out = poisoned::<T>(dev, n);
+    elementwise::gather(&shape, DeviceStrided { buf: &x, offset: 0, strides: &view_strides }, &mut out)
+        .expect("gather");
+    let mut want = Vec::with_capacity(n);
+    for i in 0..shape[0] {
+        for j in 0..shape[1] {
+            for k in 0..shape[2] {
+                for l in 0..shape[3] {
+                    want.push(
+                        xv[i * view_strides[0]
+                            + j * view_strides[1]
+                            + k * view_strides[2]
+                            + l * view_strides[3]],
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(read("gather", &out), want, "gather<{}> is a copy", T::NAME);
+}
+
+#[test]
+fn gather_makes_permuted_views_contiguous() {
+    for_each_precision("gather", &|dev, dtype| {
+        for seed in 20..24 {
+            dispatch!(dtype, gather_case(dev, seed));
+        }
+    });
+}
+
+fn cast_from<S: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
+    fn to<S: Precision, D: Precision>(dev: &Arc<CudaDevice>, x: &DeviceBuf<S>, xv: &[f64]) {
+        let mut out = poisoned::<D>(dev, x.len());
+        elementwise::cast(x, &mut out).expect("cast");
+        let want: Vec<f64> = xv.iter().map(|&v| D::round_from(v).widen()).collect();
+        let got = read("cast", &out);
+        assert_eq!(got, want, "cast {} -> {} rounds to nearest even", S::NAME, D::NAME);
+    }
+    let mut rng = Rng::new(seed);
+    let n = size(&mut rng, 1, 50_000);
+    let (x, xv) = random::<S>(dev, &mut rng, n, 100.0);
+    to::<S, f32>(dev, &x, &xv);
+    to::<S, bf16>(dev, &x, &xv);
+    to::<S, f16>(dev, &x, &xv);
+}
+
+#[test]
+fn casts_round_to_nearest_even() {
+    for_each_precision("cast", &|dev, dtype| dispatch!(dtype, cast_from(dev, 30)));
+}
+
+// ---------------------------------------------------------------- layernorm
+
+fn layernorm_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64, fused: bool) {
+    let mut rng = Rng::new(seed);
+    let rows = size(&mut rng, 1, 70);
+    // Ragged widths take the general kernels, multiples of 16 bytes the register-cached ones.
+    // (Below 8 columns dx is pure rounding noise around 0, so widths start at 8.)
+    let cols =
+        [size(&mut rng, 8, 40) | 1, 768, size(&mut rng, 1000, 3000) | 1, 2048, 5120][seed as usize % 5];
+    let n = rows * cols;
+    let (x, xv) = random::<T>(dev, &mut rng, n, 2.0);
+    let (r, rv) = random::<T>(dev, &mut rng, n, 2.0);
+    let (w, wv) = random::<T>(dev, &mut rng, cols, 1.5);
+    let (b, bv) = random::<T>(dev, &mut rng, cols, 0.5);
+    let eps = 1e-5;
+    let mut out = poisoned::<T>(dev, n);
+    let mut sum = poisoned::<T>(dev, n);
+    let mut mean = poisoned::<f32>(dev, rows);
+    let mut rstd = poisoned::<f32>(dev, rows);
+    let residual = if fused { Some(ResidualAdd { residual: &r, sum_out: &mut sum }) } else { None };
+    layernorm_forward(&x, residual, &w, &b, eps, cols, &mut out, &mut mean, &mut rstd)
+        .expect("layernorm fwd");
+    // The normalised input: x + residual rounded to T when fused.
+    let input: Vec<f64> = if fused {
+        xv.iter().zip(&rv).map(|(a, b)| T::round_from(a + b).widen()).collect()
+    } else {
+        xv.clone()
+    };
+    let mut want = vec![0.0; n];
+    let (mut wmean, mut wrstd) = (vec![0.0; rows], vec![0.0; rows]);
+    polylm_kernels::layernorm::layernorm_forward(
+        &input,
+        &wv,
+        &bv,
+        f64::from(eps),
+        cols,
+        &mut want,
+        &mut wmean,
+        &mut wrstd,
+    );
+    let tag = if fused { "layernorm+residual" } else { "layernorm" };
+    check::<T>(&format!("{tag} out"), &read("out", &out), &want);
+    assert_close(&format!("{tag} mean<{}>", T::NAME), &read("mean", &mean), &wmean, 1e-4, 1e-5);
+    assert_close(&format!("{tag} rstd<{}>", T::NAME), &read("rstd", &rstd), &wrstd, 1e-4, 1e-5);
+    let norm_input = if fused {
+        assert_eq!(read("sum", &sum), input, "{tag}: sum_out<{}> is x + residual rounded", T::NAME);
+        &sum
+    } else {
+        &x
+    };
+
+    // Backward, with the residual stream's gradient added when fused; weight gradients
+    // accumulate into existing values.
+    let (dout, doutv) = random::<T>(dev, &mut rng, n, 1.0);
+    let (dres, dresv) = random::<T>(dev, &mut rng, n, 1.0);
+    let (mut dw, dw0) = random::<T>(dev, &mut rng, cols, 1.0);
+    let (mut db, db0) = random::<T>(dev, &mut rng, cols, 1.0);
+    let mut dx = poisoned::<T>(dev, n);
+    layernorm_backward(
+        norm_input,
+        &w,
+        &mean,
+        &rstd,
+        &dout,
+        fused.then_some(&dres),
+        cols,
+        &mut dx,
+        &mut dw,
+        &mut db,
+        true,
+    )
+    .expect("layernorm bwd");
+    let (mut wdx, mut wdw, mut wdb) = (vec![0.0; n], vec![0.0; cols], vec![0.0; cols]);
+    polylm_kernels::layernorm::layernorm_backward(
+        &input, &wv, &wmean, &wrstd, &doutv, cols, &mut wdx, &mut wdw, &mut wdb,
+    );
+    if fused {
+        wdx.iter_mut().zip(&dresv).for_each(|(d, r)| *d += r);
+    }
+    let wdw: Vec<f64> = wdw.iter().zip(&dw0).map(|(a, b)| a + b).collect();
+    let wdb: Vec<f64> = wdb.iter().zip(&db0).map(|(a, b)| a + b).collect();
+    check::<T>(&format!("{tag} dx"), &read("dx", &dx), &wdx);
+    check::<T>(&format!("{tag} dweight"), &read("dweight", &dw), &wdw);
+    check::<T>(&format!("{tag} dbias"), &read("dbias", &db), &wdb);
+}
+
+#[test]
+fn layernorm_forward_and_backward_match_the_cpu() {
+    for_each_precision("layernorm", &|dev, dtype| {
+        for seed in 40..50 {
+            dispatch!(dtype, layernorm_case(dev, seed, seed % 2 == 1));
+        }
+    });
+}
+
+// ---------------------------------------------------------------- bias + GeLU
+
+fn gelu_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let rows = size(&mut rng, 1, 300);
+    let cols = size(&mut rng, 1, 1100);
+    let n = rows * cols;
+    let (x, xv) = random::<T>(dev, &mut rng, n, 3.0);
+    let (b, bv) = random::<T>(dev, &mut rng, cols, 1.0);
+    let mut out = poisoned::<T>(dev, n);
+    bias_gelu_forward(&x, Some(&b), cols, &mut out).expect("gelu fwd");
+    let mut want = vec![0.0; n];
+    polylm_kernels::gelu::bias_gelu_forward(&xv, Some(&bv), cols, &mut want);
+    check::<T>("bias_gelu out", &read("out", &out), &want);
+
+    let (dout, doutv) = random::<T>(dev, &mut rng, n, 1.0);
+    let mut dx = poisoned::<T>(dev, n);
+    let mut db = poisoned::<T>(dev, cols);
+    bias_gelu_backward(&x, Some(&b), &dout, cols, &mut dx, Some(&mut db), false).expect("gelu bwd");
+    let (mut wdx, mut wdb) = (vec![0.0; n], vec![0.0; cols]);
+    polylm_kernels::gelu::bias_gelu_backward(&xv, Some(&bv), &doutv, cols, &mut wdx, Some(&mut wdb));
+    check::<T>("bias_gelu dx", &read("dx", &dx), &wdx);
+    check::<T>("bias_gelu dbias", &read("dbias", &db), &wdb);
+}
+
+#[test]
+fn bias_gelu_forward_and_backward_match_the_cpu() {
+    for_each_precision("bias_gelu", &|dev, dtype| {
+        for seed in 50..54 {
+            dispatch!(dtype, gelu_case(dev, seed));
+        }
+    });
+}
+
+// ---------------------------------------------------------------- softmax
+
+fn softmax_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let rows = size(&mut rng, 1, 200);
+    let cols =
+        [size(&mut rng, 1, 33), size(&mut rng, 100, 1500), size(&mut rng, 2000, 9000)][seed as usize % 3];
+    let n = rows * cols;
+    let (x, xv) = random::<T>(dev, &mut rng, n, 8.0);
+    let mut y = poisoned::<T>(dev, n);
+    softmax_forward(&x, cols, &mut y).expect("softmax fwd");
+    let mut want = vec![0.0; n];
+    polylm_kernels::softmax::softmax_forward(&xv, cols, &mut want);
+    check::<T>("softmax y", &read("y", &y), &want);
+
+    let (dy, dyv) = random::<T>(dev, &mut rng, n, 1.0);
+    let mut dx = poisoned::<T>(dev, n);
+    softmax_backward(&y, &dy, cols, &mut dx).expect("softmax bwd");
+    // The backward sees the device's rounded y.
+    let yv = read("y", &y);
+    let mut wdx = vec![0.0; n];
+    polylm_kernels::softmax::softmax_backward(&yv, &dyv, cols, &mut wdx);
+    check::<T>("softmax dx", &read("dx", &dx), &wdx);
+}
+
+#[test]
+fn softmax_forward_and_backward_match_the_cpu() {
+    for_each_precision("softmax", &|dev, dtype| {
+        for seed in 60..66 {
+            dispatch!(dtype, softmax_case(dev, seed));
+        }
+    });
+}
+
+// ---------------------------------------------------------------- cross-entropy
+
+fn cross_entropy_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let rows = size(&mut rng, 1, 40);
+    // Ragged and whole-vector vocabularies (the kernel's vector and scalar paths), up to
+    // PolyLM's 256,000.
+    let vocab = [size(&mut rng, 2, 500), 4099, size(&mut rng, 30_000, 70_000) | 1, 40_000, 256_000]
+        [seed as usize % 5];
+    let n = rows * vocab;
+    let (logits, lv) = random::<T>(dev, &mut rng, n, 6.0);
+    let ignore = 3u32.min(vocab as u32 - 1);
+    let targets: Vec<u32> =
+        (0..rows).map(|r| if r % 5 == 2 { ignore } else { rng.below(vocab as u64) as u32 }).collect();
+    let d_targets = dev.upload(&targets).expect("targets");
+    let (mut loss, mut lse) = (poisoned::<f32>(dev, rows), poisoned::<f32>(dev, rows));
+    let mut dlogits = poisoned::<T>(dev, n);
+    let scale = 1.0 / rows as f32;
+    cross_entropy(
+        &logits,
+        &d_targets,
+        vocab,
+        Some(ignore),
+        CrossEntropyOutputs { loss: &mut loss, lse: &mut lse },
+        Some((&mut dlogits, GradScale::Uniform(scale))),
+    )
+    .expect("cross_entropy");
+    let (mut wloss, mut wlse) = (vec![0.0; rows], vec![0.0; rows]);
+    polylm_kernels::cross_entropy::cross_entropy_forward(
+        &lv,
+        &targets,
+        vocab,
+        Some(ignore),
+        &mut wloss,
+        &mut wlse,
+    );
+    assert_close(&format!("ce loss<{}>", T::NAME), &read("loss", &loss), &wloss, 1e-5, 1e-5);
+    assert_close(&format!("ce lse<{}>", T::NAME), &read("lse", &lse), &wlse, 1e-5, 1e-5);
+    let mut wd = vec![0.0; n];
+    let dloss = vec![f64::from(scale); rows];
+    polylm_kernels::cross_entropy::cross_entropy_backward(
+        &lv,
+        &targets,
+        &wlse,
+        &dloss,
+        vocab,
+        Some(ignore),
+        &mut wd,
+    );
+    check::<T>("ce dlogits", &read("dlogits", &dlogits), &wd);
+
+    // In place, with a per-row upstream gradient.
+    let (dl, dlv) = random::<f32>(dev, &mut rng, rows, 1.0);
+    let mut in_place = dev.upload(&dev.download(&logits).expect("copy")).expect("copy");
+    cross_entropy_in_place(
+        &mut in_place,
+        &d_targets,
+        vocab,
+        Some(ignore),
+        CrossEntropyOutputs { loss: &mut loss, lse: &mut lse },
+        GradScale::PerRow(&dl),
+    )
+    .expect("cross_entropy in place");
+    polylm_kernels::cross_entropy::cross_entropy_backward(
+        &lv,
+        &targets,
+        &wlse,
+        &dlv,
+        vocab,
+        Some(ignore),
+        &mut wd,
+    );
+    check::<T>("ce in-place dlogits", &read("dlogits", &in_place), &wd);
+}
+
+#[test]
+fn cross_entropy_matches_the_cpu_with_ignored_rows() {
+    for_each_precision("cross_entropy", &|dev, dtype| {
+        for seed in 70..80 {
+            dispatch!(dtype, cross_entropy_case(dev, seed));
+        }
+    });
+}
+
+#[test]
+fn cross_entropy_of_a_target_outside_the_vocabulary_is_nan() {
+    let Some(dev) = device("cross_entropy_oov") else { return };
+    let mut rng = Rng::new(77);
+    // The scalar path (10) and the vector path (40,000).
+    for vocab in [10usize, 40_000] {
+        let (logits, _) = random::<f32>(&dev, &mut rng, 3 * vocab, 1.0);
+        let targets = dev.upload(&[1u32, vocab as u32, 2]).expect("targets");
+        let (mut loss, mut lse) = (poisoned::<f32>(&dev, 3), poisoned::<f32>(&dev, 3));
+        cross_entropy(
+            &logits,
+            &targets,
+            vocab,
+            None,
+            CrossEntropyOutputs { loss: &mut loss, lse: &mut lse },
+            None,
+        )
+        .expect("launch");
+        let l = dev.download(&loss).expect("loss");
+        assert!(l[0].is_finite() && l[1].is_nan() && l[2].is_finite(), "vocab {vocab}: {l:?}");
+    }
+}
+
+// ---------------------------------------------------------------- embedding
+
+fn embedding_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let vocab = size(&mut rng, 1, 3000);
+    let dim = size(&mut rng, 1, 700);
+    let tokens = size(&mut rng, 1, 500);
+    // Few distinct ids, so that many positions share one.
+    let distinct = size(&mut rng, 1, vocab.min(20));
+    let pool: Vec<u32> = (0..distinct).map(|_| rng.below(vocab as u64) as u32).collect();
+    let ids: Vec<u32> = (0..tokens).map(|_| pool[rng.below(distinct as u64) as usize]).collect();
+    let (w, wv) = random::<T>(dev, &mut rng, vocab * dim, 1.0);
+    let mut out = poisoned::<T>(dev, tokens * dim);
+    embedding_forward(&w, &ids, dim, &mut out).expect("embedding fwd");
+    let mut want = vec![0.0; tokens * dim];
+    polylm_kernels::embedding::embedding_forward(&wv, &ids, dim, &mut want);
+    assert_eq!(read("out", &out), want, "embedding_forward<{}> copies rows", T::NAME);
+
+    let (dout, doutv) = random::<T>(dev, &mut rng, tokens * dim, 1.0);
+    let (mut dw, mut wdw) = random::<T>(dev, &mut rng, vocab * dim, 1.0);
+    embedding_backward(&ids, &dout, dim, &mut dw).expect("embedding bwd");
+    polylm_kernels::embedding::embedding_backward(&ids, &doutv, dim, &mut wdw);
+    check::<T>("embedding dweight", &read("dweight", &dw), &wdw);
+
+    let err = embedding_forward(&w, &[vocab as u32], dim, &mut out).unwrap_err();
+    assert!(matches!(err, CudaError::Invalid { .. }) && err.to_string().contains("outside the vocabulary"));
+}
+
+#[test]
+fn embedding_lookup_and_scatter_add_match_the_cpu() {
+    for_each_precision("embedding", &|dev, dtype| {
+        for seed in 80..84 {
+            dispatch!(dtype, embedding_case(dev, seed));
+        }
+    });
+}
+
+// ---------------------------------------------------------------- optimizer
+
+fn adamw_case<G: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let sizes: Vec<usize> = (0..7).map(|i| if i == 3 { 1 } else { size(&mut rng, 1, 20_000) }).collect();
+    let mut params = Vec::new();
+    let mut grads = Vec::new();
+    let mut ms = Vec::new();
+    let mut vs = Vec::new();
+    let mut copies = Vec::new();
+    let mut host = Vec::new();
+    for &n in &sizes {
+        let (p, pv) = random::<f32>(dev, &mut rng, n, 1.0);
+        let (g, gv) = random::<G>(dev, &mut rng, n, 3.0);
+        let (m, mv) = random::<f32>(dev, &mut rng, n, 0.1);
+        let vv: Vec<f32> = (0..n).map(|_| (rng.uniform() * 0.05 + 1e-4) as f32).collect();
+        let v = dev.upload(&vv).expect("v");
+        params.push(p);
+        grads.push(g);
+        ms.push(m);
+        vs.push(v);
+        copies.push(poisoned::<bf16>(dev, n));
+        host.push((pv, gv, mv, vv));
+    }
+    // Gradient norm and clip factor on the device.
+    let max_norm = 1.0f32;
+    let mut norm = poisoned::<f32>(dev, 2);
+    global_norm(&grads.iter().collect::<Vec<_>>(), max_norm, &mut norm).expect("norm");
+    let total: f64 = host.iter().flat_map(|h| h.1.iter()).map(|g| g * g).sum();
+    let want_norm = total.sqrt();
+    let got = read("norm", &norm);
+    assert_close(&format!("global norm<{}>", G::NAME), &got[..1], &[want_norm], 1e-5, 0.0);
+    let clip = (f64::from(max_norm) / (want_norm + 1e-6)).min(1.0);
+    assert_close("clip factor", &got[1..], &[clip], 1e-5, 0.0);
+
+    let hyper = AdamWStep { lr: 3e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, step: 5 };
+    let decays: Vec<f32> = (0..sizes.len()).map(|i| if i % 3 == 1 { 0.0 } else { 0.1 }).collect();
+    let mut tensors: Vec<AdamWTensor<'_, G, bf16>> = Vec::new();
+    for ((((p, g), m), v), (c, &wd)) in params
+        .iter_mut()
+        .zip(&grads)
+        .zip(ms.iter_mut())
+        .zip(vs.iter_mut())
+        .zip(copies.iter_mut().zip(&decays))
+    {
+        tensors.push(AdamWTensor { param: p, grad: g, m, v, copy: Some(c), weight_decay: wd });
+    }
+    adamw_step(&mut tensors, &hyper, Some((&norm, 1))).expect("adamw");
+    drop(tensors);
+    let scale = got[1] as f32;
+    for (i, (pv, gv, mv, vv)) in host.into_iter().enumerate() {
+        let mut p: Vec<f32> = pv.iter().map(|&x| x as f32).collect();
+        let g: Vec<f32> = gv.iter().map(|&x| x as f32).collect();
+        let mut m: Vec<f32> = mv.iter().map(|&x| x as f32).collect();
+        let mut v = vv.clone();
+        let config = polylm_kernels::adamw::AdamWConfig {
+            lr: hyper.lr,
+            beta1: hyper.beta1,
+            beta2: hyper.beta2,
+            eps: hyper.eps,
+            weight_decay: decays[i],
+        };
+        polylm_kernels::adamw::adamw_step(&mut p, &g, &mut m, &mut v, &config, hyper.step, scale);
+        let widen = |x: &[f32]| x.iter().map(|&v| f64::from(v)).collect::<Vec<_>>();
+        let tag = format!("adamw<g {}> tensor {i}", G::NAME);
+        assert_close(&format!("{tag} param"), &read("param", &params[i]), &widen(&p), 1e-5, 1e-6);
+        assert_close(&format!("{tag} m"), &read("m", &ms[i]), &widen(&m), 1e-5, 1e-7);
+        assert_close(&format!("{tag} v"), &read("v", &vs[i]), &widen(&v), 1e-5, 1e-9);
+        let bf: Vec<f64> = p.iter().map(|&x| bf16::from_f32(x).to_f64()).collect();
+        assert_close(&format!("{tag} bf16 copy"), &read("copy", &copies[i]), &bf, 8e-3, 1e-6);
+    }
+}
+
+#[test]
+fn adamw_and_global_norm_match_the_cpu() {
+    for_each_precision("adamw", &|dev, dtype| dispatch!(dtype, adamw_case(dev, 90)));
+}
+
+// ---------------------------------------------------------------- matmul
+
+fn gemm_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let (m, n, k) = (size(&mut rng, 1, 200), size(&mut rng, 1, 200), size(&mut rng, 1, 300));
+    let batch = size(&mut rng, 1, 3);
+    let (a, av) = random::<T>(dev, &mut rng, batch * m * k, 1.0);
+    let (b, bv) = random::<T>(dev, &mut rng, batch * k * n, 1.0);
+    let (bias, biasv) = random::<T>(dev, &mut rng, n, 1.0);
+    // A is stored as Aᵀ (k × m) for odd seeds, B as Bᵀ (n × k) for seeds ≡ 2, 3 mod 4.
+    let a_t = seed % 2 == 1;
+    let b_t = seed % 4 >= 2;
+    let a_view = if a_t { MatView::row_major(&a, k, m).t() } else { MatView::row_major(&a, m, k) };
+    let b_view = if b_t { MatView::row_major(&b, n, k).t() } else { MatView::row_major(&b, k, n) };
+    let at = |bi: usize, r: usize, c: usize| {
+        if a_t {
+            av[bi * m * k + c * m + r]
+        } else {
+            av[bi * m * k + r * k + c]
+        }
+    };
+    let bt = |bi: usize, r: usize, c: usize| {
+        if b_t {
+            bv[bi * k * n + c * k + r]
+        } else {
+            bv[bi * k * n + r * n + c]
+        }
+    };
+    let (mut c, cv) = random::<T>(dev, &mut rng, batch * m * n, 1.0);
+    let beta = if seed.is_multiple_of(3) { 1.0 } else { 0.0 };
+    let dims = GemmDims { m, n, k, batch, alpha: 0.75, beta };
+    if beta == 0.0 {
+        c = poisoned::<T>(dev, batch * m * n);
+    }
+    gemm(dims, a_view, b_view, &mut c, Some(&bias)).expect("gemm");
+    let mut want = vec![0.0; batch * m * n];
+    for bi in 0..batch {
+        for r in 0..m {
+            for (col, bias_c) in biasv.iter().enumerate() {
+                let dot: f64 = (0..k).map(|p| at(bi, r, p) * bt(bi, p, col)).sum();
+                let idx = bi * m * n + r * n + col;
+                want[idx] = 0.75 * dot + f64::from(beta) * cv[idx] + bias_c;
+            }
+        }
+    }
+    // Accumulating k products: the tolerance grows with √k relative to the largest value.
+    check::<T>(&format!("gemm {m}x{n}x{k} batch {batch} at {a_t} bt {b_t}"), &read("c", &c), &want);
+}
+
+#[test]
+fn tiled_matmul_matches_f64_on_ragged_strided_shapes() {
+    for_each_precision("gemm", &|dev, dtype| {
+        for seed in 100..108 {
+            dispatch!(dtype, gemm_case(dev, seed));
+        }
+    });
+}
+
+// ---------------------------------------------------------------- attention
+
+/// Non-causal attention in f64, forward and backward, straight from the definitions.
+#[allow(clippy::type_complexity)]
+fn attention_reference(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    dout: &[f64],
+    d: AttentionDims,
+    scale: f64,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (t, hd) = (d.seq, d.head_dim);
+    let (mut out, mut lse) = (vec![0.0; d.qkv_len()], vec![0.0; d.lse_len()]);
+    let (mut dq, mut dk, mut dv) = (vec![0.0; d.qkv_len()], vec![0.0; d.qkv_len()], vec![0.0; d.qkv_len()]);
+    for h in 0..d.heads {
+        let base = h * t * hd;
+        let row = |x: &[f64], i: usize| x[base + i * hd..base + (i + 1) * hd].to_vec();
+        let dotp = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+        for i in 0..t {
+            let s: Vec<f64> = (0..t).map(|j| dotp(&row(q, i), &row(k, j)) * scale).collect();
+            let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = s.iter().map(|x| (x - mx).exp()).sum();
+            let l = mx + z.ln();
+            lse[h * t + i] = l;
+            let p: Vec<f64> = s.iter().map(|x| (x - l).exp()).collect();
+            for c in 0..hd {
+                out[base + i * hd + c] = (0..t).map(|j| p[j] * v[base + j * hd + c]).sum();
+            }
+            let o = row(&out, i);
+            let doi = row(dout, i);
+            let di = dotp(&doi, &o);
+            for j in 0..t {
+                let dp = dotp(&doi, &row(v, j));
+                let ds = p[j] * (dp - di) * scale;
+                for c in 0..hd {
+                    dq[base + i * hd + c] += ds * k[base + j * hd + c];
+                    dk[base + j * hd + c] += ds * q[base + i * hd + c];
+                    dv[base + j * hd + c] += p[j] * doi[c];
+                }
+            }
+        }
+    }
+    (out, lse, dq, dk, dv)
+}
+
+fn attention_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let heads = size(&mut rng, 1, 4);
+    let seq = [1, size(&mut rng, 2, 70), size(&mut rng, 100, 200)][seed as usize % 3];
+    let head_dim = [64, 128, size(&mut rng, 1, 100)][(seed / 3) as usize % 3];
+    let causal = seed.is_multiple_of(2);
+    let dims = AttentionDims { heads, seq, head_dim };
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let n = dims.qkv_len();
+    let (q, qv) = random::<T>(dev, &mut rng, n, 1.5);
+    let (k, kv) = random::<T>(dev, &mut rng, n, 1.5);
+    let (v, vv) = random::<T>(dev, &mut rng, n, 1.0);
+    let (dout, dov) = random::<T>(dev, &mut rng, n, 1.0);
+    let shape = AttentionShape { heads, seq, head_dim, causal, scale: scale as f32 };
+    let mut out = poisoned::<T>(dev, n);
+    let mut lse = poisoned::<f32>(dev, dims.lse_len());
+    attention_forward(&q, &k, &v, &shape, &mut out, &mut lse).expect("attention fwd");
+    let (mut dq, mut dk, mut dv) = (poisoned::<T>(dev, n), poisoned::<T>(dev, n), poisoned::<T>(dev, n));
+    attention_backward(
+        &q,
+        &k,
+        &v,
+        &out,
+        &lse,
+        &dout,
+        &shape,
+        AttentionGrads { dq: &mut dq, dk: &mut dk, dv: &mut dv },
+    )
+    .expect("attention bwd");
+
+    let (wout, wlse, wdq, wdk, wdv) = if causal {
+        let (mut o, mut l) = (vec![0.0; n], vec![0.0; dims.lse_len()]);
+        causal_attention_forward(&qv, &kv, &vv, dims, scale, &mut o, &mut l);
+        let (mut a, mut b, mut c) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        causal_attention_backward(&qv, &kv, &vv, &o, &l, &dov, dims, scale, &mut a, &mut b, &mut c);
+        (o, l, a, b, c)
+    } else {
+        attention_reference(&qv, &kv, &vv, &dov, dims, scale)
+    };
+    let tag = format!("attention h{heads} t{seq} d{head_dim} causal {causal}");
+    check::<T>(&format!("{tag} out"), &read("out", &out), &wout);
+    assert_close(&format!("{tag} lse<{}>", T::NAME), &read("lse", &lse), &wlse, 1e-5, 1e-5);
+    check::<T>(&format!("{tag} dq"), &read("dq", &dq), &wdq);
+    check::<T>(&format!("{tag} dk"), &read("dk", &dk), &wdk);
+    check::<T>(&format!("{tag} dv"), &read("dv", &dv), &wdv);
+}
+
+#[test]
+fn simple_attention_matches_the_cpu_causal_and_not() {
+    for_each_precision("attention", &|dev, dtype| {
+        for seed in 110..119 {
+            dispatch!(dtype, attention_case(dev, seed));
+        }
+    });
+}
+
+// ---------------------------------------------------------------- device, memory, errors
+
+#[test]
+fn allocator_reuses_blocks_in_the_steady_state() {
+    let Some(dev) = device("allocator") else { return };
+    for _ in 0..3 {
+        let bufs: Vec<DeviceBuf<f32>> =
+            (1..20).map(|i| dev.alloc::<f32>(i * 1000 + 7).expect("alloc")).collect();
+        drop(bufs);
+    }
+    let before = dev.memory_report();
+    for _ in 0..10 {
+        let bufs: Vec<DeviceBuf<f32>> =
+            (1..20).map(|i| dev.alloc::<f32>(i * 1000 + 7).expect("alloc")).collect();
+        drop(bufs);
+    }
+    let after = dev.memory_report();
+    assert_eq!(after.driver_allocs, before.driver_allocs, "steady state needs no cuMemAlloc");
+    assert!(after.cache_hits >= before.cache_hits + 190);
+    assert!(after.peak_in_use <= after.peak_reserved && after.reserved >= after.in_use);
+}
+
+#[test]
+fn large_uploads_and_downloads_round_trip_through_pinned_chunks() {
+    let Some(dev) = device("transfer") else { return };
+    // 80 MiB: more than one staging chunk.
+    let data: Vec<u32> = (0..20 << 20).map(|i: u32| i.wrapping_mul(2_654_435_761)).collect();
+    let buf = dev.upload(&data).expect("upload");
+    assert_eq!(dev.download(&buf).expect("download"), data);
+}
+
+#[test]
+fn a_missing_device_is_an_error_not_a_panic() {
+    // Runs everywhere: without a driver this is `DriverMissing`, with one it is `NoDevice`.
+    let err = CudaDevice::new(4096).unwrap_err();
+    assert!(matches!(err, CudaError::DriverMissing | CudaError::NoDevice { .. }), "unexpected error {err:?}");
+    assert!(!err.to_string().is_empty());
+}
+
+#[test]
+fn wrong_sizes_are_errors() {
+    let Some(dev) = device("wrong_sizes") else { return };
+    let x = dev.alloc::<f32>(10).expect("alloc");
+    let mut out = dev.alloc::<f32>(4).expect("alloc");
+    let err = elementwise::map(UnaryOp::Square, &x, &mut out).unwrap_err();
+    assert!(err.to_string().contains("needs 10"), "{err}");
+    let mut y = dev.alloc::<f32>(10).expect("alloc");
+    let err = softmax_forward(&x, 3, &mut y).unwrap_err();
+    assert!(err.to_string().contains("not whole rows of 3"), "{err}");
+}
