@@ -14,8 +14,8 @@ build() {
     rm -rf gpu-bin && mkdir -p gpu-bin
     local json=gpu-bin/cargo-messages.json
     cargo test --release --locked --no-run --message-format=json \
-        -p polylm-suite --test cuda_kernels -p polylm-kernels --test nvrtc_gate >"$json"
-    cargo bench --locked --no-run --message-format=json --bench cuda_kernels >>"$json"
+        -p polylm-suite --test cuda_kernels --test cuda_engine -p polylm-kernels --test nvrtc_gate >"$json"
+    cargo bench --locked --no-run --message-format=json --bench cuda_kernels --bench gpu_model >>"$json"
     python3 - "$json" <<'PY'
 import json, shutil, subprocess, sys
 seen = set()
@@ -59,7 +59,7 @@ run() {
         echo
     } >"$out/results.md"
     local status=0
-    for test in nvrtc_gate cuda_kernels; do
+    for test in nvrtc_gate cuda_kernels cuda_engine; do
         echo "== $test"
         if timeout 300 "gpu-bin/$test" --test-threads=4 --nocapture >"$out/$test.log" 2>&1; then
             echo "- \`$test\`: passed" >>"$out/results.md"
@@ -76,6 +76,14 @@ run() {
         cat "$out/bench.md" >>"$out/results.md"
     else
         echo "benchmark FAILED: $(tail -3 "$out/bench.log")" >>"$out/results.md"
+        status=1
+    fi
+    echo "== model benchmark"
+    echo >>"$out/results.md"
+    if POLYLM_BENCH_OUT="$out/model.md" timeout 400 gpu-bin/gpu_model_bench >"$out/model.log" 2>&1; then
+        cat "$out/model.md" >>"$out/results.md"
+    else
+        echo "model benchmark FAILED: $(tail -3 "$out/model.log")" >>"$out/results.md"
         status=1
     fi
     cat "$out/results.md"

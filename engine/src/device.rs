@@ -2,11 +2,10 @@
 
 use std::fmt;
 
-use crate::{Error, Result};
+use crate::Result;
 
-/// A compute device. Tensors live on the CPU so far; the CUDA kernels exist
-/// (`polylm_kernels::cuda`) but the engine's GPU storage does not yet, so asking for a CUDA
-/// device gives a clear error that says whether a GPU is present.
+/// A compute device: the CPU, or a CUDA GPU (kernels from `polylm_kernels::cuda`). Tensors
+/// move with [`crate::Tensor::to_device`]; ops run where their inputs are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Device {
     /// The host CPU (rayon thread pool, SIMD kernels).
@@ -19,15 +18,38 @@ pub enum Device {
 impl Device {
     /// The CUDA device `ordinal`, or an error saying why it cannot be used.
     pub fn cuda(ordinal: usize) -> Result<Device> {
-        let reason = match polylm_kernels::cuda::CudaDevice::new(ordinal) {
-            Err(e) => e.to_string(),
-            Ok(gpu) => format!(
-                "{} is present, but tensors cannot live on a GPU yet (the CUDA kernels are in \
-                 polylm_kernels::cuda; the engine's GPU storage is not built); use Device::Cpu",
-                gpu.name()
-            ),
-        };
-        Err(Error::DeviceUnavailable { device: Device::Cuda(ordinal), reason })
+        crate::cuda::gpu(ordinal).map(|_| Device::Cuda(ordinal))
+    }
+
+    /// The first CUDA GPU when there is one, else the CPU.
+    pub fn best_available() -> Device {
+        Device::cuda(0).unwrap_or(Device::Cpu)
+    }
+
+    /// The GPU allocator's counters (in use, reserved, their peaks); `None` for the CPU or a
+    /// GPU not opened yet.
+    pub fn memory_report(self) -> Option<polylm_kernels::cuda::MemoryReport> {
+        match self {
+            Device::Cpu => None,
+            Device::Cuda(i) => crate::cuda::gpu(i).ok().map(|d| d.memory_report()),
+        }
+    }
+
+    /// Resets the GPU allocator's peak counters to the current use (a no-op on the CPU).
+    pub fn reset_peak_memory(self) {
+        if let Device::Cuda(i) = self {
+            if let Ok(d) = crate::cuda::gpu(i) {
+                d.reset_peak_memory();
+            }
+        }
+    }
+
+    /// Waits for the GPU's queued work (a no-op on the CPU); for timing.
+    pub fn synchronize(self) -> Result<()> {
+        if let Device::Cuda(i) = self {
+            crate::cuda::gpu(i)?.synchronize().map_err(crate::cuda::cuda_err("synchronize"))?;
+        }
+        Ok(())
     }
 
     /// Whether this is the CPU.

@@ -102,6 +102,18 @@ pub enum SavedValues {
     F32(Vec<f32>),
     /// Saved by an f64 computation.
     F64(Vec<f64>),
+    /// Saved on a GPU: an f32 tensor on the device.
+    Gpu(crate::Tensor),
+}
+
+impl SavedValues {
+    /// The saved GPU tensor, if the values were saved on a GPU.
+    pub(crate) fn gpu(&self) -> Option<&crate::Tensor> {
+        match self {
+            SavedValues::Gpu(t) => Some(t),
+            _ => None,
+        }
+    }
 }
 
 macro_rules! cpu_float {

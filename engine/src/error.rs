@@ -117,6 +117,14 @@ pub enum Error {
     /// `backward` called twice through a graph that the first call freed.
     #[error("backward: the graph behind this tensor was already freed by an earlier backward")]
     GraphFreed,
+    /// A CUDA kernel launch, allocation or copy failed.
+    #[error("{op} on the GPU: {message}")]
+    Cuda {
+        /// The operation.
+        op: &'static str,
+        /// What the CUDA backend said.
+        message: String,
+    },
     /// An argument outside the op's domain.
     #[error("{op}: {reason}")]
     InvalidArgument {

@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod autograd;
+mod cuda;
 mod device;
 mod dtype;
 mod error;
@@ -28,9 +29,11 @@ mod storage;
 mod tensor;
 
 pub use autograd::{is_grad_enabled, no_grad, with_no_grad, NoGradGuard};
+pub use cuda::CudaStorage;
 pub use device::Device;
 pub use dtype::{CpuFloat, DType, WithDType};
 pub use error::{Error, Result};
+pub use polylm_kernels::cuda::MemoryReport;
 pub use rng::Rng;
 pub use storage::{CpuStorage, Storage};
 pub use tensor::{Tensor, TensorId};

@@ -2,6 +2,7 @@
 
 use half::{bf16, f16};
 
+use crate::cuda::CudaStorage;
 use crate::{DType, Device};
 
 /// A host buffer of one element type.
@@ -49,6 +50,8 @@ impl CpuStorage {
 pub enum Storage {
     /// Host memory.
     Cpu(CpuStorage),
+    /// GPU memory.
+    Cuda(CudaStorage),
 }
 
 impl Storage {
@@ -56,6 +59,7 @@ impl Storage {
     pub fn device(&self) -> Device {
         match self {
             Storage::Cpu(_) => Device::Cpu,
+            Storage::Cuda(s) => Device::Cuda(s.ordinal()),
         }
     }
 
@@ -63,13 +67,23 @@ impl Storage {
     pub fn dtype(&self) -> DType {
         match self {
             Storage::Cpu(s) => s.dtype(),
+            Storage::Cuda(s) => s.dtype(),
         }
     }
 
-    /// The host buffer.
-    pub fn cpu(&self) -> &CpuStorage {
+    /// The host buffer, if the storage is on the CPU.
+    pub fn cpu(&self) -> Option<&CpuStorage> {
         match self {
-            Storage::Cpu(s) => s,
+            Storage::Cpu(s) => Some(s),
+            Storage::Cuda(_) => None,
+        }
+    }
+
+    /// The GPU buffer, if the storage is on a GPU.
+    pub fn cuda(&self) -> Option<&CudaStorage> {
+        match self {
+            Storage::Cpu(_) => None,
+            Storage::Cuda(s) => Some(s),
         }
     }
 }

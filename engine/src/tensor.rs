@@ -83,7 +83,12 @@ impl Tensor {
     }
 
     pub(crate) fn from_storage(storage: CpuStorage, shape: &[usize]) -> Tensor {
-        Tensor::build(Arc::new(Storage::Cpu(storage)), Layout::contiguous(shape), false, None)
+        Tensor::from_storage_any(Storage::Cpu(storage), shape)
+    }
+
+    /// A contiguous tensor over `storage` on any device.
+    pub(crate) fn from_storage_any(storage: Storage, shape: &[usize]) -> Tensor {
+        Tensor::build(Arc::new(storage), Layout::contiguous(shape), false, None)
     }
 
     /// A contiguous CPU tensor owning `data`, which must hold exactly `shape`'s element count.
@@ -216,11 +221,15 @@ impl Tensor {
 
     // ----- device -------------------------------------------------------------------------
 
-    /// This tensor on `device` (a no-op on the same device).
+    /// This tensor copied to `device` (the same tensor when it is already there). The copy is
+    /// a new leaf: gradients do not flow across devices. f64 tensors cannot go to a GPU.
     pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        if device == self.device() {
+            return Ok(self.clone());
+        }
         match device {
-            Device::Cpu => Ok(self.clone()),
-            Device::Cuda(i) => Device::cuda(i).map(|_| self.clone()),
+            Device::Cpu => Ok(Tensor::from_storage(crate::cuda::download(self)?, self.shape())),
+            Device::Cuda(i) => crate::cuda::upload(self, i),
         }
     }
 
@@ -313,9 +322,16 @@ impl Tensor {
         Ok(self.to_vec_f64()[0])
     }
 
-    /// The view's elements copied into a new dense buffer of the same dtype.
+    /// The view's elements copied into a new dense host buffer of the same dtype (downloaded
+    /// from the GPU for a GPU tensor).
     pub(crate) fn contiguous_storage(&self) -> CpuStorage {
         let l = &self.0.layout;
+        let Some(host) = self.0.storage.cpu() else {
+            // A download only fails if the device failed; report NaNs rather than panic, and
+            // the next GPU call returns the driver's error.
+            return crate::cuda::download(self)
+                .unwrap_or_else(|_| CpuStorage::F32(vec![f32::NAN; l.numel()]));
+        };
         macro_rules! gather {
             ($v:expr, $variant:ident) => {{
                 if l.is_contiguous() {
@@ -327,7 +343,7 @@ impl Tensor {
                 }
             }};
         }
-        match self.0.storage.cpu() {
+        match host {
             CpuStorage::F32(v) => gather!(v, F32),
             CpuStorage::F64(v) => gather!(v, F64),
             CpuStorage::BF16(v) => gather!(v, BF16),
@@ -338,7 +354,7 @@ impl Tensor {
     /// Row-major values in the compute type `T`: borrowed when possible, else gathered and cast.
     pub(crate) fn values<T: CpuFloat>(&self) -> Cow<'_, [T]> {
         let l = &self.0.layout;
-        if let Some(v) = T::storage_slice(self.0.storage.cpu()) {
+        if let Some(v) = self.0.storage.cpu().and_then(T::storage_slice) {
             if l.is_contiguous() {
                 return Cow::Borrowed(&v[l.offset()..l.offset() + l.numel()]);
             }

@@ -76,6 +76,29 @@ __device__ void gather(const StridedShape& s, const T* a, T* out, i64 n) {
     }
 }
 
+// The inverse of `gather`: element i of the dense `src` goes to `out[b_offset(i)]`, the
+// destination view given by the `b` strides (used to write into a slice of a larger tensor).
+template <class T>
+__device__ void scatter(const StridedShape& s, const T* src, T* out, i64 n) {
+    GRID_STRIDE_LOOP(i, n) {
+        i64 oa, ob;
+        strided_offsets(s, i, oa, ob);
+        out[ob] = src[i];
+    }
+}
+
+// out[o, i] = Σ_l x[o, l, i] over a dense [outer, len, inner] tensor, summed in f32 in order.
+template <class T>
+__device__ void sum_axis(const T* x, T* out, i64 outer, i64 len, i64 inner) {
+    GRID_STRIDE_LOOP(j, outer * inner) {
+        const i64 o = j / inner, i = j - o * inner;
+        const T* p = x + o * len * inner + i;
+        float s = 0.0f;
+        for (i64 l = 0; l < len; l++) s += to_f32(p[l * inner]);
+        out[j] = from_f32<T>(s);
+    }
+}
+
 template <class T>
 __device__ void add_assign(T* acc, const T* x, i64 n) {
     GRID_STRIDE_LOOP(i, n) { acc[i] = from_f32<T>(to_f32(acc[i]) + to_f32(x[i])); }
@@ -97,6 +120,12 @@ __device__ void fill(T* out, i64 n, float v) {
     }                                                                                           \
     extern "C" __global__ void gather_##S(StridedShape s, const T* a, T* out, i64 n) {          \
         gather<T>(s, a, out, n);                                                                \
+    }                                                                                           \
+    extern "C" __global__ void scatter_##S(StridedShape s, const T* src, T* out, i64 n) {        \
+        scatter<T>(s, src, out, n);                                                             \
+    }                                                                                           \
+    extern "C" __global__ void sum_axis_##S(const T* x, T* out, i64 outer, i64 len, i64 inner) { \
+        sum_axis<T>(x, out, outer, len, inner);                                                 \
     }                                                                                           \
     extern "C" __global__ void add_assign_##S(T* acc, const T* x, i64 n) { add_assign<T>(acc, x, n); } \
     extern "C" __global__ void fill_##S(T* out, i64 n, float v) { fill<T>(out, n, v); }

@@ -204,6 +204,54 @@ pub fn gather<T: FloatElem>(
     dev.launch(args, grid_for("gather", n)?, "launching gather")
 }
 
+/// Writes the dense `src` (of `shape`) into the strided view `dst` of `out`: the inverse of
+/// [`gather`], for filling a slice of a larger tensor.
+pub fn scatter<T: FloatElem>(
+    shape: &[usize],
+    src: &DeviceBuf<T>,
+    out: &mut DeviceBuf<T>,
+    dst_offset: usize,
+    dst_strides: &[usize],
+) -> CudaResult<()> {
+    let n: usize = shape.iter().product();
+    check_len("scatter", "src", src, n)?;
+    let dense = dense_strides(shape);
+    let s = strided_shape("scatter", shape, &[(&dense, 0, src.len()), (dst_strides, dst_offset, out.len())])?;
+    let dev = out.device().clone();
+    let f = dev.function(&SOURCE, &format!("scatter_{}", T::NAME))?;
+    let (ps, po, n64) = (src.ptr(), out.ptr_at(dst_offset), n as i64);
+    let mut args = dev.launcher(&f)?;
+    args.arg(&s).arg(&ps).arg(&po).arg(&n64);
+    dev.launch(args, grid_for("scatter", n)?, "launching scatter")
+}
+
+/// Row-major strides of a dense tensor of `shape`.
+pub(crate) fn dense_strides(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1];
+    }
+    strides
+}
+
+/// `out[o, i] = Σ_l x[o, l, i]` over a dense `[outer, len, inner]` `x`, in order, in f32.
+pub fn sum_axis<T: FloatElem>(
+    x: &DeviceBuf<T>,
+    outer: usize,
+    len: usize,
+    inner: usize,
+    out: &mut DeviceBuf<T>,
+) -> CudaResult<()> {
+    check_len("sum_axis", "x", x, outer * len * inner)?;
+    check_len("sum_axis", "out", out, outer * inner)?;
+    let dev = out.device().clone();
+    let f = dev.function(&SOURCE, &format!("sum_axis_{}", T::NAME))?;
+    let (px, po, o, l, i) = (x.ptr(), out.ptr(), outer as i64, len as i64, inner as i64);
+    let mut args = dev.launcher(&f)?;
+    args.arg(&px).arg(&po).arg(&o).arg(&l).arg(&i);
+    dev.launch(args, grid_for("sum_axis", outer * inner)?, "launching sum_axis")
+}
+
 /// `acc += x`, elementwise, over `x.len()` elements.
 pub fn add_assign<T: FloatElem>(acc: &mut DeviceBuf<T>, x: &DeviceBuf<T>) -> CudaResult<()> {
     check_len("add_assign", "acc", acc, x.len())?;

@@ -207,6 +207,20 @@ impl Params {
         out
     }
 
+    /// Parameters from tensors given in [`param_specs`] order for a model of `layers`
+    /// blocks; each becomes a leaf that requires grad. [`crate::Gpt::from_params`] checks the
+    /// shapes.
+    pub fn from_tensors(tensors: Vec<Tensor>, layers: usize) -> Result<Params> {
+        let expected = 2 + 12 * layers + 2;
+        if tensors.len() != expected {
+            return Err(crate::ModelError::BadInput(format!(
+                "{} tensors for a model of {layers} layers, which has {expected}",
+                tensors.len()
+            )));
+        }
+        Ok(Params::from_ordered(tensors, layers))
+    }
+
     /// Builds parameters from tensors given in [`param_specs`] order (shapes checked by the
     /// caller); each becomes a leaf that requires grad.
     pub(crate) fn from_ordered(tensors: Vec<Tensor>, layers: usize) -> Params {
@@ -233,6 +247,14 @@ impl Params {
         let ln_f_weight = next();
         let ln_f_bias = next();
         Params { wte, wpe, blocks, ln_f_weight, ln_f_bias }
+    }
+
+    /// Moves every tensor to `device` (each stays a leaf that requires grad).
+    pub fn to_device(&mut self, device: polylm_engine::Device) -> Result<()> {
+        for (_, t) in self.named_mut() {
+            *t = t.to_device(device)?.requires_grad();
+        }
+        Ok(())
     }
 
     /// Forgets every accumulated gradient.

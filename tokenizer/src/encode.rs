@@ -3,79 +3,21 @@
 //! Each pre-tokenised word is first turned into symbols (the alphabet piece of each character,
 //! or the byte tokens of its UTF-8 when the alphabet lacks it), then the lowest-rank merge among
 //! adjacent pairs is applied repeatedly (leftmost first on equal rank) until no merge applies.
-//! This uses a per-word linked list and a min-heap of candidate pairs with lazy invalidation, so
-//! long words (e.g. whole lines of CJK or Thai text) stay O(n log n).
-
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-use std::hash::{BuildHasher, BuildHasherDefault};
-use std::sync::Mutex;
+//! The merge loop itself lives in the private `merge` module (shared with the Hugging Face
+//! importer).
 
 use rayon::prelude::*;
 
+use crate::cache::{WordCache, MAX_CACHED_WORD_BYTES};
 use crate::error::{Result, TokenizerError};
-use crate::hash::{FxHashMap, FxHasher};
+#[cfg(test)]
+use crate::merge::merge_by_scanning;
+use crate::merge::merge_word;
 use crate::model::{BpeModel, PieceKind, DEFAULT_SPECIALS};
 use crate::pretokenize::pretokenize;
 
-const CACHE_SHARDS: usize = 16;
 /// Default number of cached words (over all shards).
 pub const DEFAULT_CACHE_CAPACITY: usize = 1 << 16;
-/// Words longer than this (in bytes) are never cached.
-const MAX_CACHED_WORD_BYTES: usize = 64;
-
-/// A bounded, sharded word → ids cache shared by all threads. A shard that fills up is cleared.
-#[derive(Debug)]
-struct WordCache {
-    shards: Vec<Mutex<FxHashMap<String, Vec<u32>>>>,
-    per_shard: usize,
-}
-
-impl WordCache {
-    fn new(capacity: usize) -> Self {
-        let per_shard = capacity.div_ceil(CACHE_SHARDS);
-        WordCache { shards: (0..CACHE_SHARDS).map(|_| Mutex::new(FxHashMap::default())).collect(), per_shard }
-    }
-
-    fn shard(&self, word: &str) -> &Mutex<FxHashMap<String, Vec<u32>>> {
-        let h = BuildHasherDefault::<FxHasher>::default().hash_one(word);
-        &self.shards[(h >> 59) as usize % CACHE_SHARDS]
-    }
-
-    fn get(&self, word: &str, out: &mut Vec<u32>) -> bool {
-        if self.per_shard == 0 {
-            return false;
-        }
-        let Ok(map) = self.shard(word).lock() else { return false };
-        match map.get(word) {
-            Some(ids) => {
-                out.extend_from_slice(ids);
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn put(&self, word: &str, ids: &[u32]) {
-        if self.per_shard == 0 {
-            return;
-        }
-        if let Ok(mut map) = self.shard(word).lock() {
-            if map.len() >= self.per_shard {
-                map.clear();
-            }
-            map.insert(word.to_string(), ids.to_vec());
-        }
-    }
-
-    fn clear(&self) {
-        for s in &self.shards {
-            if let Ok(mut m) = s.lock() {
-                m.clear();
-            }
-        }
-    }
-}
 
 /// A ready-to-use tokenizer: a [`BpeModel`] plus a cache of frequent words.
 #[derive(Debug)]
@@ -86,7 +28,7 @@ pub struct Tokenizer {
 
 impl Clone for Tokenizer {
     fn clone(&self) -> Self {
-        Tokenizer { model: self.model.clone(), cache: WordCache::new(self.cache.per_shard * CACHE_SHARDS) }
+        Tokenizer { model: self.model.clone(), cache: WordCache::new(self.cache.capacity()) }
     }
 }
 
@@ -97,7 +39,8 @@ impl From<BpeModel> for Tokenizer {
 }
 
 impl Tokenizer {
-    /// A tokenizer over `model` with the default word-cache capacity.
+    /// A tokenizer over `model` with the default word-cache capacity
+    /// ([`DEFAULT_CACHE_CAPACITY`] words).
     pub fn new(model: BpeModel) -> Self {
         Self::with_cache_capacity(model, DEFAULT_CACHE_CAPACITY)
     }
@@ -123,6 +66,13 @@ impl Tokenizer {
     }
 
     /// Encode text into token ids (never fails: unknown characters fall back to byte tokens).
+    ///
+    /// Special tokens written in the text (`"<s>"`, `"</pad>"`, user-defined ones) are plain
+    /// text: they are encoded like any other characters and never give a special id, so text
+    /// cannot inject control tokens (SentencePiece does the same). Add them by id, e.g. with
+    /// [`Tokenizer::encode_with_special`]. Newlines, tabs and other control characters are
+    /// ordinary characters too: they stay inside the word they appear in (only `▁` and digits
+    /// split words), and decoding gives them back.
     pub fn encode(&self, text: &str) -> Vec<u32> {
         let normalized = self.model.normalizer().normalize(text);
         let mut out = Vec::with_capacity(normalized.len() / 3 + 1);
@@ -224,89 +174,11 @@ fn initial_symbols(model: &BpeModel, word: &str, syms: &mut Vec<u32>) {
 pub(crate) fn encode_word_uncached(model: &BpeModel, word: &str, out: &mut Vec<u32>) {
     let mut ids = Vec::with_capacity(word.len());
     initial_symbols(model, word, &mut ids);
-    let n = ids.len();
-    if n < 2 {
-        out.extend_from_slice(&ids);
-        return;
-    }
-    if n <= 8 {
-        // Short words: the simple loop is faster than building the heap.
-        merge_by_scanning(model, &mut ids);
-        out.extend_from_slice(&ids);
-        return;
-    }
-    // Long words: doubly linked list + min-heap of (rank, position) with lazy invalidation.
-    const NONE: usize = usize::MAX;
-    let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect();
-    prev[0] = NONE;
-    let mut next: Vec<usize> = (1..=n).collect();
-    next[n - 1] = NONE;
-    let mut alive = vec![true; n];
-    let mut heap: BinaryHeap<Reverse<(u32, usize)>> = BinaryHeap::new();
-    for i in 0..n - 1 {
-        if let Some((rank, _)) = model.merge(ids[i], ids[i + 1]) {
-            heap.push(Reverse((rank, i)));
-        }
-    }
-    while let Some(Reverse((rank, i))) = heap.pop() {
-        if !alive[i] || next[i] == NONE {
-            continue;
-        }
-        let j = next[i];
-        let Some((r, result)) = model.merge(ids[i], ids[j]) else { continue };
-        if r != rank {
-            continue;
-        }
-        ids[i] = result;
-        alive[j] = false;
-        next[i] = next[j];
-        if next[j] != NONE {
-            prev[next[j]] = i;
-        }
-        if prev[i] != NONE {
-            let p = prev[i];
-            if let Some((r, _)) = model.merge(ids[p], ids[i]) {
-                heap.push(Reverse((r, p)));
-            }
-        }
-        if next[i] != NONE {
-            if let Some((r, _)) = model.merge(ids[i], ids[next[i]]) {
-                heap.push(Reverse((r, i)));
-            }
-        }
-    }
-    let mut i = 0;
-    while i != NONE {
-        out.push(ids[i]);
-        i = next[i];
-    }
+    merge_word(model, &mut ids);
+    out.extend_from_slice(&ids);
 }
 
-/// Reference implementation of the merge loop (O(n²)), used by tests to check the fast path.
-/// Merges `ids` in place by rescanning: find the lowest-rank adjacent pair (leftmost on ties),
-/// merge it, repeat. Quadratic, so used for short words and as the tests' reference.
-fn merge_by_scanning(model: &BpeModel, ids: &mut Vec<u32>) {
-    loop {
-        let mut best: Option<(u32, usize, u32)> = None;
-        for i in 0..ids.len().saturating_sub(1) {
-            if let Some((rank, result)) = model.merge(ids[i], ids[i + 1]) {
-                match best {
-                    Some((r, _, _)) if r <= rank => {}
-                    _ => best = Some((rank, i, result)),
-                }
-            }
-        }
-        match best {
-            Some((_, i, result)) => {
-                ids[i] = result;
-                ids.remove(i + 1);
-            }
-            None => return,
-        }
-    }
-}
-
-/// The whole word merged by [`merge_by_scanning`], whatever its length (tests compare the heap
+/// The whole word merged by the quadratic reference loop, whatever its length (tests compare the heap
 /// encoder against it).
 #[cfg(test)]
 pub(crate) fn encode_word_reference(model: &BpeModel, word: &str) -> Vec<u32> {
@@ -387,6 +259,10 @@ mod tests {
         assert!(matches!(t.decode(&[999_999]), Err(TokenizerError::IdOutOfRange { id: 999_999, .. })));
         assert_eq!(t.decode(&[1, 2, 3, 0]).unwrap(), "");
         assert_eq!(t.encode_with_special("a", true, true).first(), Some(&1));
+        // Special tokens written in the text are plain text.
+        let ids = t.encode("<s></s><unk><pad>");
+        assert!(ids.iter().all(|&i| i > 3), "{ids:?}");
+        assert_eq!(t.decode(&ids).unwrap(), "<s></s><unk><pad>");
         // Lone continuation byte: lossy, no panic.
         assert_eq!(t.decode(&[t.model().byte_id(0x80)]).unwrap(), "\u{FFFD}");
     }

@@ -97,13 +97,17 @@ pub fn from_json_str(text: &str) -> Result<BpeModel> {
 
 /// Save a model atomically: write `<path>.tmp.<pid>` next to it, sync, then rename over `path`.
 pub fn save(model: &BpeModel, path: impl AsRef<Path>) -> Result<()> {
-    let path = path.as_ref();
+    write_atomic(path.as_ref(), to_json_string(model).as_bytes())
+}
+
+/// Write `bytes` to `path` atomically (a temporary file next to it, synced, then renamed).
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(format!(".tmp.{}", std::process::id()));
     let tmp: PathBuf = path.with_file_name(name);
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(to_json_string(model).as_bytes())?;
+        f.write_all(bytes)?;
         f.sync_all()
     };
     if let Err(e) = write() {
@@ -118,7 +122,12 @@ pub fn save(model: &BpeModel, path: impl AsRef<Path>) -> Result<()> {
 
 /// Load a model file (see [`from_json_str`]); errors name the file.
 pub fn load(path: impl AsRef<Path>) -> Result<BpeModel> {
-    let path = path.as_ref();
+    load_text_file(path.as_ref(), from_json_str)
+}
+
+/// Reads a UTF-8 model file and parses it with `parse`; errors (I/O, encoding, malformed
+/// content) name the file.
+pub(crate) fn load_text_file<T>(path: &Path, parse: impl FnOnce(&str) -> Result<T>) -> Result<T> {
     let bytes = std::fs::read(path).map_err(|e| TokenizerError::io(path, e))?;
     let with_path = |e: TokenizerError| match e {
         TokenizerError::MalformedModel { message, .. } => {
@@ -128,7 +137,7 @@ pub fn load(path: impl AsRef<Path>) -> Result<BpeModel> {
     };
     let text = std::str::from_utf8(&bytes)
         .map_err(|e| with_path(TokenizerError::malformed(format!("not UTF-8: {e}"))))?;
-    from_json_str(text).map_err(with_path)
+    parse(text).map_err(with_path)
 }
 
 impl Tokenizer {
@@ -180,5 +189,37 @@ mod tests {
         assert!(from_json_str(&text.replace("<0x41>", "<0x42>")).is_err());
         assert!(from_json_str("{}").is_err());
         assert!(from_json_str("").is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// Cut or corrupted model files give a typed error (or a valid model), never a panic.
+        #[test]
+        fn corrupted_files_never_panic(
+            flips in proptest::collection::vec((proptest::prelude::any::<usize>(), 0u8..128), 0..6),
+            cut in proptest::prelude::any::<usize>(),
+        ) {
+            static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+            let text = TEXT.get_or_init(|| to_json_string(&model()));
+            let mut bytes = text.as_bytes().to_vec();
+            let len = bytes.len();
+            for (pos, val) in flips {
+                bytes[pos % len] = val;
+            }
+            let cut = cut % (len + 1);
+            if let Ok(s) = std::str::from_utf8(&bytes[..cut]) {
+                if let Ok(m) = from_json_str(s) {
+                    let t = Tokenizer::new(m);
+                    let _ = t.decode(&t.encode("hello 42 мир"));
+                }
+            }
+        }
+
+        /// Random text never panics the parser.
+        #[test]
+        fn random_text_never_panics(s in "\\PC{0,300}") {
+            let _ = from_json_str(&s);
+        }
     }
 }

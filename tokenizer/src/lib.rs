@@ -12,14 +12,21 @@
 //! - [`json`]: the versioned `polylm-bpe` JSON model file;
 //! - [`corpus`]: reading `.jsonl` / `.txt` corpora;
 //! - [`sentencepiece`]: importing SentencePiece `.model` files (BPE and unigram);
+//! - [`hf`]: Hugging Face `tokenizer.json` (BPE, byte-level or SentencePiece style) import and
+//!   export, and GPT-2's `encoder.json` + `vocab.bpe`;
+//! - [`bytelevel`]: the GPT-2 byte map and pre-tokenizer;
 //! - [`error`]: the typed [`TokenizerError`].
 #![warn(missing_docs)]
 
+pub mod bytelevel;
+mod cache;
 pub mod corpus;
 pub mod encode;
 pub mod error;
 mod hash;
+pub mod hf;
 pub mod json;
+mod merge;
 pub mod model;
 pub mod normalize;
 pub mod pretokenize;
@@ -28,6 +35,7 @@ pub mod train;
 
 pub use encode::Tokenizer;
 pub use error::{Result, TokenizerError};
+pub use hf::HfTokenizer;
 pub use model::BpeModel;
 pub use normalize::{Normalizer, NormalizerKind, META};
 pub use sentencepiece::SentencePieceModel;

@@ -214,6 +214,13 @@ impl BpeModel {
     }
 }
 
+impl crate::merge::MergeRanks for BpeModel {
+    #[inline]
+    fn merge(&self, a: u32, b: u32) -> Option<(u32, u32)> {
+        self.merge_map.get(&(a, b)).copied()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@
 //! SentencePiece does, so the first word looks like every other word.
 
 use serde::{Deserialize, Serialize};
-use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::{is_nfc_quick, is_nfkc_quick, IsNormalized, UnicodeNormalization};
 
 /// The word-start meta symbol `▁` (U+2581 LOWER ONE EIGHTH BLOCK).
 pub const META: char = '\u{2581}';
@@ -22,6 +22,25 @@ pub enum NormalizerKind {
     /// Compatibility composition (NFKC), the default.
     #[default]
     Nfkc,
+}
+
+/// NFC of `text`. The quick check answers "already normalised" for most text (all ASCII, most
+/// alphabetic scripts), which skips the decompose/recompose round trip.
+pub(crate) fn nfc(text: &str) -> String {
+    if is_nfc_quick(text.chars()) == IsNormalized::Yes {
+        text.to_string()
+    } else {
+        text.nfc().collect()
+    }
+}
+
+/// NFKC of `text` (with the same quick check as [`nfc`]).
+pub(crate) fn nfkc(text: &str) -> String {
+    if is_nfkc_quick(text.chars()) == IsNormalized::Yes {
+        text.to_string()
+    } else {
+        text.nfkc().collect()
+    }
 }
 
 /// Normaliser settings: the Unicode normal form and whether to add the dummy `▁` prefix.
@@ -49,8 +68,8 @@ impl Normalizer {
     pub fn unicode(&self, text: &str) -> String {
         match self.kind {
             NormalizerKind::None => text.to_string(),
-            NormalizerKind::Nfc => text.nfc().collect(),
-            NormalizerKind::Nfkc => text.nfkc().collect(),
+            NormalizerKind::Nfc => nfc(text),
+            NormalizerKind::Nfkc => nfkc(text),
         }
     }
 
@@ -102,6 +121,15 @@ mod tests {
         let n = Normalizer::new(NormalizerKind::None, false);
         assert_eq!(n.normalize("a b"), "a▁b");
         assert_eq!(n.denormalize("▁a"), " a");
+    }
+
+    #[test]
+    fn quick_paths_agree_with_full_normalisation() {
+        for t in ["plain ascii", "déjà vu", "e\u{301}", "ﬁ①", "Ａ", "한국어", "\u{1100}\u{1161}", "ไทย", "ｶ"]
+        {
+            assert_eq!(nfkc(t), t.nfkc().collect::<String>(), "{t:?}");
+            assert_eq!(nfc(t), t.nfc().collect::<String>(), "{t:?}");
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::time::Instant;
 
 use rayon::prelude::*;
 
@@ -108,6 +109,12 @@ pub struct TrainStats {
     pub merges: usize,
     /// Final vocabulary size.
     pub vocab_size: usize,
+    /// Wall seconds spent normalising and counting words.
+    pub count_secs: f64,
+    /// Wall seconds spent balancing languages, choosing the alphabet and building sequences.
+    pub prepare_secs: f64,
+    /// Wall seconds spent learning merges.
+    pub merge_secs: f64,
 }
 
 /// Train a BPE model (see the module docs).
@@ -119,6 +126,68 @@ pub fn train(corpora: &[LanguageCorpus], config: &TrainConfig) -> Result<BpeMode
 const WEIGHT_SCALE: f64 = 16.0;
 
 type Pair = (u32, u32);
+
+/// The words (indices) a pair occurs in, in increasing order with possible repeats. Most pairs
+/// occur in one word only, which is kept inline rather than in a heap-allocated list.
+enum Where {
+    Empty,
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl Where {
+    /// Record that the pair occurs in word `idx` (indices arrive in non-decreasing order).
+    fn push(&mut self, idx: u32) {
+        match self {
+            Where::Empty => *self = Where::One(idx),
+            Where::One(x) if *x == idx => {}
+            Where::One(x) => *self = Where::Many(vec![*x, idx]),
+            Where::Many(v) => {
+                if v.last() != Some(&idx) {
+                    v.push(idx);
+                }
+            }
+        }
+    }
+
+    fn into_vec(self) -> Vec<u32> {
+        match self {
+            Where::Empty => Vec::new(),
+            Where::One(x) => vec![x],
+            Where::Many(v) => v,
+        }
+    }
+}
+
+/// A pair's weighted count and the words it occurs in (one map for both saves memory).
+struct PairStat {
+    count: i64,
+    words: Where,
+}
+
+impl PairStat {
+    const EMPTY: fn() -> PairStat = || PairStat { count: 0, words: Where::Empty };
+}
+
+/// Index of the first `(a, b)` in `word`. Scans 16 symbols at a time for `a` without an early
+/// exit (which the compiler vectorises), then looks closer only in chunks that have one: long
+/// words (CJK and Thai runs) are scanned for every merge of a pair they contain.
+fn find_pair(word: &[u32], a: u32, b: u32) -> Option<usize> {
+    const CHUNK: usize = 16;
+    let heads = word.get(..word.len().checked_sub(1)?)?;
+    let mut base = 0;
+    for chunk in heads.chunks(CHUNK) {
+        if chunk.iter().fold(false, |m, &x| m | (x == a)) {
+            for (k, &x) in chunk.iter().enumerate() {
+                if x == a && word[base + k + 1] == b {
+                    return Some(base + k);
+                }
+            }
+        }
+        base += chunk.len();
+    }
+    None
+}
 
 /// Count the words of some texts in parallel.
 fn count_words(normalizer: &Normalizer, texts: &[String]) -> FxHashMap<String, u64> {
@@ -145,8 +214,8 @@ fn count_words(normalizer: &Normalizer, texts: &[String]) -> FxHashMap<String, u
         })
 }
 
-/// Train a BPE model and report what was done.
-pub fn train_with_stats(corpora: &[LanguageCorpus], config: &TrainConfig) -> Result<(BpeModel, TrainStats)> {
+/// Check a configuration; returns the special tokens.
+fn check_config(config: &TrainConfig) -> Result<Vec<String>> {
     let specials: Vec<String> =
         DEFAULT_SPECIALS.iter().map(|s| s.to_string()).chain(config.user_specials.iter().cloned()).collect();
     let minimum = specials.len() + NUM_BYTE_TOKENS;
@@ -172,21 +241,61 @@ pub fn train_with_stats(corpora: &[LanguageCorpus], config: &TrainConfig) -> Res
             config.character_coverage
         )));
     }
-    let normalizer = Normalizer::new(config.normalizer, config.add_dummy_prefix);
+    Ok(specials)
+}
 
-    // 1. Word counts per language.
-    let per_lang: Vec<FxHashMap<String, u64>> =
-        corpora.iter().map(|c| count_words(&normalizer, &c.texts)).collect();
+/// Train a BPE model and report what was done.
+pub fn train_with_stats(corpora: &[LanguageCorpus], config: &TrainConfig) -> Result<(BpeModel, TrainStats)> {
+    let specials = check_config(config)?;
+    let normalizer = Normalizer::new(config.normalizer, config.add_dummy_prefix);
+    let texts: usize = corpora.iter().map(|c| c.texts.len()).sum();
+    let start = Instant::now();
+    let per_lang: Vec<(String, FxHashMap<String, u64>)> =
+        corpora.iter().map(|c| (c.lang.clone(), count_words(&normalizer, &c.texts))).collect();
+    train_counted(per_lang, texts, specials, normalizer, config, start)
+}
+
+/// [`train_with_stats`] taking the corpora by value: each language's texts are freed as soon as
+/// its words are counted, which lowers peak memory on large corpora. Same result.
+pub fn train_owned(corpora: Vec<LanguageCorpus>, config: &TrainConfig) -> Result<(BpeModel, TrainStats)> {
+    let specials = check_config(config)?;
+    let normalizer = Normalizer::new(config.normalizer, config.add_dummy_prefix);
+    let texts: usize = corpora.iter().map(|c| c.texts.len()).sum();
+    let start = Instant::now();
+    let per_lang: Vec<(String, FxHashMap<String, u64>)> = corpora
+        .into_iter()
+        .map(|c| {
+            let counts = count_words(&normalizer, &c.texts);
+            (c.lang, counts)
+        })
+        .collect();
+    train_counted(per_lang, texts, specials, normalizer, config, start)
+}
+
+/// Training from per-language word counts (`texts`: how many texts they came from; `start`:
+/// when counting began).
+fn train_counted(
+    per_lang: Vec<(String, FxHashMap<String, u64>)>,
+    texts: usize,
+    specials: Vec<String>,
+    normalizer: Normalizer,
+    config: &TrainConfig,
+    start: Instant,
+) -> Result<(BpeModel, TrainStats)> {
+    let count_secs = start.elapsed().as_secs_f64();
+    let prepare_start = Instant::now();
+    let minimum = specials.len() + NUM_BYTE_TOKENS;
+    // 1. Word counts per language (done by the caller).
     // A language's size is its UTF-8 bytes, not its word count: scripts written without spaces
     // (Thai, Chinese, Japanese) have few, long "words" and would otherwise be over-weighted.
-    let word_counts: Vec<u64> = per_lang.iter().map(|m| m.values().sum()).collect();
-    let sizes: Vec<u64> = per_lang.iter().map(|m| m.iter().map(|(w, &c)| c * w.len() as u64).sum()).collect();
+    let word_counts: Vec<u64> = per_lang.iter().map(|(_, m)| m.values().sum()).collect();
+    let sizes: Vec<u64> =
+        per_lang.iter().map(|(_, m)| m.iter().map(|(w, &c)| c * w.len() as u64).sum()).collect();
     let total: u64 = sizes.iter().sum();
     if total == 0 {
         return Err(TokenizerError::EmptyCorpus(format!(
-            "{} language corpora with {} texts yield no words",
-            corpora.len(),
-            corpora.iter().map(|c| c.texts.len()).sum::<usize>()
+            "{} language corpora with {texts} texts yield no words",
+            per_lang.len()
         )));
     }
 
@@ -194,18 +303,21 @@ pub fn train_with_stats(corpora: &[LanguageCorpus], config: &TrainConfig) -> Res
     let powered: f64 = sizes.iter().filter(|&&n| n > 0).map(|&n| (n as f64).powf(config.alpha)).sum();
     let mut languages = Vec::new();
     let mut global: FxHashMap<String, u64> = FxHashMap::default();
-    for (((corpus, counts), &n), &words) in corpora.iter().zip(per_lang).zip(&sizes).zip(&word_counts) {
+    for (((lang, counts), &n), &words) in per_lang.into_iter().zip(&sizes).zip(&word_counts) {
         if n == 0 {
             continue;
         }
         let share = (n as f64).powf(config.alpha) / powered;
         let weight = share * total as f64 / n as f64;
-        languages.push(LanguageStats { lang: corpus.lang.clone(), words, bytes: n, weight, share });
+        languages.push(LanguageStats { lang, words, bytes: n, weight, share });
         for (w, c) in counts {
             let scaled = ((c as f64) * weight * WEIGHT_SCALE).round().max(1.0) as u64;
             *global.entry(w).or_insert(0) += scaled;
         }
     }
+    // Sorted for memory locality, not for the result: the merges depend only on pair counts
+    // (heap ties are broken by the pair ids), but words that share a prefix share pairs, and
+    // keeping them close makes the merge loop's passes over a pair's words much faster.
     let mut words: Vec<(String, u64)> = global.into_iter().collect();
     words.par_sort_unstable_by(|a, b| a.0.cmp(&b.0));
 
@@ -250,30 +362,36 @@ pub fn train_with_stats(corpora: &[LanguageCorpus], config: &TrainConfig) -> Res
 
     // Words → symbol sequences, split at uncovered characters (which become bytes and never
     // merge). Sequences shorter than 2 have no pairs and are dropped.
-    let mut seqs: FxHashMap<Vec<u32>, u64> = FxHashMap::default();
-    for (w, c) in &words {
-        let mut seg: Vec<u32> = Vec::new();
-        for ch in w.chars() {
-            match char_ids.get(&ch) {
-                Some(&id) => seg.push(id),
-                None => {
-                    if seg.len() >= 2 {
-                        *seqs.entry(std::mem::take(&mut seg)).or_insert(0) += c;
+    // Repeated sequences (words that differ only in uncovered characters) are kept apart: that
+    // gives the same pair counts, hence the same merges.
+    let seqs: Vec<(Vec<u32>, u64)> = words
+        .par_iter()
+        .flat_map_iter(|(w, c)| {
+            let mut out = Vec::new();
+            let mut seg: Vec<u32> = Vec::new();
+            for ch in w.chars() {
+                match char_ids.get(&ch) {
+                    Some(&id) => seg.push(id),
+                    None => {
+                        if seg.len() >= 2 {
+                            out.push((std::mem::take(&mut seg), *c));
+                        }
+                        seg.clear();
                     }
-                    seg.clear();
                 }
             }
-        }
-        if seg.len() >= 2 {
-            *seqs.entry(seg).or_insert(0) += c;
-        }
-    }
+            if seg.len() >= 2 {
+                out.push((seg, *c));
+            }
+            out
+        })
+        .collect();
     drop(words);
-    let mut seqs: Vec<(Vec<u32>, u64)> = seqs.into_iter().collect();
-    seqs.par_sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let (symbols, counts): (Vec<Vec<u32>>, Vec<u64>) = seqs.into_iter().unzip();
 
     // 4. Merges.
+    let prepare_secs = prepare_start.elapsed().as_secs_f64();
+    let merge_start = Instant::now();
     let merges = learn_merges(
         symbols,
         &counts,
@@ -290,6 +408,9 @@ pub fn train_with_stats(corpora: &[LanguageCorpus], config: &TrainConfig) -> Res
         alphabet_size: alphabet.len(),
         merges: merges.len(),
         vocab_size: minimum + pieces.len(),
+        count_secs,
+        prepare_secs,
+        merge_secs: merge_start.elapsed().as_secs_f64(),
     };
     let model = BpeModel::new(normalizer, specials, pieces, &merges)?;
     Ok((model, stats))
@@ -309,27 +430,22 @@ fn learn_merges(
     max_piece_chars: usize,
 ) -> Vec<(String, String)> {
     let mut piece_chars: Vec<usize> = pieces.iter().map(|p| p.chars().count()).collect();
-    let mut pair_counts: FxHashMap<Pair, i64> = FxHashMap::default();
-    let mut where_: FxHashMap<Pair, Vec<u32>> = FxHashMap::default();
+    let mut pairs: FxHashMap<Pair, PairStat> = FxHashMap::default();
     for (idx, (seq, &c)) in symbols.iter().zip(counts).enumerate() {
         for w in seq.windows(2) {
-            let p = (w[0], w[1]);
-            *pair_counts.entry(p).or_insert(0) += c as i64;
-            let list = where_.entry(p).or_default();
-            if list.last() != Some(&(idx as u32)) {
-                list.push(idx as u32);
-            }
+            let s = pairs.entry((w[0], w[1])).or_insert_with(PairStat::EMPTY);
+            s.count += c as i64;
+            s.words.push(idx as u32);
         }
     }
     let mut heap: BinaryHeap<(i64, Reverse<Pair>)> =
-        pair_counts.iter().filter(|(_, &c)| c > 0).map(|(&p, &c)| (c, Reverse(p))).collect();
+        pairs.iter().filter(|(_, s)| s.count > 0).map(|(&p, s)| (s.count, Reverse(p))).collect();
     let mut merges: Vec<(String, String)> = Vec::new();
     let mut changes: FxHashMap<Pair, i64> = FxHashMap::default();
     let mut new_where: Vec<(Pair, u32)> = Vec::new();
-    let mut rebuilt: Vec<u32> = Vec::new();
     while pieces.len() < max_pieces {
         let Some((count, Reverse(pair))) = heap.pop() else { break };
-        let current = pair_counts.get(&pair).copied().unwrap_or(0);
+        let current = pairs.get(&pair).map_or(0, |s| s.count);
         if current != count {
             if current > 0 {
                 heap.push((current, Reverse(pair)));
@@ -360,7 +476,10 @@ fn learn_merges(
                 id
             }
         };
-        let mut idxs = where_.remove(&pair).unwrap_or_default();
+        let mut idxs = pairs
+            .get_mut(&pair)
+            .map(|s| std::mem::replace(&mut s.words, Where::Empty).into_vec())
+            .unwrap_or_default();
         idxs.sort_unstable();
         idxs.dedup();
         changes.clear();
@@ -368,54 +487,61 @@ fn learn_merges(
         for &idx in &idxs {
             let word = &mut symbols[idx as usize];
             let wc = counts[idx as usize] as i64;
-            if word.len() < 2 {
-                continue;
-            }
-            rebuilt.clear();
-            let mut i = 0;
-            let mut changed = false;
-            while i < word.len() {
-                if i + 1 < word.len() && word[i] == a && word[i + 1] == b {
-                    changed = true;
-                    if let Some(&prev) = rebuilt.last() {
+            // The list may be stale (the pair can be gone from this word): find the first
+            // occurrence, then rewrite the rest in place (write index `w` never passes the read
+            // index `r`, so `word[r + 2]` is still the original symbol).
+            let Some(first) = find_pair(word, a, b) else { continue };
+            let n = word.len();
+            let (mut w, mut r) = (first, first);
+            while r < n {
+                if r + 1 < n && word[r] == a && word[r + 1] == b {
+                    if w > 0 {
+                        let prev = word[w - 1];
                         *changes.entry((prev, a)).or_insert(0) -= wc;
                         *changes.entry((prev, c)).or_insert(0) += wc;
                         new_where.push(((prev, c), idx));
                     }
-                    if i + 2 < word.len() {
-                        let next = word[i + 2];
+                    if r + 2 < n {
+                        let next = word[r + 2];
                         *changes.entry((b, next)).or_insert(0) -= wc;
                         *changes.entry((c, next)).or_insert(0) += wc;
                         new_where.push(((c, next), idx));
                     }
                     *changes.entry(pair).or_insert(0) -= wc;
-                    rebuilt.push(c);
-                    i += 2;
+                    word[w] = c;
+                    w += 1;
+                    r += 2;
                 } else {
-                    rebuilt.push(word[i]);
-                    i += 1;
+                    word[w] = word[r];
+                    w += 1;
+                    r += 1;
                 }
             }
-            if changed {
-                std::mem::swap(word, &mut rebuilt);
-            }
+            word.truncate(w);
         }
         for (&p, &d) in &changes {
             if d == 0 {
                 continue;
             }
-            let e = pair_counts.entry(p).or_insert(0);
-            *e += d;
-            if d > 0 && p != pair {
-                heap.push((*e, Reverse(p)));
+            let e = pairs.entry(p).or_insert_with(PairStat::EMPTY);
+            e.count += d;
+            let now = e.count;
+            if now == 0 && p != pair {
+                // Counts are exact sums of positive weights: 0 means the pair is gone from every
+                // word, so its (stale) word list can go too.
+                pairs.remove(&p);
+            } else if d > 0 && p != pair {
+                heap.push((now, Reverse(p)));
             }
         }
-        pair_counts.remove(&pair);
+        pairs.remove(&pair);
         for &(p, idx) in &new_where {
-            let list = where_.entry(p).or_default();
-            if list.last() != Some(&idx) {
-                list.push(idx);
-            }
+            pairs.entry(p).or_insert_with(PairStat::EMPTY).words.push(idx);
+        }
+        // Stale heap entries (lazy deletion) pile up; rebuild from the live counts when they
+        // dominate. Same result: every live pair is in the heap with its current count.
+        if heap.len() > 4 * pairs.len() + (1 << 20) {
+            heap = pairs.iter().filter(|(_, s)| s.count > 0).map(|(&p, s)| (s.count, Reverse(p))).collect();
         }
     }
 
@@ -499,6 +625,34 @@ mod tests {
             proptest::prop_assert_eq!(fast, slow);
             proptest::prop_assert_eq!(p1, p2);
         }
+    }
+
+    #[test]
+    fn find_pair_matches_a_plain_scan() {
+        let mut x = 7u32;
+        for len in 0..80 {
+            let word: Vec<u32> = (0..len)
+                .map(|_| {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                    (x >> 16) % 3
+                })
+                .collect();
+            for (a, b) in [(0, 1), (1, 1), (2, 0), (5, 0)] {
+                let plain = word.windows(2).position(|p| p[0] == a && p[1] == b);
+                assert_eq!(find_pair(&word, a, b), plain, "{word:?} {a} {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn owned_training_is_identical() {
+        let cfg = TrainConfig { vocab_size: 400, ..Default::default() };
+        let (a, sa) = train_with_stats(&corpus(), &cfg).unwrap();
+        let (b, sb) = train_owned(corpus(), &cfg).unwrap();
+        assert_eq!(a.pieces(), b.pieces());
+        assert_eq!(a.merges(), b.merges());
+        assert_eq!((sa.merges, sa.alphabet_size), (sb.merges, sb.alphabet_size));
+        assert!(sa.merges > 10);
     }
 
     #[test]

@@ -179,3 +179,64 @@ fn errors_exit_with_code_1() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(!out.exists());
 }
+
+#[test]
+fn skip_invalid_utf8_flag_trains_and_reports_lines() {
+    let dir = TempDir::new("skip");
+    let corpus = dir.0.join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    let mut data = Vec::new();
+    for i in 0..30 {
+        data.extend_from_slice(format!("{{\"text\": \"hello world number {i}\"}}\n").as_bytes());
+        if i == 4 {
+            data.extend_from_slice(b"\xff\xfe broken\n");
+        }
+    }
+    std::fs::write(corpus.join("xx.jsonl"), data).unwrap();
+    let out = dir.0.join("m.json");
+    let (c, o) = (corpus.to_str().unwrap(), out.to_str().unwrap());
+    let r = run(&["train", "--corpus", c, "--vocab-size", "300", "--skip-invalid-utf8", "--out", o]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let err = stderr(&r);
+    assert!(err.contains("skipped invalid UTF-8") && err.contains("xx.jsonl at line 6"), "{err}");
+    assert!(out.exists());
+}
+
+/// `encode`/`decode` read SentencePiece `.model` and Hugging Face `tokenizer.json` files, and
+/// `export-hf` writes a `tokenizer.json` that encodes like the model it came from.
+#[test]
+fn other_model_formats_and_export() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let text = "Hello world 2024, привет мир";
+    let sp_path = fixtures.join("sentencepiece/bpe.model");
+    let sp = polylm_tokenizer::SentencePieceModel::load(&sp_path).unwrap();
+    let o = run(&["encode", "--model", sp_path.to_str().unwrap(), "--text", text]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want: Vec<String> = sp.encode(text).iter().map(u32::to_string).collect();
+    assert_eq!(stdout(&o).trim(), want.join(" "));
+    let o = run(&["decode", "--model", sp_path.to_str().unwrap(), "--ids", &want.join(" ")]);
+    assert_eq!(stdout(&o).trim_end_matches('\n'), text);
+
+    let hf_path = fixtures.join("hf/bytelevel.json");
+    let hf = polylm_tokenizer::HfTokenizer::load(&hf_path).unwrap();
+    let o = run(&["encode", "--model", hf_path.to_str().unwrap(), "--text", text]);
+    let want: Vec<String> = hf.encode(text).iter().map(u32::to_string).collect();
+    assert_eq!(stdout(&o).trim(), want.join(" "));
+
+    // --whole keeps newlines inside one text.
+    let ours = fixtures.join("hf/ours.json");
+    let o = run(&["encode", "--model", ours.to_str().unwrap(), "--whole", "--text", "a\nb"]);
+    assert_eq!(stdout(&o).lines().count(), 1);
+    let ids = stdout(&o).trim().to_string();
+    let o = run(&["decode", "--model", ours.to_str().unwrap(), "--ids", &ids]);
+    assert_eq!(stdout(&o), "a\nb\n");
+
+    let dir = TempDir::new("export");
+    let out = dir.0.join("tokenizer.json");
+    let o = run(&["export-hf", "--model", ours.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let a = run(&["encode", "--model", ours.to_str().unwrap(), "--text", text]);
+    let b = run(&["encode", "--model", out.to_str().unwrap(), "--text", text]);
+    assert_eq!(stdout(&a), stdout(&b));
+    assert!(!stdout(&a).trim().is_empty());
+}

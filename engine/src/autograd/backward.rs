@@ -22,7 +22,13 @@ pub(crate) fn run_backward(root: &Tensor) -> Result<()> {
         return Err(Error::GraphFreed);
     }
     let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
-    grads.insert(root.id(), Tensor::ones(root.shape(), root.dtype())?);
+    // The seed gradient lives on the root's device.
+    let seed = if root.device().is_cpu() {
+        Tensor::ones(root.shape(), root.dtype())?
+    } else {
+        crate::cuda::full_like(root, root.shape(), 1.0)?
+    };
+    grads.insert(root.id(), seed);
     for t in order.iter().rev() {
         let Some(grad) = grads.remove(&t.id()) else {
             continue;

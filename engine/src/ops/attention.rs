@@ -23,7 +23,12 @@ impl BackwardOp for AttentionBackward {
         "causal_attention"
     }
     fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
-        let grads = with_compute_type!(g.dtype(), T => backward_impl::<T>(self, g, inputs))?;
+        let grads = match self.lse.gpu() {
+            Some(lse) => {
+                crate::cuda::with_gpu_type!(g.dtype(), T => gpu::backward::<T>(self, lse, g, inputs))?
+            }
+            None => with_compute_type!(g.dtype(), T => backward_impl::<T>(self, g, inputs))?,
+        };
         Ok(grads.into_iter().map(Some).collect())
     }
 }
@@ -96,11 +101,85 @@ impl Tensor {
         let heads: usize = q.shape()[..r - 2].iter().product();
         let dims = AttentionDims { heads, seq, head_dim };
         let scale = 1.0 / (head_dim.max(1) as f64).sqrt();
-        let (out, lse) = with_compute_type!(q.dtype(), T => {
-            let (out, lse) = forward_impl::<T>(q, k, v, dims, scale)?;
-            (out, T::save(lse))
-        });
+        let (out, lse) = if q.device().is_cpu() {
+            with_compute_type!(q.dtype(), T => {
+                let (out, lse) = forward_impl::<T>(q, k, v, dims, scale)?;
+                (out, T::save(lse))
+            })
+        } else {
+            let (out, lse) =
+                crate::cuda::with_gpu_type!(q.dtype(), T => gpu::forward::<T>(q, k, v, dims, scale))?;
+            (out, SavedValues::Gpu(lse))
+        };
         let back = AttentionBackward { output: out.detach(), lse, dims, scale };
         Ok(Tensor::from_op(out, back, vec![q.clone(), k.clone(), v.clone()]))
+    }
+}
+
+/// The GPU paths (the simple attention kernel until flash attention lands).
+mod gpu {
+    use polylm_kernels::attention::AttentionDims;
+    use polylm_kernels::cuda::attention::{
+        attention_backward, attention_forward, AttentionGrads, AttentionShape,
+    };
+
+    use super::AttentionBackward;
+    use crate::cuda::{alloc_like, cuda_err, dense, GpuElem};
+    use crate::{Result, Tensor};
+
+    fn shape(dims: AttentionDims, scale: f64) -> AttentionShape {
+        AttentionShape {
+            heads: dims.heads,
+            seq: dims.seq,
+            head_dim: dims.head_dim,
+            causal: true,
+            scale: scale as f32,
+        }
+    }
+
+    pub(super) fn forward<T: GpuElem>(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        dims: AttentionDims,
+        scale: f64,
+    ) -> Result<(Tensor, Tensor)> {
+        let (qv, kv, vv) = (dense::<T>(q)?, dense::<T>(k)?, dense::<T>(v)?);
+        let mut out = alloc_like::<T>(q, dims.qkv_len())?;
+        let mut lse = qv.device().alloc::<f32>(dims.lse_len()).map_err(cuda_err("causal_attention"))?;
+        if dims.qkv_len() > 0 {
+            attention_forward(&qv, &kv, &vv, &shape(dims, scale), &mut out, &mut lse)
+                .map_err(cuda_err("causal_attention"))?;
+        }
+        Ok((Tensor::from_gpu(out, q.shape()), Tensor::from_gpu(lse, &[dims.lse_len()])))
+    }
+
+    pub(super) fn backward<T: GpuElem>(
+        b: &AttentionBackward,
+        lse: &Tensor,
+        g: &Tensor,
+        inputs: &[Tensor],
+    ) -> Result<Vec<Tensor>> {
+        let (q, k, v) = (dense::<T>(&inputs[0])?, dense::<T>(&inputs[1])?, dense::<T>(&inputs[2])?);
+        let (o, gv, l) = (dense::<T>(&b.output)?, dense::<T>(g)?, dense::<f32>(lse)?);
+        let n = b.dims.qkv_len();
+        let like = &inputs[0];
+        let (mut dq, mut dk, mut dv) =
+            (alloc_like::<T>(like, n)?, alloc_like::<T>(like, n)?, alloc_like::<T>(like, n)?);
+        if n > 0 {
+            attention_backward(
+                &q,
+                &k,
+                &v,
+                &o,
+                &l,
+                &gv,
+                &shape(b.dims, b.scale),
+                AttentionGrads { dq: &mut dq, dk: &mut dk, dv: &mut dv },
+            )
+            .map_err(cuda_err("causal_attention backward"))?;
+        }
+        let s = like.shape();
+        Ok(vec![Tensor::from_gpu(dq, s), Tensor::from_gpu(dk, s), Tensor::from_gpu(dv, s)])
     }
 }

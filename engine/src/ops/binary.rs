@@ -61,6 +61,36 @@ fn binary_impl<T: CpuFloat>(op: BinaryOp, a: &Tensor, b: &Tensor, shape: &[usize
     Tensor::from_compute(out, shape, a.dtype())
 }
 
+/// The GPU path: both operands are read in place through their (broadcast) strides.
+fn gpu_binary<T: crate::cuda::GpuElem>(
+    op: BinaryOp,
+    a: &Tensor,
+    b: &Tensor,
+    shape: &[usize],
+) -> Result<Tensor> {
+    use polylm_kernels::cuda::elementwise::{self as gpu, BinaryOp as GpuOp, DeviceStrided};
+    let gop = match op {
+        BinaryOp::Add => GpuOp::Add,
+        BinaryOp::Sub => GpuOp::Sub,
+        BinaryOp::Mul => GpuOp::Mul,
+        BinaryOp::Div => GpuOp::Div,
+    };
+    let (sa, sb) = (a.layout().broadcast_strides(shape), b.layout().broadcast_strides(shape));
+    let n = shape.iter().product();
+    let mut out = crate::cuda::alloc_like::<T>(a, n)?;
+    if n > 0 {
+        gpu::binary(
+            gop,
+            shape,
+            DeviceStrided { buf: a.gpu_buf::<T>()?, offset: a.layout().offset(), strides: &sa },
+            DeviceStrided { buf: b.gpu_buf::<T>()?, offset: b.layout().offset(), strides: &sb },
+            &mut out,
+        )
+        .map_err(crate::cuda::cuda_err("binary"))?;
+    }
+    Ok(Tensor::from_gpu(out, shape))
+}
+
 /// Strides of a dense tensor of `shape` read as if broadcast to `target`.
 fn broadcast_dense_strides(shape: &[usize], target: &[usize]) -> Vec<usize> {
     let dense = contiguous_strides(shape);
@@ -76,7 +106,11 @@ impl Tensor {
     fn binary(&self, rhs: &Tensor, op: BinaryOp, name: &'static str) -> Result<Tensor> {
         check_same(name, self, rhs)?;
         let shape = broadcast_shape(name, self.shape(), rhs.shape())?;
-        let out = with_compute_type!(self.dtype(), T => binary_impl::<T>(op, self, rhs, &shape))?;
+        let out = if self.device().is_cpu() {
+            with_compute_type!(self.dtype(), T => binary_impl::<T>(op, self, rhs, &shape))?
+        } else {
+            crate::cuda::with_gpu_type!(self.dtype(), T => gpu_binary::<T>(op, self, rhs, &shape))?
+        };
         Ok(Tensor::from_op(out, BinaryBackward { op }, vec![self.clone(), rhs.clone()]))
     }
 

@@ -25,7 +25,10 @@ impl BackwardOp for CrossEntropyBackward {
     }
     fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
         let logits = &inputs[0];
-        let dl = with_compute_type!(logits.dtype(), T => backward_impl::<T>(self, g, logits))?;
+        let dl = match self.lse.gpu() {
+            Some(_) => crate::cuda::with_gpu_type!(logits.dtype(), T => gpu::backward::<T>(self, g, logits))?,
+            None => with_compute_type!(logits.dtype(), T => backward_impl::<T>(self, g, logits))?,
+        };
         Ok(vec![Some(dl)])
     }
 }
@@ -93,11 +96,85 @@ impl Tensor {
             }
             count += 1;
         }
-        let (out, lse) = with_compute_type!(self.dtype(), T => {
-            let (out, lse) = forward_impl::<T>(self, targets, ignore_index, count)?;
-            (out, T::save(lse))
-        });
+        let (out, lse) = if self.device().is_cpu() {
+            with_compute_type!(self.dtype(), T => {
+                let (out, lse) = forward_impl::<T>(self, targets, ignore_index, count)?;
+                (out, T::save(lse))
+            })
+        } else {
+            let (out, lse) = crate::cuda::with_gpu_type!(self.dtype(), T => gpu::forward::<T>(self, targets, ignore_index, count))?;
+            (out, SavedValues::Gpu(lse))
+        };
         let back = CrossEntropyBackward { targets: targets.to_vec(), ignore_index, lse, count };
         Ok(Tensor::from_op(out, back, vec![self.clone()]))
+    }
+}
+
+/// The GPU paths: per-row losses on the device, their mean taken on the host (one small
+/// download, which also gives the caller the loss value without another synchronisation).
+mod gpu {
+    use polylm_kernels::cuda::cross_entropy::{cross_entropy, CrossEntropyOutputs, GradScale};
+
+    use super::CrossEntropyBackward;
+    use crate::cuda::{alloc_like, cuda_err, dense, GpuElem};
+    use crate::{Result, Tensor};
+
+    pub(super) fn forward<T: GpuElem>(
+        logits: &Tensor,
+        targets: &[u32],
+        ignore: Option<u32>,
+        count: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let vocab = *logits.shape().last().unwrap_or(&1);
+        let lv = dense::<T>(logits)?;
+        let dev = lv.device().clone();
+        let rows = targets.len();
+        let d_targets = dev.upload(targets).map_err(cuda_err("cross_entropy"))?;
+        let mut loss = dev.alloc::<f32>(rows).map_err(cuda_err("cross_entropy"))?;
+        let mut lse = dev.alloc::<f32>(rows).map_err(cuda_err("cross_entropy"))?;
+        if rows > 0 {
+            cross_entropy(
+                &lv,
+                &d_targets,
+                vocab,
+                ignore,
+                CrossEntropyOutputs { loss: &mut loss, lse: &mut lse },
+                None,
+            )
+            .map_err(cuda_err("cross_entropy"))?;
+        }
+        let losses = dev.download(&loss).map_err(cuda_err("cross_entropy"))?;
+        let total: f64 = losses.iter().map(|&l| f64::from(l)).sum();
+        let mean = if count == 0 { 0.0 } else { total / count as f64 };
+        let value = Tensor::scalar(mean, logits.dtype()).to_device(logits.device())?;
+        Ok((value, Tensor::from_gpu(lse, &[rows])))
+    }
+
+    pub(super) fn backward<T: GpuElem>(
+        b: &CrossEntropyBackward,
+        g: &Tensor,
+        logits: &Tensor,
+    ) -> Result<Tensor> {
+        let vocab = *logits.shape().last().unwrap_or(&1);
+        let scale = if b.count == 0 { 0.0 } else { g.to_scalar()? / b.count as f64 };
+        let lv = dense::<T>(logits)?;
+        let dev = lv.device().clone();
+        let rows = b.targets.len();
+        let d_targets = dev.upload(&b.targets).map_err(cuda_err("cross_entropy backward"))?;
+        let mut loss = dev.alloc::<f32>(rows).map_err(cuda_err("cross_entropy backward"))?;
+        let mut lse = dev.alloc::<f32>(rows).map_err(cuda_err("cross_entropy backward"))?;
+        let mut dl = alloc_like::<T>(logits, lv.len())?;
+        if rows > 0 {
+            cross_entropy(
+                &lv,
+                &d_targets,
+                vocab,
+                b.ignore_index,
+                CrossEntropyOutputs { loss: &mut loss, lse: &mut lse },
+                Some((&mut dl, GradScale::Uniform(scale as f32))),
+            )
+            .map_err(cuda_err("cross_entropy backward"))?;
+        }
+        Ok(Tensor::from_gpu(dl, logits.shape()))
     }
 }

@@ -19,7 +19,11 @@ impl BackwardOp for EmbeddingBackward {
     fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
         let w = &inputs[0];
         let dim = w.shape()[1];
-        let dw = with_compute_type!(w.dtype(), T => scatter::<T>(&self.ids, g, w, dim))?;
+        let dw = if w.device().is_cpu() {
+            with_compute_type!(w.dtype(), T => scatter::<T>(&self.ids, g, w, dim))?
+        } else {
+            crate::cuda::with_gpu_type!(w.dtype(), T => gpu::backward::<T>(&self.ids, g, w, dim))?
+        };
         Ok(vec![Some(dw)])
     }
 }
@@ -52,6 +56,10 @@ impl Tensor {
         }
         let mut shape = ids_shape.to_vec();
         shape.push(dim);
+        if !self.device().is_cpu() {
+            let out = crate::cuda::with_gpu_type!(self.dtype(), T => gpu::forward::<T>(self, ids, &shape))?;
+            return Ok(Tensor::from_op(out, EmbeddingBackward { ids: ids.to_vec() }, vec![self.clone()]));
+        }
         macro_rules! gather {
             ($v:expr, $variant:ident) => {{
                 let mut out = vec![Default::default(); ids.len() * dim];
@@ -61,8 +69,8 @@ impl Tensor {
         }
         // A contiguous table (the usual case) is read in place; a strided view is copied once.
         let copied;
-        let (table, offset) = if self.is_contiguous() {
-            (self.storage().cpu(), self.layout().offset())
+        let (table, offset) = if let (true, Some(host)) = (self.is_contiguous(), self.storage().cpu()) {
+            (host, self.layout().offset())
         } else {
             copied = self.contiguous_storage();
             (&copied, 0)
@@ -76,5 +84,32 @@ impl Tensor {
         };
         let out = Tensor::from_storage(storage, &shape);
         Ok(Tensor::from_op(out, EmbeddingBackward { ids: ids.to_vec() }, vec![self.clone()]))
+    }
+}
+
+/// The GPU paths: lookup, and the deterministic scatter-add into a zero gradient.
+mod gpu {
+    use polylm_kernels::cuda::embedding::{embedding_backward, embedding_forward};
+
+    use crate::cuda::{alloc_like, cuda_err, dense, zeros_like, GpuElem};
+    use crate::{Result, Tensor};
+
+    pub(super) fn forward<T: GpuElem>(table: &Tensor, ids: &[u32], shape: &[usize]) -> Result<Tensor> {
+        let dim = table.shape()[1];
+        let w = dense::<T>(table)?;
+        let mut out = alloc_like::<T>(table, ids.len() * dim)?;
+        if !ids.is_empty() && dim > 0 {
+            embedding_forward(&w, ids, dim, &mut out).map_err(cuda_err("embedding"))?;
+        }
+        Ok(Tensor::from_gpu(out, shape))
+    }
+
+    pub(super) fn backward<T: GpuElem>(ids: &[u32], g: &Tensor, w: &Tensor, dim: usize) -> Result<Tensor> {
+        let gv = dense::<T>(g)?;
+        let mut dw = zeros_like::<T>(w, w.numel())?;
+        if !ids.is_empty() && dim > 0 {
+            embedding_backward(ids, &gv, dim, &mut dw).map_err(cuda_err("embedding backward"))?;
+        }
+        Ok(Tensor::from_gpu(dw, w.shape()))
     }
 }

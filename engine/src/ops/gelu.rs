@@ -19,7 +19,11 @@ impl BackwardOp for BiasGeluBackward {
     fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
         let x = &inputs[0];
         let bias = if self.has_bias { Some(&inputs[1]) } else { None };
-        let (dx, db) = with_compute_type!(x.dtype(), T => backward_impl::<T>(x, bias, g))?;
+        let (dx, db) = if x.device().is_cpu() {
+            with_compute_type!(x.dtype(), T => backward_impl::<T>(x, bias, g))?
+        } else {
+            crate::cuda::with_gpu_type!(x.dtype(), T => gpu::backward::<T>(x, bias, g))?
+        };
         Ok(if self.has_bias { vec![Some(dx), db] } else { vec![Some(dx)] })
     }
 }
@@ -53,6 +57,14 @@ fn forward_impl<T: CpuFloat>(x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor
 }
 
 impl Tensor {
+    fn bias_gelu_forward(&self, bias: Option<&Tensor>) -> Result<Tensor> {
+        if self.device().is_cpu() {
+            with_compute_type!(self.dtype(), T => forward_impl::<T>(self, bias))
+        } else {
+            crate::cuda::with_gpu_type!(self.dtype(), T => gpu::forward::<T>(self, bias))
+        }
+    }
+
     /// `gelu(self + bias)` with GeLU in its tanh form; `bias` has shape `[last axis]`.
     pub fn bias_gelu(&self, bias: &Tensor) -> Result<Tensor> {
         check_same("bias_gelu", self, bias)?;
@@ -64,13 +76,60 @@ impl Tensor {
                 rhs: bias.shape().to_vec(),
             });
         }
-        let out = with_compute_type!(self.dtype(), T => forward_impl::<T>(self, Some(bias)))?;
+        let out = self.bias_gelu_forward(Some(bias))?;
         Ok(Tensor::from_op(out, BiasGeluBackward { has_bias: true }, vec![self.clone(), bias.clone()]))
     }
 
     /// GeLU (tanh form) elementwise.
     pub fn gelu(&self) -> Result<Tensor> {
-        let out = with_compute_type!(self.dtype(), T => forward_impl::<T>(self, None))?;
+        let out = self.bias_gelu_forward(None)?;
         Ok(Tensor::from_op(out, BiasGeluBackward { has_bias: false }, vec![self.clone()]))
+    }
+}
+
+/// The GPU paths.
+mod gpu {
+    use polylm_kernels::cuda::gelu::{bias_gelu_backward, bias_gelu_forward};
+
+    use crate::cuda::{alloc_like, cuda_err, dense, Dense, GpuElem};
+    use crate::{Result, Tensor};
+
+    fn cols_of(x: &Tensor) -> usize {
+        (*x.shape().last().unwrap_or(&1)).max(1)
+    }
+
+    pub(super) fn forward<T: GpuElem>(x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let xv = dense::<T>(x)?;
+        let bv: Option<Dense<'_, T>> = bias.map(dense::<T>).transpose()?;
+        let mut out = alloc_like::<T>(x, xv.len())?;
+        if !xv.is_empty() {
+            bias_gelu_forward(&xv, bv.as_deref(), cols_of(x), &mut out).map_err(cuda_err("bias_gelu"))?;
+        }
+        Ok(Tensor::from_gpu(out, x.shape()))
+    }
+
+    pub(super) fn backward<T: GpuElem>(
+        x: &Tensor,
+        bias: Option<&Tensor>,
+        g: &Tensor,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let cols = cols_of(x);
+        let (xv, gv) = (dense::<T>(x)?, dense::<T>(g)?);
+        let bv: Option<Dense<'_, T>> = bias.map(dense::<T>).transpose()?;
+        let mut dx = alloc_like::<T>(x, xv.len())?;
+        let mut db = bias.map(|b| alloc_like::<T>(b, cols)).transpose()?;
+        if xv.is_empty() {
+            if let Some(d) = db.as_mut() {
+                polylm_kernels::cuda::elementwise::fill(d, 0.0).map_err(cuda_err("bias_gelu backward"))?;
+            }
+        } else {
+            bias_gelu_backward(&xv, bv.as_deref(), &gv, cols, &mut dx, db.as_mut(), false)
+                .map_err(cuda_err("bias_gelu backward"))?;
+        }
+        let db = match (db, bias) {
+            (Some(d), Some(b)) => Some(Tensor::from_gpu(d, b.shape())),
+            _ => None,
+        };
+        Ok((Tensor::from_gpu(dx, x.shape()), db))
     }
 }

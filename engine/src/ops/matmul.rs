@@ -39,17 +39,23 @@ struct Operand<'a, T> {
     layout: &'a Layout,
 }
 
+/// Where batch element `index` (row-major over the broadcast `batch`) of an operand with
+/// `layout` starts in its storage.
+fn batch_offset(layout: &Layout, batch: &[usize], mut index: usize) -> usize {
+    let r = layout.rank();
+    let strides = layout.broadcast_strides(&[batch, &layout.shape()[r - 2..]].concat());
+    let mut off = layout.offset();
+    for ax in (0..batch.len()).rev() {
+        off += (index % batch[ax]) * strides[ax];
+        index /= batch[ax];
+    }
+    off
+}
+
 impl<'a, T: Copy> Operand<'a, T> {
     /// Where batch element `index` (row-major over the broadcast `batch`) starts in `data`.
-    fn offset(&self, batch: &[usize], mut index: usize) -> usize {
-        let r = self.layout.rank();
-        let strides = self.layout.broadcast_strides(&[batch, &self.layout.shape()[r - 2..]].concat());
-        let mut off = self.layout.offset();
-        for ax in (0..batch.len()).rev() {
-            off += (index % batch[ax]) * strides[ax];
-            index /= batch[ax];
-        }
-        off
+    fn offset(&self, batch: &[usize], index: usize) -> usize {
+        batch_offset(self.layout, batch, index)
     }
 
     /// The matrix of batch element `index` as a strided view.
@@ -146,7 +152,11 @@ impl Tensor {
         shape.extend([m, n]);
         let numel: usize = shape.iter().product();
         let (al, bl) = (self.layout(), rhs.layout());
-        let out = match (self.storage().cpu(), rhs.storage().cpu()) {
+        let (Some(sa), Some(sb)) = (self.storage().cpu(), rhs.storage().cpu()) else {
+            let out = crate::cuda::with_gpu_type!(self.dtype(), T => gpu::matmul::<T>(self, rhs, &batch))?;
+            return Ok(Tensor::from_op(out, MatmulBackward, vec![self.clone(), rhs.clone()]));
+        };
+        let out = match (sa, sb) {
             (CpuStorage::F64(a), CpuStorage::F64(b)) => {
                 let mut out = vec![0f64; numel];
                 batched_f64(
@@ -181,5 +191,74 @@ impl Tensor {
         };
         debug_assert!(out.dtype() == self.dtype() || self.dtype() == DType::F64);
         Ok(Tensor::from_op(out, MatmulBackward, vec![self.clone(), rhs.clone()]))
+    }
+}
+
+/// The GPU path: one launch of the tiled product when each operand's batch elements are
+/// evenly spaced in its storage (always true after making it dense), with strided matrices.
+mod gpu {
+    use polylm_kernels::cuda::matmul::{gemm, GemmDims, MatView};
+
+    use super::batch_offset;
+    use crate::cuda::{cuda_err, GpuElem};
+    use crate::layout::Layout;
+    use crate::{Result, Tensor};
+
+    /// Evenly spaced batch offsets `(first, step)`, if they are.
+    fn progression(layout: &Layout, batch: &[usize]) -> Option<(usize, usize)> {
+        let count: usize = batch.iter().product();
+        let first = batch_offset(layout, batch, 0);
+        let step = if count > 1 { batch_offset(layout, batch, 1).checked_sub(first)? } else { 0 };
+        (0..count).all(|i| batch_offset(layout, batch, i) == first + i * step).then_some((first, step))
+    }
+
+    pub(super) fn matmul<T: GpuElem>(a: &Tensor, b: &Tensor, batch: &[usize]) -> Result<Tensor> {
+        let (ra, rb) = (a.rank(), b.rank());
+        let (m, k, n) = (a.shape()[ra - 2], a.shape()[ra - 1], b.shape()[rb - 1]);
+        let count: usize = batch.iter().product();
+        let mut shape = batch.to_vec();
+        shape.extend([m, n]);
+        // Operands whose batch elements are not evenly spaced are expanded to dense copies.
+        let full = |t: &Tensor| -> Result<Tensor> {
+            let r = t.rank();
+            t.expand(&[batch, &t.shape()[r - 2..]].concat())?.contiguous()
+        };
+        let (a2, b2);
+        let (a, b) = (
+            if progression(a.layout(), batch).is_some() {
+                a
+            } else {
+                a2 = full(a)?;
+                &a2
+            },
+            if progression(b.layout(), batch).is_some() {
+                b
+            } else {
+                b2 = full(b)?;
+                &b2
+            },
+        );
+        let (a_first, a_step) = progression(a.layout(), batch).unwrap_or_default();
+        let (b_first, b_step) = progression(b.layout(), batch).unwrap_or_default();
+        let (abuf, bbuf) = (a.gpu_buf::<T>()?, b.gpu_buf::<T>()?);
+        let view = |buf, l: &Layout, first, step| {
+            let (s, r) = (l.strides(), l.rank());
+            MatView { buf, offset: first, row_stride: s[r - 2], col_stride: s[r - 1], batch_stride: step }
+        };
+        let mut out = abuf.device().alloc::<T>(count * m * n).map_err(cuda_err("matmul"))?;
+        let dims = GemmDims { m, n, k, batch: count, alpha: 1.0, beta: 0.0 };
+        if k == 0 {
+            polylm_kernels::cuda::elementwise::fill(&mut out, 0.0).map_err(cuda_err("matmul"))?;
+        } else if count * m * n > 0 {
+            gemm(
+                dims,
+                view(abuf, a.layout(), a_first, a_step),
+                view(bbuf, b.layout(), b_first, b_step),
+                &mut out,
+                None,
+            )
+            .map_err(cuda_err("matmul"))?;
+        }
+        Ok(Tensor::from_gpu(out, &shape))
     }
 }

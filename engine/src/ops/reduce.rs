@@ -24,21 +24,58 @@ impl BackwardOp for SumBackward {
     }
 }
 
-fn sum_impl<T: CpuFloat>(x: &Tensor, axes: &[bool]) -> Result<(Vec<T>, Vec<usize>)> {
-    let mut data = x.values::<T>().into_owned();
-    let mut shape = x.shape().to_vec();
-    for (ax, &reduce_it) in axes.iter().enumerate() {
-        if !reduce_it {
-            continue;
-        }
+/// The single-axis reductions `(outer, len, inner)` that sum `shape` over the masked axes one
+/// after another, and the kept-dims shape at the end.
+fn reduction_steps(shape: &[usize], axes: &[bool]) -> (Vec<(usize, usize, usize)>, Vec<usize>) {
+    let mut shape = shape.to_vec();
+    let mut steps = Vec::new();
+    for (ax, _) in axes.iter().enumerate().filter(|(_, &r)| r) {
         let outer: usize = shape[..ax].iter().product();
         let inner: usize = shape[ax + 1..].iter().product();
-        let mut out = vec![T::ZERO; outer * inner];
-        reduce::sum_axis(&data, outer, shape[ax], inner, &mut out);
-        data = out;
+        steps.push((outer, shape[ax], inner));
         shape[ax] = 1;
     }
+    (steps, shape)
+}
+
+fn sum_impl<T: CpuFloat>(x: &Tensor, axes: &[bool]) -> Result<(Vec<T>, Vec<usize>)> {
+    let mut data = x.values::<T>().into_owned();
+    let (steps, shape) = reduction_steps(x.shape(), axes);
+    for (outer, len, inner) in steps {
+        let mut out = vec![T::ZERO; outer * inner];
+        reduce::sum_axis(&data, outer, len, inner, &mut out);
+        data = out;
+    }
     Ok((data, shape))
+}
+
+/// The GPU path: one reduction per summed axis over the dense values, in f32.
+fn gpu_sum<T: crate::cuda::GpuElem>(x: &Tensor, axes: &[bool]) -> Result<(Tensor, Vec<usize>)> {
+    use crate::cuda::{cuda_err, dense, Dense};
+    let mut data = dense::<T>(x)?;
+    let (steps, shape) = reduction_steps(x.shape(), axes);
+    for (outer, len, inner) in steps {
+        let mut out = data.device().alloc::<T>(outer * inner).map_err(cuda_err("sum"))?;
+        if outer * inner > 0 {
+            if len == 0 {
+                polylm_kernels::cuda::elementwise::fill(&mut out, 0.0).map_err(cuda_err("sum"))?;
+            } else {
+                polylm_kernels::cuda::elementwise::sum_axis(&data, outer, len, inner, &mut out)
+                    .map_err(cuda_err("sum"))?;
+            }
+        }
+        data = Dense::Owned(out);
+    }
+    let buf = match data {
+        Dense::Owned(b) => b,
+        // Nothing was summed: a copy, so the result does not alias the input.
+        Dense::Borrowed(b) => {
+            let mut copy = b.device().alloc::<T>(b.len()).map_err(cuda_err("sum"))?;
+            b.device().copy(b, &mut copy).map_err(cuda_err("sum"))?;
+            copy
+        }
+    };
+    Ok((Tensor::from_gpu(buf, &shape), shape))
 }
 
 impl Tensor {
@@ -52,10 +89,14 @@ impl Tensor {
             }
             mask[a] = true;
         }
-        let (out, keep_shape) = with_compute_type!(self.dtype(), T => {
-            let (v, s) = sum_impl::<T>(self, &mask)?;
-            (Tensor::from_compute(v, &s, self.dtype())?, s)
-        });
+        let (out, keep_shape) = if self.device().is_cpu() {
+            with_compute_type!(self.dtype(), T => {
+                let (v, s) = sum_impl::<T>(self, &mask)?;
+                (Tensor::from_compute(v, &s, self.dtype())?, s)
+            })
+        } else {
+            crate::cuda::with_gpu_type!(self.dtype(), T => gpu_sum::<T>(self, &mask))?
+        };
         let final_shape: Vec<usize> = if keepdim {
             keep_shape.clone()
         } else {

@@ -1,6 +1,7 @@
 //! Ops with a scalar: `a·x + b` (covering add/sub/mul/div by a scalar and negation), and
 //! powers `x^p`.
 
+use polylm_kernels::cuda::elementwise::UnaryOp;
 use polylm_kernels::elementwise;
 use polylm_kernels::Float;
 
@@ -42,13 +43,30 @@ fn map_impl<T: CpuFloat>(x: &Tensor, f: impl Fn(T) -> T + Sync) -> Result<Tensor
     Tensor::from_compute(out, x.shape(), x.dtype())
 }
 
+/// The GPU path of the elementwise maps.
+pub(crate) fn gpu_map(x: &Tensor, op: UnaryOp) -> Result<Tensor> {
+    use crate::cuda::{alloc_like, cuda_err, dense};
+    crate::cuda::with_gpu_type!(x.dtype(), T => {
+        let v = dense::<T>(x)?;
+        let mut out = alloc_like::<T>(x, v.len())?;
+        if !v.is_empty() {
+            polylm_kernels::cuda::elementwise::map(op, &v, &mut out).map_err(cuda_err("map"))?;
+        }
+        Ok(Tensor::from_gpu(out, x.shape()))
+    })
+}
+
 impl Tensor {
     /// `scale·self + shift` elementwise.
     pub fn affine(&self, scale: f64, shift: f64) -> Result<Tensor> {
-        let out = with_compute_type!(self.dtype(), T => {
-            let (s, b) = (T::from_f64(scale), T::from_f64(shift));
-            map_impl::<T>(self, move |v| v * s + b)
-        })?;
+        let out = if self.device().is_cpu() {
+            with_compute_type!(self.dtype(), T => {
+                let (s, b) = (T::from_f64(scale), T::from_f64(shift));
+                map_impl::<T>(self, move |v| v * s + b)
+            })?
+        } else {
+            gpu_map(self, UnaryOp::Affine { alpha: scale as f32, beta: shift as f32 })?
+        };
         Ok(Tensor::from_op(out, AffineBackward { scale }, vec![self.clone()]))
     }
     /// `self + value`.
@@ -77,9 +95,15 @@ impl Tensor {
 
     /// `self^exponent` elementwise (NaN for negative bases with non-integer exponents).
     pub fn powf(&self, exponent: f64) -> Result<Tensor> {
-        let out = with_compute_type!(self.dtype(), T => {
-            map_impl::<T>(self, move |v| T::from_f64(v.to_f64().powf(exponent)))
-        })?;
+        let out = if self.device().is_cpu() {
+            with_compute_type!(self.dtype(), T => {
+                map_impl::<T>(self, move |v| T::from_f64(v.to_f64().powf(exponent)))
+            })?
+        } else if exponent == 2.0 {
+            gpu_map(self, UnaryOp::Square)?
+        } else {
+            gpu_map(self, UnaryOp::Powf(exponent as f32))?
+        };
         Ok(Tensor::from_op(out, PowBackward { exponent }, vec![self.clone()]))
     }
 

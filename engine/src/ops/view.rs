@@ -48,7 +48,7 @@ impl BackwardOp for NarrowBackward {
         let zeros = |n: usize| {
             let mut shape = self.input_shape.clone();
             shape[self.axis] = n;
-            Tensor::zeros(&shape, g.dtype())
+            Tensor::zeros_like_device(&shape, g)
         };
         let parts = [zeros(self.start)?, g.clone(), zeros(size - self.start - len)?];
         Ok(vec![Some(Tensor::concat(&parts, self.axis as isize)?)])
@@ -257,8 +257,27 @@ impl Tensor {
         if self.is_contiguous() {
             return Ok(self.clone());
         }
-        let out = Tensor::from_storage(self.contiguous_storage(), self.shape());
+        let out = if self.device().is_cpu() {
+            Tensor::from_storage(self.contiguous_storage(), self.shape())
+        } else {
+            crate::cuda::with_gpu_type!(self.dtype(), T => {
+                let buf = match crate::cuda::dense::<T>(self)? {
+                    crate::cuda::Dense::Owned(b) => b,
+                    crate::cuda::Dense::Borrowed(_) => unreachable!("a non-contiguous view is gathered"),
+                };
+                Ok(Tensor::from_gpu(buf, self.shape()))
+            })?
+        };
         Ok(Tensor::from_op(out, IdentityBackward, vec![self.clone()]))
+    }
+
+    /// Zeros of `shape` with `like`'s dtype, on `like`'s device.
+    pub(crate) fn zeros_like_device(shape: &[usize], like: &Tensor) -> Result<Tensor> {
+        if like.device().is_cpu() {
+            Tensor::zeros(shape, like.dtype())
+        } else {
+            crate::cuda::full_like(like, shape, 0.0)
+        }
     }
 
     /// Joins tensors along `axis`; every other axis must agree. A copy.
@@ -282,6 +301,10 @@ impl Tensor {
         let sizes: Vec<usize> = tensors.iter().map(|t| t.shape()[ax]).collect();
         let mut shape = first.shape().to_vec();
         shape[ax] = sizes.iter().sum();
+        if !first.device().is_cpu() {
+            let out = crate::cuda::with_gpu_type!(first.dtype(), T => gpu_concat::<T>(tensors, ax, &shape))?;
+            return Ok(Tensor::from_op(out, ConcatBackward { axis: ax, sizes }, tensors.to_vec()));
+        }
         let outer: usize = shape[..ax].iter().product();
         let inner: usize = shape[ax + 1..].iter().product();
         let parts: Vec<CpuStorage> = tensors.iter().map(|t| t.contiguous_storage()).collect();
@@ -312,4 +335,28 @@ impl Tensor {
         let out = Tensor::from_storage(storage, &shape);
         Ok(Tensor::from_op(out, ConcatBackward { axis: ax, sizes }, tensors.to_vec()))
     }
+}
+
+/// The GPU path of `concat`: each part's dense values written into its slice of the output.
+fn gpu_concat<T: crate::cuda::GpuElem>(tensors: &[Tensor], ax: usize, shape: &[usize]) -> Result<Tensor> {
+    use crate::cuda::{alloc_like, cuda_err, dense};
+    let mut out = alloc_like::<T>(&tensors[0], shape.iter().product())?;
+    let strides = crate::layout::contiguous_strides(shape);
+    let mut start = 0;
+    for t in tensors {
+        let n = t.shape()[ax];
+        if t.numel() > 0 {
+            let src = dense::<T>(t)?;
+            polylm_kernels::cuda::elementwise::scatter(
+                t.shape(),
+                &src,
+                &mut out,
+                start * strides[ax],
+                &strides,
+            )
+            .map_err(cuda_err("concat"))?;
+        }
+        start += n;
+    }
+    Ok(Tensor::from_gpu(out, shape))
 }

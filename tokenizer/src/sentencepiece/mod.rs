@@ -22,8 +22,6 @@ pub mod proto;
 use std::collections::{BinaryHeap, HashMap};
 use std::path::Path;
 
-use unicode_normalization::UnicodeNormalization;
-
 use crate::error::{Result, TokenizerError};
 use proto::{ModelProto, ModelType, PieceType};
 
@@ -143,8 +141,11 @@ impl SentencePieceModel {
     /// Normalises `text` as the model's normalizer spec says (see the module docs).
     pub fn normalize(&self, text: &str) -> String {
         let spec = &self.proto.normalizer_spec;
-        let unicode: String =
-            if spec.name == "identity" { text.to_string() } else { nmt_extras(text).nfkc().collect() };
+        let unicode: String = if spec.name == "identity" {
+            text.to_string()
+        } else {
+            crate::normalize::nfkc(&nmt_extras(text))
+        };
         let mut spaced = if spec.remove_extra_whitespaces {
             unicode.split(' ').filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ")
         } else {

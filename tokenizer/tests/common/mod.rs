@@ -1,10 +1,11 @@
 //! Helpers shared by the integration tests: the shared corpus and a small trained tokenizer.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use polylm_tokenizer::corpus::read_language_dir;
+use polylm_tokenizer::corpus::{read_corpus_file, read_language_dir};
 use polylm_tokenizer::{train, LanguageCorpus, TrainConfig};
+use serde::Deserialize;
 
 /// `/work/shared/data` seen from the crate.
 pub const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data");
@@ -89,4 +90,45 @@ fn synthetic_corpora() -> Vec<LanguageCorpus> {
 /// Train a small tokenizer (vocab 1000 by default settings otherwise).
 pub fn train_small(config: TrainConfig) -> polylm_tokenizer::BpeModel {
     train(&small_corpora(), &config).expect("training succeeds")
+}
+
+/// FNV-1a 64 of ids as the fixture scripts write it (each id 4 LE bytes, then 0xFFFFFFFF),
+/// continuing from `h`.
+pub fn fnv_ids(mut h: u64, ids: &[u32]) -> u64 {
+    for &id in ids.iter().chain(std::iter::once(&u32::MAX)) {
+        for b in id.to_le_bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// The texts of a fixture set (`valid-<lang>` or `udhr-<lang>`), read as the fixture scripts
+/// read them; `None` when the shared data is absent.
+pub fn set_texts(name: &str) -> Option<Vec<String>> {
+    let data = Path::new(DATA);
+    if let Some(lang) = name.strip_prefix("valid-") {
+        read_corpus_file(data.join("valid").join(format!("{lang}.jsonl")), None).ok()
+    } else if let Some(lang) = name.strip_prefix("udhr-") {
+        let text = std::fs::read_to_string(data.join("udhr").join(format!("{lang}.txt"))).ok()?;
+        Some(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect())
+    } else {
+        None
+    }
+}
+
+/// The committed fixtures folder.
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// What a fixture script recorded for one text set: counts and the FNV-1a hash of all ids.
+#[derive(Deserialize)]
+pub struct SetRef {
+    /// Number of texts.
+    pub texts: usize,
+    /// Number of ids over all texts.
+    pub ids: usize,
+    /// [`fnv_ids`] over all texts' ids, as hex.
+    pub fnv64: String,
 }

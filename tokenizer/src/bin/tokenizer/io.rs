@@ -3,11 +3,97 @@
 use std::io::{Read, Write};
 use std::path::Path;
 
-use polylm_tokenizer::Tokenizer;
+use polylm_tokenizer::{json, HfTokenizer, SentencePieceModel, Tokenizer, TokenizerError};
+use rayon::prelude::*;
 
 use crate::{CliError, CliResult};
 
-/// Load a model file; errors name the file.
+/// A model of any format the CLI reads.
+pub enum AnyModel {
+    /// Our `polylm-bpe` JSON.
+    Ours(Tokenizer),
+    /// A SentencePiece `.model` (protobuf).
+    SentencePiece(Box<SentencePieceModel>),
+    /// A Hugging Face `tokenizer.json` (BPE).
+    Hf(HfTokenizer),
+}
+
+impl AnyModel {
+    /// Text to ids.
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        match self {
+            AnyModel::Ours(t) => t.encode(text),
+            AnyModel::SentencePiece(m) => m.encode(text),
+            AnyModel::Hf(h) => h.encode(text),
+        }
+    }
+
+    /// Many texts to ids, in parallel.
+    pub fn encode_batch(&self, texts: &[String]) -> Vec<Vec<u32>> {
+        match self {
+            AnyModel::Ours(t) => t.encode_batch(texts),
+            _ => texts.par_iter().map(|t| self.encode(t)).collect(),
+        }
+    }
+
+    /// Ids to text.
+    pub fn decode(&self, ids: &[u32]) -> CliResult<String> {
+        Ok(match self {
+            AnyModel::Ours(t) => t.decode(ids)?,
+            AnyModel::SentencePiece(m) => m.decode(ids)?,
+            AnyModel::Hf(h) => h.decode(ids, true)?,
+        })
+    }
+
+    /// Number of ids.
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            AnyModel::Ours(t) => t.vocab_size(),
+            AnyModel::SentencePiece(m) => m.vocab_size(),
+            AnyModel::Hf(h) => h.vocab_size(),
+        }
+    }
+
+    /// The id of `<s>` (`bos`) or `</s>` (`!bos`), if the model has one.
+    pub fn boundary_id(&self, bos: bool) -> Option<u32> {
+        let name = if bos { "<s>" } else { "</s>" };
+        match self {
+            AnyModel::Ours(t) => t.model().special_id(name),
+            AnyModel::SentencePiece(m) => {
+                let spec = &m.proto().trainer_spec;
+                let id = if bos { spec.bos_id } else { spec.eos_id };
+                u32::try_from(id).ok()
+            }
+            AnyModel::Hf(h) => h.token_to_id(name).or_else(|| h.token_to_id("<|endoftext|>")),
+        }
+    }
+}
+
+/// Load a model file of any format: our JSON (`"format": "polylm-bpe"`), a Hugging Face
+/// `tokenizer.json` (any other JSON object), or a SentencePiece `.model` (anything else).
+/// Errors name the file.
+pub fn load_any(path: &Path) -> CliResult<AnyModel> {
+    if !path.exists() {
+        return Err(CliError(format!("model file {} does not exist", path.display())));
+    }
+    let bytes = std::fs::read(path).map_err(|e| CliError(format!("cannot read {}: {e}", path.display())))?;
+    let name = |e: TokenizerError| match e {
+        TokenizerError::MalformedModel { message, .. } => {
+            TokenizerError::MalformedModel { path: Some(path.to_path_buf()), message }
+        }
+        other => other,
+    };
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        let text = utf8(bytes, path)?;
+        if text.contains("\"polylm-bpe\"") {
+            return Ok(AnyModel::Ours(Tokenizer::new(json::from_json_str(&text).map_err(name)?)));
+        }
+        return Ok(AnyModel::Hf(HfTokenizer::from_json_str(&text).map_err(name)?));
+    }
+    Ok(AnyModel::SentencePiece(Box::new(SentencePieceModel::from_bytes(&bytes).map_err(name)?)))
+}
+
+/// Load our own model file (JSON); errors name the file.
 pub fn load_tokenizer(path: &Path) -> CliResult<Tokenizer> {
     if !path.exists() {
         return Err(CliError(format!("model file {} does not exist", path.display())));

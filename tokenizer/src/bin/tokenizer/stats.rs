@@ -13,16 +13,15 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use polylm_tokenizer::corpus::read_corpus_file;
-use polylm_tokenizer::Tokenizer;
 
-use crate::io::{load_tokenizer, read_utf8_file, Stdout};
+use crate::io::{load_any, read_utf8_file, AnyModel, Stdout};
 use crate::train::languages_in;
 use crate::{CliError, CliResult};
 
 /// Arguments of `tokenizer stats`.
 #[derive(Args, Debug)]
 pub struct StatsArgs {
-    /// Model file(s); repeat the flag to compare several models side by side.
+    /// Model file(s) of any format (ours, SentencePiece .model, tokenizer.json); repeat the flag to compare several models side by side.
     #[arg(long, required = true)]
     model: Vec<PathBuf>,
     /// Folder of UDHR texts, one <lang>.txt per language.
@@ -121,11 +120,11 @@ struct LangData {
     udhr: Option<Udhr>,
 }
 
-fn count_tokens(tok: &Tokenizer, texts: &[String]) -> usize {
+fn count_tokens(tok: &AnyModel, texts: &[String]) -> usize {
     tok.encode_batch(texts).iter().map(Vec::len).sum()
 }
 
-fn measure(tok: &Tokenizer, d: &LangData) -> Cell {
+fn measure(tok: &AnyModel, d: &LangData) -> Cell {
     let mut cell = Cell::default();
     if let Some(texts) = &d.valid {
         cell.valid_bytes = texts.iter().map(String::len).sum();
@@ -184,7 +183,7 @@ pub fn run(args: StatsArgs) -> CliResult<()> {
             return Err(CliError(format!("folder {} does not exist", dir.display())));
         }
     }
-    let models = args.model.iter().map(|p| load_tokenizer(p)).collect::<CliResult<Vec<_>>>()?;
+    let models = args.model.iter().map(|p| load_any(p)).collect::<CliResult<Vec<_>>>()?;
 
     let langs: Vec<String> = if args.langs.is_empty() {
         let mut set = BTreeSet::new();

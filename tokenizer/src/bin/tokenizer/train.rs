@@ -5,8 +5,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use polylm_tokenizer::corpus::read_corpus_file;
-use polylm_tokenizer::train::train_with_stats;
+use polylm_tokenizer::corpus::{read_corpus_file_with, CorpusFile, InvalidUtf8};
+use polylm_tokenizer::train::train_owned;
 use polylm_tokenizer::{json, LanguageCorpus, NormalizerKind, TrainConfig};
 
 use crate::{CliError, CliResult};
@@ -41,6 +41,10 @@ pub struct TrainArgs {
     /// Extra special tokens (comma-separated), given ids after <unk>, <s>, </s>, <pad>.
     #[arg(long, value_delimiter = ',')]
     specials: Vec<String>,
+    /// Skip corpus lines that are not valid UTF-8 (each is reported with its file and line)
+    /// instead of stopping at the first one.
+    #[arg(long)]
+    skip_invalid_utf8: bool,
     /// Where to write the model (JSON; written atomically).
     #[arg(long)]
     out: PathBuf,
@@ -106,7 +110,11 @@ pub fn run(args: TrainArgs) -> CliResult<()> {
         if !path.is_file() {
             return Err(CliError(format!("corpus file {} does not exist", path.display())));
         }
-        let texts = read_corpus_file(&path, args.max_lines)?;
+        let policy = if args.skip_invalid_utf8 { InvalidUtf8::Skip } else { InvalidUtf8::Fail };
+        let CorpusFile { texts, skipped_lines } = read_corpus_file_with(&path, args.max_lines, policy)?;
+        for line in &skipped_lines {
+            eprintln!("  skipped invalid UTF-8 in {} at line {line}", path.display());
+        }
         let bytes: usize = texts.iter().map(String::len).sum();
         total_bytes += bytes;
         eprintln!(
@@ -142,7 +150,7 @@ pub fn run(args: TrainArgs) -> CliResult<()> {
                 eprintln!("  training... {:.0}s elapsed", train_start.elapsed().as_secs_f64());
             }
         });
-        let r = train_with_stats(&corpora, &config);
+        let r = train_owned(corpora, &config);
         let _ = done_tx.send(());
         r
     });
@@ -161,6 +169,12 @@ pub fn run(args: TrainArgs) -> CliResult<()> {
     eprintln!("  vocab size:     {}", stats.vocab_size);
     eprintln!("  alphabet size:  {} (of {} distinct characters)", stats.alphabet_size, stats.distinct_chars);
     eprintln!("  merges:         {}", stats.merges);
-    eprintln!("  training time:  {train_secs:.1}s (total {:.1}s)", start.elapsed().as_secs_f64());
+    eprintln!(
+        "  training time:  {train_secs:.1}s (counting {:.1}s, preparing {:.1}s, merges {:.1}s; total {:.1}s)",
+        stats.count_secs,
+        stats.prepare_secs,
+        stats.merge_secs,
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }

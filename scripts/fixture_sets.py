@@ -1,0 +1,35 @@
+"""What the tokenizer fixture scripts share: where the data is, the text sets they encode, and
+the FNV-1a hash of ids that the Rust tests recompute (`tokenizer/tests/common/mod.rs`)."""
+import glob
+import json
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(ROOT, "..", "shared", "data")
+if not os.path.isdir(DATA):
+    DATA = "/work/shared/data"
+
+FNV_OFFSET, FNV_PRIME, MASK = 0xCBF29CE484222325, 0x100000001B3, (1 << 64) - 1
+
+
+def fnv_ids(h, ids):
+    """FNV-1a 64 continued from `h` over each id as 4 little-endian bytes, then 0xFFFFFFFF."""
+    for i in list(ids) + [0xFFFFFFFF]:
+        for b in i.to_bytes(4, "little"):
+            h = ((h ^ b) * FNV_PRIME) & MASK
+    return h
+
+
+def text_sets():
+    """`valid-<lang>`: every record of data/valid/<lang>.jsonl, whole; `udhr-<lang>`: every
+    non-empty line of data/udhr/<lang>.txt."""
+    sets = {}
+    for path in sorted(glob.glob(os.path.join(DATA, "valid", "*.jsonl"))):
+        lang = os.path.basename(path)[: -len(".jsonl")]
+        with open(path, encoding="utf-8") as f:
+            sets[f"valid-{lang}"] = [json.loads(l)["text"] for l in f if l.strip()]
+    for path in sorted(glob.glob(os.path.join(DATA, "udhr", "*.txt"))):
+        lang = os.path.basename(path)[: -len(".txt")]
+        with open(path, encoding="utf-8") as f:
+            sets[f"udhr-{lang}"] = [l.rstrip("\n") for l in f if l.strip()]
+    return sets

@@ -1,0 +1,177 @@
+//! Tensors on the GPU: every op the model uses, forward and backward, against the same op on
+//! the CPU; the tiny model's forward and backward on the GPU against the CPU; and short
+//! training runs on the GPU (f32 and bf16) that follow the CPU's losses.
+//!
+//! Without a GPU every test prints that it skipped and passes. On the GPU machine these run
+//! from `scripts/gpu-check.sh`.
+
+mod common;
+
+use common::{assert_close, random_tensor};
+use polylm_engine::{DType, Device, Rng, Tensor};
+use polylm_model::{Batch, Gpt, ModelConfig};
+
+fn gpu(test: &str) -> Option<Device> {
+    match Device::cuda(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            eprintln!("skipped {test}: {e}");
+            None
+        }
+    }
+}
+
+/// Runs `f` on f32 copies of `inputs` on the CPU and on the GPU; compares the outputs and the
+/// gradients of `Σ out ⊙ R` (a fixed random `R`) with respect to every input.
+#[track_caller]
+fn compare(
+    what: &str,
+    dev: Device,
+    inputs: &[Tensor],
+    f: &dyn Fn(&[Tensor]) -> polylm_engine::Result<Tensor>,
+) {
+    let mut rng = Rng::new(99);
+    let cpu: Vec<Tensor> = inputs.iter().map(|t| t.to_dtype(DType::F32).unwrap().requires_grad()).collect();
+    let out = f(&cpu).expect("cpu forward");
+    let weights = random_tensor(&mut rng, out.shape(), 1.0).to_dtype(DType::F32).unwrap();
+    out.mul(&weights).unwrap().sum_all().unwrap().backward().expect("cpu backward");
+
+    let gpu: Vec<Tensor> = cpu.iter().map(|t| t.detach().to_device(dev).unwrap().requires_grad()).collect();
+    let out_g = f(&gpu).expect("gpu forward");
+    assert_eq!(out_g.device(), dev, "{what}: the result lives on the GPU");
+    let wg = weights.to_device(dev).unwrap();
+    out_g.mul(&wg).unwrap().sum_all().unwrap().backward().expect("gpu backward");
+
+    let scale = |v: &[f64]| v.iter().fold(1e-6f64, |m, x| m.max(x.abs()));
+    let want = out.to_vec_f64();
+    assert_close(&format!("{what} forward"), &out_g.to_vec_f64(), &want, 2e-5, 2e-6 * scale(&want));
+    for (i, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
+        let want = c.grad().expect("cpu grad").to_vec_f64();
+        let got = g.grad().unwrap_or_else(|| panic!("{what}: input {i} got no gradient on the GPU"));
+        assert_eq!(got.device(), dev, "{what}: gradient {i} lives on the GPU");
+        assert_close(&format!("{what} d/dinput{i}"), &got.to_vec_f64(), &want, 2e-5, 2e-6 * scale(&want));
+    }
+}
+
+fn t(rng: &mut Rng, shape: &[usize]) -> Tensor {
+    random_tensor(rng, shape, 1.0)
+}
+
+#[test]
+fn every_model_op_matches_the_cpu_on_the_gpu() {
+    let Some(dev) = gpu("ops") else { return };
+    let mut rng = Rng::new(1);
+    let (b, s, c) = (2, 7, 24);
+    compare("add broadcast", dev, &[t(&mut rng, &[b, s, c]), t(&mut rng, &[c])], &|x| x[0].add(&x[1]));
+    compare("sub", dev, &[t(&mut rng, &[s, c]), t(&mut rng, &[s, 1])], &|x| x[0].sub(&x[1]));
+    compare("mul", dev, &[t(&mut rng, &[b, s, c]), t(&mut rng, &[s, c])], &|x| x[0].mul(&x[1]));
+    compare("div", dev, &[t(&mut rng, &[s, c]), t(&mut rng, &[c]).affine(0.5, 2.0).unwrap()], &|x| {
+        x[0].div(&x[1])
+    });
+    compare("affine", dev, &[t(&mut rng, &[s, c])], &|x| x[0].affine(-1.5, 0.25));
+    compare("sqr", dev, &[t(&mut rng, &[s, c])], &|x| x[0].sqr());
+    compare("sum axes", dev, &[t(&mut rng, &[b, s, c])], &|x| x[0].sum(&[0, 2], false));
+    compare("mean", dev, &[t(&mut rng, &[b, s, c])], &|x| x[0].mean(&[1], true));
+    compare("matmul 2d", dev, &[t(&mut rng, &[s, c]), t(&mut rng, &[c, 9])], &|x| x[0].matmul(&x[1]));
+    compare("matmul folded 3d·2d", dev, &[t(&mut rng, &[b, s, c]), t(&mut rng, &[c, 9])], &|x| {
+        x[0].matmul(&x[1])
+    });
+    compare("matmul by a transposed view", dev, &[t(&mut rng, &[b, s, c]), t(&mut rng, &[11, c])], &|x| {
+        x[0].matmul(&x[1].t()?)
+    });
+    compare("matmul batched broadcast", dev, &[t(&mut rng, &[3, 1, s, c]), t(&mut rng, &[2, c, 5])], &|x| {
+        x[0].matmul(&x[1])
+    });
+    compare("layer_norm", dev, &[t(&mut rng, &[b, s, c]), t(&mut rng, &[c]), t(&mut rng, &[c])], &|x| {
+        x[0].layer_norm(&x[1], &x[2], 1e-5)
+    });
+    compare("bias_gelu", dev, &[t(&mut rng, &[b, s, c]), t(&mut rng, &[c])], &|x| x[0].bias_gelu(&x[1]));
+    compare("gelu", dev, &[t(&mut rng, &[s, c])], &|x| x[0].gelu());
+    compare("softmax", dev, &[t(&mut rng, &[b, s, c])], &|x| x[0].softmax());
+    compare(
+        "causal_attention",
+        dev,
+        &[t(&mut rng, &[b, 3, s, 16]), t(&mut rng, &[b, 3, s, 16]), t(&mut rng, &[b, 3, s, 16])],
+        &|x| Tensor::causal_attention(&x[0], &x[1], &x[2]),
+    );
+    let ids: Vec<u32> = (0..b * s).map(|i| (i * 7 % 13) as u32).collect();
+    compare("embedding", dev, &[t(&mut rng, &[13, c])], &|x| x[0].embedding(&ids, &[b, s]));
+    let targets: Vec<u32> = (0..b * s).map(|i| if i % 5 == 1 { 99 } else { (i * 3 % c) as u32 }).collect();
+    compare("cross_entropy", dev, &[t(&mut rng, &[b, s, c])], &|x| x[0].cross_entropy(&targets, Some(99)));
+    compare("permute + contiguous + reshape", dev, &[t(&mut rng, &[b, s, 3, 8])], &|x| {
+        x[0].permute(&[2, 0, 3, 1])?.contiguous()?.reshape(&[3, b * 8 * s])
+    });
+    compare("narrow", dev, &[t(&mut rng, &[b, s, c])], &|x| x[0].narrow(2, 5, 9));
+    compare("concat", dev, &[t(&mut rng, &[b, 3, c]), t(&mut rng, &[b, 4, c])], &|x| {
+        Tensor::concat(&[x[0].clone(), x[1].clone()], 1)
+    });
+    compare("to_dtype round trip", dev, &[t(&mut rng, &[s, c])], &|x| {
+        x[0].to_dtype(DType::F16)?.to_dtype(DType::F32)
+    });
+}
+
+fn tiny_batch() -> (Vec<u32>, Vec<u32>, usize, usize) {
+    let (batch, seq) = (2, 32);
+    let ids: Vec<u32> = (0..batch * seq).map(|i| ((i * 131 + 7) % 8192) as u32).collect();
+    let targets: Vec<u32> = (0..batch * seq).map(|i| ((i * 61 + 3) % 8192) as u32).collect();
+    (ids, targets, batch, seq)
+}
+
+#[test]
+fn the_tiny_model_forward_and_backward_match_the_cpu() {
+    let Some(dev) = gpu("tiny model") else { return };
+    let config = ModelConfig::preset("tiny").expect("preset");
+    let cpu = Gpt::new(config.clone(), DType::F32, 5).expect("model");
+    let mut on_gpu = Gpt::new(config, DType::F32, 5).expect("model");
+    on_gpu.params_mut().to_device(dev).expect("to gpu");
+    let (ids, targets, batch, seq) = tiny_batch();
+    let b = Batch { ids: &ids, batch, seq };
+    let loss_cpu = cpu.forward_backward(&b, &targets, None, false).expect("cpu step");
+    for recompute in [false, true] {
+        on_gpu.params().zero_grad();
+        let loss_gpu = on_gpu.forward_backward(&b, &targets, None, recompute).expect("gpu step");
+        assert!((loss_gpu - loss_cpu).abs() <= 1e-5 * loss_cpu.abs(), "loss {loss_gpu} vs {loss_cpu}");
+        for ((name, c), (_, g)) in cpu.params().named().into_iter().zip(on_gpu.params().named()) {
+            let want = c.grad().expect("cpu grad").to_vec_f64();
+            let got = g.grad().unwrap_or_else(|| panic!("{name}: no gradient on the GPU")).to_vec_f64();
+            let scale = want.iter().fold(1e-8f64, |m, x| m.max(x.abs()));
+            assert_close(&format!("{name} (recompute {recompute})"), &got, &want, 1e-3, 1e-4 * scale);
+        }
+    }
+}
+
+/// `steps` of plain gradient descent on the tiny model, on `device` in `dtype`; the losses.
+fn train(device: Device, dtype: DType, steps: usize) -> Vec<f64> {
+    let config = ModelConfig::preset("tiny").expect("preset");
+    let mut model = Gpt::new(config, DType::F32, 11).expect("model");
+    for (_, p) in model.params_mut().named_mut() {
+        *p = p.to_dtype(dtype).unwrap().to_device(device).unwrap().requires_grad();
+    }
+    let (ids, targets, batch, seq) = tiny_batch();
+    let b = Batch { ids: &ids, batch, seq };
+    let lr = 0.5;
+    let mut losses = Vec::new();
+    for _ in 0..steps {
+        model.params().zero_grad();
+        losses.push(model.forward_backward(&b, &targets, None, false).expect("step"));
+        let _guard = polylm_engine::no_grad();
+        for (_, p) in model.params_mut().named_mut() {
+            let g = p.grad().expect("grad");
+            *p = p.sub(&g.affine(lr, 0.0).unwrap()).unwrap().requires_grad();
+        }
+    }
+    losses
+}
+
+#[test]
+fn a_short_gpu_training_run_follows_the_cpu() {
+    let Some(dev) = gpu("training") else { return };
+    let steps = 8;
+    let cpu = train(Device::Cpu, DType::F32, steps);
+    let gpu_f32 = train(dev, DType::F32, steps);
+    let gpu_bf16 = train(dev, DType::BF16, steps);
+    println!("cpu f32 {cpu:?}\ngpu f32 {gpu_f32:?}\ngpu bf16 {gpu_bf16:?}");
+    assert!(cpu[steps - 1] < cpu[0] - 0.5, "the CPU run learns: {cpu:?}");
+    assert_close("gpu f32 losses", &gpu_f32, &cpu, 1e-4, 0.0);
+    assert_close("gpu bf16 losses", &gpu_bf16, &cpu, 2e-2, 0.0);
+}
