@@ -368,7 +368,8 @@ fn layernorm_forward_and_backward_match_the_cpu() {
 fn gelu_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
     let mut rng = Rng::new(seed);
     let rows = size(&mut rng, 1, 300);
-    let cols = size(&mut rng, 1, 1100);
+    // Odd widths take the scalar path, 768 the 16-byte vector path.
+    let cols = if seed.is_multiple_of(2) { size(&mut rng, 1, 1100) | 1 } else { 768 };
     let n = rows * cols;
     let (x, xv) = random::<T>(dev, &mut rng, n, 3.0);
     let (b, bv) = random::<T>(dev, &mut rng, cols, 1.0);

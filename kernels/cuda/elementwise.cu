@@ -52,19 +52,37 @@ __device__ void binary(const StridedShape& s, const T* a, const T* b, T* out, i6
 }
 
 // op: 0 affine (alpha·x + beta), 1 square, 2 power alpha, 3 GeLU (tanh form).
+__device__ __forceinline__ float apply_map(int op, float alpha, float beta, float v) {
+    switch (op) {
+        case 0: return fmaf(alpha, v, beta);
+        case 1: return v * v;
+        case 2: return powf(v, alpha);
+        default: return gelu_tanh(v);
+    }
+}
+
+// The elementwise kernels below read and write 16-byte vectors when their pointers allow it
+// (every device buffer starts aligned), then finish the last partial vector element by element.
+#define VECTOR_LOOP(k, n, P) GRID_STRIDE_LOOP(k, (n) / (P))
+#define TAIL_LOOP(i, n, P) \
+    for (i64 i = (n) / (P) * (P) + blockIdx.x * (i64)blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
+
+// op: 0 affine (alpha·x + beta), 1 square, 2 power alpha, 3 GeLU (tanh form).
 template <class T>
 __device__ void map(const T* x, T* out, i64 n, int op, float alpha, float beta) {
-    GRID_STRIDE_LOOP(i, n) {
-        float v = to_f32(x[i]);
-        float r;
-        switch (op) {
-            case 0: r = fmaf(alpha, v, beta); break;
-            case 1: r = v * v; break;
-            case 2: r = powf(v, alpha); break;
-            default: r = gelu_tanh(v); break;
+    constexpr int P = VecWidth<T>::value;
+    if (aligned16(x) && aligned16(out)) {
+        VECTOR_LOOP(k, n, P) {
+            float v[P];
+            load_pack<T, P>(x + k * P, v);
+#pragma unroll
+            for (int e = 0; e < P; e++) v[e] = apply_map(op, alpha, beta, v[e]);
+            store_pack<T, P>(out + k * P, v);
         }
-        out[i] = from_f32<T>(r);
+        TAIL_LOOP(i, n, P) { out[i] = from_f32<T>(apply_map(op, alpha, beta, to_f32(x[i]))); }
+        return;
     }
+    GRID_STRIDE_LOOP(i, n) { out[i] = from_f32<T>(apply_map(op, alpha, beta, to_f32(x[i]))); }
 }
 
 template <class T>
@@ -101,6 +119,19 @@ __device__ void sum_axis(const T* x, T* out, i64 outer, i64 len, i64 inner) {
 
 template <class T>
 __device__ void add_assign(T* acc, const T* x, i64 n) {
+    constexpr int P = VecWidth<T>::value;
+    if (aligned16(acc) && aligned16(x)) {
+        VECTOR_LOOP(k, n, P) {
+            float a[P], v[P];
+            load_pack<T, P>(acc + k * P, a);
+            load_pack<T, P>(x + k * P, v);
+#pragma unroll
+            for (int e = 0; e < P; e++) a[e] += v[e];
+            store_pack<T, P>(acc + k * P, a);
+        }
+        TAIL_LOOP(i, n, P) { acc[i] = from_f32<T>(to_f32(acc[i]) + to_f32(x[i])); }
+        return;
+    }
     GRID_STRIDE_LOOP(i, n) { acc[i] = from_f32<T>(to_f32(acc[i]) + to_f32(x[i])); }
 }
 

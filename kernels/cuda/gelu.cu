@@ -3,7 +3,21 @@
 
 template <class T>
 __device__ void bias_gelu_fwd(const T* x, const T* bias, T* out, i64 n, int cols) {
-    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+    constexpr int P = VecWidth<T>::value;
+    const i64 stride = (i64)gridDim.x * blockDim.x;
+    // 16-byte vectors when rows are whole vectors (a vector never straddles two rows).
+    if (cols % P == 0 && aligned16(x) && aligned16(out) && (!bias || aligned16(bias))) {
+        for (i64 k = blockIdx.x * (i64)blockDim.x + threadIdx.x; k < n / P; k += stride) {
+            float v[P], b[P];
+            load_pack<T, P>(x + k * P, v);
+            if (bias) load_pack<T, P>(bias + (k * P) % cols, b);
+#pragma unroll
+            for (int e = 0; e < P; e++) v[e] = gelu_tanh(v[e] + (bias ? b[e] : 0.0f));
+            store_pack<T, P>(out + k * P, v);
+        }
+        return;
+    }
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += stride) {
         float u = to_f32(x[i]);
         if (bias) u += to_f32(bias[i % cols]);
         out[i] = from_f32<T>(gelu_tanh(u));
