@@ -155,6 +155,11 @@ fn generate(args: &[String]) -> polylm_model::Result<()> {
 }
 
 fn main() {
+    // As a training program would: keep large freed buffers for the next step (see
+    // `polylm_engine::tune_host_allocator`); `POLYLM_DEFAULT_MALLOC=1` leaves glibc's defaults.
+    if std::env::var_os("POLYLM_DEFAULT_MALLOC").is_none() {
+        polylm_engine::tune_host_allocator();
+    }
     let args: Vec<String> = std::env::args().collect();
     let result = match args.get(1).map(String::as_str) {
         Some("train") => train(&args),
