@@ -296,17 +296,32 @@ impl Tensor {
         if T::DTYPE != self.dtype() {
             return Err(Error::DTypeAccess { requested: T::DTYPE, actual: self.dtype() });
         }
-        let s = self.contiguous_storage();
+        let s = self.host_storage()?;
         Ok(T::storage_slice(&s).map(|v| v.to_vec()).unwrap_or_default())
     }
 
-    /// The elements in row-major order, widened to f64 whatever the dtype.
+    /// The elements in row-major order, widened to f64 whatever the dtype. For a GPU tensor
+    /// whose download fails (the device failed) the values are NaN; [`Tensor::to_vec`] and
+    /// [`Tensor::to_scalar`] report that error instead.
     pub fn to_vec_f64(&self) -> Vec<f64> {
-        match self.contiguous_storage() {
+        Tensor::widen(self.contiguous_storage())
+    }
+
+    fn widen(s: CpuStorage) -> Vec<f64> {
+        match s {
             CpuStorage::F32(v) => cast::cast_vec(&v),
             CpuStorage::F64(v) => v,
             CpuStorage::BF16(v) => cast::cast_vec(&v),
             CpuStorage::F16(v) => cast::cast_vec(&v),
+        }
+    }
+
+    /// The dense host values, downloading a GPU tensor (an error if the device fails).
+    fn host_storage(&self) -> Result<CpuStorage> {
+        if self.device().is_cpu() {
+            Ok(self.contiguous_storage())
+        } else {
+            crate::cuda::download(self)
         }
     }
 
@@ -319,7 +334,7 @@ impl Tensor {
                 reason: "expected exactly one element".into(),
             });
         }
-        Ok(self.to_vec_f64()[0])
+        Ok(Tensor::widen(self.host_storage()?)[0])
     }
 
     /// The view's elements copied into a new dense host buffer of the same dtype (downloaded

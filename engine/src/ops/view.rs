@@ -263,7 +263,13 @@ impl Tensor {
             crate::cuda::with_gpu_type!(self.dtype(), T => {
                 let buf = match crate::cuda::dense::<T>(self)? {
                     crate::cuda::Dense::Owned(b) => b,
-                    crate::cuda::Dense::Borrowed(_) => unreachable!("a non-contiguous view is gathered"),
+                    // Not reached for a non-contiguous view (it is gathered), but a copy is
+                    // the right answer either way.
+                    crate::cuda::Dense::Borrowed(b) => {
+                        let mut copy = b.device().alloc::<T>(b.len()).map_err(crate::cuda::cuda_err("contiguous"))?;
+                        b.device().copy(b, &mut copy).map_err(crate::cuda::cuda_err("contiguous"))?;
+                        copy
+                    }
                 };
                 Ok(Tensor::from_gpu(buf, self.shape()))
             })?
