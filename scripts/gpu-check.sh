@@ -42,8 +42,21 @@ PY
     du -sh gpu-bin
 }
 
+# Runs benchmark binary $2, appending its Markdown table ($3.md) to results.md.
+run_bench() {
+    local title=$1 bin=$2 name=$3
+    echo "== $title"
+    echo >>"$out/results.md"
+    if POLYLM_BENCH_OUT="$out/$name.md" timeout 400 "gpu-bin/$bin" >"$out/$name.log" 2>&1; then
+        cat "$out/$name.md" >>"$out/results.md"
+    else
+        echo "$title FAILED: $(tail -3 "$out/$name.log")" >>"$out/results.md"
+        return 1
+    fi
+}
+
 run() {
-    local out="${OUT:-gpu-out}"
+    out="${OUT:-gpu-out}"
     mkdir -p "$out"
     export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     export POLYLM_KERNEL_CACHE=/tmp/polylm-kernel-cache
@@ -70,22 +83,8 @@ run() {
         grep -E "^test .* \.\.\. |^test result" "$out/$test.log" | sed 's/^/    /' >>"$out/results.md" || true
         grep -E "panicked|assert" "$out/$test.log" | head -20 | sed 's/^/    /' >>"$out/results.md" || true
     done
-    echo "== benchmarks"
-    echo >>"$out/results.md"
-    if POLYLM_BENCH_OUT="$out/bench.md" timeout 300 gpu-bin/cuda_kernels_bench >"$out/bench.log" 2>&1; then
-        cat "$out/bench.md" >>"$out/results.md"
-    else
-        echo "benchmark FAILED: $(tail -3 "$out/bench.log")" >>"$out/results.md"
-        status=1
-    fi
-    echo "== model benchmark"
-    echo >>"$out/results.md"
-    if POLYLM_BENCH_OUT="$out/model.md" timeout 400 gpu-bin/gpu_model_bench >"$out/model.log" 2>&1; then
-        cat "$out/model.md" >>"$out/results.md"
-    else
-        echo "model benchmark FAILED: $(tail -3 "$out/model.log")" >>"$out/results.md"
-        status=1
-    fi
+    run_bench "benchmarks" cuda_kernels_bench bench || status=1
+    run_bench "model benchmark" gpu_model_bench model || status=1
     cat "$out/results.md"
     return $status
 }

@@ -30,15 +30,11 @@ pub struct CrossEntropyOutputs<'a> {
     pub lse: &'a mut DeviceBuf<f32>,
 }
 
-struct Call {
-    logits: u64,
-    dlogits: u64,
-    rows: usize,
-}
-
+/// Launches the kernel over `logits`; `dlogits` is the gradient's address (0 for none, the
+/// logits' own address for in place).
 fn launch<T: FloatElem>(
-    device_buf: &DeviceBuf<T>,
-    call: Call,
+    logits: &DeviceBuf<T>,
+    dlogits: u64,
     targets: &DeviceBuf<u32>,
     vocab: usize,
     ignore_index: Option<u32>,
@@ -46,24 +42,25 @@ fn launch<T: FloatElem>(
     scale: GradScale<'_>,
 ) -> CudaResult<()> {
     const OP: &str = "cross_entropy";
-    check_len(OP, "targets", targets, call.rows)?;
-    check_len(OP, "loss", out.loss, call.rows)?;
-    check_len(OP, "lse", out.lse, call.rows)?;
+    let rows = rows_of(OP, "logits", logits.len(), vocab)?;
+    check_len(OP, "targets", targets, rows)?;
+    check_len(OP, "loss", out.loss, rows)?;
+    check_len(OP, "lse", out.lse, rows)?;
     let (pdloss, uniform) = match scale {
         GradScale::Uniform(s) => (0u64, s),
         GradScale::PerRow(d) => {
-            check_len(OP, "dloss", d, call.rows)?;
+            check_len(OP, "dloss", d, rows)?;
             (d.ptr(), 1.0)
         }
     };
-    let dev = device_buf.device().clone();
+    let dev = logits.device().clone();
     let f = dev.function(&SOURCE, &format!("cross_entropy_{}", T::NAME))?;
-    let (pt, pl, pls) = (targets.ptr(), out.loss.ptr(), out.lse.ptr());
+    let (pl, pt, pls, ploss) = (logits.ptr(), targets.ptr(), out.lse.ptr(), out.loss.ptr());
     let (v, ig, has) = (vocab as i32, ignore_index.unwrap_or(u32::MAX), ignore_index.is_some() as i32);
     let mut args = dev.launcher(&f)?;
-    args.arg(&call.logits).arg(&pt).arg(&call.dlogits).arg(&pl).arg(&pls).arg(&pdloss).arg(&uniform);
+    args.arg(&pl).arg(&pt).arg(&dlogits).arg(&ploss).arg(&pls).arg(&pdloss).arg(&uniform);
     args.arg(&v).arg(&ig).arg(&has);
-    dev.launch(args, grid1(call.rows as u32, THREADS, 0), "launching cross_entropy")
+    dev.launch(args, grid1(rows as u32, THREADS, 0), "launching cross_entropy")
 }
 
 /// Per-row loss and log-sum-exp of `logits` (`rows × vocab`) against `targets`; with `grad`,
@@ -76,7 +73,6 @@ pub fn cross_entropy<T: FloatElem>(
     out: CrossEntropyOutputs<'_>,
     grad: Option<(&mut DeviceBuf<T>, GradScale<'_>)>,
 ) -> CudaResult<()> {
-    let rows = rows_of("cross_entropy", "logits", logits.len(), vocab)?;
     let (dlogits, scale) = match grad {
         Some((d, s)) => {
             check_len("cross_entropy", "dlogits", d, logits.len())?;
@@ -84,7 +80,7 @@ pub fn cross_entropy<T: FloatElem>(
         }
         None => (0, GradScale::Uniform(0.0)),
     };
-    launch(logits, Call { logits: logits.ptr(), dlogits, rows }, targets, vocab, ignore_index, out, scale)
+    launch(logits, dlogits, targets, vocab, ignore_index, out, scale)
 }
 
 /// As [`cross_entropy`] with the gradient, written over the logits themselves (saves a
@@ -97,7 +93,6 @@ pub fn cross_entropy_in_place<T: FloatElem>(
     out: CrossEntropyOutputs<'_>,
     scale: GradScale<'_>,
 ) -> CudaResult<()> {
-    let rows = rows_of("cross_entropy", "logits", logits.len(), vocab)?;
     let ptr = logits.ptr();
-    launch(logits, Call { logits: ptr, dlogits: ptr, rows }, targets, vocab, ignore_index, out, scale)
+    launch(logits, ptr, targets, vocab, ignore_index, out, scale)
 }

@@ -25,25 +25,15 @@ pub unsafe trait DeviceElem: bytemuck::Pod + Send + Sync + 'static {
     /// The name used in kernel names (`f32`, `bf16`, `f16`, `u32`, ...).
     const NAME: &'static str;
 }
-// SAFETY: all are plain old data with the C layout of the same name.
-unsafe impl DeviceElem for f32 {
-    const NAME: &'static str = "f32";
+macro_rules! device_elem {
+    ($($t:ty => $name:literal),*) => {
+        // SAFETY: all are plain old data with the C layout of the same name.
+        $(unsafe impl DeviceElem for $t {
+            const NAME: &'static str = $name;
+        })*
+    };
 }
-unsafe impl DeviceElem for bf16 {
-    const NAME: &'static str = "bf16";
-}
-unsafe impl DeviceElem for f16 {
-    const NAME: &'static str = "f16";
-}
-unsafe impl DeviceElem for u32 {
-    const NAME: &'static str = "u32";
-}
-unsafe impl DeviceElem for i32 {
-    const NAME: &'static str = "i32";
-}
-unsafe impl DeviceElem for u64 {
-    const NAME: &'static str = "u64";
-}
+device_elem!(f32 => "f32", bf16 => "bf16", f16 => "f16", u32 => "u32", i32 => "i32", u64 => "u64");
 
 /// The floating-point storage types the kernels are instantiated for.
 pub trait FloatElem: DeviceElem {}

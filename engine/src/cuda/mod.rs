@@ -58,39 +58,29 @@ pub(crate) trait GpuElem: FloatElem + IntoCpu {
     /// Wraps a buffer.
     fn wrap(b: DeviceBuf<Self>) -> CudaStorage;
 }
-impl GpuElem for f32 {
-    fn buf(s: &CudaStorage) -> Option<&DeviceBuf<f32>> {
-        match s {
-            CudaStorage::F32(b) => Some(b),
-            _ => None,
+macro_rules! gpu_elem {
+    ($t:ty, $variant:ident) => {
+        impl GpuElem for $t {
+            fn buf(s: &CudaStorage) -> Option<&DeviceBuf<$t>> {
+                match s {
+                    CudaStorage::$variant(b) => Some(b),
+                    _ => None,
+                }
+            }
+            fn wrap(b: DeviceBuf<$t>) -> CudaStorage {
+                CudaStorage::$variant(b)
+            }
         }
-    }
-    fn wrap(b: DeviceBuf<f32>) -> CudaStorage {
-        CudaStorage::F32(b)
-    }
-}
-impl GpuElem for bf16 {
-    fn buf(s: &CudaStorage) -> Option<&DeviceBuf<bf16>> {
-        match s {
-            CudaStorage::BF16(b) => Some(b),
-            _ => None,
+        impl IntoCpu for $t {
+            fn into_cpu(v: Vec<$t>) -> CpuStorage {
+                CpuStorage::$variant(v)
+            }
         }
-    }
-    fn wrap(b: DeviceBuf<bf16>) -> CudaStorage {
-        CudaStorage::BF16(b)
-    }
+    };
 }
-impl GpuElem for f16 {
-    fn buf(s: &CudaStorage) -> Option<&DeviceBuf<f16>> {
-        match s {
-            CudaStorage::F16(b) => Some(b),
-            _ => None,
-        }
-    }
-    fn wrap(b: DeviceBuf<f16>) -> CudaStorage {
-        CudaStorage::F16(b)
-    }
-}
+gpu_elem!(f32, F32);
+gpu_elem!(bf16, BF16);
+gpu_elem!(f16, F16);
 
 /// Runs `$body` with `$t` bound to the storage type of the GPU dtype `$dtype`.
 macro_rules! with_gpu_type {
@@ -224,21 +214,6 @@ pub(crate) fn upload(t: &Tensor, ordinal: usize) -> Result<Tensor> {
 pub(crate) trait IntoCpu: Sized {
     /// The host storage variant of these values.
     fn into_cpu(v: Vec<Self>) -> CpuStorage;
-}
-impl IntoCpu for f32 {
-    fn into_cpu(v: Vec<f32>) -> CpuStorage {
-        CpuStorage::F32(v)
-    }
-}
-impl IntoCpu for bf16 {
-    fn into_cpu(v: Vec<bf16>) -> CpuStorage {
-        CpuStorage::BF16(v)
-    }
-}
-impl IntoCpu for f16 {
-    fn into_cpu(v: Vec<f16>) -> CpuStorage {
-        CpuStorage::F16(v)
-    }
 }
 
 /// A new uninitialised buffer of `n` elements on GPU tensor `t`'s device.

@@ -14,8 +14,9 @@ use super::with_compute_type;
 struct CrossEntropyBackward {
     targets: Vec<u32>,
     ignore_index: Option<u32>,
-    /// The log-sum-exp of each row of logits.
-    lse: SavedValues,
+    /// The log-sum-exp of each row of logits (CPU only: the GPU kernel recomputes the row
+    /// statistics in the pass that writes the gradient).
+    lse: Option<SavedValues>,
     count: usize,
 }
 
@@ -25,16 +26,21 @@ impl BackwardOp for CrossEntropyBackward {
     }
     fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
         let logits = &inputs[0];
-        let dl = match self.lse.gpu() {
-            Some(_) => crate::cuda::with_gpu_type!(logits.dtype(), T => gpu::backward::<T>(self, g, logits))?,
-            None => with_compute_type!(logits.dtype(), T => backward_impl::<T>(self, g, logits))?,
+        let dl = match &self.lse {
+            Some(lse) => with_compute_type!(logits.dtype(), T => backward_impl::<T>(self, lse, g, logits))?,
+            None => crate::cuda::with_gpu_type!(logits.dtype(), T => gpu::backward::<T>(self, g, logits))?,
         };
         Ok(vec![Some(dl)])
     }
 }
 
-fn backward_impl<T: CpuFloat>(b: &CrossEntropyBackward, g: &Tensor, logits: &Tensor) -> Result<Tensor> {
-    let lse = T::saved(&b.lse).expect("saved in the compute type of the same dtype");
+fn backward_impl<T: CpuFloat>(
+    b: &CrossEntropyBackward,
+    lse: &SavedValues,
+    g: &Tensor,
+    logits: &Tensor,
+) -> Result<Tensor> {
+    let lse = T::saved(lse).expect("saved in the compute type of the same dtype");
     let vocab = *logits.shape().last().unwrap_or(&1);
     let scale = if b.count == 0 { 0.0 } else { g.to_scalar()? / b.count as f64 };
     let dloss = vec![T::from_f64(scale); b.targets.len()];
@@ -99,11 +105,11 @@ impl Tensor {
         let (out, lse) = if self.device().is_cpu() {
             with_compute_type!(self.dtype(), T => {
                 let (out, lse) = forward_impl::<T>(self, targets, ignore_index, count)?;
-                (out, T::save(lse))
+                (out, Some(T::save(lse)))
             })
         } else {
-            let (out, lse) = crate::cuda::with_gpu_type!(self.dtype(), T => gpu::forward::<T>(self, targets, ignore_index, count))?;
-            (out, SavedValues::Gpu(lse))
+            let out = crate::cuda::with_gpu_type!(self.dtype(), T => gpu::forward::<T>(self, targets, ignore_index, count))?;
+            (out, None)
         };
         let back = CrossEntropyBackward { targets: targets.to_vec(), ignore_index, lse, count };
         Ok(Tensor::from_op(out, back, vec![self.clone()]))
@@ -124,7 +130,7 @@ mod gpu {
         targets: &[u32],
         ignore: Option<u32>,
         count: usize,
-    ) -> Result<(Tensor, Tensor)> {
+    ) -> Result<Tensor> {
         let vocab = *logits.shape().last().unwrap_or(&1);
         let lv = dense::<T>(logits)?;
         let dev = lv.device().clone();
@@ -146,8 +152,7 @@ mod gpu {
         let losses = dev.download(&loss).map_err(cuda_err("cross_entropy"))?;
         let total: f64 = losses.iter().map(|&l| f64::from(l)).sum();
         let mean = if count == 0 { 0.0 } else { total / count as f64 };
-        let value = Tensor::scalar(mean, logits.dtype()).to_device(logits.device())?;
-        Ok((value, Tensor::from_gpu(lse, &[rows])))
+        Tensor::scalar(mean, logits.dtype()).to_device(logits.device())
     }
 
     pub(super) fn backward<T: GpuElem>(

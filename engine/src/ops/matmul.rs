@@ -218,28 +218,19 @@ mod gpu {
         let count: usize = batch.iter().product();
         let mut shape = batch.to_vec();
         shape.extend([m, n]);
-        // Operands whose batch elements are not evenly spaced are expanded to dense copies.
-        let full = |t: &Tensor| -> Result<Tensor> {
+        // Each operand with its batch elements evenly spaced (a dense expanded copy when they
+        // are not), with the first element's offset and the step.
+        let spaced = |t: &Tensor| -> Result<(Tensor, usize, usize)> {
+            if let Some((first, step)) = progression(t.layout(), batch) {
+                return Ok((t.clone(), first, step));
+            }
             let r = t.rank();
-            t.expand(&[batch, &t.shape()[r - 2..]].concat())?.contiguous()
+            let dense = t.expand(&[batch, &t.shape()[r - 2..]].concat())?.contiguous()?;
+            let (first, step) = progression(dense.layout(), batch).unwrap_or_default();
+            Ok((dense, first, step))
         };
-        let (a2, b2);
-        let (a, b) = (
-            if progression(a.layout(), batch).is_some() {
-                a
-            } else {
-                a2 = full(a)?;
-                &a2
-            },
-            if progression(b.layout(), batch).is_some() {
-                b
-            } else {
-                b2 = full(b)?;
-                &b2
-            },
-        );
-        let (a_first, a_step) = progression(a.layout(), batch).unwrap_or_default();
-        let (b_first, b_step) = progression(b.layout(), batch).unwrap_or_default();
+        let (a, a_first, a_step) = spaced(a)?;
+        let (b, b_first, b_step) = spaced(b)?;
         let (abuf, bbuf) = (a.gpu_buf::<T>()?, b.gpu_buf::<T>()?);
         let view = |buf, l: &Layout, first, step| {
             let (s, r) = (l.strides(), l.rank());
