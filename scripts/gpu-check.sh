@@ -14,7 +14,7 @@ build() {
     rm -rf gpu-bin && mkdir -p gpu-bin
     local json=gpu-bin/cargo-messages.json
     cargo test --release --locked --no-run --message-format=json \
-        -p polylm-suite --test cuda_kernels --test cuda_engine -p polylm-kernels --test nvrtc_gate >"$json"
+        -p polylm-suite --test cuda_kernels --test cuda_engine --test cuda_optim -p polylm-kernels --test nvrtc_gate >"$json"
     cargo bench --locked --no-run --message-format=json --bench cuda_kernels --bench gpu_model >>"$json"
     python3 - "$json" <<'PY'
 import json, shutil, subprocess, sys
@@ -72,7 +72,7 @@ run() {
         echo
     } >"$out/results.md"
     local status=0
-    for test in nvrtc_gate cuda_kernels cuda_engine; do
+    for test in nvrtc_gate cuda_kernels cuda_engine cuda_optim; do
         echo "== $test"
         if timeout 300 "gpu-bin/$test" --test-threads=4 --nocapture >"$out/$test.log" 2>&1; then
             echo "- \`$test\`: passed" >>"$out/results.md"

@@ -213,6 +213,11 @@ impl Tensor {
     pub(crate) fn storage(&self) -> &Storage {
         &self.0.storage
     }
+    /// The storage, mutably, when nothing else (a clone, a view) shares this tensor or its
+    /// storage; for in-place updates of state the engine owns (the optimizer's).
+    pub(crate) fn storage_mut(&mut self) -> Option<&mut Storage> {
+        Arc::get_mut(&mut self.0).and_then(|t| Arc::get_mut(&mut t.storage))
+    }
 
     /// The size of axis `axis`, or an error naming the rank.
     pub fn dim(&self, axis: usize) -> Result<usize> {

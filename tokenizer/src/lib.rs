@@ -15,11 +15,14 @@
 //! - [`hf`]: Hugging Face `tokenizer.json` (BPE, byte-level or SentencePiece style) import and
 //!   export, and GPT-2's `encoder.json` + `vocab.bpe`;
 //! - [`bytelevel`]: the GPT-2 byte map and pre-tokenizer;
-//! - [`error`]: the typed [`TokenizerError`].
+//! - [`error`]: the typed [`TokenizerError`];
+//! - [`cli`]: the `tokenizer` command line (train, encode, decode, stats, export-hf) as a
+//!   library, so other binaries can embed its subcommands.
 #![warn(missing_docs)]
 
 pub mod bytelevel;
 mod cache;
+pub mod cli;
 pub mod corpus;
 pub mod encode;
 pub mod error;

@@ -1,4 +1,21 @@
-//! The `polylm` trainer: data shards, language curriculum, AdamW, checkpoints and evaluation.
-//!
-//! This crate is reserved by the workspace layout; the trainer and its binary land with their
-//! own issue. It is the top of the stack: kernels → engine → model → trainer.
+//! The `polylm` trainer: data shards, language curriculum, AdamW, checkpoints, evaluation and
+//! SFT. It is the top of the stack: kernels → engine → model → trainer; the `polylm` binary
+//! (`src/main.rs`) is its command line.
+
+#![warn(missing_docs)]
+
+pub mod checkpoint;
+pub mod choice;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod metrics;
+pub mod plot;
+pub mod schedule;
+pub mod setup;
+pub mod sft;
+pub mod train;
+
+pub use config::RunConfig;
+pub use error::{Result, TrainError};
+pub mod bench;

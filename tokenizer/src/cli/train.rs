@@ -1,53 +1,56 @@
 //! `tokenizer train`.
 
+// The argument docs are the command line's help text, where `<lang>`, `<s>` ... are literal.
+#![allow(rustdoc::invalid_html_tags)]
+
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::corpus::{read_corpus_file_with, CorpusFile, InvalidUtf8};
+use crate::train::train_owned;
+use crate::{json, LanguageCorpus, NormalizerKind, TrainConfig};
 use clap::Args;
-use polylm_tokenizer::corpus::{read_corpus_file_with, CorpusFile, InvalidUtf8};
-use polylm_tokenizer::train::train_owned;
-use polylm_tokenizer::{json, LanguageCorpus, NormalizerKind, TrainConfig};
 
-use crate::{CliError, CliResult};
+use super::{CliError, CliResult};
 
 /// Arguments of `tokenizer train`.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// Folder holding one <lang>.jsonl file per language ({"text": ...} per line).
     #[arg(long)]
-    corpus: PathBuf,
+    pub corpus: PathBuf,
     /// Comma-separated language codes (default: every <lang>.jsonl in the corpus folder).
     #[arg(long, value_delimiter = ',')]
-    langs: Vec<String>,
+    pub langs: Vec<String>,
     /// Total vocabulary size (specials + 256 byte tokens + alphabet + merges).
     #[arg(long, default_value_t = 32_000)]
-    vocab_size: usize,
+    pub vocab_size: usize,
     /// Language-balancing exponent: each language's share is proportional to size^alpha.
     #[arg(long, default_value_t = 0.3)]
-    alpha: f64,
+    pub alpha: f64,
     /// Fraction of the character mass whose characters get their own token.
     #[arg(long, default_value_t = 0.9995)]
-    coverage: f64,
+    pub coverage: f64,
     /// Read at most this many lines of each language file.
     #[arg(long)]
-    max_lines: Option<usize>,
+    pub max_lines: Option<usize>,
     /// Longest piece (in characters) a merge may create.
     #[arg(long, default_value_t = 16)]
-    max_piece_chars: usize,
+    pub max_piece_chars: usize,
     /// Unicode normal form: none, nfc or nfkc.
     #[arg(long, default_value = "nfkc", value_parser = parse_normalizer)]
-    normalizer: NormalizerKind,
+    pub normalizer: NormalizerKind,
     /// Extra special tokens (comma-separated), given ids after <unk>, <s>, </s>, <pad>.
     #[arg(long, value_delimiter = ',')]
-    specials: Vec<String>,
+    pub specials: Vec<String>,
     /// Skip corpus lines that are not valid UTF-8 (each is reported with its file and line)
     /// instead of stopping at the first one.
     #[arg(long)]
-    skip_invalid_utf8: bool,
+    pub skip_invalid_utf8: bool,
     /// Where to write the model (JSON; written atomically).
     #[arg(long)]
-    out: PathBuf,
+    pub out: PathBuf,
 }
 
 fn parse_normalizer(s: &str) -> Result<NormalizerKind, String> {

@@ -8,31 +8,34 @@
 //!   runs from its heading to the next heading. The preamble is not counted. Where no headings
 //!   are found, tokens per 1000 bytes of UDHR text are shown instead, marked with `*`.
 
+// The argument docs are the command line's help text, where `<lang>`, `<s>` ... are literal.
+#![allow(rustdoc::invalid_html_tags)]
+
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
+use crate::corpus::read_corpus_file;
 use clap::Args;
-use polylm_tokenizer::corpus::read_corpus_file;
 
-use crate::io::{load_any, read_utf8_file, AnyModel, Stdout};
-use crate::train::languages_in;
-use crate::{CliError, CliResult};
+use super::io::{load_any, read_utf8_file, AnyModel, Stdout};
+use super::train::languages_in;
+use super::{CliError, CliResult};
 
 /// Arguments of `tokenizer stats`.
 #[derive(Args, Debug)]
 pub struct StatsArgs {
     /// Model file(s) of any format (ours, SentencePiece .model, tokenizer.json); repeat the flag to compare several models side by side.
     #[arg(long, required = true)]
-    model: Vec<PathBuf>,
+    pub model: Vec<PathBuf>,
     /// Folder of UDHR texts, one <lang>.txt per language.
     #[arg(long)]
-    udhr: Option<PathBuf>,
+    pub udhr: Option<PathBuf>,
     /// Folder of validation texts, one <lang>.jsonl per language.
     #[arg(long)]
-    valid: Option<PathBuf>,
+    pub valid: Option<PathBuf>,
     /// Only these languages (comma-separated; default: every language found in the folders).
     #[arg(long, value_delimiter = ',')]
-    langs: Vec<String>,
+    pub langs: Vec<String>,
 }
 
 /// Spans of UDHR articles: `(first line, end line)` indices into the lines, or `None` when no
@@ -98,6 +101,51 @@ pub fn article_spans(lines: &[&str]) -> Option<Vec<(usize, usize)>> {
         })
         .collect();
     Some(spans)
+}
+
+/// Compression of one model on one language's validation texts.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LangCompression {
+    /// The language code (the file stem of `<lang>.jsonl`).
+    pub lang: String,
+    /// Number of texts (documents) read.
+    pub docs: usize,
+    /// Total UTF-8 bytes of the texts.
+    pub bytes: usize,
+    /// Total tokens of the texts, each encoded on its own (no `<s>` / `</s>`).
+    pub tokens: usize,
+    /// `bytes / tokens` (higher is better); 0 when there are no tokens.
+    pub bytes_per_token: f64,
+}
+
+/// Bytes per token of `model` on the validation texts `<valid_dir>/<lang>.jsonl`, per language:
+/// `langs` (each must have its file) or, when `None`, every `<lang>.jsonl` in the folder, in
+/// sorted order. Errors (missing folder or file, bad JSON, invalid UTF-8) name the file.
+pub fn compression(
+    model: &AnyModel,
+    valid_dir: &Path,
+    langs: Option<&[String]>,
+) -> CliResult<Vec<LangCompression>> {
+    if !valid_dir.is_dir() {
+        return Err(CliError(format!("folder {} does not exist", valid_dir.display())));
+    }
+    let langs: Vec<String> = match langs {
+        Some(l) => l.to_vec(),
+        None => languages_in(valid_dir, "jsonl")?,
+    };
+    let mut out = Vec::with_capacity(langs.len());
+    for lang in langs {
+        let path = valid_dir.join(format!("{lang}.jsonl"));
+        if !path.is_file() {
+            return Err(CliError(format!("validation file {} does not exist", path.display())));
+        }
+        let texts = read_corpus_file(&path, None)?;
+        let bytes: usize = texts.iter().map(String::len).sum();
+        let tokens = count_tokens(model, &texts);
+        let bytes_per_token = ratio(bytes, tokens).unwrap_or(0.0);
+        out.push(LangCompression { lang, docs: texts.len(), bytes, tokens, bytes_per_token });
+    }
+    Ok(out)
 }
 
 /// Numbers for one language and one model.
@@ -323,7 +371,43 @@ pub fn run(args: StatsArgs) -> CliResult<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::article_spans;
+    use super::{article_spans, compression, AnyModel};
+    use crate::{train, LanguageCorpus, Tokenizer, TrainConfig};
+
+    #[test]
+    fn compression_per_language() {
+        let dir = std::env::temp_dir().join(format!("polylm-tok-compression-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let en: Vec<String> = (0..30).map(|i| format!("the quick brown fox number {i} jumps")).collect();
+        let de: Vec<String> =
+            (0..20).map(|i| format!("der schnelle braune Fuchs Nummer {i} springt")).collect();
+        for (lang, texts) in [("en", &en), ("de", &de)] {
+            let lines: String =
+                texts.iter().map(|t| format!("{}\n", serde_json::json!({ "text": t }))).collect();
+            std::fs::write(dir.join(format!("{lang}.jsonl")), lines).unwrap();
+        }
+        let config = TrainConfig { vocab_size: 350, ..TrainConfig::default() };
+        let tok = Tokenizer::new(train(&[LanguageCorpus::new("en", en.clone())], &config).unwrap());
+        let direct = |texts: &[String]| -> (usize, usize) {
+            (texts.iter().map(String::len).sum(), texts.iter().map(|t| tok.encode(t).len()).sum())
+        };
+        let model = AnyModel::Ours(tok.clone());
+        let all = compression(&model, &dir, None).unwrap();
+        assert_eq!(all.iter().map(|c| c.lang.as_str()).collect::<Vec<_>>(), ["de", "en"]);
+        for (c, texts) in all.iter().zip([&de, &en]) {
+            let (bytes, tokens) = direct(texts);
+            assert_eq!((c.docs, c.bytes, c.tokens), (texts.len(), bytes, tokens));
+            assert!((c.bytes_per_token - bytes as f64 / tokens as f64).abs() < 1e-12);
+        }
+        // Trained on English: English compresses better.
+        assert!(all[1].bytes_per_token > all[0].bytes_per_token);
+        let only = compression(&model, &dir, Some(&["en".to_string()])).unwrap();
+        assert_eq!(only, vec![all[1].clone()]);
+        let err = compression(&model, &dir, Some(&["fr".to_string()])).unwrap_err();
+        assert!(err.0.contains("fr.jsonl"), "{err}");
+        assert!(compression(&model, &dir.join("nope"), None).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn finds_articles() {

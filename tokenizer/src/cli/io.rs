@@ -1,12 +1,12 @@
-//! File and stdout helpers with one-line error messages.
+//! Loading a model of any format, and file and stdout helpers with one-line error messages.
 
 use std::io::{Read, Write};
 use std::path::Path;
 
-use polylm_tokenizer::{json, HfTokenizer, SentencePieceModel, Tokenizer, TokenizerError};
+use crate::{json, HfTokenizer, SentencePieceModel, Tokenizer, TokenizerError};
 use rayon::prelude::*;
 
-use crate::{CliError, CliResult};
+use super::{CliError, CliResult};
 
 /// A model of any format the CLI reads.
 pub enum AnyModel {
@@ -19,6 +19,11 @@ pub enum AnyModel {
 }
 
 impl AnyModel {
+    /// Load a model file of any format (see [`load_any`]); errors name the file.
+    pub fn load(path: &Path) -> CliResult<AnyModel> {
+        load_any(path)
+    }
+
     /// Text to ids.
     pub fn encode(&self, text: &str) -> Vec<u32> {
         match self {
@@ -127,6 +132,12 @@ pub fn read_stdin() -> CliResult<String> {
 pub struct Stdout {
     inner: std::io::BufWriter<std::io::StdoutLock<'static>>,
     closed: bool,
+}
+
+impl Default for Stdout {
+    fn default() -> Self {
+        Stdout::new()
+    }
 }
 
 impl Stdout {

@@ -1,0 +1,447 @@
+//! The `polylm` subcommands: argument parsing and the glue to the library.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use polylm_engine::DType;
+use polylm_model::{Gpt, ModelConfig, SamplingParams};
+use polylm_tokenizer::cli as tokcli;
+use polylm_trainer::bench::{self, BenchOptions};
+use polylm_trainer::checkpoint::TOKENIZER_FILE;
+use polylm_trainer::data::{self, Dataset, PrepareOptions};
+use polylm_trainer::{choice, setup, sft, train, RunConfig, TrainError};
+
+type Result<T> = std::result::Result<T, TrainError>;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "polylm",
+    version,
+    about = "Train, fine-tune, evaluate and sample PolyLM multilingual language models",
+    after_help = "Examples:\n  polylm train --config configs/quickstart.toml\n  \
+                  polylm generate --checkpoint runs/quickstart --prompt \"La casa\"\n  \
+                  polylm bench --preset small"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train, use and measure BPE tokenizers.
+    #[command(subcommand)]
+    Tokenizer(tokcli::Command),
+    /// Turn text into token shards.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Pretrain a model as a run config describes (resumes from the run's latest checkpoint).
+    #[command(after_help = "Examples:\n  polylm train --config configs/quickstart.toml\n  \
+                            polylm train --config configs/quickstart.toml --steps 200 --set optim.lr=1e-3 --device cpu")]
+    Train(RunArgs),
+    /// Instruction-tune a model on MultiAlpaca-format JSONL (loss on responses only).
+    #[command(after_help = "Example:\n  polylm sft --config configs/sft.toml")]
+    Sft(RunArgs),
+    /// Validation loss and bits per byte per language, multiple-choice accuracy, tokenizer
+    /// compression.
+    #[command(
+        after_help = "Examples:\n  polylm eval --checkpoint runs/quickstart --data runs/quickstart/data\n  \
+                            polylm eval --checkpoint CKPT --choices items.jsonl\n  \
+                            polylm eval --checkpoint CKPT --compression ../shared/data/valid"
+    )]
+    Eval(EvalArgs),
+    /// Continue prompts with a trained model.
+    #[command(
+        after_help = "Examples:\n  polylm generate --checkpoint CKPT --prompt \"Die Katze\" --prompt \"El gato\"\n  \
+                            polylm generate --checkpoint CKPT --instruct --prompt \"Translate to French: good morning\""
+    )]
+    Generate(GenerateArgs),
+    /// Training throughput (tokens/s, model FLOPs utilisation) of a preset on this machine.
+    #[command(after_help = "Examples:\n  polylm bench --preset small\n  \
+                            polylm bench --preset polylm-1.7b --batch 4 --seq 2048 --recompute --device cuda --peak-tflops 989")]
+    Bench(BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum DataCommand {
+    /// Tokenize per-language text or JSONL into shards with an index and a manifest.
+    #[command(
+        after_help = "Example:\n  polylm data prepare --tokenizer tok.json --train ../shared/data/corpus \
+                            --valid ../shared/data/valid --out data --langs en,de,zh"
+    )]
+    Prepare(PrepareArgs),
+}
+
+#[derive(Args, Debug)]
+struct PrepareArgs {
+    /// Our tokenizer JSON.
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// Folder of `<lang>.jsonl` (`{"text": ...}`) or `<lang>.txt` training text.
+    #[arg(long)]
+    train: PathBuf,
+    /// Folder of validation text, same layout.
+    #[arg(long)]
+    valid: Option<PathBuf>,
+    /// Bilingual pairs JSONL ({"src_lang","tgt_lang","src","tgt"}).
+    #[arg(long)]
+    pairs: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Comma-separated languages (default: every file in --train).
+    #[arg(long, value_delimiter = ',')]
+    langs: Option<Vec<String>>,
+    /// At most this many documents per language.
+    #[arg(long)]
+    max_docs_per_lang: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// The run config (TOML; see configs/).
+    #[arg(long)]
+    config: PathBuf,
+    /// Override a field: --set section.field=value (repeatable).
+    #[arg(long = "set", value_name = "FIELD=VALUE")]
+    set: Vec<String>,
+    /// Shorthand for --set train.steps=N.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Shorthand for --set run.device=D (auto, cpu, cuda, cuda:N).
+    #[arg(long)]
+    device: Option<String>,
+    /// Shorthand for --set run.out_dir=DIR.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Shorthand for --set run.threads=N.
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+impl RunArgs {
+    fn load(&self) -> Result<RunConfig> {
+        let mut sets = self.set.clone();
+        if let Some(s) = self.steps {
+            sets.push(format!("train.steps={s}"));
+        }
+        if let Some(d) = &self.device {
+            sets.push(format!("run.device=\"{d}\""));
+        }
+        if let Some(o) = &self.out {
+            sets.push(format!("run.out_dir={}", toml_string(&o.display().to_string())));
+        }
+        if let Some(t) = self.threads {
+            sets.push(format!("run.threads={t}"));
+        }
+        RunConfig::load(&self.config, &sets)
+    }
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+#[derive(Args, Debug)]
+struct EvalArgs {
+    /// A checkpoint folder (model.safetensors + config.json, tokenizer.json), or a run's
+    /// output folder (its latest checkpoint).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The tokenizer (default: the checkpoint's tokenizer.json).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Prepared shards whose `valid` split gives per-language loss and bits per byte.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Multiple-choice JSONL ({"prompt", "choices", "gold"}), scored by log-likelihood.
+    #[arg(long)]
+    choices: Vec<PathBuf>,
+    /// Folder of `<lang>.jsonl` texts: the tokenizer's bytes per token per language.
+    #[arg(long)]
+    compression: Option<PathBuf>,
+    /// Tokens per validation window (default: the model's context).
+    #[arg(long)]
+    seq: Option<usize>,
+    /// Validation tokens per language.
+    #[arg(long, default_value_t = 65536)]
+    max_tokens_per_lang: u64,
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Write the results as JSON to this file too.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct GenerateArgs {
+    /// A checkpoint folder, or a run's output folder (its latest checkpoint).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The tokenizer (default: the checkpoint's tokenizer.json).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// A prompt (repeatable; all are generated as one batch).
+    #[arg(long, required = true)]
+    prompt: Vec<String>,
+    /// Wrap each prompt in the instruction template the SFT data was trained with
+    /// ("{query}\n\n").
+    #[arg(long)]
+    instruct: bool,
+    /// The most new tokens.
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// Temperature (0: greedy).
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f32,
+    /// Nucleus threshold.
+    #[arg(long, default_value_t = 0.8)]
+    top_p: f32,
+    /// Keep only the k most likely tokens.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Repetition penalty (1: none).
+    #[arg(long, default_value_t = 1.02)]
+    repetition_penalty: f32,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// A model preset (tiny, small, polylm-1.7b, polylm-13b).
+    #[arg(long, default_value = "small")]
+    preset: String,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Tokens per sequence (default: the preset's context).
+    #[arg(long)]
+    seq: Option<usize>,
+    /// Timed steps.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// auto (bf16 on a GPU, f32 on the CPU), f32 or bf16.
+    #[arg(long, default_value = "auto")]
+    dtype: String,
+    /// Recompute activations in the backward pass.
+    #[arg(long)]
+    recompute: bool,
+    /// The device's dense peak TFLOP/s for the utilisation (default 989, H100 SXM bf16, on a GPU).
+    #[arg(long)]
+    peak_tflops: Option<f64>,
+}
+
+/// Runs one command.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Tokenizer(cmd) => tokcli::run(cmd).map_err(|e| TrainError::Usage(e.0)),
+        Command::Data(DataCommand::Prepare(a)) => prepare(a),
+        Command::Train(a) => {
+            let config = a.load()?;
+            train::train(&config).map(|_| ())
+        }
+        Command::Sft(a) => {
+            let config = a.load()?;
+            train::sft(&config).map(|_| ())
+        }
+        Command::Eval(a) => eval(a),
+        Command::Generate(a) => generate(a),
+        Command::Bench(a) => run_bench(a),
+    }
+}
+
+fn prepare(a: PrepareArgs) -> Result<()> {
+    let tokenizer = setup::load_tokenizer(&a.tokenizer)?;
+    let opts = PrepareOptions {
+        train: a.train,
+        valid: a.valid,
+        pairs: a.pairs,
+        out: a.out.clone(),
+        langs: a.langs,
+        max_docs_per_lang: a.max_docs_per_lang,
+    };
+    let manifest = data::prepare(&opts, &tokenizer, &|s: &str| eprintln!("{s}"))?;
+    println!("split  lang      docs      tokens       bytes  bytes/token");
+    for (split, shards) in &manifest.splits {
+        for s in shards {
+            println!(
+                "{split:<6} {:<6} {:>7} {:>11} {:>11} {:>12.2}",
+                s.lang,
+                s.docs,
+                s.tokens,
+                s.bytes,
+                s.bytes as f64 / s.tokens.max(1) as f64
+            );
+        }
+    }
+    println!("wrote {}", a.out.join("manifest.json").display());
+    Ok(())
+}
+
+/// The model and tokenizer of a checkpoint folder, on `device`.
+fn open_checkpoint(
+    path: &Path,
+    tokenizer: Option<&Path>,
+    device: &str,
+) -> Result<(Gpt, polylm_tokenizer::Tokenizer)> {
+    let dir = polylm_trainer::checkpoint::resolve(path)?;
+    let dir = dir.as_path();
+    eprintln!("checkpoint {}", dir.display());
+    let tok_path = tokenizer.map_or_else(|| dir.join(TOKENIZER_FILE), Path::to_path_buf);
+    let tokenizer = setup::load_tokenizer(&tok_path)?;
+    let device = setup::resolve_device(device)?;
+    let mut model = polylm_model::checkpoint::load(dir, DType::F32)?;
+    model.config().check_tokenizer_vocab(tokenizer.vocab_size())?;
+    model.params_mut().to_device(device)?;
+    Ok((model, tokenizer))
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    let (model, tokenizer) = open_checkpoint(&a.checkpoint, a.tokenizer.as_deref(), &a.device)?;
+    let mut report = serde_json::Map::new();
+    let mut did_something = false;
+    if let Some(dir) = &a.data {
+        did_something = true;
+        let dataset = Dataset::open(dir)?;
+        dataset.check_tokenizer(&tokenizer)?;
+        let seq = a.seq.unwrap_or(model.config().context).min(model.config().context);
+        let evals = data::validate(&model, &dataset, "valid", seq, a.batch, a.max_tokens_per_lang)?;
+        println!("lang   tokens      bytes    loss  bits/byte");
+        for e in &evals {
+            println!("{:<5} {:>7} {:>10} {:>7.4} {:>10.4}", e.lang, e.tokens, e.bytes, e.loss, e.bpb);
+        }
+        report.insert("validation".into(), serde_json::to_value(&evals).unwrap_or_default());
+    }
+    for path in &a.choices {
+        did_something = true;
+        let items = choice::load_choices(path)?;
+        let r = choice::score_choices(&model, &tokenizer, &items)?;
+        println!(
+            "{}: {} items, accuracy {:.4} (length-normalised {:.4})",
+            path.display(),
+            items.len(),
+            r.accuracy,
+            r.accuracy_norm
+        );
+        report.insert(
+            path.display().to_string(),
+            serde_json::json!({"items": items.len(),
+            "accuracy": r.accuracy, "accuracy_norm": r.accuracy_norm}),
+        );
+    }
+    if let Some(dir) = &a.compression {
+        did_something = true;
+        let model = tokcli::AnyModel::Ours(tokenizer.clone());
+        let rows = tokcli::compression(&model, dir, None).map_err(|e| TrainError::Usage(e.0))?;
+        println!("lang   docs      bytes     tokens  bytes/token");
+        for r in &rows {
+            println!(
+                "{:<5} {:>5} {:>10} {:>10} {:>12.3}",
+                r.lang, r.docs, r.bytes, r.tokens, r.bytes_per_token
+            );
+        }
+        report.insert("compression".into(), serde_json::to_value(&rows).unwrap_or_default());
+    }
+    if !did_something {
+        return Err(TrainError::Usage("nothing to evaluate: give --data, --choices or --compression".into()));
+    }
+    if let Some(path) = &a.json {
+        let text = serde_json::to_string_pretty(&serde_json::Value::Object(report)).unwrap_or_default();
+        polylm_model::safetensors::write_text_atomic(path, &text)?;
+    }
+    Ok(())
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    let (model, tokenizer) = open_checkpoint(&a.checkpoint, a.tokenizer.as_deref(), &a.device)?;
+    let eos = train::eos_of(&tokenizer)?;
+    let context = model.config().context;
+    let prompts: Vec<Vec<u32>> = a
+        .prompt
+        .iter()
+        .map(|p| {
+            let text = if a.instruct { sft::prompt_text(p) } else { p.clone() };
+            let mut ids = vec![eos];
+            ids.extend(tokenizer.encode(&text));
+            if ids.len() > context {
+                ids.drain(..ids.len() - context);
+            }
+            ids
+        })
+        .collect();
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let params = SamplingParams {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        repetition_penalty: a.repetition_penalty,
+        max_new_tokens: a.max_new_tokens.min(context.saturating_sub(longest)),
+        eos_token_id: Some(eos),
+        seed: a.seed,
+    };
+    let outs = model.generate(&prompts, &params)?;
+    for (p, g) in a.prompt.iter().zip(outs) {
+        println!("{p}{}", tokenizer.decode(&g.tokens)?);
+        println!("---");
+    }
+    Ok(())
+}
+
+fn run_bench(a: BenchArgs) -> Result<()> {
+    let config = ModelConfig::preset(&a.preset)?;
+    let device = setup::resolve_device(&a.device)?;
+    let dtype = setup::resolve_dtype(&a.dtype, device)?;
+    let seq = a.seq.unwrap_or(config.context);
+    if seq > config.context || seq == 0 || a.batch == 0 {
+        return Err(TrainError::Usage(format!(
+            "--seq must be in 1..={} and --batch at least 1",
+            config.context
+        )));
+    }
+    let peak = a.peak_tflops.or(if device.is_cpu() { None } else { Some(989.0) });
+    let opts = BenchOptions {
+        config: config.clone(),
+        batch: a.batch,
+        seq,
+        steps: a.steps.max(1),
+        device,
+        dtype,
+        recompute: a.recompute,
+        peak_tflops: peak,
+    };
+    eprintln!(
+        "bench: {} ({} parameters), batch {} × seq {}, {:?} on {:?}{}, {} steps after one warm-up",
+        a.preset,
+        config.param_count(),
+        a.batch,
+        seq,
+        dtype,
+        device,
+        if a.recompute { ", recompute" } else { "" },
+        opts.steps
+    );
+    let r = bench::run(&opts)?;
+    println!("tokens/s        {:.1}", r.tokens_per_s);
+    println!("step time       {:.3} s", r.step_s);
+    println!("GFLOP/token     {:.3}", r.flops_per_token / 1e9);
+    println!("TFLOP/s         {:.3}", r.tflops);
+    if let Some(m) = r.mfu {
+        println!("MFU             {:.1}% (of {:.0} TFLOP/s)", m * 100.0, peak.unwrap_or(0.0));
+    }
+    if let Some(b) = r.peak_memory {
+        println!("peak memory     {:.2} GB", b as f64 / 1e9);
+    }
+    Ok(())
+}

@@ -1,0 +1,423 @@
+//! `polylm data prepare`: per-language text or JSONL → token shards and a manifest.
+//!
+//! Inputs, per language `<lang>`, in a directory:
+//! - `<lang>.jsonl`: one JSON object per non-blank line, `"text"` required, `"source"` optional
+//!   (default `"unknown"`); other fields are ignored;
+//! - `<lang>.txt`: one document per block of lines separated by blank lines (source
+//!   `"unknown"`).
+//!
+//! Bilingual pairs (optional): a JSONL file (or a directory of them) with lines
+//! `{"src_lang", "tgt_lang", "src", "tgt"}` (and an optional `"source"`, default `"pairs"`); each
+//! pair becomes a document `src + "\n" + tgt` in shard `pairs/<src_lang>-<tgt_lang>.bin`.
+//!
+//! Documents with empty text are skipped. Invalid UTF-8, invalid JSON and missing fields stop
+//! the run with an error naming the file and the 1-based line. Encoding runs in parallel
+//! (rayon, through [`Tokenizer::encode_batch`]). Output: `<out>/train/<lang>.bin`,
+//! `<out>/valid/<lang>.bin`, `<out>/pairs/<src>-<tgt>.bin` and, last, `<out>/manifest.json`
+//! (any previous manifest is removed first, so an interrupted run never looks complete).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use polylm_tokenizer::Tokenizer;
+use serde::Deserialize;
+
+use super::error::{DataError, Result};
+use super::manifest::{
+    tokenizer_fingerprint, Manifest, ShardInfo, TokenizerInfo, MANIFEST_FILE, MANIFEST_FORMAT,
+    MANIFEST_VERSION,
+};
+use super::shard::ShardWriter;
+
+/// What to prepare and where.
+#[derive(Clone, Debug, Default)]
+pub struct PrepareOptions {
+    /// Directory of training inputs `<lang>.jsonl` or `<lang>.txt`.
+    pub train: PathBuf,
+    /// Directory of validation inputs, same layout (optional).
+    pub valid: Option<PathBuf>,
+    /// Bilingual pairs: a JSONL file or a directory of JSONL files (optional).
+    pub pairs: Option<PathBuf>,
+    /// Output dataset directory (created if needed).
+    pub out: PathBuf,
+    /// Only these languages (each must have a training file); all when `None`.
+    pub langs: Option<Vec<String>>,
+    /// At most this many documents per language (and per language pair) and split.
+    pub max_docs_per_lang: Option<usize>,
+}
+
+/// The source id of the default source name.
+pub const UNKNOWN_SOURCE: &str = "unknown";
+
+/// Documents encoded per parallel batch.
+const ENCODE_CHUNK: usize = 1024;
+
+/// A document read from an input file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawDoc {
+    /// The text.
+    pub text: String,
+    /// The source name.
+    pub source: String,
+}
+
+#[derive(Deserialize)]
+struct DocLine {
+    text: Option<serde_json::Value>,
+    source: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct PairLine {
+    src_lang: Option<serde_json::Value>,
+    tgt_lang: Option<serde_json::Value>,
+    src: Option<serde_json::Value>,
+    tgt: Option<serde_json::Value>,
+    source: Option<serde_json::Value>,
+}
+
+/// Lines of `data` with their 1-based numbers, as UTF-8 (`\r\n` endings accepted).
+fn utf8_lines<'a>(data: &'a [u8], path: &'a Path) -> impl Iterator<Item = Result<(usize, &'a str)>> + 'a {
+    let data = data.strip_suffix(b"\n").unwrap_or(data);
+    data.split(|&b| b == b'\n').enumerate().map(move |(i, raw)| {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        std::str::from_utf8(raw)
+            .map(|s| (i + 1, s))
+            .map_err(|_| DataError::InvalidUtf8 { path: path.to_path_buf(), line: i + 1 })
+    })
+}
+
+fn string_field(
+    v: Option<serde_json::Value>,
+    field: &'static str,
+    path: &Path,
+    line: usize,
+) -> Result<Option<String>> {
+    match v {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(DataError::Json {
+            path: path.to_path_buf(),
+            line,
+            message: format!("field {field:?} must be a string, found {other}"),
+        }),
+    }
+}
+
+fn required(v: Option<String>, field: &'static str, path: &Path, line: usize) -> Result<String> {
+    v.ok_or_else(|| DataError::MissingField { path: path.to_path_buf(), line, field })
+}
+
+fn parse_json_line<T: for<'de> Deserialize<'de>>(line: &str, path: &Path, no: usize) -> Result<T> {
+    serde_json::from_str(line).map_err(|e| DataError::Json {
+        path: path.to_path_buf(),
+        line: no,
+        message: e.to_string(),
+    })
+}
+
+/// Reads the documents of one input file (`.jsonl`/`.json`: JSON lines; anything else: blank-line
+/// separated paragraphs), at most `max_docs` of them.
+pub fn read_docs(path: &Path, max_docs: Option<usize>) -> Result<Vec<RawDoc>> {
+    let data = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let limit = max_docs.unwrap_or(usize::MAX);
+    let mut docs = Vec::new();
+    let jsonl = matches!(path.extension().and_then(|e| e.to_str()), Some("jsonl") | Some("json"));
+    if limit == 0 {
+        return Ok(docs);
+    }
+    if jsonl {
+        for line in utf8_lines(&data, path) {
+            let (no, line) = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let d: DocLine = parse_json_line(line, path, no)?;
+            let text = required(string_field(d.text, "text", path, no)?, "text", path, no)?;
+            let source = string_field(d.source, "source", path, no)?.unwrap_or_else(|| UNKNOWN_SOURCE.into());
+            if text.is_empty() {
+                continue;
+            }
+            docs.push(RawDoc { text, source });
+            if docs.len() >= limit {
+                break;
+            }
+        }
+    } else {
+        let mut block: Vec<&str> = Vec::new();
+        let flush = |block: &mut Vec<&str>, docs: &mut Vec<RawDoc>| {
+            if !block.is_empty() {
+                docs.push(RawDoc { text: block.join("\n"), source: UNKNOWN_SOURCE.into() });
+                block.clear();
+            }
+        };
+        for line in utf8_lines(&data, path) {
+            let (_, line) = line?;
+            if line.trim().is_empty() {
+                flush(&mut block, &mut docs);
+                if docs.len() >= limit {
+                    return Ok(docs);
+                }
+            } else {
+                block.push(line);
+            }
+        }
+        flush(&mut block, &mut docs);
+        docs.truncate(limit);
+    }
+    Ok(docs)
+}
+
+/// Reads bilingual pairs, grouped by `"<src_lang>-<tgt_lang>"` (at most `max_docs` per group).
+pub fn read_pairs(path: &Path, max_docs: Option<usize>) -> Result<BTreeMap<String, Vec<RawDoc>>> {
+    let data = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let limit = max_docs.unwrap_or(usize::MAX);
+    let mut groups: BTreeMap<String, Vec<RawDoc>> = BTreeMap::new();
+    for line in utf8_lines(&data, path) {
+        let (no, line) = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let p: PairLine = parse_json_line(line, path, no)?;
+        let src_lang = required(string_field(p.src_lang, "src_lang", path, no)?, "src_lang", path, no)?;
+        let tgt_lang = required(string_field(p.tgt_lang, "tgt_lang", path, no)?, "tgt_lang", path, no)?;
+        let src = required(string_field(p.src, "src", path, no)?, "src", path, no)?;
+        let tgt = required(string_field(p.tgt, "tgt", path, no)?, "tgt", path, no)?;
+        let source = string_field(p.source, "source", path, no)?.unwrap_or_else(|| "pairs".into());
+        for (field, code) in [("src_lang", &src_lang), ("tgt_lang", &tgt_lang)] {
+            if !valid_lang_code(code) {
+                return Err(DataError::Json {
+                    path: path.to_path_buf(),
+                    line: no,
+                    message: format!(
+                        "field {field:?} is {code:?}, not a language code (letters, digits, '_')"
+                    ),
+                });
+            }
+        }
+        let group = groups.entry(format!("{src_lang}-{tgt_lang}")).or_default();
+        if group.len() < limit && !(src.is_empty() && tgt.is_empty()) {
+            group.push(RawDoc { text: format!("{src}\n{tgt}"), source });
+        }
+    }
+    Ok(groups)
+}
+
+fn valid_lang_code(code: &str) -> bool {
+    !code.is_empty() && code.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The `<lang>.jsonl` / `<lang>.txt` files of an input directory, by language.
+pub fn list_inputs(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
+    let mut out: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for entry in entries {
+        let path = entry.map_err(|e| DataError::io(dir, e))?.path();
+        let ext = path.extension().and_then(|e| e.to_str());
+        if !matches!(ext, Some("jsonl") | Some("txt")) || !path.is_file() {
+            continue;
+        }
+        let Some(lang) = path.file_stem().and_then(|s| s.to_str()).map(str::to_string) else { continue };
+        if !valid_lang_code(&lang) {
+            continue;
+        }
+        if let Some(prev) = out.insert(lang.clone(), path.clone()) {
+            return Err(DataError::BadInput(format!(
+                "two inputs for language {lang:?}: {} and {}",
+                prev.display(),
+                path.display()
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// Source names and their ids, in order of first appearance.
+#[derive(Default)]
+struct Sources {
+    names: Vec<String>,
+    ids: HashMap<String, u16>,
+}
+
+impl Sources {
+    fn id(&mut self, name: &str) -> Result<u16> {
+        if let Some(&id) = self.ids.get(name) {
+            return Ok(id);
+        }
+        let id = u16::try_from(self.names.len())
+            .map_err(|_| DataError::BadInput(format!("more than 65,536 distinct sources (at {name:?})")))?;
+        self.names.push(name.to_string());
+        self.ids.insert(name.to_string(), id);
+        Ok(id)
+    }
+}
+
+fn encode_shard(
+    docs: &[RawDoc],
+    out_dir: &Path,
+    split: &str,
+    lang: &str,
+    tokenizer: &Tokenizer,
+    sources: &mut Sources,
+) -> Result<ShardInfo> {
+    let file = format!("{split}/{lang}.bin");
+    let path = out_dir.join(&file);
+    let vocab_size = u32::try_from(tokenizer.vocab_size())
+        .map_err(|_| DataError::BadInput(format!("vocabulary of {} tokens", tokenizer.vocab_size())))?;
+    let mut writer = ShardWriter::create(&path, vocab_size)?;
+    for chunk in docs.chunks(ENCODE_CHUNK) {
+        let texts: Vec<&str> = chunk.iter().map(|d| d.text.as_str()).collect();
+        let encoded = tokenizer.encode_batch(&texts);
+        for (doc, ids) in chunk.iter().zip(encoded) {
+            let bytes = u32::try_from(doc.text.len()).map_err(|_| {
+                DataError::BadInput(format!(
+                    "{split}/{lang}: a document of {} bytes (at most 4 GiB)",
+                    doc.text.len()
+                ))
+            })?;
+            let source = sources.id(&doc.source)?;
+            writer.push(&ids, bytes, source)?;
+        }
+    }
+    let totals = writer.finish()?;
+    Ok(ShardInfo {
+        lang: lang.to_string(),
+        file,
+        docs: totals.docs,
+        tokens: totals.tokens,
+        bytes: totals.bytes,
+    })
+}
+
+fn create_dir(path: &Path) -> Result<()> {
+    std::fs::create_dir_all(path).map_err(|e| DataError::io(path, e))
+}
+
+/// Prepares a dataset (see the module documentation); `progress` receives one line per shard.
+pub fn prepare(opts: &PrepareOptions, tokenizer: &Tokenizer, progress: &dyn Fn(&str)) -> Result<Manifest> {
+    let eos_id = tokenizer.model().special_id("</s>").ok_or_else(|| {
+        DataError::BadInput("the tokenizer has no \"</s>\" special token to separate documents".into())
+    })?;
+    let vocab_size = u32::try_from(tokenizer.vocab_size())
+        .map_err(|_| DataError::BadInput(format!("vocabulary of {} tokens", tokenizer.vocab_size())))?;
+
+    let train_inputs = list_inputs(&opts.train)?;
+    let langs: Vec<String> = match &opts.langs {
+        Some(langs) => {
+            for lang in langs {
+                if !train_inputs.contains_key(lang) {
+                    return Err(DataError::MissingLanguage {
+                        lang: lang.clone(),
+                        split: format!("training input {}", opts.train.display()),
+                    });
+                }
+            }
+            let mut l = langs.clone();
+            l.sort();
+            l.dedup();
+            l
+        }
+        None => train_inputs.keys().cloned().collect(),
+    };
+    if langs.is_empty() {
+        return Err(DataError::NoData(format!(
+            "no <lang>.jsonl or <lang>.txt files in {}",
+            opts.train.display()
+        )));
+    }
+    let valid_inputs = match &opts.valid {
+        Some(dir) => list_inputs(dir)?,
+        None => BTreeMap::new(),
+    };
+
+    create_dir(&opts.out)?;
+    let manifest_path = opts.out.join(MANIFEST_FILE);
+    match std::fs::remove_file(&manifest_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(DataError::io(&manifest_path, e)),
+    }
+
+    let mut sources = Sources::default();
+    sources.id(UNKNOWN_SOURCE)?;
+    let mut splits: BTreeMap<String, Vec<ShardInfo>> = BTreeMap::new();
+    let mut do_split =
+        |split: &str, inputs: Vec<(String, Vec<RawDoc>)>, sources: &mut Sources| -> Result<()> {
+            if inputs.is_empty() {
+                return Ok(());
+            }
+            create_dir(&opts.out.join(split))?;
+            for (lang, docs) in inputs {
+                let info = encode_shard(&docs, &opts.out, split, &lang, tokenizer, sources)?;
+                progress(&format!(
+                    "{split}/{lang}: {} documents, {} tokens, {} bytes ({:.2} bytes/token)",
+                    info.docs,
+                    info.tokens,
+                    info.bytes,
+                    info.bytes as f64 / info.tokens.max(1) as f64
+                ));
+                splits.entry(split.to_string()).or_default().push(info);
+            }
+            Ok(())
+        };
+
+    for (split, inputs) in [("train", &train_inputs), ("valid", &valid_inputs)] {
+        for lang in &langs {
+            let Some(path) = inputs.get(lang) else {
+                if split == "valid" {
+                    progress(&format!("valid/{lang}: no validation input, skipped"));
+                }
+                continue;
+            };
+            // One language at a time keeps memory to one language's text and tokens.
+            let docs = read_docs(path, opts.max_docs_per_lang)?;
+            if docs.is_empty() {
+                progress(&format!("{split}/{lang}: no documents in {}, skipped", path.display()));
+                continue;
+            }
+            do_split(split, vec![(lang.clone(), docs)], &mut sources)?;
+        }
+    }
+    if let Some(pairs) = &opts.pairs {
+        let files: Vec<PathBuf> = if pairs.is_dir() {
+            let mut f: Vec<PathBuf> = std::fs::read_dir(pairs)
+                .map_err(|e| DataError::io(pairs, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("jsonl"))
+                .collect();
+            f.sort();
+            f
+        } else {
+            vec![pairs.clone()]
+        };
+        let mut groups: BTreeMap<String, Vec<RawDoc>> = BTreeMap::new();
+        for f in &files {
+            for (k, mut v) in read_pairs(f, opts.max_docs_per_lang)? {
+                let g = groups.entry(k).or_default();
+                g.append(&mut v);
+                if let Some(max) = opts.max_docs_per_lang {
+                    g.truncate(max);
+                }
+            }
+        }
+        groups.retain(|_, v| !v.is_empty());
+        if groups.is_empty() {
+            return Err(DataError::NoData(format!("no bilingual pairs in {}", pairs.display())));
+        }
+        do_split("pairs", groups.into_iter().collect(), &mut sources)?;
+    }
+
+    if !splits.contains_key("train") {
+        return Err(DataError::NoData(format!("no training documents in {}", opts.train.display())));
+    }
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT.to_string(),
+        version: MANIFEST_VERSION,
+        tokenizer: TokenizerInfo { fingerprint: tokenizer_fingerprint(tokenizer), vocab_size, eos_id },
+        sources: sources.names,
+        splits,
+    };
+    manifest.save(&manifest_path)?;
+    progress(&format!("wrote {}", manifest_path.display()));
+    Ok(manifest)
+}

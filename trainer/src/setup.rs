@@ -1,0 +1,197 @@
+//! What a run needs before its first step: threads, the device and precision, the tokenizer
+//! (trained when missing and asked for), the prepared shards (prepared when missing), and the
+//! model's config.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use polylm_engine::{DType, Device};
+use polylm_model::ModelConfig;
+use polylm_tokenizer::{json as tokjson, LanguageCorpus, Tokenizer, TrainConfig};
+
+use crate::config::{parse_device_name, DeviceChoice, RunConfig};
+use crate::data::{self, Dataset, PrepareOptions};
+use crate::error::{io_err, Result, TrainError};
+
+/// Sets the size of the global rayon pool (0: leave it at the number of cores). Only the
+/// first call in a process has an effect.
+pub fn set_threads(threads: usize) {
+    if threads > 0 {
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+    }
+}
+
+/// The device named by `name` (`auto`, `cpu`, `cuda`, `cuda:N`).
+pub fn resolve_device(name: &str) -> Result<Device> {
+    match parse_device_name(name).map_err(TrainError::Usage)? {
+        DeviceChoice::Auto => Ok(Device::best_available()),
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda(n) => Ok(Device::cuda(n)?),
+    }
+}
+
+/// The parameters' precision for `name` on `device`: bf16 on a GPU and f32 on the CPU for
+/// `auto`.
+pub fn resolve_dtype(name: &str, device: Device) -> Result<DType> {
+    match name {
+        "auto" if device.is_cpu() => Ok(DType::F32),
+        "auto" | "bf16" => Ok(DType::BF16),
+        "f32" => Ok(DType::F32),
+        other => Err(TrainError::Usage(format!("unknown precision {other:?} (auto, f32 or bf16)"))),
+    }
+}
+
+/// Loads our tokenizer JSON from `path`.
+pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+    if !path.exists() {
+        return Err(TrainError::Usage(format!(
+            "tokenizer {} does not exist (train one with `polylm tokenizer train`, or set \
+             `tokenizer.train_if_missing = true`)",
+            path.display()
+        )));
+    }
+    Ok(Tokenizer::new(tokjson::load(path)?))
+}
+
+/// The tokenizer of `config`, trained on `data.train` first when it is missing and
+/// `tokenizer.train_if_missing` is set.
+pub fn ensure_tokenizer(config: &RunConfig, log: &dyn Fn(&str)) -> Result<Tokenizer> {
+    let t = &config.tokenizer;
+    if t.path.exists() || !t.train_if_missing {
+        return load_tokenizer(&t.path);
+    }
+    let corpus_dir = config.data.train.as_deref().ok_or_else(|| TrainError::Config {
+        path: "<run config>".into(),
+        reason: "`tokenizer.train_if_missing` needs `data.train` (the text to train on)".into(),
+    })?;
+    let langs = languages_in(corpus_dir, config.data.langs.as_deref())?;
+    log(&format!(
+        "training a {}-token tokenizer on {} languages from {}",
+        t.vocab_size,
+        langs.len(),
+        corpus_dir.display()
+    ));
+    let start = std::time::Instant::now();
+    let lang_refs: Vec<&str> = langs.iter().map(String::as_str).collect();
+    let corpora: Vec<LanguageCorpus> =
+        polylm_tokenizer::corpus::read_language_dir(corpus_dir, &lang_refs, t.max_docs_per_lang)?;
+    let train_config = TrainConfig { vocab_size: t.vocab_size, alpha: t.alpha, ..TrainConfig::default() };
+    let model = polylm_tokenizer::train(&corpora, &train_config)?;
+    if let Some(parent) = t.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    tokjson::save(&model, &t.path)?;
+    log(&format!("tokenizer written to {} in {:.1} s", t.path.display(), start.elapsed().as_secs_f64()));
+    Ok(Tokenizer::new(model))
+}
+
+/// The languages of a corpus folder (`<lang>.jsonl` files), or `wanted` after checking each
+/// is there.
+pub fn languages_in(dir: &Path, wanted: Option<&[String]>) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let path = entry.map_err(io_err(dir))?.path();
+        if path.extension().is_some_and(|e| e == "jsonl" || e == "txt") {
+            if let Some(stem) = path.file_stem() {
+                found.push(stem.to_string_lossy().into_owned());
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    match wanted {
+        None if found.is_empty() => {
+            Err(TrainError::Usage(format!("{} holds no <lang>.jsonl or <lang>.txt files", dir.display())))
+        }
+        None => Ok(found),
+        Some(w) => {
+            for lang in w {
+                if !found.contains(lang) {
+                    return Err(TrainError::Usage(format!(
+                        "language {lang:?} has no file in {} (found: {})",
+                        dir.display(),
+                        found.join(", ")
+                    )));
+                }
+            }
+            Ok(w.to_vec())
+        }
+    }
+}
+
+/// The prepared shards of `config`, prepared from `data.train` (and `data.valid`,
+/// `data.pairs`) first when `data.dir` holds none. Checks that they were made with
+/// `tokenizer`.
+pub fn ensure_dataset(config: &RunConfig, tokenizer: &Tokenizer, log: &dyn Fn(&str)) -> Result<Arc<Dataset>> {
+    let d = &config.data;
+    if !d.dir.join("manifest.json").exists() {
+        let Some(train) = &d.train else {
+            return Err(TrainError::Usage(format!(
+                "{} holds no prepared data (run `polylm data prepare`, or set `data.train` so the \
+                 run prepares it)",
+                d.dir.display()
+            )));
+        };
+        log(&format!("preparing token shards from {} into {}", train.display(), d.dir.display()));
+        let start = std::time::Instant::now();
+        let opts = PrepareOptions {
+            train: train.clone(),
+            valid: d.valid.clone(),
+            pairs: d.pairs.clone(),
+            out: d.dir.clone(),
+            langs: d.langs.clone(),
+            max_docs_per_lang: d.max_docs_per_lang,
+        };
+        let manifest = data::prepare(&opts, tokenizer, log)?;
+        let tokens: u64 = manifest.splits.get("train").map_or(0, |s| s.iter().map(|i| i.tokens).sum());
+        log(&format!("{tokens} training tokens prepared in {:.1} s", start.elapsed().as_secs_f64()));
+    }
+    let dataset = Dataset::open(&d.dir)?;
+    dataset.check_tokenizer(tokenizer)?;
+    Ok(Arc::new(dataset))
+}
+
+/// The model config of `config.model` with the tokenizer's vocabulary and end-of-sequence id.
+pub fn model_config(config: &RunConfig, vocab_size: usize, eos: Option<u32>) -> Result<ModelConfig> {
+    let m = &config.model;
+    let mut c = match (&m.preset, &m.config) {
+        (Some(p), _) => ModelConfig::preset(p)?,
+        (None, Some(path)) if path.extension().is_some_and(|e| e == "json") => {
+            let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+            polylm_model::hf_config::from_hf_json(&text)?
+        }
+        (None, Some(path)) => ModelConfig::from_file(path)?,
+        (None, None) => {
+            return Err(TrainError::Config {
+                path: "<run config>".into(),
+                reason: "give `model.preset` or `model.config`".into(),
+            })
+        }
+    };
+    if let Some(v) = m.layers {
+        c.layers = v;
+    }
+    if let Some(v) = m.hidden {
+        c.hidden = v;
+        c.ffn = 4 * v;
+    }
+    if let Some(v) = m.heads {
+        c.heads = v;
+    }
+    if let Some(v) = m.context {
+        c.context = v;
+    }
+    c.vocab_size = vocab_size;
+    c.eos_token_id = eos;
+    c.validate()?;
+    if config.train.seq_len > c.context {
+        return Err(TrainError::Config {
+            path: "<run config>".into(),
+            reason: format!(
+                "`train.seq_len` ({}) exceeds the model's context ({})",
+                config.train.seq_len, c.context
+            ),
+        });
+    }
+    Ok(c)
+}

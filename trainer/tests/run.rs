@@ -1,0 +1,439 @@
+//! End-to-end runs of the `polylm` binary on a small slice of the real corpus: training,
+//! exact resume, a SIGKILL in the middle of a checkpoint save, rollback after non-finite
+//! steps, clear errors for bad configs and corrupt checkpoints, SFT, eval and generate.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+fn shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("polylm-run-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+fn polylm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_polylm")).args(args).output().expect("runs polylm")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A tokenizer and prepared shards shared by the tests (three languages, a few dozen
+/// documents each), built once.
+fn prepared() -> &'static (PathBuf, PathBuf) {
+    static PREPARED: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    PREPARED.get_or_init(|| {
+        let dir = scratch("prepared");
+        let tok = dir.join("tok.json");
+        let corpus = shared().join("corpus");
+        let o = polylm(&[
+            "tokenizer",
+            "train",
+            "--corpus",
+            corpus.to_str().unwrap(),
+            "--langs",
+            "en,de,zh",
+            "--vocab-size",
+            "700",
+            "--max-lines",
+            "60",
+            "--out",
+            tok.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "tokenizer train: {}", text(&o));
+        let data = dir.join("data");
+        let o = polylm(&[
+            "data",
+            "prepare",
+            "--tokenizer",
+            tok.to_str().unwrap(),
+            "--train",
+            corpus.to_str().unwrap(),
+            "--valid",
+            shared().join("valid").to_str().unwrap(),
+            "--langs",
+            "en,de,zh",
+            "--max-docs-per-lang",
+            "60",
+            "--out",
+            data.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "data prepare: {}", text(&o));
+        (tok, data)
+    })
+}
+
+/// A run config for the shared data in `out`, with extra TOML lines.
+fn write_config(out: &Path, steps: u64, extra: &str) -> PathBuf {
+    let (tok, data) = prepared();
+    let config = format!(
+        r#"
+[run]
+name = "test"
+out_dir = {out:?}
+seed = 5
+device = "cpu"
+threads = 2
+[model]
+preset = "tiny"
+layers = 1
+hidden = 32
+heads = 2
+context = 32
+[tokenizer]
+path = {tok:?}
+[data]
+dir = {data:?}
+[data.subsets]
+prose = ["manpages", "fortunes"]
+[[curriculum.stages]]
+name = "one"
+start_step = 0
+non_english = 0.5
+[[curriculum.stages]]
+name = "two"
+start_fraction = 0.5
+weights = {{ en = 0.2, de = 0.8 }}
+[optim]
+lr = 3e-3
+min_lr = 3e-4
+warmup_steps = 2
+[train]
+steps = {steps}
+seq_len = 16
+micro_batch = 2
+tokens_per_step = 64
+[checkpoint]
+every = 2
+keep = 2
+[eval]
+every = 3
+max_tokens_per_lang = 256
+batch = 4
+[log]
+every = 1
+progress = false
+[samples]
+prompts = ["The", "Die"]
+max_new_tokens = 4
+{extra}
+"#
+    );
+    let path = out.join("run.toml");
+    std::fs::create_dir_all(out).expect("out dir");
+    std::fs::write(&path, config).expect("config");
+    path
+}
+
+/// (step, loss) of every training step in a run's metrics file.
+fn losses(out: &Path) -> Vec<(u64, f64)> {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("event").is_none() && v.get("eval").is_none())
+        .filter_map(|v| Some((v.get("step")?.as_u64()?, v.get("loss")?.as_f64()?)))
+        .collect()
+}
+
+fn train(config: &Path, extra_args: &[&str]) -> Output {
+    let mut args = vec!["train", "--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra_args);
+    polylm(&args)
+}
+
+#[test]
+fn a_run_trains_validates_checkpoints_and_plots() {
+    let out = scratch("full");
+    let config = write_config(&out, 8, "");
+    let o = train(&config, &[]);
+    let log = text(&o);
+    assert!(o.status.success(), "{log}");
+    let l = losses(&out);
+    assert_eq!(l.iter().map(|p| p.0).collect::<Vec<_>>(), (1..=8).collect::<Vec<_>>(), "{log}");
+    assert!(l.iter().all(|p| p.1.is_finite() && p.1 > 0.0));
+    assert!(l[7].1 < l[0].1, "the loss falls: {l:?}");
+    // Two kept checkpoints, the last one at step 8, loadable by eval and generate.
+    let ckpts: Vec<String> = std::fs::read_dir(out.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut sorted = ckpts.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec!["step-00000006", "step-00000008"], "{ckpts:?}");
+    for f in ["loss.svg", "bpb.svg"] {
+        let svg = std::fs::read_to_string(out.join(f)).expect("plot");
+        assert!(svg.starts_with("<svg") || svg.starts_with("<?xml"), "{f}");
+    }
+    // Per-language validation with bits per byte, and the samples.
+    for lang in ["en", "de", "zh"] {
+        assert!(log.contains(&format!("{lang} ")), "validation of {lang}: {log}");
+    }
+    assert!(log.contains("samples"), "{log}");
+    // Tokens actually seen per language are in the metrics.
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert!(metrics.contains("\"lang_tokens\"") && metrics.contains("\"stage\":\"two\""), "stages logged");
+
+    let ckpt = out.join("checkpoints/step-00000008");
+    let (_, data) = prepared();
+    let o = polylm(&[
+        "eval",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--max-tokens-per-lang",
+        "128",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("bits/byte"));
+    let o = polylm(&[
+        "generate",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--prompt",
+        "The",
+        "--prompt",
+        "Der",
+        "--max-new-tokens",
+        "5",
+        "--device",
+        "cpu",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn resuming_gives_bit_identical_losses() {
+    let whole = scratch("whole");
+    let o = train(&write_config(&whole, 6, ""), &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let reference = losses(&whole);
+
+    let parts = scratch("parts");
+    let config = write_config(&parts, 6, "[debug]\nstop_after = 4\n");
+    let o = train(&config, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(losses(&parts).len(), 4);
+    let o = train(&config, &["--set", "debug.stop_after=99"]);
+    let log = text(&o);
+    assert!(o.status.success(), "{log}");
+    assert!(log.contains("resuming at step 4"), "{log}");
+    let resumed = losses(&parts);
+    assert_eq!(resumed.len(), 6);
+    for ((s1, a), (s2, b)) in reference.iter().zip(&resumed) {
+        assert_eq!(s1, s2);
+        assert_eq!(a.to_bits(), b.to_bits(), "step {s1}: {a} vs {b}");
+    }
+}
+
+#[test]
+fn a_sigkill_during_a_save_resumes_from_the_previous_checkpoint() {
+    let whole = scratch("kill-ref");
+    let o = train(&write_config(&whole, 6, ""), &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let reference = losses(&whole);
+
+    let out = scratch("kill");
+    let config = write_config(&out, 6, "[debug]\nsave_pause_ms = 400\n");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_polylm"))
+        .args(["train", "--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    // Wait until the save of step 4 is under way (its hidden folder exists), then SIGKILL.
+    let ckpts = out.join("checkpoints");
+    let start = Instant::now();
+    let killed_mid_save = loop {
+        let partial = std::fs::read_dir(&ckpts)
+            .map(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().starts_with(".tmp-step-00000004")))
+            .unwrap_or(false);
+        if partial {
+            child.kill().expect("SIGKILL");
+            break true;
+        }
+        if child.try_wait().expect("wait").is_some() || start.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let _ = child.wait();
+    assert!(killed_mid_save, "the run was killed while writing the step-4 checkpoint");
+    assert!(!ckpts.join("step-00000004").exists(), "no half-written checkpoint is visible");
+    assert!(ckpts.join("step-00000002/trainer_state.json").exists());
+
+    let o = train(&config, &["--set", "debug.save_pause_ms=0"]);
+    let log = text(&o);
+    assert!(o.status.success(), "{log}");
+    assert!(log.contains("resuming at step 2"), "{log}");
+    let resumed = losses(&out);
+    assert_eq!(resumed.len(), 6, "{resumed:?}");
+    for ((_, a), (s, b)) in reference.iter().zip(&resumed) {
+        assert_eq!(a.to_bits(), b.to_bits(), "step {s}: {a} vs {b}");
+    }
+    let leftovers = std::fs::read_dir(&ckpts)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .count();
+    assert_eq!(leftovers, 0, "the interrupted save's folder was cleaned up");
+}
+
+#[test]
+fn non_finite_steps_are_skipped_then_rolled_back() {
+    let out = scratch("nan");
+    let config = write_config(&out, 8, "[debug]\nnan_steps = [2, 4, 5, 6]\n");
+    let o = train(&config, &[]);
+    let log = text(&o);
+    assert!(o.status.success(), "{log}");
+    assert!(log.contains("step skipped"), "{log}");
+    assert!(log.contains("rolling back"), "{log}");
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.matches("\"event\":\"skipped\"").count(), 4);
+    assert_eq!(metrics.matches("\"event\":\"rollback\"").count(), 1);
+
+    // With no checkpoint to roll back to, the run stops with a clear error.
+    let out = scratch("nan-early");
+    let config = write_config(&out, 8, "[debug]\nnan_steps = [0, 1, 2]\n");
+    let o = train(&config, &["--set", "checkpoint.every=100"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("no checkpoint to roll back to"), "{}", text(&o));
+}
+
+#[test]
+fn bad_configs_and_checkpoints_give_clear_errors() {
+    let out = scratch("errors");
+    let config = write_config(&out, 4, "");
+    let o = train(&config, &["--set", "train.micro_batch=0"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("train.micro_batch") && text(&o).contains("run.toml"), "{}", text(&o));
+    let o = train(&config, &["--set", "optim.lrr=1"]);
+    assert!(text(&o).contains("lrr"), "{}", text(&o));
+    let o = polylm(&["train", "--config", "/nonexistent/run.toml"]);
+    assert!(!o.status.success() && text(&o).contains("/nonexistent/run.toml"), "{}", text(&o));
+
+    // A checkpoint whose optimizer file is truncated: resuming names the file.
+    let o = train(&config, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let opt = out.join("checkpoints/step-00000004/optimizer.safetensors");
+    let bytes = std::fs::read(&opt).unwrap();
+    std::fs::write(&opt, &bytes[..bytes.len() / 2]).unwrap();
+    let o = train(&config, &["--steps", "6"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("optimizer.safetensors"), "{}", text(&o));
+
+    // Shards made with another tokenizer.
+    let other = scratch("other-tok");
+    let tok = other.join("tok.json");
+    let o = polylm(&[
+        "tokenizer",
+        "train",
+        "--corpus",
+        shared().join("corpus").to_str().unwrap(),
+        "--langs",
+        "en",
+        "--vocab-size",
+        "400",
+        "--max-lines",
+        "30",
+        "--out",
+        tok.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = train(
+        &config,
+        &[
+            "--set",
+            &format!("tokenizer.path={:?}", tok.to_str().unwrap()),
+            "--out",
+            other.join("run").to_str().unwrap(),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).to_lowercase().contains("tokenizer"), "{}", text(&o));
+}
+
+#[test]
+fn sft_trains_on_responses_and_generate_uses_the_template() {
+    let dir = scratch("sft");
+    let base = dir.join("base");
+    let o = train(&write_config(&base, 4, ""), &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let examples = [
+        ("Übersetze ins Englische", Some("Guten Morgen"), "Good morning"),
+        ("Name a colour", None, "Blue"),
+        ("Translate to German", Some("The file"), "Die Datei"),
+        ("列出三个数字", None, "一、二、三"),
+    ];
+    let mut jsonl = String::new();
+    for (i, (ins, inp, out)) in examples.iter().cycle().take(24).enumerate() {
+        let v = serde_json::json!({"instruction": format!("{ins} {i}"), "input": inp, "output": out});
+        jsonl.push_str(&format!("{v}\n"));
+    }
+    let train_file = dir.join("sft.jsonl");
+    std::fs::write(&train_file, &jsonl).unwrap();
+    let (tok, _) = prepared();
+    let sft_out = dir.join("sft-run");
+    let config = format!(
+        r#"
+[run]
+name = "sft"
+out_dir = {sft_out:?}
+device = "cpu"
+[model]
+init_from = {:?}
+[tokenizer]
+path = {tok:?}
+[data]
+dir = "unused"
+[optim]
+lr = 1e-3
+[train]
+steps = 6
+seq_len = 32
+micro_batch = 2
+[checkpoint]
+every = 3
+[eval]
+every = 3
+[log]
+progress = false
+[sft]
+train = {train_file:?}
+valid = {train_file:?}
+"#,
+        base.join("checkpoints/step-00000004")
+    );
+    let cfg = dir.join("sft.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let o = polylm(&["sft", "--config", cfg.to_str().unwrap()]);
+    let log = text(&o);
+    assert!(o.status.success(), "{log}");
+    let l = losses(&sft_out);
+    assert_eq!(l.len(), 6, "{log}");
+    assert!(l[5].1 < l[0].1, "the response loss falls: {l:?}");
+    let o = polylm(&[
+        "generate",
+        "--checkpoint",
+        sft_out.join("checkpoints/step-00000006").to_str().unwrap(),
+        "--instruct",
+        "--prompt",
+        "Name a colour",
+        "--max-new-tokens",
+        "3",
+        "--device",
+        "cpu",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+}
