@@ -39,6 +39,8 @@ for line in open(sys.argv[1]):
     print("built", dst)
 PY
     rm -f "$json"
+    cargo build --release --locked -p polylm-trainer
+    cp target/release/polylm gpu-bin/polylm && strip --strip-debug gpu-bin/polylm
     du -sh gpu-bin
 }
 
@@ -53,6 +55,45 @@ run_bench() {
         echo "$title FAILED: $(tail -3 "$out/$name.log")" >>"$out/results.md"
         return 1
     fi
+}
+
+# The `polylm` binary on the GPU: a short quickstart run (bf16, f32 master weights) and the
+# training-step benchmark of the small and PolyLM-1.7B presets.
+run_trainer() {
+    echo "== polylm on the GPU"
+    local run_dir=/tmp/gpu-quickstart ok=0
+    rm -rf "$run_dir"
+    {
+        echo
+        echo "## polylm train (quickstart config, 300 steps, --device cuda)"
+        echo
+    } >>"$out/results.md"
+    if timeout 300 gpu-bin/polylm train --config configs/quickstart.toml --device cuda --steps 300 \
+        --out "$run_dir" --set "tokenizer.path=\"$run_dir/tokenizer.json\"" --set "data.dir=\"$run_dir/data\"" \
+        --set log.progress=false --set eval.every=100 --set checkpoint.every=100 >"$out/train.log" 2>&1; then
+        echo '```' >>"$out/results.md"
+        grep -E "^quickstart:|^step .*(loss|validation)|^done" "$out/train.log" >>"$out/results.md" || true
+        echo '```' >>"$out/results.md"
+        cp "$run_dir/metrics.jsonl" "$run_dir/loss.svg" "$run_dir/bpb.svg" "$out/" 2>/dev/null || true
+    else
+        echo "polylm train FAILED: $(tail -5 "$out/train.log")" >>"$out/results.md"
+        ok=1
+    fi
+    {
+        echo
+        echo "## polylm bench"
+        echo
+    } >>"$out/results.md"
+    for args in "--preset small --batch 16 --seq 256" "--preset polylm-1.7b --batch 4 --seq 2048 --recompute --steps 3"; do
+        # shellcheck disable=SC2086
+        if timeout 240 gpu-bin/polylm bench $args --device cuda >"$out/bench.log" 2>&1; then
+            echo "- \`polylm bench $args\`: $(tr '\n' ';' <"$out/bench.log")" >>"$out/results.md"
+        else
+            echo "- \`polylm bench $args\`: FAILED $(tail -3 "$out/bench.log")" >>"$out/results.md"
+            ok=1
+        fi
+    done
+    return $ok
 }
 
 run() {
@@ -85,6 +126,7 @@ run() {
     done
     run_bench "benchmarks" cuda_kernels_bench bench || status=1
     run_bench "model benchmark" gpu_model_bench model || status=1
+    run_trainer || status=1
     cat "$out/results.md"
     return $status
 }

@@ -392,8 +392,11 @@ fn generate(a: GenerateArgs) -> Result<()> {
         seed: a.seed,
     };
     let outs = model.generate(&prompts, &params)?;
-    for (p, g) in a.prompt.iter().zip(outs) {
-        println!("{p}{}", tokenizer.decode(&g.tokens)?);
+    for (ids, g) in prompts.iter().zip(outs) {
+        // Decoded with the prompt (less the leading </s>), so the word boundary comes out right.
+        let mut all = ids[usize::from(ids.first() == Some(&eos))..].to_vec();
+        all.extend(&g.tokens);
+        println!("{}", tokenizer.decode(&all)?);
         println!("---");
     }
     Ok(())

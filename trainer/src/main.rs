@@ -20,6 +20,9 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    // Keep glibc's large freed blocks for the next step instead of returning them to the
+    // system (a page fault per 4 KiB of every large tensor otherwise).
+    polylm_engine::tune_host_allocator();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -763,9 +763,11 @@ fn print_samples(model: &Gpt, tokenizer: &Tokenizer, eos: u32, config: &RunConfi
             eos_token_id: Some(eos),
             seed: config.run.seed + i as u64,
         };
-        let out = model.generate(&[ids], &params)?;
-        let text = tokenizer.decode(&out[0].tokens)?;
-        println!("  {prompt}{}", text.replace('\n', " "));
+        let out = model.generate(&[ids.clone()], &params)?;
+        // Decoded with the prompt, so that the word boundary between them comes out right.
+        let mut all = ids[usize::from(ids.first() == Some(&eos))..].to_vec();
+        all.extend(&out[0].tokens);
+        println!("  {}", tokenizer.decode(&all)?.replace('\n', " "));
     }
     Ok(())
 }
