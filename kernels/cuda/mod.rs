@@ -21,9 +21,11 @@ pub mod attention;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
+pub mod flash_attention;
 pub mod gelu;
 pub mod layernorm;
 pub mod matmul;
+pub mod matmul_tc;
 pub mod optim;
 pub mod softmax;
 

@@ -51,5 +51,7 @@ pub fn all_sources() -> Vec<KernelSource> {
         super::optim::SOURCE,
         super::matmul::SOURCE,
         super::attention::SOURCE,
+        super::matmul_tc::SOURCE,
+        super::flash_attention::SOURCE,
     ]
 }

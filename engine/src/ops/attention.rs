@@ -116,12 +116,17 @@ impl Tensor {
     }
 }
 
-/// The GPU paths (the simple attention kernel until flash attention lands).
+/// The GPU paths: the simple attention kernel, or flash attention for bf16/f16 with head
+/// dimension 64 or 128 when `POLYLM_GPU_ATTENTION=flash` (off by default until the flash
+/// kernels have passed their GPU tests; see docs/gpu-results.md).
 mod gpu {
+    use std::sync::OnceLock;
+
     use polylm_kernels::attention::AttentionDims;
     use polylm_kernels::cuda::attention::{
         attention_backward, attention_forward, AttentionGrads, AttentionShape,
     };
+    use polylm_kernels::cuda::flash_attention::{self as flash, FlashGrads, FlashShape};
 
     use super::AttentionBackward;
     use crate::cuda::{alloc_like, cuda_err, dense, GpuElem};
@@ -129,6 +134,24 @@ mod gpu {
 
     fn shape(dims: AttentionDims, scale: f64) -> AttentionShape {
         AttentionShape {
+            heads: dims.heads,
+            seq: dims.seq,
+            head_dim: dims.head_dim,
+            causal: true,
+            scale: scale as f32,
+        }
+    }
+
+    /// Whether `T` at this head dimension runs on the flash kernels.
+    fn use_flash<T: GpuElem>(dims: AttentionDims) -> bool {
+        static ON: OnceLock<bool> = OnceLock::new();
+        *ON.get_or_init(|| std::env::var("POLYLM_GPU_ATTENTION").is_ok_and(|v| v == "flash"))
+            && flash::supports::<T>(dims.head_dim)
+    }
+
+    fn flash_shape(dims: AttentionDims, scale: f64) -> FlashShape {
+        FlashShape {
+            batch: 1,
             heads: dims.heads,
             seq: dims.seq,
             head_dim: dims.head_dim,
@@ -147,7 +170,10 @@ mod gpu {
         let (qv, kv, vv) = (dense::<T>(q)?, dense::<T>(k)?, dense::<T>(v)?);
         let mut out = alloc_like::<T>(q, dims.qkv_len())?;
         let mut lse = qv.device().alloc::<f32>(dims.lse_len()).map_err(cuda_err("causal_attention"))?;
-        if dims.qkv_len() > 0 {
+        if dims.qkv_len() > 0 && use_flash::<T>(dims) {
+            flash::forward(&qv, &kv, &vv, &flash_shape(dims, scale), &mut out, &mut lse)
+                .map_err(cuda_err("causal_attention"))?;
+        } else if dims.qkv_len() > 0 {
             attention_forward(&qv, &kv, &vv, &shape(dims, scale), &mut out, &mut lse)
                 .map_err(cuda_err("causal_attention"))?;
         }
@@ -166,7 +192,19 @@ mod gpu {
         let like = &inputs[0];
         let (mut dq, mut dk, mut dv) =
             (alloc_like::<T>(like, n)?, alloc_like::<T>(like, n)?, alloc_like::<T>(like, n)?);
-        if n > 0 {
+        if n > 0 && use_flash::<T>(b.dims) {
+            flash::backward(
+                &q,
+                &k,
+                &v,
+                &o,
+                &l,
+                &gv,
+                &flash_shape(b.dims, b.scale),
+                FlashGrads { dq: &mut dq, dk: &mut dk, dv: &mut dv },
+            )
+            .map_err(cuda_err("causal_attention backward"))?;
+        } else if n > 0 {
             attention_backward(
                 &q,
                 &k,

@@ -197,12 +197,68 @@ impl Tensor {
 /// The GPU path: one launch of the tiled product when each operand's batch elements are
 /// evenly spaced in its storage (always true after making it dense), with strided matrices.
 mod gpu {
+    use std::sync::OnceLock;
+
+    use half::{bf16, f16};
     use polylm_kernels::cuda::matmul::{gemm, GemmDims, MatView};
+    use polylm_kernels::cuda::matmul_tc::{gemm_tc, Epilogue};
+    use polylm_kernels::cuda::{CudaResult, DeviceBuf};
 
     use super::batch_offset;
     use crate::cuda::{cuda_err, GpuElem};
     use crate::layout::Layout;
     use crate::{Result, Tensor};
+
+    /// Whether bf16/f16 products run on the tensor-core kernel (`matmul_tc`) rather than the
+    /// simple tiled one: `POLYLM_GPU_MATMUL=tc` turns it on. It stays off by default until
+    /// the tensor-core kernel has passed its GPU tests (see docs/gpu-results.md).
+    fn tensor_cores() -> bool {
+        static ON: OnceLock<bool> = OnceLock::new();
+        *ON.get_or_init(|| std::env::var("POLYLM_GPU_MATMUL").is_ok_and(|v| v == "tc"))
+    }
+
+    /// The product kernel of each element type.
+    pub(super) trait Gemm: GpuElem {
+        /// `c = a · b` for `dims`.
+        fn product(
+            dims: GemmDims,
+            a: MatView<'_, Self>,
+            b: MatView<'_, Self>,
+            c: &mut DeviceBuf<Self>,
+        ) -> CudaResult<()>;
+    }
+
+    impl Gemm for f32 {
+        fn product(
+            dims: GemmDims,
+            a: MatView<'_, f32>,
+            b: MatView<'_, f32>,
+            c: &mut DeviceBuf<f32>,
+        ) -> CudaResult<()> {
+            gemm(dims, a, b, c, None)
+        }
+    }
+
+    macro_rules! tensor_core_gemm {
+        ($t:ty) => {
+            impl Gemm for $t {
+                fn product(
+                    dims: GemmDims,
+                    a: MatView<'_, $t>,
+                    b: MatView<'_, $t>,
+                    c: &mut DeviceBuf<$t>,
+                ) -> CudaResult<()> {
+                    if tensor_cores() {
+                        gemm_tc(dims, a, b, c, Epilogue::None)
+                    } else {
+                        gemm(dims, a, b, c, None)
+                    }
+                }
+            }
+        };
+    }
+    tensor_core_gemm!(bf16);
+    tensor_core_gemm!(f16);
 
     /// Evenly spaced batch offsets `(first, step)`, if they are.
     fn progression(layout: &Layout, batch: &[usize]) -> Option<(usize, usize)> {
@@ -212,7 +268,7 @@ mod gpu {
         (0..count).all(|i| batch_offset(layout, batch, i) == first + i * step).then_some((first, step))
     }
 
-    pub(super) fn matmul<T: GpuElem>(a: &Tensor, b: &Tensor, batch: &[usize]) -> Result<Tensor> {
+    pub(super) fn matmul<T: Gemm>(a: &Tensor, b: &Tensor, batch: &[usize]) -> Result<Tensor> {
         let (ra, rb) = (a.rank(), b.rank());
         let (m, k, n) = (a.shape()[ra - 2], a.shape()[ra - 1], b.shape()[rb - 1]);
         let count: usize = batch.iter().product();
@@ -241,12 +297,11 @@ mod gpu {
         if k == 0 {
             polylm_kernels::cuda::elementwise::fill(&mut out, 0.0).map_err(cuda_err("matmul"))?;
         } else if count * m * n > 0 {
-            gemm(
+            T::product(
                 dims,
                 view(abuf, a.layout(), a_first, a_step),
                 view(bbuf, b.layout(), b_first, b_step),
                 &mut out,
-                None,
             )
             .map_err(cuda_err("matmul"))?;
         }

@@ -1,0 +1,202 @@
+//! TFLOP/s of the tensor-core matrix product (`kernels/cuda/matmul_tc.cu`) against cuBLAS
+//! (through cudarc, `cublasGemmStridedBatchedEx`, bf16 in, f32 compute; the reference only),
+//! side by side on the same buffers in the same run.
+//!
+//! `cargo bench --bench cuda_matmul` (without a GPU it prints that it skipped and exits 0).
+//! Shapes: 4096³ and 8192³, and the PolyLM-1.7B training products with 8192 tokens and hidden
+//! 2048 against the weights 2048×6144 (QKV), 2048×8192 (MLP up), 8192×2048 (MLP down) and
+//! 2048×256000 (LM head), each forward (Y = X·W, bf16 out), input gradient (dX = dY·Wᵀ, bf16
+//! out) and weight gradient (dW = Xᵀ·dY, f32 out). Inputs are dense pseudo-random bf16 (low-rank
+//! products of random factors, generated on the device), never constants. Each product is
+//! timed with CUDA events over several runs after a warm-up. Set `POLYLM_BENCH_OUT=path` to
+//! also write the table as Markdown.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use half::bf16;
+use polylm_kernels::cuda::matmul::{GemmDims, MatView};
+use polylm_kernels::cuda::matmul_tc::{gemm_tc_with, CublasGemm, Epilogue};
+use polylm_kernels::cuda::{CudaDevice, CudaResult, DeviceBuf, FloatElem};
+
+const TOKENS: usize = 8192;
+const HIDDEN: usize = 2048;
+
+/// A dense pseudo-random `rows × cols` bf16 matrix: the product of random `rows × 64` and
+/// `64 × cols` factors (uploaded from the host), scaled to values of order 1.
+fn random_matrix(dev: &Arc<CudaDevice>, rows: usize, cols: usize, seed: u64) -> CudaResult<DeviceBuf<bf16>> {
+    const R: usize = 64;
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bf16::from_f64((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0)
+    };
+    let f1: Vec<bf16> = (0..rows * R).map(|_| next()).collect();
+    let f2: Vec<bf16> = (0..R * cols).map(|_| next()).collect();
+    let (d1, d2) = (dev.upload(&f1)?, dev.upload(&f2)?);
+    let mut out = dev.alloc::<bf16>(rows * cols)?;
+    let dims = GemmDims { m: rows, n: cols, k: R, batch: 1, alpha: 0.25, beta: 0.0 };
+    gemm_tc_with(
+        None,
+        dims,
+        MatView::row_major(&d1, rows, R),
+        MatView::row_major(&d2, R, cols),
+        &mut out,
+        Epilogue::None,
+    )?;
+    Ok(out)
+}
+
+struct Bench {
+    dev: Arc<CudaDevice>,
+    blas: Option<CublasGemm>,
+    rows: String,
+}
+
+impl Bench {
+    /// Times ours and cuBLAS on `C = A·B` and adds a table row.
+    fn case<O: FloatElem>(
+        &mut self,
+        label: &str,
+        dims: GemmDims,
+        a: MatView<'_, bf16>,
+        b: MatView<'_, bf16>,
+        c: &mut DeviceBuf<O>,
+    ) {
+        let flops = 2.0 * (dims.m * dims.n * dims.k * dims.batch) as f64;
+        // About 0.2 s of work per measurement at 500 TFLOP/s, 3 to 20 runs.
+        let iters = ((1e14 / flops) as usize).clamp(3, 20);
+        let mut tile = None;
+        let ours = self.dev.time_ms(iters, || {
+            tile = Some(gemm_tc_with(None, dims, a, b, c, Epilogue::None)?);
+            Ok(())
+        });
+        let theirs = match &self.blas {
+            Some(blas) => blas_time(&self.dev, blas, iters, dims, a, b, c),
+            None => Err("cuBLAS not loaded".to_string()),
+        };
+        let shape = format!("{}×{}×{}", dims.m, dims.n, dims.k);
+        let tflops = |ms: f64| flops / ms / 1e9;
+        let (ours_ms, ours_tf) = match &ours {
+            Ok(ms) => (format!("{ms:.3}"), format!("{:.1}", tflops(*ms))),
+            Err(e) => (format!("error: {e}"), "-".into()),
+        };
+        let (blas_ms, blas_tf) = match &theirs {
+            Ok(ms) => (format!("{ms:.3}"), format!("{:.1}", tflops(*ms))),
+            Err(e) => (format!("error: {e}"), "-".into()),
+        };
+        let ratio = match (&ours, &theirs) {
+            (Ok(o), Ok(t)) => format!("{:.2}", t / o),
+            _ => "-".into(),
+        };
+        let tile = tile.map_or("-".to_string(), |t| format!("{t:?}"));
+        let line = format!(
+            "| {label} | {shape} | {} | {tile} | {ours_ms} | {ours_tf} | {blas_ms} | {blas_tf} | {ratio} |",
+            O::NAME
+        );
+        println!("{line}");
+        let _ = writeln!(self.rows, "{line}");
+    }
+}
+
+fn blas_time<O: FloatElem>(
+    dev: &Arc<CudaDevice>,
+    blas: &CublasGemm,
+    iters: usize,
+    dims: GemmDims,
+    a: MatView<'_, bf16>,
+    b: MatView<'_, bf16>,
+    c: &mut DeviceBuf<O>,
+) -> Result<f64, String> {
+    dev.time_ms(iters, || blas.gemm(dims, a, b, c)).map_err(|e| e.to_string())
+}
+
+fn run(dev: &Arc<CudaDevice>) -> CudaResult<String> {
+    let blas = match CublasGemm::new(dev) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            println!("cuBLAS unavailable ({e}): only our kernel is timed");
+            None
+        }
+    };
+    let mut bench = Bench { dev: Arc::clone(dev), blas, rows: String::new() };
+    let a = dev.arch();
+    println!("device: {} (sm_{}{}), {} SMs", dev.name(), a.major, a.minor, dev.multiprocessors());
+    let header = "| product | M×N×K | out | our tile | ours ms | ours TFLOP/s | cuBLAS ms | cuBLAS TFLOP/s | ours/cuBLAS |\n\
+                  |---|---|---|---|---|---|---|---|---|";
+    println!("{header}");
+
+    for s in [4096usize, 8192] {
+        let x = random_matrix(dev, s, s, 1)?;
+        let w = random_matrix(dev, s, s, 2)?;
+        let mut y = dev.alloc::<bf16>(s * s)?;
+        let dims = GemmDims { m: s, n: s, k: s, batch: 1, alpha: 1.0, beta: 0.0 };
+        bench.case(
+            &format!("square {s}³"),
+            dims,
+            MatView::row_major(&x, s, s),
+            MatView::row_major(&w, s, s),
+            &mut y,
+        );
+    }
+
+    let weights = [
+        ("QKV", HIDDEN, 3 * HIDDEN),
+        ("MLP up", HIDDEN, 4 * HIDDEN),
+        ("MLP down", 4 * HIDDEN, HIDDEN),
+        ("LM head", HIDDEN, 256_000),
+    ];
+    for (name, k_in, n_out) in weights {
+        let x = random_matrix(dev, TOKENS, k_in, 3)?;
+        let w = random_matrix(dev, k_in, n_out, 4)?;
+        let dy = random_matrix(dev, TOKENS, n_out, 5)?;
+        let xv = MatView::row_major(&x, TOKENS, k_in);
+        let wv = MatView::row_major(&w, k_in, n_out);
+        let dyv = MatView::row_major(&dy, TOKENS, n_out);
+        {
+            // Forward: Y[T, out] = X[T, in] · W[in, out].
+            let mut y = dev.alloc::<bf16>(TOKENS * n_out)?;
+            let dims = GemmDims { m: TOKENS, n: n_out, k: k_in, batch: 1, alpha: 1.0, beta: 0.0 };
+            bench.case(&format!("{name} forward X·W"), dims, xv, wv, &mut y);
+        }
+        {
+            // Input gradient: dX[T, in] = dY[T, out] · Wᵀ.
+            let mut dx = dev.alloc::<bf16>(TOKENS * k_in)?;
+            let dims = GemmDims { m: TOKENS, n: k_in, k: n_out, batch: 1, alpha: 1.0, beta: 0.0 };
+            bench.case(&format!("{name} dX = dY·Wᵀ"), dims, dyv, wv.t(), &mut dx);
+        }
+        {
+            // Weight gradient: dW[in, out] = Xᵀ · dY, in f32.
+            let mut dw = dev.alloc::<f32>(k_in * n_out)?;
+            let dims = GemmDims { m: k_in, n: n_out, k: TOKENS, batch: 1, alpha: 1.0, beta: 0.0 };
+            bench.case(&format!("{name} dW = Xᵀ·dY"), dims, xv.t(), dyv, &mut dw);
+        }
+    }
+    Ok(format!("device: {}\n\n{header}\n{}", dev.name(), bench.rows))
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is parsed.
+    let dev = match CudaDevice::new(0) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("skipped: no GPU ({e})");
+            return;
+        }
+    };
+    match run(&dev) {
+        Ok(table) => {
+            if let Some(path) = std::env::var_os("POLYLM_BENCH_OUT") {
+                if let Err(e) = std::fs::write(&path, table) {
+                    eprintln!("could not write {}: {e}", path.to_string_lossy());
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("cuda_matmul benchmark failed: {e}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! Launch wrappers of `flash_attention.cu`: flash attention forward and backward on tensor cores
+//! (`mma.sync` with bf16 or f16 inputs, f32 softmax and accumulators), for head dimensions 64
+//! and 128, causal or not, any sequence length.
+//!
+//! The layout is that of [`super::attention`] and of the engine's attention op: `q`, `k`, `v`,
+//! the output and every gradient are contiguous `[batch, heads, seq, head_dim]` (batch and heads
+//! may be flattened into one axis: pass `batch = 1` and the product as `heads`), and the saved
+//! log-sum-exp is `[batch, heads, seq]` in f32, the natural log of the row sums of
+//! `exp(scale·q·kᵀ)`, exactly what the simple kernel and the CPU op save. So the backward of one
+//! kernel accepts the forward outputs of the other.
+//!
+//! Only bf16 and f16 storage with head dimension 64 or 128 run here ([`supports`]); other cases
+//! get a [`CudaError::Invalid`], and the caller keeps the simple kernel for them.
+
+use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+
+use super::device::{blocks_for, check_len, grid1, DeviceBuf, FloatElem};
+use super::error::{CudaError, CudaResult};
+use super::source::{kernel_source, KernelSource};
+
+/// The kernel file.
+pub const SOURCE: KernelSource = kernel_source!("flash_attention");
+
+/// Query rows per forward block and per backward query tile (4 warps × 16 rows).
+pub const BLOCK_M: usize = 64;
+/// Keys per forward tile and per backward block.
+pub const BLOCK_N: usize = 64;
+/// The head dimensions with a compiled kernel.
+pub const HEAD_DIMS: [usize; 2] = [64, 128];
+const THREADS: u32 = 128;
+/// Padding, in elements, of every shared-memory row (16 bytes).
+const PAD: usize = 8;
+/// Rows (one warp each) per block of the backward pre-pass.
+const PREP_ROWS: usize = 8;
+
+/// Sizes and options of one flash attention call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FlashShape {
+    /// Independent sequences.
+    pub batch: usize,
+    /// Heads per sequence.
+    pub heads: usize,
+    /// Sequence length (queries and keys), any value from 1.
+    pub seq: usize,
+    /// Size of one head: 64 or 128.
+    pub head_dim: usize,
+    /// Mask key `j` for query `i` when `j > i`.
+    pub causal: bool,
+    /// Score scale, usually `1/√head_dim` (see [`FlashShape::new`]).
+    pub scale: f32,
+}
+
+impl FlashShape {
+    /// A shape with the usual scale `1/√head_dim`.
+    pub fn new(batch: usize, heads: usize, seq: usize, head_dim: usize, causal: bool) -> FlashShape {
+        FlashShape { batch, heads, seq, head_dim, causal, scale: 1.0 / (head_dim.max(1) as f32).sqrt() }
+    }
+
+    /// Elements of one `[batch, heads, seq, head_dim]` tensor.
+    pub fn qkv_len(&self) -> usize {
+        self.batch * self.heads * self.seq * self.head_dim
+    }
+
+    /// Elements of the `[batch, heads, seq]` log-sum-exp.
+    pub fn lse_len(&self) -> usize {
+        self.batch * self.heads * self.seq
+    }
+
+    /// Floating-point operations of the forward (two products of `seq²·head_dim` multiply-adds
+    /// per head), halved when causal. The backward does 2.5 times as many.
+    pub fn forward_flops(&self) -> f64 {
+        let full = 4.0 * (self.batch * self.heads) as f64 * (self.seq as f64).powi(2) * self.head_dim as f64;
+        if self.causal {
+            full / 2.0
+        } else {
+            full
+        }
+    }
+
+    /// Checks that the kernels support this shape with storage type `T`, without touching a
+    /// device; the error says why not.
+    pub fn validate<T: FloatElem>(&self, op: &'static str) -> CudaResult<()> {
+        if !matches!(T::NAME, "bf16" | "f16") {
+            return Err(CudaError::invalid(
+                op,
+                format!("flash attention takes bf16 or f16, not {}", T::NAME),
+            ));
+        }
+        if !HEAD_DIMS.contains(&self.head_dim) {
+            return Err(CudaError::invalid(
+                op,
+                format!("head_dim {} has no flash kernel (supported: {HEAD_DIMS:?})", self.head_dim),
+            ));
+        }
+        let bh = self.batch.saturating_mul(self.heads);
+        if bh == 0 || self.seq == 0 {
+            return Err(CudaError::invalid(
+                op,
+                format!("empty problem: batch {} × heads {} × seq {}", self.batch, self.heads, self.seq),
+            ));
+        }
+        // Rows (batch × heads × seq) are counted in 32-bit integers by the kernels.
+        let rows = bh.saturating_mul(self.seq);
+        if self.seq > i32::MAX as usize - BLOCK_M
+            || rows > i32::MAX as usize
+            || rows.checked_mul(self.head_dim).is_none()
+        {
+            return Err(CudaError::invalid(
+                op,
+                format!("{bh} heads × {} positions exceed the kernels' 32-bit row count", self.seq),
+            ));
+        }
+        if !self.scale.is_finite() || self.scale <= 0.0 {
+            return Err(CudaError::invalid(op, format!("scale {} must be finite and positive", self.scale)));
+        }
+        Ok(())
+    }
+
+    fn dims(&self) -> FlashDims {
+        FlashDims {
+            bh: (self.batch * self.heads) as i32,
+            seq: self.seq as i32,
+            causal: self.causal as i32,
+            scale: self.scale,
+        }
+    }
+}
+
+/// Whether the flash kernels run storage type `T` with this head dimension.
+pub fn supports<T: FloatElem>(head_dim: usize) -> bool {
+    matches!(T::NAME, "bf16" | "f16") && HEAD_DIMS.contains(&head_dim)
+}
+
+/// Dynamic shared memory of the forward kernel: a Q tile and two stages each of K and V.
+pub fn forward_shared_bytes(head_dim: usize) -> usize {
+    (BLOCK_M + 4 * BLOCK_N) * (head_dim + PAD) * 2
+}
+
+/// Dynamic shared memory of the main backward kernel: K, V, two stages each of Q and dO, the
+/// dSᵀ tile and two stages of the query rows' log-sum-exp and row dots.
+pub fn backward_shared_bytes(head_dim: usize) -> usize {
+    6 * BLOCK_M * (head_dim + PAD) * 2 + BLOCK_N * (BLOCK_M + PAD) * 2 + 4 * BLOCK_M * 4
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct FlashDims {
+    bh: i32,
+    seq: i32,
+    causal: i32,
+    scale: f32,
+}
+// SAFETY: `#[repr(C)]` plain data matching `struct FlashDims` in flash_attention.cu.
+unsafe impl DeviceRepr for FlashDims {}
+
+fn tiles_grid(
+    op: &'static str,
+    s: &FlashShape,
+    rows_per_block: usize,
+    shared: usize,
+) -> CudaResult<LaunchConfig> {
+    Ok(LaunchConfig {
+        // One-dimensional: block x is tile x / bh of head x % bh (heaviest causal tiles first).
+        grid_dim: (blocks_for(op, s.seq.div_ceil(rows_per_block) * s.batch * s.heads, 1)?, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: shared as u32,
+    })
+}
+
+/// Forward: writes `out = softmax(scale·q·kᵀ + mask)·v` and the per-row log-sum-exp `lse` of the
+/// scaled scores (`[batch, heads, seq]`, f32), which [`backward`] needs.
+///
+/// Errors with [`CudaError::Invalid`] when the shape is unsupported ([`FlashShape::validate`])
+/// or a buffer is shorter than the shape needs.
+pub fn forward<T: FloatElem>(
+    q: &DeviceBuf<T>,
+    k: &DeviceBuf<T>,
+    v: &DeviceBuf<T>,
+    shape: &FlashShape,
+    out: &mut DeviceBuf<T>,
+    lse: &mut DeviceBuf<f32>,
+) -> CudaResult<()> {
+    const OP: &str = "flash_attention_forward";
+    shape.validate::<T>(OP)?;
+    let n = shape.qkv_len();
+    for (what, buf) in [("q", q), ("k", k), ("v", v), ("out", &*out)] {
+        check_len(OP, what, buf, n)?;
+    }
+    check_len(OP, "lse", lse, shape.lse_len())?;
+    let dev = out.device().clone();
+    let shared = forward_shared_bytes(shape.head_dim);
+    let f = dev.function(&SOURCE, &format!("flash_fwd_{}_d{}", T::NAME, shape.head_dim))?;
+    dev.allow_shared_memory(&f, shared as u32)?;
+    let cfg = tiles_grid(OP, shape, BLOCK_M, shared)?;
+    let d = shape.dims();
+    let (pq, pk, pv, po, pl) = (q.ptr(), k.ptr(), v.ptr(), out.ptr(), lse.ptr());
+    let mut args = dev.launcher(&f)?;
+    args.arg(&d).arg(&pq).arg(&pk).arg(&pv).arg(&po).arg(&pl);
+    dev.launch(args, cfg, "launching flash_fwd")
+}
+
+/// The gradients [`backward`] writes.
+#[derive(Debug)]
+pub struct FlashGrads<'a, T: FloatElem> {
+    /// Receives dQ.
+    pub dq: &'a mut DeviceBuf<T>,
+    /// Receives dK.
+    pub dk: &'a mut DeviceBuf<T>,
+    /// Receives dV.
+    pub dv: &'a mut DeviceBuf<T>,
+}
+
+/// Backward: writes dQ, dK and dV from the inputs, the forward's `out` and `lse`, and the
+/// output gradient `dout`. The probabilities are recomputed tile by tile from `lse`; the only
+/// workspace is an f32 dQ accumulator of the size of `q` and the `[batch, heads, seq]` row dots.
+///
+/// Errors like [`forward`].
+#[allow(clippy::too_many_arguments)]
+pub fn backward<T: FloatElem>(
+    q: &DeviceBuf<T>,
+    k: &DeviceBuf<T>,
+    v: &DeviceBuf<T>,
+    out: &DeviceBuf<T>,
+    lse: &DeviceBuf<f32>,
+    dout: &DeviceBuf<T>,
+    shape: &FlashShape,
+    grads: FlashGrads<'_, T>,
+) -> CudaResult<()> {
+    const OP: &str = "flash_attention_backward";
+    shape.validate::<T>(OP)?;
+    let n = shape.qkv_len();
+    for (what, buf) in [("q", q), ("k", k), ("v", v), ("out", out), ("dout", dout)] {
+        check_len(OP, what, buf, n)?;
+    }
+    for (what, buf) in [("dq", &*grads.dq), ("dk", &*grads.dk), ("dv", &*grads.dv)] {
+        check_len(OP, what, buf, n)?;
+    }
+    check_len(OP, "lse", lse, shape.lse_len())?;
+    let dev = out.device().clone();
+    let rows = shape.lse_len();
+    let dq_acc = dev.alloc::<f32>(n)?;
+    let dot = dev.alloc::<f32>(rows)?;
+    let (pq, pk, pv, po, pl, pd) = (q.ptr(), k.ptr(), v.ptr(), out.ptr(), lse.ptr(), dout.ptr());
+    let (pacc, pdot) = (dq_acc.ptr(), dot.ptr());
+
+    // Row dots D = rowsum(dO∘O), and the dQ accumulator zeroed.
+    let f = dev.function(&SOURCE, &format!("flash_bwd_prep_{}", T::NAME))?;
+    let (rows_i, dim_i) = (rows as i32, shape.head_dim as i32);
+    let cfg = grid1(blocks_for(OP, rows, PREP_ROWS)?, 32 * PREP_ROWS as u32, 0);
+    let mut args = dev.launcher(&f)?;
+    args.arg(&rows_i).arg(&dim_i).arg(&po).arg(&pd).arg(&pdot).arg(&pacc);
+    dev.launch(args, cfg, "launching flash_bwd_prep")?;
+
+    // dK, dV per key block; dQ added into the f32 accumulator.
+    let shared = backward_shared_bytes(shape.head_dim);
+    let f = dev.function(&SOURCE, &format!("flash_bwd_{}_d{}", T::NAME, shape.head_dim))?;
+    dev.allow_shared_memory(&f, shared as u32)?;
+    let cfg = tiles_grid(OP, shape, BLOCK_N, shared)?;
+    let d = shape.dims();
+    let (pdk, pdv) = (grads.dk.ptr(), grads.dv.ptr());
+    let mut args = dev.launcher(&f)?;
+    args.arg(&d).arg(&pq).arg(&pk).arg(&pv).arg(&pd).arg(&pl).arg(&pdot).arg(&pacc).arg(&pdk).arg(&pdv);
+    dev.launch(args, cfg, "launching flash_bwd")?;
+
+    // dQ = scale · accumulator, in the storage type.
+    let f = dev.function(&SOURCE, &format!("flash_bwd_dq_{}", T::NAME))?;
+    let n_i = n as i64;
+    let cfg = grid1(blocks_for(OP, n / 4, 256)?, 256, 0);
+    let pdq = grads.dq.ptr();
+    let mut args = dev.launcher(&f)?;
+    args.arg(&n_i).arg(&shape.scale).arg(&pacc).arg(&pdq);
+    dev.launch(args, cfg, "launching flash_bwd_dq")
+}

@@ -1,0 +1,321 @@
+//! Flash attention (`kernels/cuda/flash_attention.*`) against a plain f64 softmax attention
+//! written here, on a GPU.
+//!
+//! Every case draws random inputs (never zeros or ones) rounded to the storage type, runs the
+//! forward and the backward with every output poisoned beforehand (all bytes 0xFF: NaN in f32,
+//! bf16 and f16, so an element never written fails), and compares the output, the log-sum-exp
+//! and dQ, dK, dV with the f64 reference computed on the same rounded inputs. Sequence lengths
+//! cover 1, lengths that are not multiples of the 64-row tiles, and up to 4096; head dimensions
+//! 64 and 128; causal and not; several batch × heads.
+//!
+//! Without a GPU each GPU test prints `skipped: no GPU` and passes; the shape validation test
+//! needs no device and always runs.
+
+mod common;
+
+use std::sync::Arc;
+
+use half::{bf16, f16};
+use polylm_engine::Rng;
+use polylm_kernels::cast::Scalar;
+use polylm_kernels::cuda::flash_attention::{self, FlashGrads, FlashShape};
+use polylm_kernels::cuda::{CudaDevice, CudaError, DeviceBuf, FloatElem};
+use rayon::prelude::*;
+
+/// The device, or `None` after printing that the test skips.
+fn device(test: &str) -> Option<Arc<CudaDevice>> {
+    match CudaDevice::new(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            eprintln!("skipped: no GPU ({test}: {e})");
+            None
+        }
+    }
+}
+
+/// A storage type under test with its tolerances: element-wise `|got − want| ≤ ATOL·max|want| +
+/// RTOL·|want|`, and the relative Frobenius error of the whole tensor at most `FRO`.
+trait Precision: FloatElem + Scalar {
+    const RTOL: f64;
+    const ATOL: f64;
+    const FRO: f64;
+}
+impl Precision for bf16 {
+    const RTOL: f64 = 2e-2;
+    const ATOL: f64 = 2e-2;
+    const FRO: f64 = 1e-2;
+}
+impl Precision for f16 {
+    const RTOL: f64 = 5e-3;
+    const ATOL: f64 = 5e-3;
+    const FRO: f64 = 2.5e-3;
+}
+
+/// Random values in `±scale` rounded to `T`: the device copy and the exact f64 values.
+fn random<T: Precision>(
+    dev: &Arc<CudaDevice>,
+    rng: &mut Rng,
+    n: usize,
+    scale: f64,
+) -> (DeviceBuf<T>, Vec<f64>) {
+    let values: Vec<T> = (0..n).map(|_| T::round_from((rng.uniform() * 2.0 - 1.0) * scale)).collect();
+    let exact = values.iter().map(|v| v.widen()).collect();
+    (dev.upload(&values).expect("upload"), exact)
+}
+
+/// A buffer of `n` elements poisoned with NaN.
+fn poisoned<T: FloatElem>(dev: &Arc<CudaDevice>, n: usize) -> DeviceBuf<T> {
+    dev.alloc_filled_bytes::<T>(n, 0xFF).expect("alloc")
+}
+
+/// The buffer's values as f64, asserting every element was written (no NaN poison left).
+#[track_caller]
+fn read<T: FloatElem + Scalar>(what: &str, buf: &DeviceBuf<T>) -> Vec<f64> {
+    let values: Vec<f64> = buf.device().download(buf).expect("download").iter().map(|v| v.widen()).collect();
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        panic!("{what}<{}>: element {i} of {} is {} (never written?)", T::NAME, values.len(), values[i]);
+    }
+    values
+}
+
+#[track_caller]
+fn check(what: &str, got: &[f64], want: &[f64], rtol: f64, atol: f64, fro: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = common::max_abs(want).max(1e-6);
+    common::assert_close(what, got, want, rtol, atol * scale);
+    let err: f64 = got.iter().zip(want).map(|(g, w)| (g - w).powi(2)).sum::<f64>().sqrt();
+    let norm: f64 = want.iter().map(|w| w * w).sum::<f64>().sqrt().max(1e-12);
+    assert!(err / norm <= fro, "{what}: relative Frobenius error {:.3e} exceeds {fro:e}", err / norm);
+}
+
+/// Everything the reference produces.
+struct Reference {
+    out: Vec<f64>,
+    lse: Vec<f64>,
+    dq: Vec<f64>,
+    dk: Vec<f64>,
+    dv: Vec<f64>,
+}
+
+/// Softmax attention in f64 straight from the definition, one `[seq, d]` head at a time (heads
+/// in parallel): `s = scale·q·kᵀ` with keys after the query masked when causal, `p = softmax(s)`,
+/// `out = p·v`, `lse = log Σ exp(s)`; backward `dp = dO·vᵀ`, `ds = p∘(dp − rowsum(dO∘out))`,
+/// `dq = scale·ds·k`, `dk = scale·dsᵀ·q`, `dv = pᵀ·dO`.
+#[allow(clippy::too_many_arguments)]
+fn reference(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    dout: &[f64],
+    bh: usize,
+    t: usize,
+    d: usize,
+    causal: bool,
+    scale: f64,
+) -> Reference {
+    let heads: Vec<[Vec<f64>; 5]> = (0..bh)
+        .into_par_iter()
+        .map(|h| {
+            let at = |x: &[f64], i: usize| -> Vec<f64> { x[(h * t + i) * d..(h * t + i + 1) * d].to_vec() };
+            let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+            let (qs, ks, vs, gs): (Vec<_>, Vec<_>, Vec<_>, Vec<_>) = (
+                (0..t).map(|i| at(q, i)).collect(),
+                (0..t).map(|i| at(k, i)).collect(),
+                (0..t).map(|i| at(v, i)).collect(),
+                (0..t).map(|i| at(dout, i)).collect(),
+            );
+            let (mut out, mut lse) = (vec![0.0; t * d], vec![0.0; t]);
+            let (mut dq, mut dk, mut dv) = (vec![0.0; t * d], vec![0.0; t * d], vec![0.0; t * d]);
+            for i in 0..t {
+                let last = if causal { i } else { t - 1 };
+                let s: Vec<f64> = (0..=last).map(|j| dot(&qs[i], &ks[j]) * scale).collect();
+                let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let l = mx + s.iter().map(|x| (x - mx).exp()).sum::<f64>().ln();
+                lse[i] = l;
+                let p: Vec<f64> = s.iter().map(|x| (x - l).exp()).collect();
+                let o = &mut out[i * d..(i + 1) * d];
+                for (j, pj) in p.iter().enumerate() {
+                    for (oc, vc) in o.iter_mut().zip(&vs[j]) {
+                        *oc += pj * vc;
+                    }
+                }
+                let di = dot(&gs[i], o);
+                for (j, pj) in p.iter().enumerate() {
+                    let ds = pj * (dot(&gs[i], &vs[j]) - di) * scale;
+                    for c in 0..d {
+                        dq[i * d + c] += ds * ks[j][c];
+                        dk[j * d + c] += ds * qs[i][c];
+                        dv[j * d + c] += pj * gs[i][c];
+                    }
+                }
+            }
+            [out, lse, dq, dk, dv]
+        })
+        .collect();
+    let mut r = Reference { out: vec![], lse: vec![], dq: vec![], dk: vec![], dv: vec![] };
+    for [out, lse, dq, dk, dv] in heads {
+        r.out.extend(out);
+        r.lse.extend(lse);
+        r.dq.extend(dq);
+        r.dk.extend(dk);
+        r.dv.extend(dv);
+    }
+    r
+}
+
+/// One forward + backward against the reference; `qk_scale` is the range of q and k (larger
+/// values give peakier softmaxes).
+fn case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64, shape: FlashShape, qk_scale: f64) {
+    let mut rng = Rng::new(seed);
+    let n = shape.qkv_len();
+    let (q, qv) = random::<T>(dev, &mut rng, n, qk_scale);
+    let (k, kv) = random::<T>(dev, &mut rng, n, qk_scale);
+    let (v, vv) = random::<T>(dev, &mut rng, n, 1.0);
+    let (dout, dov) = random::<T>(dev, &mut rng, n, 1.0);
+    let mut out = poisoned::<T>(dev, n);
+    let mut lse = poisoned::<f32>(dev, shape.lse_len());
+    flash_attention::forward(&q, &k, &v, &shape, &mut out, &mut lse).expect("flash forward");
+    let (mut dq, mut dk, mut dv) = (poisoned::<T>(dev, n), poisoned::<T>(dev, n), poisoned::<T>(dev, n));
+    flash_attention::backward(
+        &q,
+        &k,
+        &v,
+        &out,
+        &lse,
+        &dout,
+        &shape,
+        FlashGrads { dq: &mut dq, dk: &mut dk, dv: &mut dv },
+    )
+    .expect("flash backward");
+
+    let bh = shape.batch * shape.heads;
+    let want =
+        reference(&qv, &kv, &vv, &dov, bh, shape.seq, shape.head_dim, shape.causal, shape.scale as f64);
+    let tag = format!(
+        "flash<{}> b{} h{} t{} d{} causal {} qk±{qk_scale}",
+        T::NAME,
+        shape.batch,
+        shape.heads,
+        shape.seq,
+        shape.head_dim,
+        shape.causal
+    );
+    let (rt, at, fro) = (T::RTOL, T::ATOL, T::FRO);
+    check(&format!("{tag} out"), &read("out", &out), &want.out, rt, at, fro);
+    // The log-sum-exp is f32 arithmetic on exact products of the rounded inputs.
+    check(&format!("{tag} lse"), &read("lse", &lse), &want.lse, 1e-4, 1e-4, 1e-4);
+    check(&format!("{tag} dq"), &read("dq", &dq), &want.dq, rt, at, fro);
+    check(&format!("{tag} dk"), &read("dk", &dk), &want.dk, rt, at, fro);
+    check(&format!("{tag} dv"), &read("dv", &dv), &want.dv, rt, at, fro);
+    println!("ok {tag}");
+}
+
+const SEQS: [usize; 7] = [1, 17, 64, 100, 255, 513, 1024];
+
+#[test]
+fn forward_and_backward_match_f64_head_dim_64() {
+    let Some(dev) = device("flash head_dim 64") else { return };
+    for (i, &seq) in SEQS.iter().enumerate() {
+        for causal in [true, false] {
+            let (batch, heads) = if seq <= 255 { (2, 3) } else { (1, 2) };
+            let shape = FlashShape::new(batch, heads, seq, 64, causal);
+            case::<bf16>(&dev, 1000 + 2 * i as u64 + causal as u64, shape, 1.5);
+        }
+    }
+}
+
+#[test]
+fn forward_and_backward_match_f64_head_dim_128() {
+    let Some(dev) = device("flash head_dim 128") else { return };
+    for (i, &seq) in SEQS.iter().enumerate() {
+        for causal in [true, false] {
+            let (batch, heads) = if seq <= 255 { (2, 2) } else { (1, 2) };
+            let shape = FlashShape::new(batch, heads, seq, 128, causal);
+            case::<bf16>(&dev, 2000 + 2 * i as u64 + causal as u64, shape, 1.5);
+        }
+    }
+}
+
+#[test]
+fn f16_matches_f64_on_ragged_lengths() {
+    let Some(dev) = device("flash f16") else { return };
+    for (i, &(seq, d, causal)) in
+        [(1, 64, true), (17, 128, false), (100, 64, true), (255, 128, true), (513, 64, false)]
+            .iter()
+            .enumerate()
+    {
+        case::<f16>(&dev, 3000 + i as u64, FlashShape::new(2, 2, seq, d, causal), 1.5);
+    }
+}
+
+#[test]
+fn long_sequence_4096_matches_f64() {
+    let Some(dev) = device("flash seq 4096") else { return };
+    case::<bf16>(&dev, 4000, FlashShape::new(1, 2, 4096, 64, true), 1.5);
+    case::<bf16>(&dev, 4001, FlashShape::new(1, 1, 4096, 64, false), 1.5);
+}
+
+#[test]
+fn peaky_softmax_and_other_scales_match_f64() {
+    // Large scores move the running maximum often: the online softmax's rescaling is exercised.
+    let Some(dev) = device("flash peaky") else { return };
+    case::<bf16>(&dev, 5000, FlashShape::new(1, 3, 300, 128, true), 4.0);
+    case::<bf16>(&dev, 5001, FlashShape::new(2, 1, 200, 64, false), 4.0);
+    let mut shape = FlashShape::new(1, 2, 150, 64, true);
+    shape.scale = 0.3;
+    case::<f16>(&dev, 5002, shape, 1.5);
+}
+
+#[test]
+fn short_buffers_are_errors_not_launches() {
+    let Some(dev) = device("flash errors") else { return };
+    let shape = FlashShape::new(1, 2, 100, 64, true);
+    let n = shape.qkv_len();
+    let q = dev.alloc::<bf16>(n).expect("alloc");
+    let short = dev.alloc::<bf16>(n - 1).expect("alloc");
+    let mut out = dev.alloc::<bf16>(n).expect("alloc");
+    let mut lse = dev.alloc::<f32>(shape.lse_len()).expect("alloc");
+    let err = flash_attention::forward(&q, &short, &q, &shape, &mut out, &mut lse).unwrap_err();
+    assert!(matches!(err, CudaError::Invalid { .. }), "{err}");
+    let mut short_lse = dev.alloc::<f32>(shape.lse_len() - 1).expect("alloc");
+    let err = flash_attention::forward(&q, &q, &q, &shape, &mut out, &mut short_lse).unwrap_err();
+    assert!(matches!(err, CudaError::Invalid { .. }), "{err}");
+    let (mut dq, mut dk) = (dev.alloc::<bf16>(n).expect("alloc"), dev.alloc::<bf16>(n).expect("alloc"));
+    let mut dv_short = dev.alloc::<bf16>(n - 1).expect("alloc");
+    let grads = FlashGrads { dq: &mut dq, dk: &mut dk, dv: &mut dv_short };
+    let err = flash_attention::backward(&q, &q, &q, &out, &lse, &q, &shape, grads).unwrap_err();
+    assert!(matches!(err, CudaError::Invalid { .. }), "{err}");
+    let f = dev.alloc::<f32>(n).expect("alloc");
+    let mut fo = dev.alloc::<f32>(n).expect("alloc");
+    let err = flash_attention::forward(&f, &f, &f, &shape, &mut fo, &mut lse).unwrap_err();
+    assert!(matches!(err, CudaError::Invalid { .. }), "{err}");
+}
+
+#[test]
+fn unsupported_shapes_are_rejected_without_a_device() {
+    let ok = FlashShape::new(4, 16, 2048, 128, true);
+    ok.validate::<bf16>("test").expect("bf16 d128");
+    ok.validate::<f16>("test").expect("f16 d128");
+    FlashShape::new(1, 1, 1, 64, false).validate::<bf16>("test").expect("seq 1");
+    assert!(flash_attention::supports::<bf16>(64) && flash_attention::supports::<f16>(128));
+    assert!(!flash_attention::supports::<f32>(64) && !flash_attention::supports::<bf16>(96));
+    let bad = [
+        ("f32", FlashShape::new(1, 1, 8, 64, true), true),
+        ("head_dim 96", FlashShape::new(1, 1, 8, 96, true), false),
+        ("head_dim 0", FlashShape::new(1, 1, 8, 0, true), false),
+        ("seq 0", FlashShape::new(1, 1, 0, 64, true), false),
+        ("heads 0", FlashShape::new(1, 0, 8, 64, true), false),
+        ("rows over i32", FlashShape::new(1 << 12, 1 << 10, 1 << 10, 64, true), false),
+        ("scale nan", FlashShape { scale: f32::NAN, ..FlashShape::new(1, 1, 8, 64, true) }, false),
+    ];
+    for (what, shape, as_f32) in bad {
+        let err = if as_f32 { shape.validate::<f32>("test") } else { shape.validate::<bf16>("test") };
+        match err {
+            Err(CudaError::Invalid { message, .. }) => println!("{what}: {message}"),
+            other => panic!("{what}: expected an Invalid error, got {other:?}"),
+        }
+    }
+    let s = FlashShape::new(16384 / 2048, 16, 2048, 128, true);
+    let full = 4.0 * 128.0 * 2048f64 * 2048.0 * 128.0;
+    assert!((s.forward_flops() - full / 2.0).abs() < 1.0);
+}
