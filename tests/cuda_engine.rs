@@ -7,19 +7,11 @@
 
 mod common;
 
+use common::gpu::gpu;
+
 use common::{assert_close, random_tensor};
 use polylm_engine::{DType, Device, Rng, Tensor};
 use polylm_model::{Batch, Gpt, ModelConfig};
-
-fn gpu(test: &str) -> Option<Device> {
-    match Device::cuda(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            eprintln!("skipped {test}: {e}");
-            None
-        }
-    }
-}
 
 /// Runs `f` on f32 copies of `inputs` on the CPU and on the GPU; compares the outputs and the
 /// gradients of `Σ out ⊙ R` (a fixed random `R`) with respect to every input.

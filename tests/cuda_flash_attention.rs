@@ -13,6 +13,8 @@
 
 mod common;
 
+use common::gpu::{device, poisoned, read};
+
 use std::sync::Arc;
 
 use half::{bf16, f16};
@@ -21,17 +23,6 @@ use polylm_kernels::cast::Scalar;
 use polylm_kernels::cuda::flash_attention::{self, FlashGrads, FlashShape};
 use polylm_kernels::cuda::{CudaDevice, CudaError, DeviceBuf, FloatElem};
 use rayon::prelude::*;
-
-/// The device, or `None` after printing that the test skips.
-fn device(test: &str) -> Option<Arc<CudaDevice>> {
-    match CudaDevice::new(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            eprintln!("skipped: no GPU ({test}: {e})");
-            None
-        }
-    }
-}
 
 /// A storage type under test with its tolerances: element-wise `|got − want| ≤ ATOL·max|want| +
 /// RTOL·|want|`, and the relative Frobenius error of the whole tensor at most `FRO`.
@@ -61,21 +52,6 @@ fn random<T: Precision>(
     let values: Vec<T> = (0..n).map(|_| T::round_from((rng.uniform() * 2.0 - 1.0) * scale)).collect();
     let exact = values.iter().map(|v| v.widen()).collect();
     (dev.upload(&values).expect("upload"), exact)
-}
-
-/// A buffer of `n` elements poisoned with NaN.
-fn poisoned<T: FloatElem>(dev: &Arc<CudaDevice>, n: usize) -> DeviceBuf<T> {
-    dev.alloc_filled_bytes::<T>(n, 0xFF).expect("alloc")
-}
-
-/// The buffer's values as f64, asserting every element was written (no NaN poison left).
-#[track_caller]
-fn read<T: FloatElem + Scalar>(what: &str, buf: &DeviceBuf<T>) -> Vec<f64> {
-    let values: Vec<f64> = buf.device().download(buf).expect("download").iter().map(|v| v.widen()).collect();
-    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        panic!("{what}<{}>: element {i} of {} is {} (never written?)", T::NAME, values.len(), values[i]);
-    }
-    values
 }
 
 #[track_caller]

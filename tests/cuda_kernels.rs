@@ -10,6 +10,8 @@
 
 mod common;
 
+use common::gpu::{device, poisoned, read};
+
 use std::sync::Arc;
 
 use common::assert_close;
@@ -31,17 +33,6 @@ use polylm_kernels::cuda::matmul::{gemm, GemmDims, MatView};
 use polylm_kernels::cuda::optim::{adamw_step, global_norm, AdamWStep, AdamWTensor};
 use polylm_kernels::cuda::softmax::{softmax_backward, softmax_forward};
 use polylm_kernels::cuda::{CudaDevice, CudaError, DeviceBuf, FloatElem};
-
-/// The device, or `None` after printing why the test skips.
-fn device(test: &str) -> Option<Arc<CudaDevice>> {
-    match CudaDevice::new(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            eprintln!("skipped {test}: no CUDA device ({e})");
-            None
-        }
-    }
-}
 
 /// A storage type under test with its tolerances (relative, and absolute as a fraction of
 /// the largest reference magnitude).
@@ -72,21 +63,6 @@ fn random<T: Precision>(
     let values: Vec<T> = (0..n).map(|_| T::round_from((rng.uniform() * 2.0 - 1.0) * scale)).collect();
     let exact = values.iter().map(|v| v.widen()).collect();
     (dev.upload(&values).expect("upload"), exact)
-}
-
-/// A buffer of `n` elements poisoned with NaN.
-fn poisoned<T: FloatElem>(dev: &Arc<CudaDevice>, n: usize) -> DeviceBuf<T> {
-    dev.alloc_filled_bytes::<T>(n, 0xFF).expect("alloc")
-}
-
-/// The buffer's values as f64, asserting every element was written (no NaN poison left).
-#[track_caller]
-fn read<T: Precision>(what: &str, buf: &DeviceBuf<T>) -> Vec<f64> {
-    let values: Vec<f64> = buf.device().download(buf).expect("download").iter().map(|v| v.widen()).collect();
-    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        panic!("{what}<{}>: element {i} of {} is {} (never written?)", T::NAME, values.len(), values[i]);
-    }
-    values
 }
 
 /// Compares with the tolerance of `T`, the absolute part scaled by the largest reference value

@@ -15,6 +15,8 @@
 
 mod common;
 
+use common::gpu::{device, poisoned, read};
+
 use std::sync::Arc;
 
 use common::assert_close;
@@ -26,17 +28,6 @@ use polylm_kernels::cuda::matmul_tc::{
     bias_grad, gemm_tc, gemm_tc_with, CublasGemm, Epilogue, TensorCoreElem, Tile,
 };
 use polylm_kernels::cuda::{CudaDevice, DeviceBuf, FloatElem};
-
-/// The device, or `None` after printing why the test skips.
-fn device(test: &str) -> Option<Arc<CudaDevice>> {
-    match CudaDevice::new(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            eprintln!("skipped {test}: no GPU ({e})");
-            None
-        }
-    }
-}
 
 /// Input types.
 trait In: TensorCoreElem + Scalar {}
@@ -74,23 +65,9 @@ fn random<T: Scalar>(rng: &mut Rng, n: usize, scale: f64) -> Vec<f64> {
     (0..n).map(|_| T::round_from((rng.uniform() * 2.0 - 1.0) * scale).widen()).collect()
 }
 
-fn poisoned<T: FloatElem>(dev: &Arc<CudaDevice>, n: usize) -> DeviceBuf<T> {
-    dev.alloc_filled_bytes::<T>(n, 0xFF).expect("alloc")
-}
-
 fn upload<T: FloatElem + Scalar>(dev: &Arc<CudaDevice>, v: &[f64]) -> DeviceBuf<T> {
     let host: Vec<T> = v.iter().map(|&x| T::round_from(x)).collect();
     dev.upload(&host).expect("upload")
-}
-
-/// Downloads, asserting that no NaN poison is left.
-#[track_caller]
-fn read<T: FloatElem + Scalar>(what: &str, buf: &DeviceBuf<T>) -> Vec<f64> {
-    let v: Vec<f64> = buf.device().download(buf).expect("download").iter().map(|x| x.widen()).collect();
-    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-        panic!("{what}: element {i} of {} is {} (never written, or padding read?)", v.len(), v[i]);
-    }
-    v
 }
 
 /// A logical `batch × rows × cols` matrix in device storage, rows-major (`transposed = false`)

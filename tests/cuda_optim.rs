@@ -8,19 +8,11 @@
 
 mod common;
 
+use common::gpu::gpu;
+
 use common::assert_close;
 use half::bf16;
 use polylm_engine::{global_grad_norm, AdamW, AdamWHyper, DType, Device, Rng, Tensor};
-
-fn gpu(test: &str) -> Option<Device> {
-    match Device::cuda(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            eprintln!("skipped {test}: {e}");
-            None
-        }
-    }
-}
 
 /// `n` values with magnitudes in `[lo, hi)` and random signs (never 0).
 fn nonzero(rng: &mut Rng, n: usize, lo: f64, hi: f64) -> Vec<f64> {

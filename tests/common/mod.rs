@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod gpu;
 pub mod reference;
 
 use polylm_engine::{DType, Rng, Tensor};
