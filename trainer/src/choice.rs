@@ -28,62 +28,9 @@ use serde_json::Value;
 /// Errors of multiple-choice evaluation: file errors name the file and the 1-based line.
 #[derive(Debug, thiserror::Error)]
 pub enum ChoiceError {
-    /// The file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The system error.
-        source: std::io::Error,
-    },
-    /// A line that is not UTF-8.
-    #[error("{}:{line}: invalid UTF-8", path.display())]
-    InvalidUtf8 {
-        /// The file.
-        path: PathBuf,
-        /// The 1-based line.
-        line: usize,
-    },
-    /// A line that is not JSON.
-    #[error("{}:{line}: malformed JSON: {message}", path.display())]
-    MalformedJson {
-        /// The file.
-        path: PathBuf,
-        /// The 1-based line.
-        line: usize,
-        /// The parser's message.
-        message: String,
-    },
-    /// A line that is JSON but not an object.
-    #[error("{}:{line}: expected a JSON object {{\"prompt\", \"choices\", \"gold\"}}", path.display())]
-    NotAnObject {
-        /// The file.
-        path: PathBuf,
-        /// The 1-based line.
-        line: usize,
-    },
-    /// A required field is absent.
-    #[error("{}:{line}: missing field \"{field}\"", path.display())]
-    MissingField {
-        /// The file.
-        path: PathBuf,
-        /// The 1-based line.
-        line: usize,
-        /// The field.
-        field: &'static str,
-    },
-    /// A field of the wrong JSON type or value.
-    #[error("{}:{line}: field \"{field}\" must be {expected}", path.display())]
-    WrongType {
-        /// The file.
-        path: PathBuf,
-        /// The 1-based line.
-        line: usize,
-        /// The field.
-        field: &'static str,
-        /// What it must be.
-        expected: &'static str,
-    },
+    /// The file could not be read or a line is not a valid item (names file and line).
+    #[error(transparent)]
+    Jsonl(#[from] crate::jsonl::JsonlError),
     /// A gold index that names no choice.
     #[error("{}:{line}: gold {gold} is out of range for {choices} choices", path.display())]
     GoldOutOfRange {
@@ -134,58 +81,39 @@ pub struct ChoiceItem {
 /// int}` per line (other fields ignored, blank lines skipped). There must be at least one
 /// choice, none empty, and `gold` must name one of them. Errors name the file and the line.
 pub fn load_choices(path: &Path) -> Result<Vec<ChoiceItem>, ChoiceError> {
-    let bytes = std::fs::read(path).map_err(|source| ChoiceError::Io { path: path.to_path_buf(), source })?;
+    let bytes = crate::jsonl::read(path)?;
     parse_choices(&bytes, path)
 }
 
 /// Parses multiple-choice JSON Lines from memory (see [`load_choices`]); `path` only names the
 /// source in errors.
 pub fn parse_choices(bytes: &[u8], path: &Path) -> Result<Vec<ChoiceItem>, ChoiceError> {
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    let mut out = Vec::new();
-    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
-        let line = i + 1;
-        let p = || path.to_path_buf();
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let text = std::str::from_utf8(raw).map_err(|_| ChoiceError::InvalidUtf8 { path: p(), line })?;
-        if text.trim().is_empty() {
-            continue;
-        }
-        let value: Value = serde_json::from_str(text).map_err(|e| ChoiceError::MalformedJson {
-            path: p(),
-            line,
-            message: e.to_string(),
-        })?;
-        let Value::Object(obj) = value else {
-            return Err(ChoiceError::NotAnObject { path: p(), line });
-        };
-        let field = |name: &'static str| {
-            obj.get(name).ok_or(ChoiceError::MissingField { path: p(), line, field: name })
-        };
-        let wrong = |name: &'static str, expected: &'static str| ChoiceError::WrongType {
-            path: p(),
-            line,
-            field: name,
-            expected,
-        };
-        let prompt = field("prompt")?.as_str().ok_or_else(|| wrong("prompt", "a string"))?.to_string();
-        let Value::Array(list) = field("choices")? else {
-            return Err(wrong("choices", "an array of strings"));
+    let records = crate::jsonl::records(bytes, path, r#"{"prompt", "choices", "gold"}"#)?;
+    let mut out = Vec::with_capacity(records.len());
+    for r in records {
+        let prompt = r.string("prompt")?;
+        let Value::Array(list) = r.field("choices")? else {
+            return Err(r.wrong("choices", "an array of strings").into());
         };
         let choices = list
             .iter()
             .map(|c| match c {
                 Value::String(s) if !s.is_empty() => Ok(s.clone()),
-                Value::String(_) => Err(wrong("choices", "an array of non-empty strings")),
-                _ => Err(wrong("choices", "an array of strings")),
+                Value::String(_) => Err(r.wrong("choices", "an array of non-empty strings")),
+                _ => Err(r.wrong("choices", "an array of strings")),
             })
             .collect::<Result<Vec<String>, _>>()?;
         if choices.is_empty() {
-            return Err(wrong("choices", "a non-empty array of strings"));
+            return Err(r.wrong("choices", "a non-empty array of strings").into());
         }
-        let gold = field("gold")?.as_u64().ok_or_else(|| wrong("gold", "a non-negative integer"))?;
+        let gold = r.field("gold")?.as_u64().ok_or_else(|| r.wrong("gold", "a non-negative integer"))?;
         if gold >= choices.len() as u64 {
-            return Err(ChoiceError::GoldOutOfRange { path: p(), line, gold, choices: choices.len() });
+            return Err(ChoiceError::GoldOutOfRange {
+                path: path.to_path_buf(),
+                line: r.line,
+                gold,
+                choices: choices.len(),
+            });
         }
         out.push(ChoiceItem { prompt, choices, gold: gold as usize });
     }

@@ -9,7 +9,7 @@ use polylm_tokenizer::cli as tokcli;
 use polylm_trainer::bench::{self, BenchOptions};
 use polylm_trainer::checkpoint::TOKENIZER_FILE;
 use polylm_trainer::data::{self, Dataset, PrepareOptions};
-use polylm_trainer::{choice, setup, sft, train, RunConfig, TrainError};
+use polylm_trainer::{choice, dist, setup, sft, train, RunConfig, TrainError};
 
 type Result<T> = std::result::Result<T, TrainError>;
 
@@ -60,6 +60,34 @@ enum Command {
     #[command(after_help = "Examples:\n  polylm bench --preset small\n  \
                             polylm bench --preset polylm-1.7b --batch 4 --seq 2048 --recompute --device cuda --peak-tflops 989")]
     Bench(BenchArgs),
+    /// Start this node's ranks of a data-parallel run: one `polylm` process per GPU (or CPU
+    /// rank), with RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT set.
+    #[command(after_help = "Examples:\n  polylm launch --nproc-per-node 8 -- train --config run.toml\n  \
+                            polylm launch --nproc-per-node 8 --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 \
+                            --master-port 29500 -- train --config run.toml")]
+    Launch(LaunchArgs),
+}
+
+#[derive(Args, Debug)]
+struct LaunchArgs {
+    /// Processes (ranks) to start on this node.
+    #[arg(long)]
+    nproc_per_node: usize,
+    /// Nodes in the run (run one launcher per node).
+    #[arg(long, default_value_t = 1)]
+    nnodes: usize,
+    /// This node's number, 0..nnodes.
+    #[arg(long, default_value_t = 0)]
+    node_rank: usize,
+    /// Rank 0's host.
+    #[arg(long, default_value = "127.0.0.1")]
+    master_addr: String,
+    /// Rank 0's rendezvous port (default: a free port on one node, 29500 on several).
+    #[arg(long)]
+    master_port: Option<u16>,
+    /// The command every rank runs, after `--` (e.g. `-- train --config run.toml`).
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -259,6 +287,23 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval(a),
         Command::Generate(a) => generate(a),
         Command::Bench(a) => run_bench(a),
+        Command::Launch(a) => {
+            let opts = dist::launch::LaunchOptions {
+                nproc_per_node: a.nproc_per_node,
+                nnodes: a.nnodes,
+                node_rank: a.node_rank,
+                master_addr: a.master_addr,
+                master_port: a.master_port,
+                command: a.command,
+                grace: std::time::Duration::from_secs(10),
+            };
+            let code = dist::launch::launch(&opts)?;
+            if code != 0 {
+                eprintln!("error: a rank failed; the launch exits with its status {code}");
+                std::process::exit(code);
+            }
+            Ok(())
+        }
     }
 }
 

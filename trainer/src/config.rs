@@ -49,6 +49,9 @@ pub struct RunConfig {
     /// Fault injection for tests of the recovery paths (never set in real runs).
     #[serde(default)]
     pub debug: DebugSection,
+    /// Data-parallel training (used when the launcher's `WORLD_SIZE` is above 1).
+    #[serde(default)]
+    pub dist: DistSection,
 }
 
 /// `[run]`.
@@ -279,6 +282,49 @@ pub struct DebugSection {
     pub stop_after: Option<u64>,
 }
 
+/// `[dist]`: data-parallel training over several processes (see `docs/distributed.md`). Only
+/// read when the run is started with `WORLD_SIZE` > 1 (by `polylm launch`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DistSection {
+    /// `auto` (NCCL on a GPU when the library loads, else TCP), `tcp` (the CPU backend) or
+    /// `nccl`.
+    #[serde(default = "default_auto")]
+    pub backend: String,
+    /// Seconds any rank waits for another (rendezvous, every collective) before failing with an
+    /// error naming it. Must exceed the longest pause of rank 0 (a checkpoint save, a
+    /// validation pass), which the others wait through.
+    #[serde(default = "default_dist_timeout")]
+    pub timeout_s: f64,
+    /// ZeRO stage 1: each rank keeps the AdamW state (f32 master weights and moments) of only
+    /// its share of the parameters (whole tensors, balanced by size); gradients are
+    /// reduce-scattered and the updated parameters all-gathered.
+    #[serde(default)]
+    pub zero1: bool,
+    /// Size of a gradient all-reduce bucket in MiB (parameters' gradients are packed into
+    /// buckets of at most this size; a larger tensor is its own bucket).
+    #[serde(default = "default_bucket_mb")]
+    pub bucket_mb: f64,
+}
+
+impl Default for DistSection {
+    fn default() -> Self {
+        DistSection {
+            backend: default_auto(),
+            timeout_s: default_dist_timeout(),
+            zero1: false,
+            bucket_mb: default_bucket_mb(),
+        }
+    }
+}
+
+fn default_dist_timeout() -> f64 {
+    600.0
+}
+fn default_bucket_mb() -> f64 {
+    25.0
+}
+
 fn default_seed() -> u64 {
     1234
 }
@@ -458,6 +504,15 @@ impl RunConfig {
         parse_device_name(&self.run.device).map_err(|e| format!("`run.device`: {e}"))?;
         if !matches!(self.run.dtype.as_str(), "auto" | "f32" | "bf16") {
             return Err(format!("`run.dtype` must be auto, f32 or bf16, not {:?}", self.run.dtype));
+        }
+        if !matches!(self.dist.backend.as_str(), "auto" | "tcp" | "nccl") {
+            return Err(format!("`dist.backend` must be auto, tcp or nccl, not {:?}", self.dist.backend));
+        }
+        if !(self.dist.timeout_s.is_finite() && self.dist.timeout_s > 0.0) {
+            return Err(format!("`dist.timeout_s` must be positive, not {}", self.dist.timeout_s));
+        }
+        if !(self.dist.bucket_mb.is_finite() && self.dist.bucket_mb > 0.0) {
+            return Err(format!("`dist.bucket_mb` must be positive, not {}", self.dist.bucket_mb));
         }
         if self.model.preset.is_some() == self.model.config.is_some() && self.model.init_from.is_none() {
             return Err("give exactly one of `model.preset` and `model.config` (or `model.init_from`)".into());

@@ -47,6 +47,9 @@ pub enum TrainError {
     /// The tokenizer.
     #[error(transparent)]
     Tokenizer(#[from] polylm_tokenizer::TokenizerError),
+    /// Data-parallel training: the rendezvous, a collective, the launcher.
+    #[error(transparent)]
+    Dist(#[from] crate::dist::DistError),
     /// Too many non-finite steps with no checkpoint to roll back to.
     #[error("{0}")]
     Diverged(String),

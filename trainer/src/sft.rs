@@ -15,7 +15,7 @@
 //! shuffled order that depends only on the seed and the epoch, and the packer resumes exactly
 //! from its [`SftState`].
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use polylm_engine::Rng;
 use polylm_tokenizer::Tokenizer;
@@ -29,62 +29,9 @@ pub const IGNORE: u32 = u32::MAX;
 /// Errors of the SFT data: every file error names the file and the 1-based line.
 #[derive(Debug, thiserror::Error)]
 pub enum SftError {
-    /// The file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The system error.
-        source: std::io::Error,
-    },
-    /// A line that is not UTF-8.
-    #[error("{}:{line}: invalid UTF-8", path.display())]
-    InvalidUtf8 {
-        /// The file.
-        path: PathBuf,
-        /// The 1-based line.
-        line: usize,
-    },
-    /// A line that is not JSON.
-    #[error("{}:{line}: malformed JSON: {message}", path.display())]
-    MalformedJson {
-        /// The file.
-        path: PathBuf,
-        /// The 1-based line.
-        line: usize,
-        /// The parser's message.
-        message: String,
-    },
-    /// A line that is JSON but not an object.
-    #[error("{}:{line}: expected a JSON object {{\"instruction\", \"input\", \"output\"}}", path.display())]
-    NotAnObject {
-        /// The file.
-        path: PathBuf,
-        /// The 1-based line.
-        line: usize,
-    },
-    /// A required field is absent.
-    #[error("{}:{line}: missing field \"{field}\"", path.display())]
-    MissingField {
-        /// The file.
-        path: PathBuf,
-        /// The 1-based line.
-        line: usize,
-        /// The field.
-        field: &'static str,
-    },
-    /// A field of the wrong JSON type.
-    #[error("{}:{line}: field \"{field}\" must be {expected}", path.display())]
-    WrongType {
-        /// The file.
-        path: PathBuf,
-        /// The 1-based line.
-        line: usize,
-        /// The field.
-        field: &'static str,
-        /// What it must be.
-        expected: &'static str,
-    },
+    /// The file could not be read or a line is not a valid example (names file and line).
+    #[error(transparent)]
+    Jsonl(#[from] crate::jsonl::JsonlError),
     /// Nothing to pack.
     #[error("no SFT examples to pack")]
     NoExamples,
@@ -114,53 +61,21 @@ pub struct SftExample {
 /// "output": str}` per line (other fields are ignored, a missing `input` is `None`, empty and
 /// blank lines are skipped). Errors name the file and the line.
 pub fn load_sft(path: &Path) -> Result<Vec<SftExample>, SftError> {
-    let bytes = std::fs::read(path).map_err(|source| SftError::Io { path: path.to_path_buf(), source })?;
-    parse_sft(&bytes, path)
+    parse_sft(&crate::jsonl::read(path)?, path)
 }
 
 /// Parses MultiAlpaca JSON Lines from memory (see [`load_sft`]); `path` only names the source
 /// in errors.
 pub fn parse_sft(bytes: &[u8], path: &Path) -> Result<Vec<SftExample>, SftError> {
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    let mut out = Vec::new();
-    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
-        let line = i + 1;
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let text =
-            std::str::from_utf8(raw).map_err(|_| SftError::InvalidUtf8 { path: path.to_path_buf(), line })?;
-        if text.trim().is_empty() {
-            continue;
-        }
-        let value: Value = serde_json::from_str(text).map_err(|e| SftError::MalformedJson {
-            path: path.to_path_buf(),
-            line,
-            message: e.to_string(),
-        })?;
-        let Value::Object(obj) = value else {
-            return Err(SftError::NotAnObject { path: path.to_path_buf(), line });
-        };
-        let string = |field: &'static str| -> Result<String, SftError> {
-            match obj.get(field) {
-                None => Err(SftError::MissingField { path: path.to_path_buf(), line, field }),
-                Some(Value::String(s)) => Ok(s.clone()),
-                Some(_) => {
-                    Err(SftError::WrongType { path: path.to_path_buf(), line, field, expected: "a string" })
-                }
-            }
-        };
-        let input = match obj.get("input") {
+    let records = crate::jsonl::records(bytes, path, r#"{"instruction", "input", "output"}"#)?;
+    let mut out = Vec::with_capacity(records.len());
+    for r in records {
+        let input = match r.object.get("input") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => {
-                return Err(SftError::WrongType {
-                    path: path.to_path_buf(),
-                    line,
-                    field: "input",
-                    expected: "a string or null",
-                })
-            }
+            Some(_) => return Err(r.wrong("input", "a string or null").into()),
         };
-        out.push(SftExample { instruction: string("instruction")?, input, output: string("output")? });
+        out.push(SftExample { instruction: r.string("instruction")?, input, output: r.string("output")? });
     }
     Ok(out)
 }

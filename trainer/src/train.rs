@@ -7,6 +7,23 @@
 //! Memory contract of a step: gradients accumulate (`+=`) into each parameter's `.grad()` over
 //! the micro-batches; the optimiser divides them by the number of micro-batches and multiplies
 //! by the clip factor in its own pass, so no extra pass over the gradients is made.
+//!
+//! Data parallel (when the launcher's `WORLD_SIZE` is above 1, see [`crate::dist`] and
+//! `docs/distributed.md`): every rank reads the same global stream of rows (the sampler with
+//! the same seed) and keeps the rows of its block: of each global micro-batch of
+//! `micro_batch × world` rows, rank `r` trains on rows `r·micro_batch .. (r+1)·micro_batch`.
+//! So the union of the ranks' rows is exactly what one rank with a micro-batch of
+//! `micro_batch × world` would train on, and the saved data position is the global one,
+//! identical on every rank and independent of the world size: a checkpoint resumes with any
+//! world size (keep `micro_batch × world` the same to keep the same batches).
+//! `train.tokens_per_step` counts the tokens of all ranks. After the backward passes the
+//! gradients are summed over ranks in f32 buckets (`[dist] bucket_mb`), not yet overlapped
+//! with the backward pass, and the mean is folded into the optimiser's gradient scale; the
+//! logged loss is the mean over ranks. Only rank 0 writes checkpoints, metrics, plots and
+//! samples and prints progress. With `[dist] zero1` each rank keeps the AdamW state of its
+//! share of the parameters: gradients are reduce-scattered, each rank updates its share, the
+//! parameters are all-gathered; a checkpoint gathers the whole optimiser state to save it
+//! in the usual format.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +39,7 @@ use serde_json::{json, Value};
 use crate::checkpoint::{self, SaveRequest, TrainerState, STATE_VERSION};
 use crate::config::RunConfig;
 use crate::data::{self, BatchSampler, Curriculum, Dataset, LangEval};
+use crate::dist::{self, BackendChoice, Collective, World};
 use crate::error::{io_err, Result, TrainError};
 use crate::metrics::{read_records, MetricsLog};
 use crate::plot::{write_svg, Series};
@@ -122,6 +140,290 @@ impl BatchSource for SftSource {
         self.packer.restore(s)?;
         Ok(())
     }
+}
+
+/// One rank's block of a global stream: of each global micro-batch of `batch × world` rows
+/// drawn from `inner`, rank `rank` keeps rows `rank·batch .. (rank+1)·batch`. The position is
+/// the inner (global) stream's, the same on every rank. `lang_tokens` stay the global batch's
+/// (what rank 0 logs).
+struct RankSlice {
+    inner: Box<dyn BatchSource>,
+    rank: usize,
+    world: usize,
+}
+
+impl BatchSource for RankSlice {
+    fn next_batch(&mut self, batch: usize, step: u64, tokens: u64) -> Result<StepBatch> {
+        let mut b = self.inner.next_batch(batch * self.world, step, tokens)?;
+        let rows = self.rank * batch * b.seq..(self.rank + 1) * batch * b.seq;
+        b.ids = b.ids[rows.clone()].to_vec();
+        b.targets = b.targets[rows].to_vec();
+        b.batch = batch;
+        Ok(b)
+    }
+
+    fn state(&self) -> Value {
+        self.inner.state()
+    }
+
+    fn restore(&mut self, state: &Value) -> Result<()> {
+        self.inner.restore(state)
+    }
+}
+
+/// The data-parallel side of a run: the collective and how gradients travel.
+struct DataParallel {
+    comm: Box<dyn Collective>,
+    rank: usize,
+    world: usize,
+    /// f32 elements per gradient all-reduce bucket.
+    bucket_elems: usize,
+    /// With ZeRO-1: the rank owning each parameter's optimiser state.
+    owner: Option<Vec<usize>>,
+}
+
+/// The values of `t` as f32 (widened from bf16/f16, narrowed from f64).
+fn values_f32(t: &Tensor) -> Result<Vec<f32>> {
+    if t.dtype() == DType::F32 {
+        Ok(t.to_vec::<f32>()?)
+    } else {
+        Ok(t.to_vec_f64().into_iter().map(|x| x as f32).collect())
+    }
+}
+
+/// `p`'s accumulated gradient as f32 (zeros when it has none).
+fn grad_f32(p: &Tensor) -> Result<Vec<f32>> {
+    match p.grad() {
+        Some(g) => values_f32(&g),
+        None => Ok(vec![0.0; p.numel()]),
+    }
+}
+
+/// Makes `values` the gradient of leaf `p`. The engine has no public setter, so the gradient
+/// is put there by a backward pass of `sum(p · g)`, whose gradient is exactly `g`.
+fn set_grad(p: &Tensor, values: Vec<f32>) -> Result<()> {
+    p.zero_grad();
+    let mut g = Tensor::from_vec(values, p.shape())?;
+    if p.dtype() != DType::F32 {
+        g = g.to_dtype(p.dtype())?;
+    }
+    let g = g.to_device(p.device())?;
+    p.mul(&g)?.sum_all()?.backward()?;
+    Ok(())
+}
+
+/// A parameter tensor of `p`'s shape, dtype and device holding `values`.
+fn param_from(p: &Tensor, values: Vec<f32>) -> Result<Tensor> {
+    let mut t = Tensor::from_vec(values, p.shape())?;
+    if p.dtype() != DType::F32 {
+        t = t.to_dtype(p.dtype())?;
+    }
+    Ok(t.to_device(p.device())?.requires_grad())
+}
+
+fn fnv1a(hash: &mut u64, bytes: &[u8]) {
+    for &b in bytes {
+        *hash ^= u64::from(b);
+        *hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+}
+
+impl DataParallel {
+    /// Joins the world as `config` says.
+    fn connect(world: &World, config: &RunConfig, device: Device) -> Result<DataParallel> {
+        let choice = BackendChoice::parse(&config.dist.backend)?;
+        let timeout = Duration::from_secs_f64(config.dist.timeout_s);
+        let comm = dist::connect(world, choice, !device.is_cpu(), timeout)?;
+        let bucket_elems = ((config.dist.bucket_mb * 1024.0 * 1024.0 / 4.0) as usize).max(1);
+        Ok(DataParallel { comm, rank: world.rank, world: world.world_size, bucket_elems, owner: None })
+    }
+
+    /// Fails unless every rank has the same config and the same parameters as rank 0.
+    fn check_same_start(&mut self, config: &RunConfig, model: &Gpt) -> Result<()> {
+        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        fnv1a(&mut hash, serde_json::to_string(config).unwrap_or_default().as_bytes());
+        for (name, p) in model.params().named() {
+            fnv1a(&mut hash, name.as_bytes());
+            for x in values_f32(p)? {
+                fnv1a(&mut hash, &x.to_le_bytes());
+            }
+        }
+        let mine = hash.to_le_bytes().to_vec();
+        let mut root = mine.clone();
+        self.comm.broadcast_bytes(&mut root, 0)?;
+        if root != mine {
+            return Err(TrainError::Usage(format!(
+                "rank {}: the run config or the starting parameters differ from rank 0's (start every \
+                 rank with the same config, checkpoint and binary)",
+                self.rank
+            )));
+        }
+        Ok(())
+    }
+
+    /// The mean over ranks of `x`.
+    fn mean(&mut self, x: f64) -> Result<f64> {
+        let mut v = [x];
+        self.comm.all_reduce_sum_f64(&mut v)?;
+        Ok(v[0] / self.world as f64)
+    }
+
+    /// Sums every parameter's gradient over the ranks, in buckets of at most `bucket_elems`
+    /// values (a larger tensor is a bucket of its own).
+    fn all_reduce_grads(&mut self, model: &Gpt) -> Result<()> {
+        let named = model.params().named();
+        let params: Vec<&Tensor> = named.iter().map(|(_, t)| *t).collect();
+        let mut start = 0;
+        while start < params.len() {
+            let mut end = start + 1;
+            let mut size = params[start].numel();
+            while end < params.len() && size + params[end].numel() <= self.bucket_elems {
+                size += params[end].numel();
+                end += 1;
+            }
+            let mut bucket = Vec::with_capacity(size);
+            for p in &params[start..end] {
+                bucket.extend(grad_f32(p)?);
+            }
+            self.comm.all_reduce_sum(&mut bucket)?;
+            let mut at = 0;
+            for p in &params[start..end] {
+                let n = p.numel();
+                set_grad(p, bucket[at..at + n].to_vec())?;
+                at += n;
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// ZeRO-1: reduce-scatters the gradients so that each rank holds the summed gradients of
+    /// the parameters it owns (the others' are dropped); returns the global Σ g² of the summed
+    /// gradients.
+    fn reduce_scatter_grads(&mut self, model: &Gpt, owner: &[usize]) -> Result<f64> {
+        let named = model.params().named();
+        let params: Vec<&Tensor> = named.iter().map(|(_, t)| *t).collect();
+        let mut flat = Vec::new();
+        let mut counts = vec![0usize; self.world];
+        for (r, count) in counts.iter_mut().enumerate() {
+            for (i, p) in params.iter().enumerate() {
+                if owner[i] == r {
+                    flat.extend(grad_f32(p)?);
+                    *count += p.numel();
+                }
+            }
+        }
+        let mine = self.comm.reduce_scatter_sum(&flat, &counts)?;
+        drop(flat);
+        let mut sum_sq = mine.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>();
+        let mut at = 0;
+        for (i, p) in params.iter().enumerate() {
+            if owner[i] == self.rank {
+                let n = p.numel();
+                set_grad(p, mine[at..at + n].to_vec())?;
+                at += n;
+            } else {
+                p.zero_grad();
+            }
+        }
+        let mut v = [sum_sq];
+        self.comm.all_reduce_sum_f64(&mut v)?;
+        sum_sq = v[0];
+        Ok(sum_sq)
+    }
+
+    /// ZeRO-1: every rank gets the updated parameters of every other rank.
+    fn all_gather_params(&mut self, model: &mut Gpt, owner: &[usize]) -> Result<()> {
+        let mut counts = vec![0usize; self.world];
+        let mut own = Vec::new();
+        for (i, (_, p)) in model.params().named().iter().enumerate() {
+            counts[owner[i]] += p.numel();
+            if owner[i] == self.rank {
+                own.extend(values_f32(p)?);
+            }
+        }
+        let all = self.comm.all_gather(&own, &counts)?;
+        drop(own);
+        let mut starts = vec![0usize; self.world];
+        for r in 1..self.world {
+            starts[r] = starts[r - 1] + counts[r - 1];
+        }
+        for (i, (_, p)) in model.params_mut().named_mut().into_iter().enumerate() {
+            let r = owner[i];
+            let n = p.numel();
+            if r != self.rank {
+                *p = param_from(p, all[starts[r]..starts[r] + n].to_vec())?;
+            }
+            starts[r] += n;
+        }
+        Ok(())
+    }
+
+    /// ZeRO-1: the whole optimiser, gathered from every rank's share (on every rank).
+    fn gather_optimizer(
+        &mut self,
+        model: &Gpt,
+        shard: &AdamW,
+        owner: &[usize],
+        config: &RunConfig,
+    ) -> Result<AdamW> {
+        let named = model.params().named();
+        let mut counts = vec![0usize; self.world];
+        for (i, (_, p)) in named.iter().enumerate() {
+            counts[owner[i]] += 3 * p.numel();
+        }
+        let mut own = Vec::with_capacity(counts[self.rank]);
+        for parts in shard.state() {
+            for t in &parts {
+                own.extend(values_f32(t)?);
+            }
+        }
+        let all = self.comm.all_gather(&own, &counts)?;
+        drop(own);
+        let mut starts = vec![0usize; self.world];
+        for r in 1..self.world {
+            starts[r] = starts[r - 1] + counts[r - 1];
+        }
+        let mut states = Vec::with_capacity(named.len());
+        for (i, (_, p)) in named.iter().enumerate() {
+            let r = owner[i];
+            let n = p.numel();
+            let mut three = Vec::with_capacity(3);
+            for _ in 0..3 {
+                three.push(Tensor::from_vec(all[starts[r]..starts[r] + n].to_vec(), p.shape())?);
+                starts[r] += n;
+            }
+            let [master, m, v]: [Tensor; 3] = three
+                .try_into()
+                .map_err(|_| TrainError::Usage("optimizer gather bookkeeping (internal error)".into()))?;
+            states.push([master, m, v]);
+        }
+        let params: Vec<&Tensor> = named.iter().map(|(_, t)| *t).collect();
+        let decays = weight_decays(model, config.optim.weight_decay);
+        Ok(AdamW::from_state(&params, &decays, hyper_of(config), shard.steps(), states)?)
+    }
+}
+
+/// ZeRO-1: this rank's share of a whole optimiser.
+fn shard_optimizer(
+    full: &AdamW,
+    model: &Gpt,
+    owner: &[usize],
+    rank: usize,
+    config: &RunConfig,
+) -> Result<AdamW> {
+    let named = model.params().named();
+    let decays = weight_decays(model, config.optim.weight_decay);
+    let state = full.state();
+    let (mut params, mut own_decays, mut own_state) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, ((_, p), st)) in named.iter().zip(state).enumerate() {
+        if owner[i] == rank {
+            params.push(*p);
+            own_decays.push(decays[i]);
+            own_state.push(st);
+        }
+    }
+    Ok(AdamW::from_state(&params, &own_decays, hyper_of(config), full.steps(), own_state)?)
 }
 
 /// What a finished run reports.
@@ -291,11 +593,30 @@ fn run_loop(
     validation: Validation,
 ) -> Result<RunSummary> {
     let out = &config.run.out_dir;
-    std::fs::create_dir_all(out).map_err(io_err(out))?;
-    let ckpt_root = out.join("checkpoints");
-    checkpoint::clean_partial(&ckpt_root)?;
-    let device = setup::resolve_device(&config.run.device)?;
+    let world = World::from_env()?;
+    let is_root = world.is_root();
+    let mut device = setup::resolve_device(&config.run.device)?;
+    if world.world_size > 1 && !device.is_cpu() {
+        // One GPU per local rank.
+        device = Device::Cuda(world.local_rank);
+    }
     let dtype = setup::resolve_dtype(&config.run.dtype, device)?;
+    let mut dp = if world.world_size > 1 {
+        source = Box::new(RankSlice { inner: source, rank: world.rank, world: world.world_size });
+        Some(DataParallel::connect(&world, config, device)?)
+    } else {
+        None
+    };
+    let ckpt_root = out.join("checkpoints");
+    if is_root {
+        std::fs::create_dir_all(out).map_err(io_err(out))?;
+        checkpoint::clean_partial(&ckpt_root)?;
+    }
+    if let Some(dp) = dp.as_mut() {
+        // Every rank looks for the latest checkpoint only after rank 0 has cleaned up.
+        dp.comm.barrier()?;
+    }
+    let world_size = world.world_size;
 
     // A model and optimiser: from the latest checkpoint of this run, or fresh.
     let resume_dir = if config.checkpoint.resume { checkpoint::latest(&ckpt_root)? } else { None };
@@ -331,8 +652,18 @@ fn run_loop(
             (model, opt, state)
         }
     };
+    if let Some(dp) = dp.as_mut() {
+        dp.check_same_start(config, &model)?;
+        if config.dist.zero1 {
+            let sizes: Vec<usize> = model.params().named().iter().map(|(_, t)| t.numel()).collect();
+            let owner = dist::partition_by_size(&sizes, world_size);
+            opt = shard_optimizer(&opt, &model, &owner, dp.rank, config)?;
+            dp.owner = Some(owner);
+        }
+    }
     let resumed_from = resume_dir.as_ref().map(|_| state.step);
-    let mut metrics = MetricsLog::open(&out.join("metrics.jsonl"), resumed_from)?;
+    let mut metrics =
+        if is_root { Some(MetricsLog::open(&out.join("metrics.jsonl"), resumed_from)?) } else { None };
     let total = config.train.steps;
     let schedule = Schedule {
         lr: config.optim.lr,
@@ -340,61 +671,107 @@ fn run_loop(
         warmup: config.optim.warmup_steps,
         total,
     };
-    let accum = config.accumulation();
     let (micro, seq) = (config.train.micro_batch, config.train.seq_len);
+    let accum = if world_size == 1 {
+        config.accumulation()
+    } else {
+        match config.train.tokens_per_step {
+            None => 1,
+            Some(t) if t % (micro * seq * world_size) == 0 => t / (micro * seq * world_size),
+            Some(t) => {
+                return Err(TrainError::Usage(format!(
+                    "`train.tokens_per_step` ({t}) counts the tokens of all ranks and must be a multiple \
+                     of micro_batch × seq_len × world size ({micro} × {seq} × {world_size})"
+                )))
+            }
+        }
+    };
+    // The mean over micro-batches and ranks, folded into the optimiser's gradient scale.
+    let grad_div = (accum * world_size) as f64;
+    let step_tokens = (accum * micro * seq * world_size) as u64;
     let mc = model.config().clone();
     let params = model.params().numel();
-    eprintln!(
-        "{}: {} parameters ({} layers, hidden {}, vocabulary {}), {} on {:?}, {} tokens/step \
-         ({} × {} × {} accumulated), {} steps{}",
-        config.run.name,
-        params,
-        mc.layers,
-        mc.hidden,
-        mc.vocab_size,
-        dtype_name(dtype),
-        device,
-        accum * micro * seq,
-        micro,
-        seq,
-        accum,
-        total,
-        resumed_from.map_or(String::new(), |s| format!(", resuming at step {s}"))
-    );
+    if is_root {
+        eprintln!(
+            "{}: {} parameters ({} layers, hidden {}, vocabulary {}), {} on {:?}, {} tokens/step \
+             ({} × {} × {} accumulated{}), {} steps{}",
+            config.run.name,
+            params,
+            mc.layers,
+            mc.hidden,
+            mc.vocab_size,
+            dtype_name(dtype),
+            device,
+            step_tokens,
+            micro,
+            seq,
+            accum,
+            dp.as_ref().map_or(String::new(), |d| format!(
+                " × {} ranks over {}{}",
+                d.world,
+                d.comm.backend(),
+                if d.owner.is_some() { ", ZeRO-1" } else { "" }
+            )),
+            total,
+            resumed_from.map_or(String::new(), |s| format!(", resuming at step {s}"))
+        );
+    }
+    let write_metric = |metrics: &mut Option<MetricsLog>, v: &Value| -> Result<()> {
+        match metrics {
+            Some(m) => m.write(v),
+            None => Ok(()),
+        }
+    };
     if resumed_from.is_none() {
-        metrics
-            .write(&json!({"event": "start", "step": 0, "params": params, "device": format!("{device:?}"),
-            "dtype": dtype_name(dtype), "tokens_per_step": accum * micro * seq}))?;
+        write_metric(
+            &mut metrics,
+            &json!({"event": "start", "step": 0, "params": params, "device": format!("{device:?}"),
+            "dtype": dtype_name(dtype), "tokens_per_step": step_tokens, "world_size": world_size}),
+        )?;
     }
 
-    let pb = progress_bar(config, total, state.step);
+    let pb = if is_root { progress_bar(config, total, state.step) } else { ProgressBar::hidden() };
+    let talk = |line: &str| {
+        if is_root {
+            say(&pb, line);
+        }
+    };
     let mut consecutive_bad = 0u32;
     let mut window = LogWindow::default();
     let mut last_loss = f64::NAN;
     let mut last_saved = resumed_from;
     let pause = config.debug.save_pause_ms.map(Duration::from_millis);
-    let save_now = |model: &Gpt, opt: &AdamW, state: &TrainerState, pb: &ProgressBar| -> Result<PathBuf> {
-        let req = SaveRequest {
-            model,
-            optimizer: opt,
-            state,
-            tokenizer: &config.tokenizer.path,
-            keep: config.checkpoint.keep,
-            pause,
-        };
-        let t = Instant::now();
-        let dir = checkpoint::save(&ckpt_root, &req)?;
-        say(
-            pb,
-            &format!(
+    // Collective under ZeRO-1 (the optimiser is gathered first); only rank 0 writes.
+    let save_now =
+        |model: &Gpt, opt: &AdamW, state: &TrainerState, dp: &mut Option<DataParallel>| -> Result<PathBuf> {
+            let gathered = match dp.as_mut() {
+                Some(d) => match d.owner.clone() {
+                    Some(owner) => Some(d.gather_optimizer(model, opt, &owner, config)?),
+                    None => None,
+                },
+                None => None,
+            };
+            if !is_root {
+                return Ok(ckpt_root.join(checkpoint::step_dir_name(state.step)));
+            }
+            let req = SaveRequest {
+                model,
+                optimizer: gathered.as_ref().unwrap_or(opt),
+                state,
+                tokenizer: &config.tokenizer.path,
+                keep: config.checkpoint.keep,
+                pause,
+            };
+            let t = Instant::now();
+            let dir = checkpoint::save(&ckpt_root, &req)?;
+            talk(&format!(
                 "step {}: checkpoint {} ({:.1} s)",
                 state.step,
                 dir.display(),
                 t.elapsed().as_secs_f64()
-            ),
-        );
-        Ok(dir)
-    };
+            ));
+            Ok(dir)
+        };
 
     while state.step < total {
         let step = state.step;
@@ -413,64 +790,99 @@ fn run_loop(
             stage = b.stage;
         }
         let mut loss = loss_sum / accum as f64;
-        let grad_norm = {
-            let named = model.params().named();
-            let ps: Vec<&Tensor> = named.iter().map(|(_, t)| *t).collect();
-            global_grad_norm(&ps)? / accum as f64
+        let grad_norm = match dp.as_mut() {
+            None => {
+                let named = model.params().named();
+                let ps: Vec<&Tensor> = named.iter().map(|(_, t)| *t).collect();
+                global_grad_norm(&ps)? / accum as f64
+            }
+            Some(d) => {
+                loss = d.mean(loss)?;
+                match d.owner.clone() {
+                    Some(owner) => d.reduce_scatter_grads(&model, &owner)?.sqrt() / grad_div,
+                    None => {
+                        d.all_reduce_grads(&model)?;
+                        let named = model.params().named();
+                        let ps: Vec<&Tensor> = named.iter().map(|(_, t)| *t).collect();
+                        global_grad_norm(&ps)? / grad_div
+                    }
+                }
+            }
         };
         if config.debug.nan_steps.contains(&step) {
             loss = f64::NAN;
         }
         let lr = schedule.lr_at(step);
-        let step_tokens = (accum * micro * seq) as u64;
         state.tokens += step_tokens;
         state.step += 1;
         if !(loss.is_finite() && grad_norm.is_finite()) {
             state.skipped_steps += 1;
             consecutive_bad += 1;
-            say(
-                &pb,
-                &format!("step {step}: non-finite loss or gradient norm ({loss}, {grad_norm}); step skipped"),
-            );
-            metrics.write(&json!({"event": "skipped", "step": state.step, "loss": loss.to_string(),
-                "grad_norm": grad_norm.to_string()}))?;
+            talk(&format!(
+                "step {step}: non-finite loss or gradient norm ({loss}, {grad_norm}); step skipped"
+            ));
+            write_metric(
+                &mut metrics,
+                &json!({"event": "skipped", "step": state.step, "loss": loss.to_string(),
+                "grad_norm": grad_norm.to_string()}),
+            )?;
             if consecutive_bad >= config.train.max_bad_steps {
                 let Some(dir) = checkpoint::latest(&ckpt_root)? else {
                     return Err(TrainError::Diverged(format!(
                         "{consecutive_bad} non-finite steps in a row at step {step} and no checkpoint to roll back to"
                     )));
                 };
-                say(
-                    &pb,
-                    &format!(
-                        "warning: {consecutive_bad} non-finite steps in a row; rolling back the weights and \
+                talk(&format!(
+                    "warning: {consecutive_bad} non-finite steps in a row; rolling back the weights and \
                      optimiser to {} (the data position moves on)",
-                        dir.display()
-                    ),
-                );
+                    dir.display()
+                ));
                 let loaded = load_checkpoint(&dir, device, config)?;
                 model = loaded.model;
                 opt = loaded.optimizer;
+                if let Some(owner) = dp.as_ref().and_then(|d| d.owner.clone()) {
+                    opt = shard_optimizer(&opt, &model, &owner, world.rank, config)?;
+                }
                 state.rollbacks += 1;
                 consecutive_bad = 0;
-                metrics.write(&json!({"event": "rollback", "step": state.step, "to": loaded.state.step}))?;
+                write_metric(
+                    &mut metrics,
+                    &json!({"event": "rollback", "step": state.step, "to": loaded.state.step}),
+                )?;
             }
         } else {
             consecutive_bad = 0;
             let clip =
                 if config.optim.clip > 0.0 { (config.optim.clip / (grad_norm + 1e-6)).min(1.0) } else { 1.0 };
-            let mut named = model.params_mut().named_mut();
-            let mut ps: Vec<&mut Tensor> = named.iter_mut().map(|(_, t)| &mut **t).collect();
-            opt.step(&mut ps, lr, clip / accum as f64)?;
+            let owner = dp.as_ref().and_then(|d| d.owner.clone());
+            {
+                let mut named = model.params_mut().named_mut();
+                let mut ps: Vec<&mut Tensor> = named
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(i, _)| match &owner {
+                        Some(o) => o[*i] == world.rank,
+                        None => true,
+                    })
+                    .map(|(_, (_, t))| &mut **t)
+                    .collect();
+                opt.step(&mut ps, lr, clip / grad_div)?;
+            }
+            if let (Some(d), Some(owner)) = (dp.as_mut(), owner) {
+                d.all_gather_params(&mut model, &owner)?;
+            }
         }
         let secs = t0.elapsed().as_secs_f64();
         if loss.is_finite() {
             window.add(loss, secs, step_tokens);
             last_loss = loss;
         }
-        metrics.write(&json!({"step": state.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+        write_metric(
+            &mut metrics,
+            &json!({"step": state.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
             "tokens": state.tokens, "tok_per_s": step_tokens as f64 / secs.max(1e-9),
-            "stage": stage, "lang_tokens": lang_tokens}))?;
+            "stage": stage, "lang_tokens": lang_tokens}),
+        )?;
         pb.set_position(state.step);
         pb.set_message(format!(
             "loss {loss:.4} lr {lr:.2e} gnorm {grad_norm:.3} {:.0} tok/s",
@@ -479,27 +891,28 @@ fn run_loop(
         let done = state.step == total;
         if config.log.every > 0 && (state.step % config.log.every == 0 || done) {
             let (mean, tps) = window.take();
-            say(
-                &pb,
-                &format!(
-                    "step {:>6}/{total}  loss {mean:.4}  lr {lr:.2e}  gnorm {grad_norm:.3}  {tps:.0} tok/s{}",
-                    state.step,
-                    stage.as_deref().map_or(String::new(), |s| format!("  stage {s}"))
-                ),
-            );
+            talk(&format!(
+                "step {:>6}/{total}  loss {mean:.4}  lr {lr:.2e}  gnorm {grad_norm:.3}  {tps:.0} tok/s{}",
+                state.step,
+                stage.as_deref().map_or(String::new(), |s| format!("  stage {s}"))
+            ));
         }
         state.data = source.state();
-        if config.eval.every > 0 && state.step % config.eval.every == 0 && !done {
+        if is_root && config.eval.every > 0 && state.step % config.eval.every == 0 && !done {
             let evals = validate(&model, tokenizer, eos, config, &validation)?;
-            report_validation(&pb, &mut metrics, state.step, &evals)?;
+            if let Some(m) = metrics.as_mut() {
+                report_validation(&pb, m, state.step, &evals)?;
+            }
         }
         if config.checkpoint.every > 0 && state.step % config.checkpoint.every == 0 && !done {
-            save_now(&model, &opt, &state, &pb)?;
+            save_now(&model, &opt, &state, &mut dp)?;
             last_saved = Some(state.step);
         }
         if config.debug.stop_after == Some(state.step) {
             pb.finish_and_clear();
-            eprintln!("stopping after step {} (debug.stop_after)", state.step);
+            if is_root {
+                eprintln!("stopping after step {} (debug.stop_after)", state.step);
+            }
             return Ok(RunSummary {
                 steps: state.step,
                 tokens: state.tokens,
@@ -516,8 +929,21 @@ fn run_loop(
     let checkpoint = if last_saved == Some(state.step) {
         ckpt_root.join(checkpoint::step_dir_name(state.step))
     } else {
-        save_now(&model, &opt, &state, &pb)?
+        save_now(&model, &opt, &state, &mut dp)?
     };
+    let Some(mut metrics) = metrics else {
+        // Not rank 0: rank 0 validates, plots and samples.
+        return Ok(RunSummary {
+            steps: state.step,
+            tokens: state.tokens,
+            last_loss,
+            valid: Vec::new(),
+            checkpoint,
+            skipped_steps: state.skipped_steps,
+            resumed_from,
+        });
+    };
+    drop(dp);
     let valid = validate(&model, tokenizer, eos, config, &validation)?;
     report_validation(&pb, &mut metrics, state.step, &valid)?;
     print_validation_table(&valid);

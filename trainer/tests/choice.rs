@@ -2,9 +2,6 @@
 //! (the model's own cross-entropy, and a log-softmax of single-sequence logits), left
 //! truncation, tokenization of the choice, and a model trained to prefer the gold choice.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use polylm_engine::{DType, Tensor};
 use polylm_model::{Batch, Gpt, ModelConfig};
 use polylm_tokenizer::{train, LanguageCorpus, Tokenizer, TrainConfig};
@@ -14,26 +11,8 @@ use polylm_trainer::choice::{
 };
 use proptest::prelude::*;
 
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(content: &[u8]) -> TempFile {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "polylm-choice-test-{}-{}.jsonl",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::write(&p, content).unwrap();
-        TempFile(p)
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
+mod common;
+use common::TempFile;
 
 #[test]
 fn loads_items() {
@@ -105,7 +84,10 @@ fn load_errors_name_file_and_line() {
         assert!(msg.contains(&f.0.display().to_string()), "{msg}");
         assert!(msg.contains(line) && msg.contains(what), "expected {line} {what}: {msg}");
     }
-    assert!(matches!(load_choices(std::path::Path::new("/no/such/file.jsonl")), Err(ChoiceError::Io { .. })));
+    assert!(matches!(
+        load_choices(std::path::Path::new("/no/such/file.jsonl")),
+        Err(ChoiceError::Jsonl(polylm_trainer::jsonl::JsonlError::Io { .. }))
+    ));
 }
 
 fn tiny_config(vocab: usize, context: usize) -> ModelConfig {

@@ -2,8 +2,7 @@
 //! packer (response-only targets, exact epoch coverage, exact resume, truncation).
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 
 use polylm_tokenizer::{train, LanguageCorpus, Tokenizer, TrainConfig};
 use polylm_trainer::sft::{
@@ -12,27 +11,8 @@ use polylm_trainer::sft::{
 };
 use proptest::prelude::*;
 
-/// A temporary file removed on drop.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(content: &[u8]) -> TempFile {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "polylm-sft-test-{}-{}.jsonl",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::write(&p, content).unwrap();
-        TempFile(p)
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
+mod common;
+use common::TempFile;
 
 fn ex(instruction: &str, input: Option<&str>, output: &str) -> SftExample {
     SftExample { instruction: instruction.into(), input: input.map(Into::into), output: output.into() }
@@ -85,7 +65,7 @@ fn errors_name_file_and_line() {
     let msg = err_of(&bad);
     assert!(msg.contains(":2:") && msg.contains("invalid UTF-8"), "{msg}");
     let missing = Path::new("/definitely/not/here.jsonl");
-    assert!(matches!(load_sft(missing), Err(SftError::Io { .. })));
+    assert!(matches!(load_sft(missing), Err(SftError::Jsonl(polylm_trainer::jsonl::JsonlError::Io { .. }))));
 }
 
 #[test]

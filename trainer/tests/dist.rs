@@ -1,0 +1,476 @@
+//! Data-parallel training on the CPU: the TCP collectives across thread ranks, the
+//! equivalence of N ranks × micro-batch b with one rank × micro-batch N·b (plain and ZeRO-1,
+//! through `polylm launch`), failures (a rank that never arrives, dies or hangs) and resuming
+//! a 2-rank checkpoint with one rank.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use polylm_trainer::dist::tcp::TcpCollective;
+use polylm_trainer::dist::{launch::free_port, Collective, DistError, World};
+
+// ----- collectives ---------------------------------------------------------------------------
+
+fn world(rank: usize, size: usize, port: u16) -> World {
+    World { rank, world_size: size, local_rank: rank, master_addr: "127.0.0.1".into(), master_port: port }
+}
+
+/// Deterministic pseudo-random f32 values in [-1, 1) scaled by a varying magnitude.
+fn random(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|i| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let u = (s >> 40) as f32 / (1u64 << 24) as f32;
+            (u * 2.0 - 1.0) * 10f32.powi((i % 7) as i32 - 3)
+        })
+        .collect()
+}
+
+/// Runs `f(rank, collective)` on `size` thread ranks joined over TCP; returns their results.
+fn on_ranks<T: Send + 'static>(
+    size: usize,
+    timeout: Duration,
+    f: impl Fn(usize, &mut TcpCollective) -> T + Send + Sync + Clone + 'static,
+) -> Vec<T> {
+    let port = free_port().expect("a free port");
+    let handles: Vec<_> = (0..size)
+        .map(|r| {
+            let f = f.clone();
+            std::thread::spawn(move || {
+                let mut c = TcpCollective::connect(&world(r, size, port), timeout).expect("rendezvous");
+                f(r, &mut c)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().expect("rank thread")).collect()
+}
+
+#[test]
+fn tcp_collectives_are_exact_and_identical_on_every_rank() {
+    for size in [2usize, 3, 4] {
+        let n = 1000 + size;
+        let counts: Vec<usize> = (0..size).map(|r| [3, 0, 997, 5][r % 4] + r).collect();
+        let total: usize = counts.iter().sum();
+        let cs = counts.clone();
+        let results = on_ranks(size, Duration::from_secs(20), move |r, c| {
+            let counts = &cs;
+            assert_eq!((c.rank(), c.world_size()), (r, size));
+            let mut sum = random(r as u64 + 1, n);
+            c.all_reduce_sum(&mut sum).unwrap();
+            let mut sum64 = vec![r as f64 * 0.1, 1.0 / (r as f64 + 3.0)];
+            c.all_reduce_sum_f64(&mut sum64).unwrap();
+            let scattered = c.reduce_scatter_sum(&random(100 + r as u64, total), counts).unwrap();
+            let own = random(200 + r as u64, counts[r]);
+            let gathered = c.all_gather(&own, counts).unwrap();
+            let mut b = if r == size - 1 { random(300, 17) } else { vec![0.0; 17] };
+            c.broadcast(&mut b, size - 1).unwrap();
+            let mut bytes = if r == 0 { b"hello ranks".to_vec() } else { Vec::new() };
+            c.broadcast_bytes(&mut bytes, 0).unwrap();
+            c.barrier().unwrap();
+            (sum, sum64, scattered, gathered, b, bytes)
+        });
+        // The sequential sum, in rank order.
+        let mut expect = random(1, n);
+        for r in 1..size {
+            for (e, x) in expect.iter_mut().zip(random(r as u64 + 1, n)) {
+                *e += x;
+            }
+        }
+        let mut rs_sum = random(100, total);
+        for r in 1..size {
+            for (e, x) in rs_sum.iter_mut().zip(random(100 + r as u64, total)) {
+                *e += x;
+            }
+        }
+        let gathered: Vec<f32> = (0..size).flat_map(|r| random(200 + r as u64, counts[r])).collect();
+        let mut start = 0;
+        for (r, (sum, sum64, scattered, g, b, bytes)) in results.iter().enumerate() {
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(sum), bits(&expect), "all_reduce on rank {r} of {size}");
+            let e64: f64 = (0..size).map(|q| q as f64 * 0.1).fold(0.0, |a, x| a + x);
+            assert_eq!(sum64[0].to_bits(), e64.to_bits());
+            assert_eq!(sum64[1].to_bits(), results[0].1[1].to_bits());
+            assert_eq!(bits(scattered), bits(&rs_sum[start..start + counts[r]]), "reduce_scatter rank {r}");
+            start += counts[r];
+            assert_eq!(bits(g), bits(&gathered), "all_gather rank {r}");
+            assert_eq!(bits(b), bits(&random(300, 17)), "broadcast rank {r}");
+            assert_eq!(bytes, b"hello ranks");
+        }
+    }
+}
+
+#[test]
+fn a_missing_rank_is_named_and_a_hung_rank_times_out() {
+    // Rank 2 of 3 never arrives: rank 0 names it, rank 1 fails as rank 0 gives up.
+    let port = free_port().unwrap();
+    let t = Instant::now();
+    let handles: Vec<_> = (0..2)
+        .map(|r| {
+            std::thread::spawn(move || TcpCollective::connect(&world(r, 3, port), Duration::from_secs(1)))
+        })
+        .collect();
+    let res: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    match &res[0] {
+        Err(e @ DistError::Missing { missing, .. }) => {
+            assert_eq!(missing, &vec![2]);
+            assert!(e.to_string().contains("did not arrive"), "{e}");
+        }
+        other => panic!("rank 0: {other:?}"),
+    }
+    assert!(res[1].is_err(), "rank 1 fails too");
+    assert!(t.elapsed() < Duration::from_secs(10));
+
+    // Rank 0 alone with nobody listening: a rank that cannot reach it says where it looked.
+    let port = free_port().unwrap();
+    let e = TcpCollective::connect(&world(1, 2, port), Duration::from_millis(500)).unwrap_err();
+    assert!(e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}");
+
+    // Rank 1 joins, then hangs: rank 0's all-reduce times out naming it.
+    let t = Instant::now();
+    let res = on_ranks(2, Duration::from_secs(1), |r, c| {
+        if r == 1 {
+            std::thread::sleep(Duration::from_millis(2500));
+            return Ok(());
+        }
+        let mut v = vec![1.0f32; 8];
+        c.all_reduce_sum(&mut v).map_err(|e| e.to_string())
+    });
+    let e = res[0].as_ref().unwrap_err();
+    assert!(e.contains("timed out") && e.contains("rank 1"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+}
+
+// ----- end to end ------------------------------------------------------------------------------
+
+fn shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("polylm-dist-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+fn polylm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_polylm")).args(args).output().expect("runs polylm")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A tokenizer and shards (three languages), built once.
+fn prepared() -> &'static (PathBuf, PathBuf) {
+    static PREPARED: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    PREPARED.get_or_init(|| {
+        let dir = scratch("prepared");
+        let tok = dir.join("tok.json");
+        let corpus = shared().join("corpus");
+        let o = polylm(&[
+            "tokenizer",
+            "train",
+            "--corpus",
+            corpus.to_str().unwrap(),
+            "--langs",
+            "en,de,zh",
+            "--vocab-size",
+            "600",
+            "--max-lines",
+            "40",
+            "--out",
+            tok.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "tokenizer train: {}", text(&o));
+        let data = dir.join("data");
+        let o = polylm(&[
+            "data",
+            "prepare",
+            "--tokenizer",
+            tok.to_str().unwrap(),
+            "--train",
+            corpus.to_str().unwrap(),
+            "--valid",
+            shared().join("valid").to_str().unwrap(),
+            "--langs",
+            "en,de,zh",
+            "--max-docs-per-lang",
+            "40",
+            "--out",
+            data.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "data prepare: {}", text(&o));
+        (tok, data)
+    })
+}
+
+/// A run config in `out` with `micro` sequences per micro-batch and 128 tokens per step (two
+/// micro-batches of 4 × 16 tokens in all ranks together).
+fn write_config(out: &Path, steps: u64, micro: usize, extra: &str) -> PathBuf {
+    let (tok, data) = prepared();
+    let config = format!(
+        r#"
+[run]
+name = "dist"
+out_dir = {out:?}
+seed = 7
+device = "cpu"
+threads = 1
+[model]
+preset = "tiny"
+layers = 1
+hidden = 32
+heads = 2
+context = 32
+[tokenizer]
+path = {tok:?}
+[data]
+dir = {data:?}
+[optim]
+lr = 3e-3
+min_lr = 3e-4
+warmup_steps = 2
+[train]
+steps = {steps}
+seq_len = 16
+micro_batch = {micro}
+tokens_per_step = 128
+[checkpoint]
+every = 2
+keep = 2
+[eval]
+every = 0
+max_tokens_per_lang = 128
+batch = 4
+[log]
+every = 1
+progress = false
+[dist]
+backend = "tcp"
+timeout_s = 20
+{extra}
+"#
+    );
+    std::fs::create_dir_all(out).expect("out dir");
+    let path = out.join("run.toml");
+    std::fs::write(&path, config).expect("config");
+    path
+}
+
+/// (step, loss) of every training step in a run's metrics file.
+fn losses(out: &Path) -> Vec<(u64, f64)> {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("event").is_none() && v.get("eval").is_none())
+        .filter_map(|v| Some((v.get("step")?.as_u64()?, v.get("loss")?.as_f64()?)))
+        .collect()
+}
+
+/// Every parameter of a checkpoint, as f32, in order.
+fn parameters(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let model = polylm_model::checkpoint::load(dir, polylm_engine::DType::F32).expect("checkpoint loads");
+    model.params().named().into_iter().map(|(n, t)| (n, t.to_vec::<f32>().expect("f32"))).collect()
+}
+
+fn assert_close_losses(a: &[(u64, f64)], b: &[(u64, f64)], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: {a:?} vs {b:?}");
+    for ((s1, x), (s2, y)) in a.iter().zip(b) {
+        assert_eq!(s1, s2, "{what}");
+        assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{what}: step {s1}: {x} vs {y}");
+    }
+}
+
+fn assert_close_params(a: &Path, b: &Path, what: &str) {
+    let (pa, pb) = (parameters(a), parameters(b));
+    assert_eq!(pa.len(), pb.len());
+    for ((na, va), (nb, vb)) in pa.iter().zip(&pb) {
+        assert_eq!(na, nb);
+        for (x, y) in va.iter().zip(vb) {
+            assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{what}: {na}: {x} vs {y}");
+        }
+    }
+}
+
+fn launch2(config: &Path, extra: &[&str]) -> Output {
+    let mut args =
+        vec!["launch", "--nproc-per-node", "2", "--", "train", "--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    polylm(&args)
+}
+
+#[test]
+fn two_ranks_match_one_rank_with_twice_the_micro_batch() {
+    let single = scratch("single");
+    let o = polylm(&["train", "--config", write_config(&single, 6, 4, "").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let reference = losses(&single);
+    assert_eq!(reference.len(), 6);
+    let final_ckpt = |out: &Path| out.join("checkpoints/step-00000006");
+
+    for (name, zero1) in [("ddp", false), ("zero1", true)] {
+        let out = scratch(name);
+        let config = write_config(&out, 6, 2, &format!("zero1 = {zero1}"));
+        let o = launch2(&config, &[]);
+        let log = text(&o);
+        assert!(o.status.success(), "{name}: {log}");
+        assert!(log.contains("× 2 ranks over tcp"), "{log}");
+        assert_eq!(log.matches("parameters (").count(), 1, "only rank 0 prints: {log}");
+        assert_close_losses(&reference, &losses(&out), name);
+        assert_close_params(&final_ckpt(&single), &final_ckpt(&out), name);
+        // The optimiser state is whole in the checkpoint (gathered under ZeRO-1).
+        let opt = std::fs::read(final_ckpt(&out).join("optimizer.safetensors")).unwrap();
+        let ref_opt = std::fs::read(final_ckpt(&single).join("optimizer.safetensors")).unwrap();
+        assert_eq!(opt.len(), ref_opt.len(), "{name}");
+    }
+}
+
+#[test]
+fn a_two_rank_checkpoint_resumes_on_one_rank() {
+    let single = scratch("resume-ref");
+    let o = polylm(&["train", "--config", write_config(&single, 6, 4, "").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let reference = losses(&single);
+
+    let out = scratch("resume");
+    let config = write_config(&out, 6, 2, "zero1 = true\n[debug]\nstop_after = 4\n");
+    let o = launch2(&config, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(losses(&out).len(), 4);
+    // One rank with the micro-batch doubled continues the same global batches.
+    let o = polylm(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--set",
+        "train.micro_batch=4",
+        "--set",
+        "debug.stop_after=99",
+    ]);
+    let log = text(&o);
+    assert!(o.status.success(), "{log}");
+    assert!(log.contains("resuming at step 4"), "{log}");
+    assert_close_losses(&reference, &losses(&out), "resumed");
+    let last = |o: &Path| o.join("checkpoints/step-00000006");
+    assert_close_params(&last(&single), &last(&out), "resumed");
+}
+
+fn spawn_rank(config: &Path, rank: usize, size: usize, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_polylm"))
+        .args(["train", "--config", config.to_str().unwrap()])
+        .env("RANK", rank.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("WORLD_SIZE", size.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn a rank")
+}
+
+/// Waits for `child` to exit (at most `limit`); its output and how long it took.
+fn finish(child: Child, limit: Duration) -> (Output, Duration) {
+    let t = Instant::now();
+    let pid = child.id();
+    let waiter = std::thread::spawn(move || child.wait_with_output().expect("wait"));
+    while !waiter.is_finished() {
+        if t.elapsed() > limit {
+            // SAFETY: kill(2) of our own child, still unreaped (the waiter has not returned).
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+            panic!("rank {pid} did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (waiter.join().expect("waiter"), t.elapsed())
+}
+
+/// Waits until the run in `out` has written a checkpoint.
+fn wait_for_checkpoint(out: &Path) {
+    let t = Instant::now();
+    while !out.join("checkpoints/step-00000002/trainer_state.json").exists() {
+        assert!(t.elapsed() < Duration::from_secs(60), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn failed_ranks_stop_the_others_within_the_timeout_and_the_checkpoint_survives() {
+    // A rank that never arrives.
+    let out = scratch("alone");
+    let config = write_config(&out, 4, 2, "").to_str().unwrap().to_string();
+    let config = Path::new(&config);
+    std::fs::write(
+        config,
+        std::fs::read_to_string(config).unwrap().replace("timeout_s = 20", "timeout_s = 2"),
+    )
+    .unwrap();
+    let (o, took) = finish(spawn_rank(config, 0, 2, free_port().unwrap()), Duration::from_secs(30));
+    let log = text(&o);
+    assert!(!o.status.success(), "{log}");
+    assert!(log.contains("rank(s) [1]") && log.contains("did not arrive"), "{log}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+
+    for (name, signal) in [("died", libc::SIGKILL), ("hung", libc::SIGSTOP)] {
+        let out = scratch(name);
+        let config = write_config(&out, 100_000, 2, "");
+        std::fs::write(
+            &config,
+            std::fs::read_to_string(&config).unwrap().replace("timeout_s = 20", "timeout_s = 2"),
+        )
+        .unwrap();
+        let port = free_port().unwrap();
+        let root = spawn_rank(&config, 0, 2, port);
+        let mut other = spawn_rank(&config, 1, 2, port);
+        wait_for_checkpoint(&out);
+        // SAFETY: a signal to our own running child.
+        unsafe {
+            libc::kill(other.id() as i32, signal);
+        }
+        let (o, took) = finish(root, Duration::from_secs(30));
+        let _ = other.kill();
+        let _ = other.wait();
+        let log = text(&o);
+        assert!(!o.status.success(), "{name}: {log}");
+        assert!(log.contains("rank 1"), "{name}: {log}");
+        if name == "hung" {
+            assert!(log.contains("timed out"), "{log}");
+        }
+        assert!(took < Duration::from_secs(20), "{name}: {took:?}");
+        // The latest checkpoint is whole: one rank resumes from it.
+        let latest =
+            polylm_trainer::checkpoint::latest(&out.join("checkpoints")).unwrap().expect("a checkpoint");
+        let step: u64 = latest.file_name().unwrap().to_string_lossy()[5..].parse().unwrap();
+        let o = polylm(&[
+            "train",
+            "--config",
+            config.to_str().unwrap(),
+            "--set",
+            "train.micro_batch=4",
+            "--steps",
+            &(step + 1).to_string(),
+        ]);
+        let log = text(&o);
+        assert!(o.status.success(), "{name}: {log}");
+        assert!(log.contains(&format!("resuming at step {step}")), "{log}");
+    }
+}
+
+#[test]
+fn launch_forwards_a_failure() {
+    let out = scratch("launch-fail");
+    let config = write_config(&out, 4, 2, "");
+    // A tokens_per_step that is not a multiple of micro_batch × seq_len × world fails on every
+    // rank; the launcher stops and exits non-zero with the error shown.
+    let o = launch2(&config, &["--set", "train.tokens_per_step=96"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("tokens_per_step"), "{}", text(&o));
+}
