@@ -437,3 +437,57 @@ valid = {train_file:?}
     ]);
     assert!(o.status.success(), "{}", text(&o));
 }
+
+#[test]
+fn a_write_failure_during_a_save_is_a_clear_error_and_loses_nothing() {
+    use std::os::unix::process::CommandExt;
+
+    let out = scratch("full-disk");
+    let config = write_config(&out, 4, "");
+    let o = train(&config, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let ckpts = out.join("checkpoints");
+    let before: Vec<_> = ["step-00000002", "step-00000004"]
+        .iter()
+        .map(|d| std::fs::read(ckpts.join(d).join("optimizer.safetensors")).expect("checkpoint"))
+        .collect();
+    let limit = before[0].len() as u64 / 2;
+
+    // Resume for two more steps with files capped at half an optimizer file: the write of the
+    // step-6 checkpoint fails part-way, as on a full disk (EFBIG here rather than ENOSPC; the
+    // signal that would kill the process is ignored so the write returns the error).
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_polylm"));
+    cmd.args(["train", "--config", config.to_str().unwrap(), "--steps", "6"]);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let o = cmd.output().expect("runs polylm");
+    let log = text(&o);
+    assert!(!o.status.success(), "the save must fail: {log}");
+    assert!(log.contains("error:") && log.to_lowercase().contains("file too large"), "{log}");
+    // Nothing saved before is lost or changed, and no partial checkpoint is left visible.
+    let names: Vec<String> = std::fs::read_dir(&ckpts)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec!["step-00000002", "step-00000004"], "{names:?}");
+    for (d, bytes) in ["step-00000002", "step-00000004"].iter().zip(&before) {
+        assert_eq!(&std::fs::read(ckpts.join(d).join("optimizer.safetensors")).unwrap(), bytes, "{d}");
+    }
+    // Without the cap the run resumes from step 4 and finishes.
+    let o = train(&config, &["--steps", "6"]);
+    let log = text(&o);
+    assert!(o.status.success() && log.contains("resuming at step 4"), "{log}");
+}
