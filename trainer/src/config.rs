@@ -52,6 +52,9 @@ pub struct RunConfig {
     /// Data-parallel training (used when the launcher's `WORLD_SIZE` is above 1).
     #[serde(default)]
     pub dist: DistSection,
+    /// The file this config was read from (for error messages; not a TOML field).
+    #[serde(skip)]
+    pub source: std::path::PathBuf,
 }
 
 /// `[run]`.
@@ -457,7 +460,8 @@ impl RunConfig {
         for o in overrides {
             apply_override(&mut value, o).map_err(|reason| err(format!("--set {o}: {reason}")))?;
         }
-        let config: RunConfig = value.try_into().map_err(|e: toml::de::Error| err(e.to_string()))?;
+        let mut config: RunConfig = value.try_into().map_err(|e: toml::de::Error| err(e.to_string()))?;
+        config.source = path.to_path_buf();
         config.validate().map_err(err)?;
         Ok(config)
     }

@@ -61,7 +61,7 @@ pub fn ensure_tokenizer(config: &RunConfig, log: &dyn Fn(&str)) -> Result<Tokeni
         return load_tokenizer(&t.path);
     }
     let corpus_dir = config.data.train.as_deref().ok_or_else(|| TrainError::Config {
-        path: "<run config>".into(),
+        path: config.source.clone(),
         reason: "`tokenizer.train_if_missing` needs `data.train` (the text to train on)".into(),
     })?;
     let langs = languages_in(corpus_dir, config.data.langs.as_deref())?;
@@ -163,7 +163,7 @@ pub fn model_config(config: &RunConfig, vocab_size: usize, eos: Option<u32>) -> 
         (None, Some(path)) => ModelConfig::from_file(path)?,
         (None, None) => {
             return Err(TrainError::Config {
-                path: "<run config>".into(),
+                path: config.source.clone(),
                 reason: "give `model.preset` or `model.config`".into(),
             })
         }
@@ -186,7 +186,7 @@ pub fn model_config(config: &RunConfig, vocab_size: usize, eos: Option<u32>) -> 
     c.validate()?;
     if config.train.seq_len > c.context {
         return Err(TrainError::Config {
-            path: "<run config>".into(),
+            path: config.source.clone(),
             reason: format!(
                 "`train.seq_len` ({}) exceeds the model's context ({})",
                 config.train.seq_len, c.context

@@ -490,7 +490,7 @@ pub fn train(config: &RunConfig) -> Result<RunSummary> {
 pub fn sft(config: &RunConfig) -> Result<RunSummary> {
     setup::set_threads(config.run.threads);
     let section = config.sft.as_ref().ok_or_else(|| TrainError::Config {
-        path: "<run config>".into(),
+        path: config.source.clone(),
         reason: "`polylm sft` needs an `[sft]` section with `train` (MultiAlpaca JSONL)".into(),
     })?;
     let tokenizer = setup::load_tokenizer(&config.tokenizer.path)?;
