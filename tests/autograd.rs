@@ -977,3 +977,21 @@ fn no_grad_is_per_thread() {
     assert!(is_grad_enabled());
     assert!(x.mul_scalar(2.0).unwrap().requires_grad_flag());
 }
+
+// ----- setting a gradient from outside the graph -------------------------------------------
+
+#[test]
+fn set_grad_replaces_the_gradient_and_later_passes_accumulate_onto_it() {
+    let x = t32(&[0.5, -1.5, 2.25], &[3]).requires_grad();
+    weighted_sum(&x, &weights(&[3])).backward().unwrap();
+    assert_close(&grad(&x), &[1.0, 2.0, 3.0], 0.0);
+    x.set_grad(&t32(&[-0.25, 4.0, 7.5], &[3])).unwrap();
+    assert_close(&grad(&x), &[-0.25, 4.0, 7.5], 0.0);
+    weighted_sum(&x, &weights(&[3])).backward().unwrap();
+    assert_close(&grad(&x), &[0.75, 6.0, 10.5], 0.0);
+    for bad in [t32(&[1.5, 2.5], &[2]), t64(&[1.5, 2.5, 3.5], &[3])] {
+        let e = x.set_grad(&bad).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { op: "set_grad", .. }), "{e}");
+    }
+    assert_close(&grad(&x), &[0.75, 6.0, 10.5], 0.0);
+}

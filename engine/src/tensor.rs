@@ -265,6 +265,28 @@ impl Tensor {
         lock(&self.0.grad).clone()
     }
 
+    /// Replaces the accumulated gradient with `g` (for code that combines gradients outside
+    /// the graph, such as a data-parallel all-reduce). `g` must have this tensor's shape, dtype
+    /// and device.
+    pub fn set_grad(&self, g: &Tensor) -> Result<()> {
+        if g.shape() != self.shape() || g.dtype() != self.dtype() || g.device() != self.device() {
+            return Err(Error::InvalidArgument {
+                op: "set_grad",
+                reason: format!(
+                    "gradient {:?} {:?} on {:?} for a tensor {:?} {:?} on {:?}",
+                    g.shape(),
+                    g.dtype(),
+                    g.device(),
+                    self.shape(),
+                    self.dtype(),
+                    self.device()
+                ),
+            });
+        }
+        *lock(&self.0.grad) = Some(g.detach());
+        Ok(())
+    }
+
     /// Forgets the accumulated gradient.
     pub fn zero_grad(&self) {
         *lock(&self.0.grad) = None;

@@ -199,17 +199,13 @@ fn grad_f32(p: &Tensor) -> Result<Vec<f32>> {
     }
 }
 
-/// Makes `values` the gradient of leaf `p`. The engine has no public setter, so the gradient
-/// is put there by a backward pass of `sum(p · g)`, whose gradient is exactly `g`.
+/// Makes `values` the gradient of leaf `p`.
 fn set_grad(p: &Tensor, values: Vec<f32>) -> Result<()> {
-    p.zero_grad();
     let mut g = Tensor::from_vec(values, p.shape())?;
     if p.dtype() != DType::F32 {
         g = g.to_dtype(p.dtype())?;
     }
-    let g = g.to_device(p.device())?;
-    p.mul(&g)?.sum_all()?.backward()?;
-    Ok(())
+    Ok(p.set_grad(&g.to_device(p.device())?)?)
 }
 
 /// A parameter tensor of `p`'s shape, dtype and device holding `values`.
