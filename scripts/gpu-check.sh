@@ -3,6 +3,7 @@
 #
 #   scripts/gpu-check.sh build   # here: builds the GPU test and benchmark binaries into gpu-bin/
 #   scripts/gpu-check.sh run     # on the GPU machine (with gpu-bin/ carried): runs them all
+#   scripts/gpu-check.sh run tests / run bench   # the same in two parts (two device calls)
 #
 # `run` writes to $OUT (or ./gpu-out): results.md (card, date, each test's pass/fail, the
 # kernels' bandwidth table) and the raw logs. It finishes in a few minutes on an H100/H200.
@@ -98,7 +99,11 @@ run_trainer() {
     return $ok
 }
 
+# `run [tests|bench|all]`: the tests, the benchmarks (kernels, model, matmul, attention and the
+# trainer), or both (default). Split them across two device calls when one would pass the
+# 10-minute command limit.
 run() {
+    local what=${1:-all}
     out="${OUT:-gpu-out}"
     mkdir -p "$out"
     export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -112,9 +117,11 @@ run() {
         echo "- Card: $card"
         echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
         echo "- Commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
+        echo "- Part: $what"
         echo
     } >"$out/results.md"
     local status=0
+    if [ "$what" = tests ] || [ "$what" = all ]; then
     # cuda_engine twice: with the simple kernels, then with the tensor-core matmul and flash
     # attention (POLYLM_GPU_MATMUL=tc, POLYLM_GPU_ATTENTION=flash), which stay off by default
     # until they pass here.
@@ -133,17 +140,20 @@ run() {
         grep -E "^test .* \.\.\. |^test result" "$out/$log.log" | sed 's/^/    /' >>"$out/results.md" || true
         grep -E "panicked|assert" "$out/$log.log" | head -20 | sed 's/^/    /' >>"$out/results.md" || true
     done
-    run_bench "benchmarks" cuda_kernels_bench bench || status=1
-    run_bench "model benchmark" gpu_model_bench model || status=1
-    run_bench "matmul vs cuBLAS" cuda_matmul_bench matmul || status=1
-    run_bench "attention" cuda_attention_bench attention || status=1
-    run_trainer || status=1
+    fi
+    if [ "$what" = bench ] || [ "$what" = all ]; then
+        run_bench "benchmarks" cuda_kernels_bench bench || status=1
+        run_bench "model benchmark" gpu_model_bench model || status=1
+        run_bench "matmul vs cuBLAS" cuda_matmul_bench matmul || status=1
+        run_bench "attention" cuda_attention_bench attention || status=1
+        run_trainer || status=1
+    fi
     cat "$out/results.md"
     return $status
 }
 
 case "${1:-}" in
     build) build ;;
-    run) run ;;
-    *) echo "usage: $0 build|run" >&2; exit 2 ;;
+    run) run "${2:-all}" ;;
+    *) echo "usage: $0 build | run [tests|bench|all]" >&2; exit 2 ;;
 esac
