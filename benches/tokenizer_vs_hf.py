@@ -4,26 +4,30 @@ in one run on the same corpus and settings.
 
 Usage (from the workspace root):
     python3 -m venv .venv-tok && .venv-tok/bin/pip install tokenizers sentencepiece tiktoken
-    cargo build --release -p polylm-tokenizer --bin tokenizer --example encode_bench
-    .venv-tok/bin/python benches/tokenizer_vs_hf.py [--vocab 32000,256000] [--timeout 1800]
+    cargo build --release -p polylm-tokenizer --bin tokenizer --example encode_bench --example ids_dump
+    .venv-tok/bin/python benches/tokenizer_vs_hf.py [--vocab 32000,256000] [--alpha 0.3,1.0] [--timeout 1800]
 
-Environment: TOKENIZER_BIN and ENCODE_BENCH name the built binaries (default: target/release/).
+Environment: TOKENIZER_BIN, ENCODE_BENCH and IDS_DUMP name the built binaries (default:
+target/release/; IDS_DUMP is the `ids_dump` example, optional).
 GPT-2's encoder.json + vocab.bpe are read from tokenizer/tests/fixtures/large/gpt2/ (made by
 scripts/make_hf_tokenizer_fixtures.py); that part is skipped without them.
 
 1. Training, per vocabulary size, each trainer in its own process under /usr/bin/time (wall time,
    peak RSS), on ../shared/data/corpus (18 languages, 85 MB):
-   - ours: `tokenizer train` (NFKC, ▁ words, digits split, byte fallback, language balance);
+   - ours: `tokenizer train` (NFKC, ▁ words, digits split, byte fallback, language balance with
+     the first --alpha; every further --alpha is trained too, for the compression table only:
+     --alpha 1.0 keeps the natural distribution, which is what sentencepiece sees);
    - tokenizers: BPE trainer, NFKC, Metaspace + Digits(individual), byte-fallback model, the 4
      specials and 256 <0xNN> tokens reserved (the trainer itself has no byte fallback);
    - sentencepiece: model_type=bpe, byte_fallback, split_digits, character_coverage=0.9995,
      all sentences, as many threads as the machine has.
    The Python trainers read the corpus as one text per line (the .jsonl texts split at newlines).
 2. Encode MB/s on the validation split (4.7 MB), 1 and 2 threads, best of 3:
-   - our largest model: ours vs `tokenizers` on its exported tokenizer.json (the same ids);
+   - our largest model: ours vs `tokenizers` on its exported tokenizer.json (the same ids: with
+     the ids_dump example built, they are compared on every validation text);
    - GPT-2 (50,257 byte-level): our tokenizer.json importer vs `tokenizers` vs `tiktoken`.
-3. Compression on the validation split, per language: bytes per token of ours and of the
-   sentencepiece BPE trained at the same size on the same corpus.
+3. Compression on the validation split, per language: bytes per token of ours (each --alpha) and
+   of the sentencepiece BPE trained at the same size on the same corpus.
 Prints Markdown tables; writes models and logs under --work (default /tmp/tokbench).
 """
 import argparse
@@ -39,6 +43,7 @@ DATA = os.path.join(ROOT, "..", "shared", "data")
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 TOKENIZER_BIN = os.environ.get("TOKENIZER_BIN", os.path.join(TARGET, "release", "tokenizer"))
 ENCODE_BENCH = os.environ.get("ENCODE_BENCH", os.path.join(TARGET, "release", "examples", "encode_bench"))
+IDS_DUMP = os.environ.get("IDS_DUMP", os.path.join(TARGET, "release", "examples", "ids_dump"))
 GPT2 = os.path.join(ROOT, "tokenizer", "tests", "fixtures", "large", "gpt2")
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 
@@ -120,6 +125,7 @@ def ours_encode(model, threads):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--vocab", default="32000,256000")
+    ap.add_argument("--alpha", default="0.3", help="our language-balance exponents (the first is timed)")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per training run")
     ap.add_argument("--work", default="/tmp/tokbench")
     ap.add_argument("--skip-train", action="store_true", help="reuse models already in --work")
@@ -132,6 +138,9 @@ def main():
         return train_spm(a.train_spm[0], int(a.train_spm[1]), a.train_spm[2])
     os.makedirs(a.work, exist_ok=True)
     vocabs = [int(v) for v in a.vocab.split(",")]
+    alphas = [float(x) for x in a.alpha.split(",")]
+    # The first alpha's model is ours-<v>.json; further ones ours-a<alpha>-<v>.json.
+    ours_name = lambda v, k: f"ours-{v}" if k == 0 else f"ours-a{alphas[k]:g}-{v}"
     corpus = corpus_txt(a.work)
     print(f"machine: {os.cpu_count()} cores, shared with other jobs; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
 
@@ -142,13 +151,21 @@ def main():
         w = lambda n: os.path.join(a.work, n)
         runs = {}
         if not a.skip_train:
-            runs["ours"] = timed([TOKENIZER_BIN, "train", "--corpus", os.path.join(DATA, "corpus"), "--vocab-size",
-                                  str(v), "--out", w(f"ours-{v}.json")], a.timeout, w(f"ours-{v}.log"))
+            for k, alpha in enumerate(alphas):
+                r = timed([TOKENIZER_BIN, "train", "--corpus", os.path.join(DATA, "corpus"), "--vocab-size", str(v),
+                           "--alpha", str(alpha), "--out", w(ours_name(v, k) + ".json")], a.timeout,
+                          w(ours_name(v, k) + ".log"))
+                if k == 0:
+                    runs["ours"] = r
+                else:
+                    print(f"(ours at alpha {alpha:g}, vocab {v}: {r[0]:.1f} s / {r[1]:.0f} MB)" if isinstance(r, tuple)
+                          else f"(ours at alpha {alpha:g}, vocab {v}: {r})")
             runs["hf"] = timed([sys.executable, __file__, "--train-hf", corpus, str(v), w(f"hf-{v}.json")],
                                a.timeout, w(f"hf-{v}.log"))
             runs["spm"] = timed([sys.executable, __file__, "--train-spm", corpus, str(v), w(f"spm-{v}")],
                                 a.timeout, w(f"spm-{v}.log"))
-        fmt = lambda r: "timeout" if r == "timeout" else ("failed" if not r else f"{r[0]:.1f} s / {r[1]:.0f} MB")
+        fmt = lambda r: ("timeout" if r == "timeout" else "skipped" if a.skip_train else "failed" if not r
+                         else f"{r[0]:.1f} s / {r[1]:.0f} MB")
         others = [r[0] for k, r in runs.items() if k != "ours" and isinstance(r, tuple)]
         ratio = (f"{runs['ours'][0] / min(others):.2f}×" if isinstance(runs.get("ours"), tuple) and others else "-")
         print(f"| {v} | {fmt(runs.get('ours'))} | {fmt(runs.get('hf'))} | {fmt(runs.get('spm'))} | {ratio} |")
@@ -162,6 +179,7 @@ def main():
     print("| model | threads | ours | tokenizers | tiktoken | ours / faster other |")
     print("|---|---|---|---|---|---|")
     from tokenizers import Tokenizer
+    id_check = None
     if big:
         ours_json = os.path.join(a.work, f"ours-{big}.json")
         hf_json = os.path.join(a.work, f"ours-{big}.tokenizer.json")
@@ -177,6 +195,14 @@ def main():
                 s = bench_python(lambda ts: hf.encode_batch(ts, add_special_tokens=False), flat)
             print(f"| ours {big} (export) | {threads} | {r['mb_per_s']:.1f} | {mb / s:.1f} | - | {r['mb_per_s'] / (mb / s):.2f}× |")
             sys.stdout.flush()
+        if os.path.exists(IDS_DUMP):
+            hf = Tokenizer.from_file(hf_json)
+            hf.encode_special_tokens = True
+            p = subprocess.run([IDS_DUMP, ours_json], input=json.dumps(flat), capture_output=True, text=True, check=True)
+            ours_ids = json.loads(p.stdout)
+            hf_ids = [e.ids for e in hf.encode_batch(flat, add_special_tokens=False)]
+            bad = sum(x != y for x, y in zip(ours_ids, hf_ids))
+            id_check = f"ids of ours and of `tokenizers` on the export: {bad} of {len(flat)} texts differ"
     if os.path.exists(os.path.join(GPT2, "vocab.bpe")):
         import tiktoken
         import tiktoken.load
@@ -197,26 +223,34 @@ def main():
             print(f"| GPT-2 50257 | {threads} | {r['mb_per_s']:.1f} | {mb / s_hf:.1f} | {mb / s_tt:.1f} | {r['mb_per_s'] / best:.2f}× |")
             sys.stdout.flush()
 
+    if id_check:
+        print(f"\n({id_check})")
     print("\n### Compression on the validation split (bytes per token; higher is better)\n")
     import sentencepiece as spm
     for v in vocabs:
-        ours_json = os.path.join(a.work, f"ours-{v}.json")
         spm_model = os.path.join(a.work, f"spm-{v}.model")
-        if not (os.path.exists(ours_json) and os.path.exists(spm_model)):
+        ours = [(alpha, os.path.join(a.work, ours_name(v, k) + ".json")) for k, alpha in enumerate(alphas)]
+        ours = [(alpha, p) for alpha, p in ours if os.path.exists(p)]
+        if not (ours and os.path.exists(spm_model)):
             print(f"vocab {v}: skipped (a model is missing)\n")
             continue
-        r = ours_encode(ours_json, 2)
+        rs = [ours_encode(p, 2) for _, p in ours]
         sp = spm.SentencePieceProcessor(model_file=spm_model)
-        print(f"vocab {v}:\n")
-        print("| lang | ours | sentencepiece BPE | ours / spm |")
-        print("|---|---|---|---|")
-        tot_b = tot_o = tot_s = 0
+        print(f"vocab {v} (ratio: ours / spm bytes per token, above 1 ours compresses better):\n")
+        print("| lang | sentencepiece BPE | " + " | ".join(f"ours α={al:g} | ratio" for al, _ in ours) + " |")
+        print("|---|---|" + "---|---|" * len(ours))
+        tot_b, tot_s, tot_o = 0, 0, [0] * len(ours)
         for lang, ts in texts.items():
-            b, n_ours = r["langs"][lang]
+            b = rs[0]["langs"][lang][0]
             n_spm = sum(len(i) for i in sp.encode(ts))
-            tot_b, tot_o, tot_s = tot_b + b, tot_o + n_ours, tot_s + n_spm
-            print(f"| {lang} | {b / n_ours:.3f} | {b / n_spm:.3f} | {n_spm / n_ours:.3f} |")
-        print(f"| all | {tot_b / tot_o:.3f} | {tot_b / tot_s:.3f} | {tot_s / tot_o:.3f} |\n")
+            tot_b, tot_s = tot_b + b, tot_s + n_spm
+            cells = []
+            for k, r in enumerate(rs):
+                n_ours = r["langs"][lang][1]
+                tot_o[k] += n_ours
+                cells.append(f"{b / n_ours:.3f} | {n_spm / n_ours:.3f}")
+            print(f"| {lang} | {b / n_spm:.3f} | " + " | ".join(cells) + " |")
+        print(f"| all | {tot_b / tot_s:.3f} | " + " | ".join(f"{tot_b / o:.3f} | {tot_s / o:.3f}" for o in tot_o) + " |\n")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,9 @@
 //!
 //! Semantics (the same as Hugging Face `tokenizers` and `tiktoken` for GPT-2): repeatedly apply
 //! the adjacent pair with the lowest merge rank, leftmost first on equal rank, until no adjacent
-//! pair has a merge. Short words rescan (faster than building a heap); longer ones use a doubly
-//! linked list and a min-heap of `(rank, position)` with lazy invalidation, so long words (whole
-//! lines of CJK or Thai text) stay O(n log n).
+//! pair has a merge. Short words rescan a table of pair ranks kept on the stack (faster than
+//! building a heap); longer ones use a doubly linked list and a min-heap of `(rank, position)`
+//! with lazy invalidation, so long words (whole lines of CJK or Thai text) stay O(n log n).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -16,8 +16,8 @@ pub(crate) trait MergeRanks {
     fn merge(&self, a: u32, b: u32) -> Option<(u32, u32)>;
 }
 
-/// Words up to this many symbols are merged by rescanning.
-const SCAN_MAX: usize = 8;
+/// Words up to this many symbols are merged by rescanning a table of pair ranks on the stack.
+const SMALL_MAX: usize = 64;
 
 /// Merge `ids` in place by exact merge-rank semantics.
 pub(crate) fn merge_word<M: MergeRanks + ?Sized>(model: &M, ids: &mut Vec<u32>) {
@@ -25,8 +25,8 @@ pub(crate) fn merge_word<M: MergeRanks + ?Sized>(model: &M, ids: &mut Vec<u32>) 
     if n < 2 {
         return;
     }
-    if n <= SCAN_MAX {
-        merge_by_scanning(model, ids);
+    if n <= SMALL_MAX {
+        merge_small(model, ids);
         return;
     }
     const NONE: usize = usize::MAX;
@@ -77,8 +77,51 @@ pub(crate) fn merge_word<M: MergeRanks + ?Sized>(model: &M, ids: &mut Vec<u32>) 
     *ids = merged;
 }
 
+/// Short words: the `(rank, result)` of every adjacent pair is kept in a table on the stack, so
+/// each merge costs a scan of the table and two look-ups (for the new pairs either side), with
+/// no allocation. Same choice as [`merge_by_scanning`]: the lowest rank, leftmost on ties.
+fn merge_small<M: MergeRanks + ?Sized>(model: &M, ids: &mut Vec<u32>) {
+    const NONE: (u32, u32) = (u32::MAX, 0);
+    let mut n = ids.len();
+    debug_assert!((2..=SMALL_MAX).contains(&n));
+    let mut pairs = [NONE; SMALL_MAX];
+    for i in 0..n - 1 {
+        pairs[i] = model.merge(ids[i], ids[i + 1]).unwrap_or(NONE);
+    }
+    loop {
+        let mut best = u32::MAX;
+        let mut at = 0;
+        for (i, &(rank, _)) in pairs[..n - 1].iter().enumerate() {
+            if rank < best {
+                best = rank;
+                at = i;
+            }
+        }
+        if best == u32::MAX {
+            break;
+        }
+        // Merge symbols `at` and `at + 1`; the pair table loses entry `at + 1`.
+        ids[at] = pairs[at].1;
+        ids.remove(at + 1);
+        if at + 2 < n {
+            pairs.copy_within(at + 2..n - 1, at + 1);
+        }
+        n -= 1;
+        if at + 1 < n {
+            pairs[at] = model.merge(ids[at], ids[at + 1]).unwrap_or(NONE);
+        }
+        if at > 0 {
+            pairs[at - 1] = model.merge(ids[at - 1], ids[at]).unwrap_or(NONE);
+        }
+        if n < 2 {
+            break;
+        }
+    }
+}
+
 /// The plain quadratic loop: find the lowest-rank adjacent pair (leftmost on ties), merge it,
-/// repeat. Used for short words and as the tests' reference.
+/// repeat. The tests' reference.
+#[cfg(test)]
 pub(crate) fn merge_by_scanning<M: MergeRanks + ?Sized>(model: &M, ids: &mut Vec<u32>) {
     loop {
         let mut best: Option<(u32, usize, u32)> = None;

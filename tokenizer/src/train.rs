@@ -679,6 +679,26 @@ mod tests {
         assert!((en.share + de.share - 1.0).abs() < 1e-9);
     }
 
+    /// Runs of spaces are learnt as whitespace-only pieces; otherwise `▁` only starts a piece.
+    #[test]
+    fn whitespace_only_pieces() {
+        let text = "def f():\n    return 1\n        x = y  # two\n    pass".to_string();
+        let corpus = vec![LanguageCorpus::new("code", vec![text.clone(); 30])];
+        let cfg = TrainConfig { vocab_size: 400, ..Default::default() };
+        let model = train(&corpus, &cfg).unwrap();
+        assert!(model.piece_to_id("▁▁▁").is_some(), "{:?}", model.pieces());
+        for p in model.pieces() {
+            let meta_only = p.chars().all(|c| c == crate::normalize::META);
+            assert!(meta_only || !p.chars().skip(1).any(|c| c == crate::normalize::META), "{p:?}");
+        }
+        let tok = crate::Tokenizer::new(model);
+        let ids = tok.encode(&text);
+        assert_eq!(tok.decode(&ids).unwrap(), text);
+        // Four spaces before `return`: fewer tokens than one per space.
+        let four = tok.encode("    return");
+        assert!(four.len() < 4, "{four:?}");
+    }
+
     #[test]
     fn runs_out_of_pairs_gracefully() {
         let cfg = TrainConfig { vocab_size: 10_000, ..Default::default() };

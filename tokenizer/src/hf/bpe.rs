@@ -1,6 +1,7 @@
 //! The BPE model of a `tokenizer.json` (`"model": {"type": "BPE", ...}`): vocabulary, ranked
 //! merges, unknown token and byte fallback, applied to one pre-tokenised piece at a time.
 
+use crate::bytelevel::bytes_to_chars;
 use crate::cache::{WordCache, MAX_CACHED_WORD_BYTES};
 use crate::error::{Result, TokenizerError};
 use crate::hash::FxHashMap;
@@ -99,7 +100,7 @@ impl HfBpe {
             unk,
             fuse_unk,
             ignore_merges,
-            cache: WordCache::new(1 << 16),
+            cache: WordCache::new(1 << 14),
         })
     }
 
@@ -120,6 +121,46 @@ impl HfBpe {
         if cacheable && self.cache.get(piece, out) {
             return;
         }
+        let ids = self.encode_uncached(piece);
+        if cacheable {
+            self.cache.put(piece, &ids);
+        }
+        out.extend_from_slice(&ids);
+    }
+
+    /// Encode one piece of raw text for a byte-level model: the same ids as [`Self::encode_piece`]
+    /// on its byte characters (`table`), but the word cache is keyed by the raw text, so a
+    /// cached piece is never mapped. `buf` is scratch space. A tokenizer must use only one of
+    /// the two methods (their cache keys would mix otherwise); `HfTokenizer` uses this one
+    /// exactly when its only pre-tokenizer is `ByteLevel`.
+    pub(crate) fn encode_raw_piece(
+        &self,
+        raw: &str,
+        table: &[char; 256],
+        buf: &mut String,
+        out: &mut Vec<u32>,
+    ) {
+        let cacheable = raw.len() <= MAX_CACHED_WORD_BYTES && !self.ignore_merges;
+        if cacheable && self.cache.get(raw, out) {
+            return;
+        }
+        buf.clear();
+        bytes_to_chars(raw.as_bytes(), table, buf);
+        if self.ignore_merges {
+            if let Some(&id) = self.vocab.get(buf.as_str()) {
+                out.push(id);
+                return;
+            }
+        }
+        let ids = self.encode_uncached(buf);
+        if cacheable {
+            self.cache.put(raw, &ids);
+        }
+        out.extend_from_slice(&ids);
+    }
+
+    /// The ids of one piece: characters (or byte tokens, or unknown), then the merges.
+    fn encode_uncached(&self, piece: &str) -> Vec<u32> {
         let mut ids = Vec::with_capacity(piece.len());
         let mut last_was_unk = false;
         for c in piece.chars() {
@@ -146,9 +187,6 @@ impl HfBpe {
             // Without an unknown token, `tokenizers` drops the character.
         }
         merge_word(self, &mut ids);
-        if cacheable {
-            self.cache.put(piece, &ids);
-        }
-        out.extend_from_slice(&ids);
+        ids
     }
 }

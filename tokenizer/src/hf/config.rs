@@ -9,6 +9,7 @@ use crate::hash::FxHashMap;
 use crate::hf::bpe::HfBpe;
 use crate::hf::steps::{Behavior, Decode, Normalize, PreTokenize, Prepend};
 use crate::hf::AddedToken;
+use crate::pretokenize::META_RUNS_PATTERN;
 
 fn bad(message: impl Into<String>) -> TokenizerError {
     TokenizerError::malformed(format!("tokenizer.json: {}", message.into()))
@@ -146,9 +147,11 @@ pub(crate) fn pre_tokenizers(v: &Value, out: &mut Vec<PreTokenize>) -> Result<()
                 (_, Some(r)) if r == GPT2_PATTERN || r == GPT2_PATTERN_TIKTOKEN => {
                     PreTokenize::SplitGpt2 { behavior, invert }
                 }
+                (_, Some(r)) if r == META_RUNS_PATTERN => PreTokenize::SplitMetaRuns { behavior, invert },
                 (_, Some(r)) => {
                     return Err(bad(format!(
-                        "unsupported Split regex {r:?} (only the GPT-2 expression is built in)"
+                        "unsupported Split regex {r:?} (only the GPT-2 expression and our own word split \
+                         are built in)"
                     )))
                 }
                 _ => return Err(bad("Split has no pattern")),

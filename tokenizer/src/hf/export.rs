@@ -6,7 +6,7 @@
 //! |---|---|
 //! | Unicode form (none / NFC / NFKC) | normaliser `NFC` / `NFKC` |
 //! | spaces become `▁`, dummy `▁` prefix | `Replace(" " → "▁")`, `Prepend("▁")` |
-//! | a word starts at every `▁`; digits alone | `Split("▁", MergedWithNext)`, `Digits(individual)` |
+//! | a word starts at a `▁` (runs: see [`crate::pretokenize`]); digits alone | `Split(META_RUNS_PATTERN, Isolated)`, `Digits(individual)` |
 //! | specials, `<0xNN>` bytes, ranked merges | `BPE` with `byte_fallback`, specials as added tokens |
 //! | decode | `Replace("▁" → " ")`, `ByteFallback`, `Fuse`, `Strip(" ", 1, 0)` |
 //!
@@ -26,6 +26,7 @@ use crate::hf::{vocab_map, AddedToken, HfTokenizer};
 use crate::json::write_atomic;
 use crate::model::{BpeModel, DEFAULT_SPECIALS};
 use crate::normalize::{NormalizerKind, META};
+use crate::pretokenize::META_RUNS_PATTERN;
 
 fn scheme(p: Prepend) -> &'static str {
     match p {
@@ -71,6 +72,9 @@ fn pre_tokenizer_json(p: &PreTokenize) -> Value {
         }),
         PreTokenize::SplitGpt2 { behavior: b, invert } => json!({
             "type": "Split", "pattern": {"Regex": GPT2_PATTERN}, "behavior": behavior(*b), "invert": invert
+        }),
+        PreTokenize::SplitMetaRuns { behavior: b, invert } => json!({
+            "type": "Split", "pattern": {"Regex": META_RUNS_PATTERN}, "behavior": behavior(*b), "invert": invert
         }),
         PreTokenize::Digits { individual } => json!({"type": "Digits", "individual_digits": individual}),
     }
@@ -143,11 +147,7 @@ impl HfTokenizer {
             normalizers.push(Normalize::Prepend(meta.clone()));
         }
         let pre = vec![
-            PreTokenize::SplitString {
-                pattern: meta.clone(),
-                behavior: Behavior::MergedWithNext,
-                invert: false,
-            },
+            PreTokenize::SplitMetaRuns { behavior: Behavior::Isolated, invert: false },
             PreTokenize::Digits { individual: true },
         ];
         let mut decoders = vec![Decode::Replace(meta, " ".into()), Decode::ByteFallback, Decode::Fuse];

@@ -8,7 +8,8 @@
 //! - normalisers `NFC`, `NFD`, `NFKC`, `NFKD`, `Lowercase`, `Prepend`, `Replace` (literal),
 //!   `Strip` and `Sequence`;
 //! - pre-tokenizers `ByteLevel` (GPT-2 byte map and split, see [`crate::bytelevel`]),
-//!   `Metaspace`, `Split` (a literal, or the GPT-2 expression), `Digits` and `Sequence`;
+//!   `Metaspace`, `Split` (a literal, the GPT-2 expression, or our own word split
+//!   [`crate::pretokenize::META_RUNS_PATTERN`]), `Digits` and `Sequence`;
 //! - the `BPE` model (ranked merges, `unk_token`, `fuse_unk`, `byte_fallback`, `ignore_merges`);
 //! - decoders `ByteLevel`, `Metaspace`, `Replace` (literal), `ByteFallback`, `Fuse`, `Strip`,
 //!   `Sequence`.
@@ -41,7 +42,7 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde_json::Value;
 
-use crate::bytelevel::byte_to_char_table;
+use crate::bytelevel::{byte_to_char_table, split_gpt2};
 use crate::error::{Result, TokenizerError};
 use crate::hash::FxHashMap;
 use bpe::HfBpe;
@@ -235,6 +236,20 @@ impl HfTokenizer {
     }
 
     fn encode_normalized(&self, text: String, first: bool, out: &mut Vec<u32>) {
+        // Byte level alone (GPT-2): split and encode without a String per piece; the same ids
+        // as the general path below.
+        if let [PreTokenize::ByteLevel { add_prefix_space, use_regex }] = self.pre_tokenizers.as_slice() {
+            let text = if *add_prefix_space && !text.starts_with(' ') { format!(" {text}") } else { text };
+            let mut buf = String::with_capacity(64);
+            if *use_regex {
+                for part in split_gpt2(&text) {
+                    self.model.encode_raw_piece(part, &self.byte_table, &mut buf, out);
+                }
+            } else if !text.is_empty() {
+                self.model.encode_raw_piece(&text, &self.byte_table, &mut buf, out);
+            }
+            return;
+        }
         let pieces =
             self.pre_tokenizers.iter().fold(vec![(text, first)], |p, step| step.apply(p, &self.byte_table));
         for (piece, _) in pieces {

@@ -6,6 +6,7 @@ use unicode_normalization::UnicodeNormalization;
 use crate::bytelevel::{bytes_to_chars, char_to_byte, split_gpt2};
 use crate::hf::bpe::parse_byte_token;
 use crate::normalize::{nfc, nfkc};
+use crate::pretokenize::meta_run_spans;
 
 /// One normaliser step.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,8 +82,10 @@ pub(crate) enum PreTokenize {
     Metaspace { replacement: char, prepend: Prepend, split: bool },
     /// Split on a literal string.
     SplitString { pattern: String, behavior: Behavior, invert: bool },
-    /// Split with the GPT-2 expression (the only regular expression supported).
+    /// Split with the GPT-2 expression.
     SplitGpt2 { behavior: Behavior, invert: bool },
+    /// Split with [`META_RUNS_PATTERN`] (our own models' word split, before digits).
+    SplitMetaRuns { behavior: Behavior, invert: bool },
     /// Numbers apart, each digit alone when `individual`.
     Digits { individual: bool },
 }
@@ -223,6 +226,13 @@ impl PreTokenize {
                         m.push((pos, pos + part.len()));
                         pos += part.len();
                     }
+                    if *invert {
+                        m = invert_spans(&m, p.len());
+                    }
+                    out.extend(split_by(&p, &m, *behavior, first));
+                }
+                PreTokenize::SplitMetaRuns { behavior, invert } => {
+                    let mut m = meta_run_spans(&p);
                     if *invert {
                         m = invert_spans(&m, p.len());
                     }
