@@ -8,6 +8,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{polylm, prepare_small, scratch, text};
+
 use polylm_trainer::dist::tcp::TcpCollective;
 use polylm_trainer::dist::{launch::free_port, Collective, DistError, World};
 
@@ -147,67 +150,10 @@ fn a_missing_rank_is_named_and_a_hung_rank_times_out() {
 
 // ----- end to end ------------------------------------------------------------------------------
 
-fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data")
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("polylm-dist-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
-}
-
-fn polylm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_polylm")).args(args).output().expect("runs polylm")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
 /// A tokenizer and shards (three languages), built once.
 fn prepared() -> &'static (PathBuf, PathBuf) {
     static PREPARED: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    PREPARED.get_or_init(|| {
-        let dir = scratch("prepared");
-        let tok = dir.join("tok.json");
-        let corpus = shared().join("corpus");
-        let o = polylm(&[
-            "tokenizer",
-            "train",
-            "--corpus",
-            corpus.to_str().unwrap(),
-            "--langs",
-            "en,de,zh",
-            "--vocab-size",
-            "600",
-            "--max-lines",
-            "40",
-            "--out",
-            tok.to_str().unwrap(),
-        ]);
-        assert!(o.status.success(), "tokenizer train: {}", text(&o));
-        let data = dir.join("data");
-        let o = polylm(&[
-            "data",
-            "prepare",
-            "--tokenizer",
-            tok.to_str().unwrap(),
-            "--train",
-            corpus.to_str().unwrap(),
-            "--valid",
-            shared().join("valid").to_str().unwrap(),
-            "--langs",
-            "en,de,zh",
-            "--max-docs-per-lang",
-            "40",
-            "--out",
-            data.to_str().unwrap(),
-        ]);
-        assert!(o.status.success(), "data prepare: {}", text(&o));
-        (tok, data)
-    })
+    PREPARED.get_or_init(|| prepare_small("dist-prepared", 600, 40, 40))
 }
 
 /// A run config in `out` with `micro` sequences per micro-batch and 128 tokens per step (two

@@ -7,68 +7,14 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data")
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("polylm-run-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
-}
-
-fn polylm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_polylm")).args(args).output().expect("runs polylm")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
+mod common;
+use common::{polylm, prepare_small, scratch, shared, text};
 
 /// A tokenizer and prepared shards shared by the tests (three languages, a few dozen
 /// documents each), built once.
 fn prepared() -> &'static (PathBuf, PathBuf) {
     static PREPARED: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    PREPARED.get_or_init(|| {
-        let dir = scratch("prepared");
-        let tok = dir.join("tok.json");
-        let corpus = shared().join("corpus");
-        let o = polylm(&[
-            "tokenizer",
-            "train",
-            "--corpus",
-            corpus.to_str().unwrap(),
-            "--langs",
-            "en,de,zh",
-            "--vocab-size",
-            "700",
-            "--max-lines",
-            "60",
-            "--out",
-            tok.to_str().unwrap(),
-        ]);
-        assert!(o.status.success(), "tokenizer train: {}", text(&o));
-        let data = dir.join("data");
-        let o = polylm(&[
-            "data",
-            "prepare",
-            "--tokenizer",
-            tok.to_str().unwrap(),
-            "--train",
-            corpus.to_str().unwrap(),
-            "--valid",
-            shared().join("valid").to_str().unwrap(),
-            "--langs",
-            "en,de,zh",
-            "--max-docs-per-lang",
-            "60",
-            "--out",
-            data.to_str().unwrap(),
-        ]);
-        assert!(o.status.success(), "data prepare: {}", text(&o));
-        (tok, data)
-    })
+    PREPARED.get_or_init(|| prepare_small("run-prepared", 700, 60, 60))
 }
 
 /// A run config for the shared data in `out`, with extra TOML lines.

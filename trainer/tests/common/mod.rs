@@ -1,5 +1,7 @@
 //! Helpers shared by the trainer's tests.
 
+#![allow(dead_code)]
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -24,4 +26,70 @@ impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// The shared real corpus (`../shared/data` beside the repository).
+pub fn shared() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data")
+}
+
+/// A fresh, empty scratch folder named after the test file and `name`.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("polylm-trainer-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// Runs the `polylm` binary with `args`.
+pub fn polylm(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_polylm")).args(args).output().expect("runs polylm")
+}
+
+/// A run's stdout and stderr together.
+pub fn text(o: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A tokenizer of `vocab` ids trained on `lines` documents of en, de and zh from the real
+/// corpus, and shards of `docs` documents per language, in `scratch(name)`: `(tokenizer, data)`.
+pub fn prepare_small(name: &str, vocab: usize, lines: usize, docs: usize) -> (PathBuf, PathBuf) {
+    let dir = scratch(name);
+    let tok = dir.join("tok.json");
+    let corpus = shared().join("corpus");
+    let (vocab, lines, docs) = (vocab.to_string(), lines.to_string(), docs.to_string());
+    let o = polylm(&[
+        "tokenizer",
+        "train",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--langs",
+        "en,de,zh",
+        "--vocab-size",
+        &vocab,
+        "--max-lines",
+        &lines,
+        "--out",
+        tok.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "tokenizer train: {}", text(&o));
+    let data = dir.join("data");
+    let o = polylm(&[
+        "data",
+        "prepare",
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--train",
+        corpus.to_str().unwrap(),
+        "--valid",
+        shared().join("valid").to_str().unwrap(),
+        "--langs",
+        "en,de,zh",
+        "--max-docs-per-lang",
+        &docs,
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "data prepare: {}", text(&o));
+    (tok, data)
 }
