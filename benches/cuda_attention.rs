@@ -8,6 +8,8 @@
 //! beside it up to sequence 2048 (beyond, it takes seconds per call). Prints a Markdown table;
 //! `POLYLM_BENCH_OUT=path` also writes it to a file.
 
+mod common;
+
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -180,25 +182,5 @@ fn run(dev: &Arc<CudaDevice>) -> CudaResult<String> {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; a filter argument is ignored.
-    let dev = match CudaDevice::new(0) {
-        Ok(d) => d,
-        Err(e) => {
-            println!("cuda_attention benchmark skipped: no GPU ({e})");
-            return;
-        }
-    };
-    match run(&dev) {
-        Ok(md) => {
-            if let Some(path) = std::env::var_os("POLYLM_BENCH_OUT") {
-                if let Err(e) = std::fs::write(&path, md) {
-                    eprintln!("could not write {}: {e}", path.to_string_lossy());
-                }
-            }
-        }
-        Err(e) => {
-            eprintln!("cuda_attention benchmark failed: {e}");
-            std::process::exit(1);
-        }
-    }
+    common::gpu_bench_main("cuda_attention", run);
 }

@@ -9,6 +9,8 @@
 //! copy moving the kernel's own byte count (which pays the same launch and tail costs).
 //! Set `POLYLM_BENCH_OUT=path` to also write the table as Markdown.
 
+mod common;
+
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -344,25 +346,5 @@ fn run(dev: &Arc<CudaDevice>) -> CudaResult<String> {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; a filter argument is ignored.
-    let dev = match CudaDevice::new(0) {
-        Ok(d) => d,
-        Err(e) => {
-            println!("cuda_kernels benchmark skipped: no CUDA device ({e})");
-            return;
-        }
-    };
-    match run(&dev) {
-        Ok(md) => {
-            if let Some(path) = std::env::var_os("POLYLM_BENCH_OUT") {
-                if let Err(e) = std::fs::write(&path, md) {
-                    eprintln!("could not write {}: {e}", path.to_string_lossy());
-                }
-            }
-        }
-        Err(e) => {
-            eprintln!("cuda_kernels benchmark failed: {e}");
-            std::process::exit(1);
-        }
-    }
+    common::gpu_bench_main("cuda_kernels", run);
 }

@@ -11,6 +11,8 @@
 //! timed with CUDA events over several runs after a warm-up. Set `POLYLM_BENCH_OUT=path` to
 //! also write the table as Markdown.
 
+mod common;
+
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -178,25 +180,5 @@ fn run(dev: &Arc<CudaDevice>) -> CudaResult<String> {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; nothing else is parsed.
-    let dev = match CudaDevice::new(0) {
-        Ok(d) => d,
-        Err(e) => {
-            println!("skipped: no GPU ({e})");
-            return;
-        }
-    };
-    match run(&dev) {
-        Ok(table) => {
-            if let Some(path) = std::env::var_os("POLYLM_BENCH_OUT") {
-                if let Err(e) = std::fs::write(&path, table) {
-                    eprintln!("could not write {}: {e}", path.to_string_lossy());
-                }
-            }
-        }
-        Err(e) => {
-            eprintln!("cuda_matmul benchmark failed: {e}");
-            std::process::exit(1);
-        }
-    }
+    common::gpu_bench_main("cuda_matmul", run);
 }
