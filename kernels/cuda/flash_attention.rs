@@ -199,16 +199,8 @@ pub fn forward<T: FloatElem>(
     dev.launch(args, cfg, "launching flash_fwd")
 }
 
-/// The gradients [`backward`] writes.
-#[derive(Debug)]
-pub struct FlashGrads<'a, T: FloatElem> {
-    /// Receives dQ.
-    pub dq: &'a mut DeviceBuf<T>,
-    /// Receives dK.
-    pub dk: &'a mut DeviceBuf<T>,
-    /// Receives dV.
-    pub dv: &'a mut DeviceBuf<T>,
-}
+/// The gradients [`backward`] writes: the same triple the simple attention kernel fills.
+pub type FlashGrads<'a, T> = super::attention::AttentionGrads<'a, T>;
 
 /// Backward: writes dQ, dK and dV from the inputs, the forward's `out` and `lse`, and the
 /// output gradient `dout`. The probabilities are recomputed tile by tile from `lse`; the only
