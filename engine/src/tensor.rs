@@ -295,7 +295,16 @@ impl Tensor {
     /// Back-propagates from this one-element tensor: every leaf that requires grad and that
     /// this tensor depends on gets the gradient added to its `.grad()`. The graph is freed.
     pub fn backward(&self) -> Result<()> {
-        run_backward(self)
+        run_backward(self, &mut |_| {})
+    }
+
+    /// [`Tensor::backward`], calling `on_leaf` with each leaf as soon as its gradient from this
+    /// pass has been added to its `.grad()` (no later op of the pass adds to it), while the
+    /// backward rules of the ops before it are still to run. Data-parallel training uses it to
+    /// start summing a layer's gradients over the ranks while the earlier layers' gradients are
+    /// being computed.
+    pub fn backward_with(&self, on_leaf: &mut dyn FnMut(&Tensor)) -> Result<()> {
+        run_backward(self, on_leaf)
     }
 
     pub(crate) fn node(&self) -> Option<Arc<Node>> {

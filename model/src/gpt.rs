@@ -8,7 +8,9 @@
 //! row chunks, each back-propagated at once); [`Gpt::logits`] and [`Gpt::loss`] return the
 //! whole `[B, T, V]` logits or a loss recorded in the graph, for evaluation and tests.
 
-use polylm_engine::{no_grad, DType, Rng, Tensor};
+use std::collections::HashMap;
+
+use polylm_engine::{no_grad, DType, Rng, Tensor, TensorId};
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
@@ -182,38 +184,63 @@ impl Gpt {
         ignore: Option<u32>,
         recompute: bool,
     ) -> Result<f64> {
+        self.forward_backward_with(b, targets, ignore, recompute, &mut |_| {})
+    }
+
+    /// [`Gpt::forward_backward`], calling `on_final(i)` once for every parameter `i` (its index
+    /// in [`Params::named`] order) as soon as its gradient from this pass is complete in its
+    /// `.grad()`, while the backward pass goes on through the earlier layers: the final
+    /// LayerNorm after the head, then each block's parameters as the backward pass leaves the
+    /// block (last block first), then the embeddings. Parameters that no gradient reached are
+    /// reported at the end. The order depends only on the architecture, so it is the same on
+    /// every rank of a data-parallel run, which starts summing each group of gradients over
+    /// the ranks while the backward pass is still running.
+    pub fn forward_backward_with(
+        &self,
+        b: &Batch<'_>,
+        targets: &[u32],
+        ignore: Option<u32>,
+        recompute: bool,
+        on_final: &mut dyn FnMut(usize),
+    ) -> Result<f64> {
         self.check_batch(b)?;
         self.check_targets(b, targets, ignore)?;
-        if !recompute {
+        let mut ready = ReadyParams::new(&self.params);
+        let loss = if !recompute {
             let mut x = self.embed(b)?;
             for p in &self.params.blocks {
                 x = self.block(p, &x)?;
             }
             let (loss, g) = self.head_backward(&x, targets, ignore)?;
-            x.mul(&g)?.sum_all()?.backward()?;
-            return Ok(loss);
-        }
-        // Forward without a graph, keeping each block's input.
-        let mut inputs = Vec::with_capacity(self.config.layers + 1);
-        {
-            let _guard = no_grad();
-            let mut x = self.embed(b)?;
-            for p in &self.params.blocks {
-                let next = self.block(p, &x)?;
+            ready.report_head(on_final);
+            x.mul(&g)?.sum_all()?.backward_with(&mut |t| ready.report(t, on_final))?;
+            loss
+        } else {
+            // Forward without a graph, keeping each block's input.
+            let mut inputs = Vec::with_capacity(self.config.layers + 1);
+            {
+                let _guard = no_grad();
+                let mut x = self.embed(b)?;
+                for p in &self.params.blocks {
+                    let next = self.block(p, &x)?;
+                    inputs.push(x);
+                    x = next;
+                }
                 inputs.push(x);
-                x = next;
             }
-            inputs.push(x);
-        }
-        let last = inputs.pop().expect("the list holds the final hidden state");
-        let (loss, mut g) = self.head_backward(&last, targets, ignore)?;
-        for (p, x) in self.params.blocks.iter().zip(inputs).rev() {
-            let x = x.requires_grad();
-            let out = self.block(p, &x)?;
-            out.mul(&g)?.sum_all()?.backward()?;
-            g = grad_of(&x)?;
-        }
-        self.embed(b)?.mul(&g)?.sum_all()?.backward()?;
+            let last = inputs.pop().expect("the list holds the final hidden state");
+            let (loss, mut g) = self.head_backward(&last, targets, ignore)?;
+            ready.report_head(on_final);
+            for (p, x) in self.params.blocks.iter().zip(inputs).rev() {
+                let x = x.requires_grad();
+                let out = self.block(p, &x)?;
+                out.mul(&g)?.sum_all()?.backward_with(&mut |t| ready.report(t, on_final))?;
+                g = grad_of(&x)?;
+            }
+            self.embed(b)?.mul(&g)?.sum_all()?.backward_with(&mut |t| ready.report(t, on_final))?;
+            loss
+        };
+        ready.report_rest(on_final);
         Ok(loss)
     }
 
@@ -269,6 +296,56 @@ impl Gpt {
 /// `[V, C]` gradient into the embedding's, so more chunks save logits memory but cost
 /// gradient traffic.
 pub const HEAD_CHUNKS: usize = 4;
+
+/// Which parameters [`Gpt::forward_backward_with`] has reported final.
+struct ReadyParams {
+    /// Parameter index by tensor id.
+    index: HashMap<TensorId, usize>,
+    /// The final LayerNorm's parameters (final once the head is back-propagated).
+    head: [usize; 2],
+    reported: Vec<bool>,
+}
+
+impl ReadyParams {
+    fn new(params: &Params) -> ReadyParams {
+        let named = params.named();
+        let index: HashMap<TensorId, usize> =
+            named.iter().enumerate().map(|(i, (_, t))| (t.id(), i)).collect();
+        let at = |t: &Tensor| index[&t.id()];
+        let head = [at(&params.ln_f_weight), at(&params.ln_f_bias)];
+        ReadyParams { index, head, reported: vec![false; named.len()] }
+    }
+
+    fn report_index(&mut self, i: usize, on_final: &mut dyn FnMut(usize)) {
+        if !self.reported[i] {
+            self.reported[i] = true;
+            on_final(i);
+        }
+    }
+
+    /// After the head's backward: the final LayerNorm is complete (the tied embedding is not).
+    fn report_head(&mut self, on_final: &mut dyn FnMut(usize)) {
+        for i in self.head {
+            self.report_index(i, on_final);
+        }
+    }
+
+    /// A leaf whose gradient a body backward pass has just completed. The head's passes (which
+    /// add to the tied embedding) report nothing: the embedding is complete only when the body's
+    /// pass reaches the embedding lookup.
+    fn report(&mut self, t: &Tensor, on_final: &mut dyn FnMut(usize)) {
+        if let Some(&i) = self.index.get(&t.id()) {
+            self.report_index(i, on_final);
+        }
+    }
+
+    /// Every parameter not reported yet, in order (those no gradient reached).
+    fn report_rest(&mut self, on_final: &mut dyn FnMut(usize)) {
+        for i in 0..self.reported.len() {
+            self.report_index(i, on_final);
+        }
+    }
+}
 
 fn grad_of(t: &Tensor) -> Result<Tensor> {
     t.grad().ok_or_else(|| ModelError::BadInput("no gradient reached a recomputed block input".into()))

@@ -121,3 +121,78 @@ fn fully_ignored_batch_gives_zero_loss_and_zero_gradients() {
         Err(polylm_model::ModelError::TokenOutOfRange { id: 17, position: 2, .. })
     ));
 }
+
+/// What `forward_backward_with` reported: each parameter's index in report order, with its
+/// gradient at that moment and whether the first block's parameters had any gradient yet.
+struct Reports {
+    order: Vec<usize>,
+    grads_then: Vec<Option<Vec<f64>>>,
+    first_block_touched_then: Vec<bool>,
+}
+
+fn report_run(model: &Gpt, b: &Batch<'_>, targets: &[u32], recompute: bool) -> (f64, Reports) {
+    let named = model.params().named();
+    let first_block: Vec<&Tensor> =
+        named.iter().filter(|(n, _)| n.starts_with("transformer.h.0.")).map(|(_, t)| *t).collect();
+    let mut reports =
+        Reports { order: vec![], grads_then: vec![None; named.len()], first_block_touched_then: vec![] };
+    let loss = model
+        .forward_backward_with(b, targets, None, recompute, &mut |i| {
+            reports.order.push(i);
+            reports.grads_then[i] = named[i].1.grad().map(|g| g.to_vec_f64());
+            reports.first_block_touched_then.push(first_block.iter().any(|t| t.grad().is_some()));
+        })
+        .unwrap();
+    (loss, reports)
+}
+
+#[test]
+fn parameters_are_reported_once_each_as_soon_as_their_gradient_is_complete() {
+    let cfg = small_config(31, 3, 12, 2, 20, 8);
+    let mut model = Gpt::new(cfg, DType::F64, 41).unwrap();
+    perturb(&mut model, 0.3, 42);
+    let mut rng = Rng::new(43);
+    let ids = random_ids(16, 31, &mut rng);
+    let targets = random_ids(16, 31, &mut rng);
+    let b = Batch { ids: &ids, batch: 2, seq: 8 };
+    let plain = model.forward_backward(&b, &targets, None, false).unwrap();
+    let names: Vec<String> = model.params().named().iter().map(|(n, _)| n.clone()).collect();
+    let want: Vec<Vec<f64>> =
+        model.params().named().iter().map(|(_, t)| t.grad().unwrap().to_vec_f64()).collect();
+    for recompute in [false, true] {
+        model.params().zero_grad();
+        let (loss, r) = report_run(&model, &b, &targets, recompute);
+        assert_eq!(loss, plain);
+        let mut sorted = r.order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..names.len()).collect::<Vec<_>>(), "each parameter exactly once");
+        // At its report a gradient is already what it is after the whole pass.
+        for (i, got) in r.grads_then.iter().enumerate() {
+            let got = got.as_ref().unwrap_or_else(|| panic!("{}: no gradient when reported", names[i]));
+            let scale = want[i].iter().fold(0f64, |m, x| m.max(x.abs())).max(1.0);
+            for (a, w) in got.iter().zip(&want[i]) {
+                assert!((a - w).abs() <= 1e-12 * scale, "{} (recompute {recompute}): {a} vs {w}", names[i]);
+            }
+        }
+        // The head first, the last block before the first, the embeddings last; the last block's
+        // parameters are reported before the first block has any gradient.
+        let pos = |prefix: &str| -> Vec<usize> {
+            r.order
+                .iter()
+                .enumerate()
+                .filter(|(_, &i)| names[i].starts_with(prefix))
+                .map(|(k, _)| k)
+                .collect()
+        };
+        let (head, last, first, wte) = (
+            pos("transformer.ln_f."),
+            pos("transformer.h.2."),
+            pos("transformer.h.0."),
+            pos("transformer.wte"),
+        );
+        assert!(head.iter().max() < last.iter().min(), "recompute {recompute}: {:?}", r.order);
+        assert!(last.iter().max() < first.iter().min(), "recompute {recompute}: {:?}", r.order);
+        assert!(first.iter().max() < wte.iter().min(), "recompute {recompute}: {:?}", r.order);
+        assert!(last.iter().all(|&k| !r.first_block_touched_then[k]), "recompute {recompute}");
+    }
+}

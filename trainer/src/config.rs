@@ -308,6 +308,10 @@ pub struct DistSection {
     /// buckets of at most this size; a larger tensor is its own bucket).
     #[serde(default = "default_bucket_mb")]
     pub bucket_mb: f64,
+    /// Start summing each bucket over the ranks while the backward pass is still running
+    /// (the last layers' gradients first); `false` sums them all after the backward pass.
+    #[serde(default = "default_true")]
+    pub overlap: bool,
 }
 
 impl Default for DistSection {
@@ -317,6 +321,7 @@ impl Default for DistSection {
             timeout_s: default_dist_timeout(),
             zero1: false,
             bucket_mb: default_bucket_mb(),
+            overlap: true,
         }
     }
 }

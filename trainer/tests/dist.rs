@@ -420,3 +420,45 @@ fn launch_forwards_a_failure() {
     assert!(!o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("tokens_per_step"), "{}", text(&o));
 }
+
+/// The per-step communication fields of a run's metrics: (buckets, buckets sent during the
+/// backward pass).
+fn bucket_counts(out: &Path) -> Vec<(u64, u64)> {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("event").is_none() && v.get("eval").is_none())
+        .map(|v| {
+            let field = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or_else(|| panic!("{k} in {v}"));
+            (field("grad_buckets"), field("grad_buckets_during_backward"))
+        })
+        .collect()
+}
+
+#[test]
+fn gradient_sums_start_during_the_backward_pass_and_change_nothing() {
+    // Buckets of 2,048 values, so the tiny model's gradients travel in many of them.
+    for zero1 in [false, true] {
+        let run = |overlap: bool| {
+            let out = scratch(&format!("overlap-{zero1}-{overlap}"));
+            let extra = format!("zero1 = {zero1}\nbucket_mb = 0.0078125\noverlap = {overlap}");
+            let o = launch2(&write_config(&out, 4, 2, &extra), &[]);
+            assert!(o.status.success(), "zero1 {zero1} overlap {overlap}: {}", text(&o));
+            out
+        };
+        let (on, off) = (run(true), run(false));
+        for (buckets, during) in bucket_counts(&on) {
+            assert!(buckets > 4, "zero1 {zero1}: {buckets} buckets");
+            // Every bucket but the last, partly filled one leaves while the backward pass runs.
+            assert!(
+                during + 1 >= buckets && during >= 1,
+                "zero1 {zero1}: {during} of {buckets} during backward"
+            );
+        }
+        assert!(bucket_counts(&off).iter().all(|&(b, d)| b > 4 && d == 0), "zero1 {zero1}");
+        // The same sums, so bit-identical losses and parameters.
+        assert_eq!(losses(&on), losses(&off), "zero1 {zero1}");
+        let last = |o: &Path| parameters(&o.join("checkpoints/step-00000004"));
+        assert!(last(&on) == last(&off), "zero1 {zero1}: parameters differ");
+    }
+}

@@ -6,8 +6,13 @@ use super::grad_mode::no_grad;
 use crate::tensor::TensorId;
 use crate::{Error, Result, Tensor};
 
-/// Runs backward from `root` (a one-element tensor) with seed gradient 1.
-pub(crate) fn run_backward(root: &Tensor) -> Result<()> {
+/// Runs backward from `root` (a one-element tensor) with seed gradient 1, calling `on_leaf`
+/// with each leaf right after its gradient of this pass has been added to its `.grad()`.
+///
+/// The walk visits a leaf as soon as every op that consumed it has run (see
+/// [`topological_order`]), so a leaf reported early, such as a last layer's weight, is
+/// reported before the earlier layers' backward rules run.
+pub(crate) fn run_backward(root: &Tensor, on_leaf: &mut dyn FnMut(&Tensor)) -> Result<()> {
     if root.numel() != 1 {
         return Err(Error::BackwardNonScalar { shape: root.shape().to_vec() });
     }
@@ -34,7 +39,10 @@ pub(crate) fn run_backward(root: &Tensor) -> Result<()> {
             continue;
         };
         match t.take_node() {
-            None if t.is_leaf() => t.accumulate_grad(&grad)?,
+            None if t.is_leaf() => {
+                t.accumulate_grad(&grad)?;
+                on_leaf(t);
+            }
             None => return Err(Error::GraphFreed),
             Some(node) => {
                 let input_grads = node.op.backward(&grad, &node.inputs)?;
@@ -64,6 +72,11 @@ pub(crate) fn run_backward(root: &Tensor) -> Result<()> {
 }
 
 /// Tensors reachable from `root` that require grad, each after all of its inputs.
+///
+/// A depth-first post-order. An op's leaf inputs are pushed below its other inputs, so the
+/// subgraphs behind the other inputs are walked first and a leaf lands just before the op
+/// through which the walk reached it: walked in reverse, a leaf comes soon after its
+/// consumers, not after the whole subgraph below them.
 fn topological_order(root: &Tensor) -> Vec<Tensor> {
     let mut order = Vec::new();
     let mut seen = HashSet::new();
@@ -77,10 +90,12 @@ fn topological_order(root: &Tensor) -> Vec<Tensor> {
         if !seen.insert(t.id()) {
             continue;
         }
-        let inputs: Vec<Tensor> = match t.node() {
+        let mut inputs: Vec<Tensor> = match t.node() {
             Some(node) => node.inputs.iter().filter(|i| i.requires_grad_flag()).cloned().collect(),
             None => Vec::new(),
         };
+        // Leaves first onto the stack: popped last, finished after their siblings' subgraphs.
+        inputs.sort_by_key(|i| !i.is_leaf());
         stack.push((t, true));
         for i in inputs {
             if !seen.contains(&i.id()) {

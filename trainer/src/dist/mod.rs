@@ -199,7 +199,10 @@ impl World {
 
 /// The collectives data-parallel training needs, on host f32 (and f64) buffers. Every call
 /// is collective: all ranks make the same calls in the same order with the same sizes.
-pub trait Collective {
+///
+/// A collective may move to another thread (the training loop sums gradients on a
+/// communication thread while the backward pass runs), but it is used by one thread at a time.
+pub trait Collective: Send {
     /// This rank.
     fn rank(&self) -> usize;
     /// Ranks in the world.

@@ -51,6 +51,13 @@ pub struct NcclCollective {
     control: TcpCollective,
 }
 
+// SAFETY: the communicator is owned, never shared: it moves between threads (the training loop
+// hands it to its communication thread for a step and takes it back) but is used by one
+// thread at a time, which NCCL allows; the CUDA calls go through cudarc's stream, which binds
+// its context to the calling thread, and `CudaStream` and `TcpCollective` are `Send`
+// themselves. Only the raw `ncclComm_t` inside `Comm` keeps the compiler from deriving it.
+unsafe impl Send for NcclCollective {}
+
 impl std::fmt::Debug for NcclCollective {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NcclCollective").field("rank", &self.rank).field("world", &self.world).finish()

@@ -1,7 +1,9 @@
 //! The data-parallel side of a run (see the [`super`] module documentation): gradient
-//! all-reduce in buckets, ZeRO-1 reduce-scatter / all-gather and optimiser sharding.
+//! all-reduce (or ZeRO-1 reduce-scatter) in buckets that travel while the backward pass runs,
+//! the all-gather of updated parameters, and optimiser sharding.
 
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use polylm_engine::{AdamW, DType, Device, Tensor};
 use polylm_model::Gpt;
@@ -105,68 +107,105 @@ impl DataParallel {
         Ok(v[0] / self.world as f64)
     }
 
-    /// Sums every parameter's gradient over the ranks, in buckets of at most `bucket_elems`
-    /// values (a larger tensor is a bucket of its own).
-    pub(super) fn all_reduce_grads(&mut self, model: &Gpt) -> Result<()> {
+    /// Runs `backward` (the step's last backward pass, which calls its argument with each
+    /// parameter's index as soon as that gradient is complete) and sums the gradients over
+    /// the ranks in buckets of at most `bucket_elems` f32 values (a larger tensor is a bucket
+    /// of its own): plain data parallel all-reduces each bucket; with ZeRO-1 (`owner`) each
+    /// bucket is reduce-scattered so that every rank keeps the sums of the parameters it owns
+    /// and drops the others.
+    ///
+    /// With `overlap`, a bucket is handed to a communication thread as soon as it is full, so
+    /// the sums of the last layers' gradients travel while the earlier layers' are being
+    /// computed; without it, the buckets are filled in parameter order after the backward pass.
+    /// Either way every rank fills the same buckets in the same order (the report order depends
+    /// only on the architecture), and the sums are the same.
+    ///
+    /// Returns the loss `backward` returned, the global Σ g² of the summed gradients (of every
+    /// parameter: with ZeRO-1, summed over the ranks' shares), and what overlapped.
+    pub(super) fn backward_and_reduce(
+        &mut self,
+        model: &Gpt,
+        overlap: bool,
+        backward: impl FnOnce(&mut dyn FnMut(usize)) -> Result<f64>,
+    ) -> Result<(f64, f64, OverlapStats)> {
         let named = model.params().named();
         let params: Vec<&Tensor> = named.iter().map(|(_, t)| *t).collect();
-        let mut start = 0;
-        while start < params.len() {
-            let mut end = start + 1;
-            let mut size = params[start].numel();
-            while end < params.len() && size + params[end].numel() <= self.bucket_elems {
-                size += params[end].numel();
-                end += 1;
+        let reduction = match &self.owner {
+            Some(owner) => {
+                Reduction::ReduceScatter { owner: owner.clone(), rank: self.rank, world: self.world }
             }
-            let mut bucket = Vec::with_capacity(size);
-            for p in &params[start..end] {
-                bucket.extend(grad_f32(p)?);
-            }
-            self.comm.all_reduce_sum(&mut bucket)?;
-            let mut at = 0;
-            for p in &params[start..end] {
-                let n = p.numel();
-                set_grad(p, bucket[at..at + n].to_vec())?;
-                at += n;
-            }
-            start = end;
-        }
-        Ok(())
-    }
-
-    /// ZeRO-1: reduce-scatters the gradients so that each rank holds the summed gradients of
-    /// the parameters it owns (the others' are dropped); returns the global Σ g² of the summed
-    /// gradients.
-    pub(super) fn reduce_scatter_grads(&mut self, model: &Gpt, owner: &[usize]) -> Result<f64> {
-        let named = model.params().named();
-        let params: Vec<&Tensor> = named.iter().map(|(_, t)| *t).collect();
-        let mut flat = Vec::new();
-        let mut counts = vec![0usize; self.world];
-        for (r, count) in counts.iter_mut().enumerate() {
-            for (i, p) in params.iter().enumerate() {
-                if owner[i] == r {
-                    flat.extend(grad_f32(p)?);
-                    *count += p.numel();
+            None => Reduction::AllReduce,
+        };
+        let bucket_elems = self.bucket_elems;
+        let comm: &mut (dyn Collective + Send) = self.comm.as_mut();
+        let (loss, reduced, stats) = std::thread::scope(|scope| -> Result<_> {
+            let (to_comm, comm_inbox) = mpsc::channel::<Bucket>();
+            let (comm_outbox, from_comm) = mpsc::channel::<dist::Result<Bucket>>();
+            let reduction = &reduction;
+            scope.spawn(move || {
+                for mut bucket in comm_inbox {
+                    let result = reduction.apply(comm, &mut bucket).map(|()| bucket);
+                    let failed = result.is_err();
+                    if comm_outbox.send(result).is_err() || failed {
+                        break;
+                    }
                 }
-            }
-        }
-        let mine = self.comm.reduce_scatter_sum(&flat, &counts)?;
-        drop(flat);
-        let mut sum_sq = mine.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>();
-        let mut at = 0;
-        for (i, p) in params.iter().enumerate() {
-            if owner[i] == self.rank {
-                let n = p.numel();
-                set_grad(p, mine[at..at + n].to_vec())?;
-                at += n;
+            });
+            let mut filler = BucketFiller {
+                params: &params,
+                bucket_elems,
+                to_comm,
+                pending: Bucket::default(),
+                sent: 0,
+                error: None,
+            };
+            let loss = if overlap {
+                backward(&mut |i| filler.add(i))?
             } else {
-                p.zero_grad();
+                let loss = backward(&mut |_| {})?;
+                (0..params.len()).for_each(|i| filler.add(i));
+                loss
+            };
+            let during_backward = if overlap { filler.sent } else { 0 };
+            let waited = Instant::now();
+            let buckets = filler.finish()?;
+            let mut reduced = Vec::with_capacity(buckets);
+            for result in from_comm.iter().take(buckets) {
+                reduced.push(result?);
+            }
+            if reduced.len() < buckets {
+                return Err(TrainError::Usage(
+                    "the gradient communication thread stopped early (internal error)".into(),
+                ));
+            }
+            let stats =
+                OverlapStats { buckets, during_backward, wait_ms: waited.elapsed().as_secs_f64() * 1e3 };
+            Ok((loss, reduced, stats))
+        })?;
+        // Σ g² per parameter, added in parameter order: the same whatever the buckets were.
+        let mut squares: Vec<Option<f64>> = vec![None; params.len()];
+        for bucket in reduced {
+            let mut at = 0;
+            for (i, n) in bucket.kept {
+                let values = &bucket.values[at..at + n];
+                squares[i] = Some(values.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>());
+                set_grad(params[i], values.to_vec())?;
+                at += n;
             }
         }
-        let mut v = [sum_sq];
-        self.comm.all_reduce_sum_f64(&mut v)?;
-        sum_sq = v[0];
-        Ok(sum_sq)
+        let mut sum_sq = 0.0;
+        for (p, square) in params.iter().zip(squares) {
+            match square {
+                Some(s) => sum_sq += s,
+                None => p.zero_grad(),
+            }
+        }
+        if self.owner.is_some() {
+            let mut v = [sum_sq];
+            self.comm.all_reduce_sum_f64(&mut v)?;
+            sum_sq = v[0];
+        }
+        Ok((loss, sum_sq, stats))
     }
 
     /// ZeRO-1: every rank gets the updated parameters of every other rank.
@@ -238,6 +277,125 @@ impl DataParallel {
         let params: Vec<&Tensor> = named.iter().map(|(_, t)| *t).collect();
         let decays = weight_decays(model, config.optim.weight_decay);
         Ok(AdamW::from_state(&params, &decays, hyper_of(config), shard.steps(), states)?)
+    }
+}
+
+/// How much of a step's gradient communication overlapped the backward pass.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct OverlapStats {
+    /// Buckets the step's gradients travelled in.
+    pub(super) buckets: usize,
+    /// Of those, the buckets handed to the communication thread before the backward pass ended.
+    pub(super) during_backward: usize,
+    /// Milliseconds the training thread waited for the sums after the backward pass.
+    pub(super) wait_ms: f64,
+}
+
+/// Some parameters' gradients travelling together.
+#[derive(Debug, Default)]
+struct Bucket {
+    /// `(parameter index, elements)` in the order their values lie in `values`.
+    params: Vec<(usize, usize)>,
+    /// Their gradients, as f32; after the collective, the sums this rank keeps.
+    values: Vec<f32>,
+    /// After the collective: the parameters whose sums `values` holds, in order.
+    kept: Vec<(usize, usize)>,
+}
+
+/// The collective a bucket goes through.
+enum Reduction {
+    /// Every rank gets the sums of every parameter.
+    AllReduce,
+    /// ZeRO-1: every rank gets the sums of the parameters it owns.
+    ReduceScatter { owner: Vec<usize>, rank: usize, world: usize },
+}
+
+impl Reduction {
+    fn apply(&self, comm: &mut (dyn Collective + Send), bucket: &mut Bucket) -> dist::Result<()> {
+        match self {
+            Reduction::AllReduce => {
+                comm.all_reduce_sum(&mut bucket.values)?;
+                bucket.kept = bucket.params.clone();
+            }
+            Reduction::ReduceScatter { owner, rank, world } => {
+                // Lay the bucket out rank by rank, as the reduce-scatter splits it.
+                let mut offsets = Vec::with_capacity(bucket.params.len());
+                let mut at = 0;
+                for &(_, n) in &bucket.params {
+                    offsets.push(at);
+                    at += n;
+                }
+                let mut counts = vec![0usize; *world];
+                let mut input = Vec::with_capacity(bucket.values.len());
+                for (r, count) in counts.iter_mut().enumerate() {
+                    for (k, &(i, n)) in bucket.params.iter().enumerate() {
+                        if owner[i] == r {
+                            input.extend_from_slice(&bucket.values[offsets[k]..offsets[k] + n]);
+                            *count += n;
+                        }
+                    }
+                }
+                bucket.values = comm.reduce_scatter_sum(&input, &counts)?;
+                bucket.kept = bucket.params.iter().copied().filter(|&(i, _)| owner[i] == *rank).collect();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Packs reported gradients into buckets and hands each full one to the communication thread.
+struct BucketFiller<'a> {
+    params: &'a [&'a Tensor],
+    bucket_elems: usize,
+    to_comm: mpsc::Sender<Bucket>,
+    pending: Bucket,
+    /// Buckets handed over so far.
+    sent: usize,
+    /// The first failure (reading a gradient, or the thread gone); later reports are ignored.
+    error: Option<TrainError>,
+}
+
+impl BucketFiller<'_> {
+    /// Adds parameter `i`'s gradient (zeros when it has none).
+    fn add(&mut self, i: usize) {
+        if self.error.is_some() {
+            return;
+        }
+        let n = self.params[i].numel();
+        if !self.pending.params.is_empty() && self.pending.values.len() + n > self.bucket_elems {
+            self.send();
+        }
+        match grad_f32(self.params[i]) {
+            Ok(values) => {
+                self.pending.params.push((i, n));
+                self.pending.values.extend(values);
+            }
+            Err(e) => self.error = Some(e),
+        }
+        if self.pending.values.len() >= self.bucket_elems {
+            self.send();
+        }
+    }
+
+    fn send(&mut self) {
+        let bucket = std::mem::take(&mut self.pending);
+        if self.to_comm.send(bucket).is_err() {
+            self.error.get_or_insert(TrainError::Usage(
+                "the gradient communication thread stopped (see the error that follows)".into(),
+            ));
+        }
+        self.sent += 1;
+    }
+
+    /// Sends the last, partly filled bucket; returns how many buckets were sent in all.
+    fn finish(mut self) -> Result<usize> {
+        if !self.pending.params.is_empty() {
+            self.send();
+        }
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(self.sent),
+        }
     }
 }
 

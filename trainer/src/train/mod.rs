@@ -16,10 +16,14 @@
 //! `micro_batch × world` would train on, and the saved data position is the global one,
 //! identical on every rank and independent of the world size: a checkpoint resumes with any
 //! world size (keep `micro_batch × world` the same to keep the same batches).
-//! `train.tokens_per_step` counts the tokens of all ranks. After the backward passes the
-//! gradients are summed over ranks in f32 buckets (`[dist] bucket_mb`), not yet overlapped
-//! with the backward pass, and the mean is folded into the optimiser's gradient scale; the
-//! logged loss is the mean over ranks. Only rank 0 writes checkpoints, metrics, plots and
+//! `train.tokens_per_step` counts the tokens of all ranks. The gradients are summed over ranks
+//! in f32 buckets (`[dist] bucket_mb`) that start travelling during the step's last backward
+//! pass: the model reports each parameter as soon as its gradient is complete (the last
+//! block's first), a full bucket goes to a communication thread at once, and the training
+//! thread waits only for what is left when the backward pass ends (`[dist] overlap`; each
+//! step's metrics record the buckets, how many left during the backward pass and the wait).
+//! The mean is folded into the optimiser's gradient scale; the logged loss is the mean over
+//! ranks. Only rank 0 writes checkpoints, metrics, plots and
 //! samples and prints progress. With `[dist] zero1` each rank keeps the AdamW state of its
 //! share of the parameters: gradients are reduce-scattered, each rank updates its share, the
 //! parameters are all-gathered; a checkpoint gathers the whole optimiser state to save it
@@ -400,33 +404,41 @@ fn run_loop(
         let mut loss_sum = 0.0;
         let mut lang_tokens: BTreeMap<String, u64> = BTreeMap::new();
         let mut stage = None;
-        for _ in 0..accum {
+        let mut reduced = None;
+        for k in 0..accum {
             let b = source.next_batch(micro, step, state.tokens)?;
             let batch = Batch { ids: &b.ids, batch: b.batch, seq: b.seq };
-            loss_sum += model.forward_backward(&batch, &b.targets, b.ignore, config.model.recompute)?;
+            let recompute = config.model.recompute;
+            match dp.as_mut() {
+                // The last micro-batch's backward pass starts the gradient sums over the ranks.
+                Some(d) if k + 1 == accum => {
+                    let (l, sum_sq, stats) =
+                        d.backward_and_reduce(&model, config.dist.overlap, |on_final| {
+                            Ok(model
+                                .forward_backward_with(&batch, &b.targets, b.ignore, recompute, on_final)?)
+                        })?;
+                    loss_sum += l;
+                    reduced = Some((sum_sq, stats));
+                }
+                _ => loss_sum += model.forward_backward(&batch, &b.targets, b.ignore, recompute)?,
+            }
             for (k, v) in b.lang_tokens {
                 *lang_tokens.entry(k).or_default() += v;
             }
             stage = b.stage;
         }
         let mut loss = loss_sum / accum as f64;
-        let grad_norm = match dp.as_mut() {
-            None => {
+        let mut comm = None;
+        let grad_norm = match (dp.as_mut(), reduced) {
+            (Some(d), Some((sum_sq, stats))) => {
+                loss = d.mean(loss)?;
+                comm = Some(stats);
+                sum_sq.sqrt() / grad_div
+            }
+            _ => {
                 let named = model.params().named();
                 let ps: Vec<&Tensor> = named.iter().map(|(_, t)| *t).collect();
                 global_grad_norm(&ps)? / accum as f64
-            }
-            Some(d) => {
-                loss = d.mean(loss)?;
-                match d.owner.clone() {
-                    Some(owner) => d.reduce_scatter_grads(&model, &owner)?.sqrt() / grad_div,
-                    None => {
-                        d.all_reduce_grads(&model)?;
-                        let named = model.params().named();
-                        let ps: Vec<&Tensor> = named.iter().map(|(_, t)| *t).collect();
-                        global_grad_norm(&ps)? / grad_div
-                    }
-                }
             }
         };
         if config.debug.nan_steps.contains(&step) {
@@ -497,12 +509,15 @@ fn run_loop(
             window.add(loss, secs, step_tokens);
             last_loss = loss;
         }
-        write_metric(
-            &mut metrics,
-            &json!({"step": state.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+        let mut record = json!({"step": state.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
             "tokens": state.tokens, "tok_per_s": step_tokens as f64 / secs.max(1e-9),
-            "stage": stage, "lang_tokens": lang_tokens}),
-        )?;
+            "stage": stage, "lang_tokens": lang_tokens});
+        if let Some(c) = comm {
+            record["grad_buckets"] = json!(c.buckets);
+            record["grad_buckets_during_backward"] = json!(c.during_backward);
+            record["grad_sum_wait_ms"] = json!(c.wait_ms);
+        }
+        write_metric(&mut metrics, &record)?;
         pb.set_position(state.step);
         pb.set_message(format!(
             "loss {loss:.4} lr {lr:.2e} gnorm {grad_norm:.3} {:.0} tok/s",
