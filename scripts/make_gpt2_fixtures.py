@@ -17,6 +17,10 @@ For each config below it writes model/tests/fixtures/gpt2/<name>/:
                                      file's __metadata__.
 Every parameter is perturbed so that none is exactly 0 or 1 (LayerNorm weights near 1, biases
 small and non-zero). Everything is float32 on the CPU, seeded.
+
+It also writes model/tests/fixtures/gpt2/two_layer_bf16/: the `two_layer` model cast to
+bfloat16 and saved by `save_pretrained` (BF16 tensors in the file), with reference.safetensors
+holding input_ids and the float32 logits of those bf16 weights (`model.float()`).
 """
 import json
 import os
@@ -132,6 +136,24 @@ def main():
             json.load(f)
         size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
         print(f"{name}: {sum(p.numel() for p in model.parameters())} parameters, {size} bytes, loss {ref['loss'].item():.6f}")
+    write_bf16(*CONFIGS[0])
+
+
+def write_bf16(name, vocab, positions, hidden, layers, heads, inner, batch, seq, seed):
+    out = os.path.join(OUT, name + "_bf16")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    model = build(vocab, positions, hidden, layers, heads, inner, seed).to(torch.bfloat16)
+    model.save_pretrained(out, safe_serialization=True)
+    path = os.path.join(out, "generation_config.json")
+    if os.path.exists(path):
+        os.remove(path)
+    g = torch.Generator().manual_seed(seed + 100)
+    ids = torch.randint(0, vocab, (batch, seq), generator=g)
+    with torch.no_grad():
+        logits = model.float()(input_ids=ids).logits
+    save_file({"input_ids": ids.to(torch.int64), "logits": logits.contiguous()}, os.path.join(out, "reference.safetensors"))
+    print(f"{name}_bf16: written in bfloat16")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 //! `config.json` that `transformers` itself wrote, our model must reproduce the logits and the
 //! loss to 1e-5 and every parameter's gradient to 1e-4 (relative to the tensor's largest
 //! magnitude), and the losses and parameters through three AdamW steps (reference AdamW in
-//! `tests/common`, PyTorch's update rule).
+//! `tests/common`, PyTorch's update rule). A bfloat16 checkpoint written by `transformers`
+//! (`two_layer_bf16`) loads as f32 and as bf16 and gives transformers' logits.
 //!
 //! Regenerate the fixtures with:
 //!
@@ -43,6 +44,11 @@ impl Reference {
 }
 
 fn open(name: &str) -> Option<(Gpt, Reference)> {
+    open_as(name, DType::F32)
+}
+
+/// The fixture `name`, its model loaded with parameters of `dtype`.
+fn open_as(name: &str, dtype: DType) -> Option<(Gpt, Reference)> {
     let dir = fixture_dir(name);
     if !dir.join("reference.safetensors").exists() {
         println!(
@@ -51,7 +57,7 @@ fn open(name: &str) -> Option<(Gpt, Reference)> {
         );
         return None;
     }
-    let model = checkpoint::load(&dir, DType::F32).unwrap();
+    let model = checkpoint::load(&dir, dtype).unwrap();
     let file = MappedFile::open(dir.join("reference.safetensors")).unwrap();
     let view = file.tensor("input_ids").unwrap();
     let (batch, seq) = (view.shape[0], view.shape[1]);
@@ -72,6 +78,22 @@ fn logits_and_loss_match_transformers() {
         let loss = model.loss(&b, &targets, Some(u32::MAX)).unwrap().to_scalar().unwrap() as f32;
         let l = assert_close(&format!("{name} loss"), &[loss], &r.f32("loss"), 1e-5);
         println!("{name}: logits relative error {e:.2e}, loss {l:.2e}");
+    }
+}
+
+#[test]
+fn a_bf16_checkpoint_written_by_transformers_loads() {
+    // `two_layer` cast to bfloat16 and saved by `save_pretrained`; the reference logits are
+    // transformers' float32 forward of those bf16 weights. Loaded as f32, our weights are the
+    // same values exactly; loaded as bf16, activations are rounded to bf16 along the way.
+    for (dtype, tolerance) in [(DType::F32, 1e-5), (DType::BF16, 2e-2)] {
+        let Some((model, r)) = open_as("two_layer_bf16", dtype) else { return };
+        assert_eq!(model.params().wte.dtype(), dtype);
+        let b = Batch { ids: &r.ids, batch: r.batch, seq: r.seq };
+        let logits = polylm_engine::with_no_grad(|| model.logits(&b)).unwrap();
+        let got = logits.to_dtype(DType::F32).unwrap().to_vec::<f32>().unwrap();
+        let e = assert_close(&format!("bf16 file as {dtype:?}"), &got, &r.f32("logits"), tolerance);
+        println!("two_layer_bf16 loaded as {dtype:?}: logits relative error {e:.2e}");
     }
 }
 
