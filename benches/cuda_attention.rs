@@ -5,8 +5,11 @@
 //! Each call is timed with CUDA events over several runs after a warm-up. FLOPs: the forward
 //! counts `4·batch·heads·seq²·head_dim`, halved for the causal mask; the backward 2.5 times the
 //! forward; forward + backward 3.5 times. The simple warp-per-row kernel (`attention.cu`) runs
-//! beside it up to sequence 2048 (beyond, it takes seconds per call). Prints a Markdown table;
-//! `POLYLM_BENCH_OUT=path` also writes it to a file.
+//! beside it up to sequence 2048 (beyond, it takes seconds per call). On a compute-capability-9.0
+//! device a `flash (Hopper fwd)` row adds the Hopper forward (`flash_attention_hopper`, issue 8's
+//! goal: 450 TFLOP/s on an H100); its backward and forward + backward columns use the portable
+//! backward, which is the only one. Prints a Markdown table; `POLYLM_BENCH_OUT=path` also writes
+//! it to a file.
 
 mod common;
 
@@ -17,7 +20,8 @@ use half::bf16;
 use polylm_kernels::cuda::attention::{
     attention_backward, attention_forward, AttentionGrads, AttentionShape,
 };
-use polylm_kernels::cuda::flash_attention::{self, FlashGrads, FlashShape};
+use polylm_kernels::cuda::flash_attention::{self, FlashGrads, FlashShape, ForwardKernel};
+use polylm_kernels::cuda::flash_attention_hopper;
 use polylm_kernels::cuda::{CudaDevice, CudaResult, DeviceBuf};
 
 const TOKENS: usize = 16384;
@@ -79,9 +83,15 @@ impl Buffers {
     }
 }
 
-fn time_flash(dev: &Arc<CudaDevice>, b: &mut Buffers, shape: &FlashShape, iters: usize) -> CudaResult<Times> {
+fn time_flash(
+    dev: &Arc<CudaDevice>,
+    b: &mut Buffers,
+    shape: &FlashShape,
+    iters: usize,
+    kernel: ForwardKernel,
+) -> CudaResult<Times> {
     let Buffers { q, k, v, dout, out, lse, dq, dk, dv } = b;
-    let fwd = dev.time_ms(iters, || flash_attention::forward(q, k, v, shape, out, lse))?;
+    let fwd = dev.time_ms(iters, || flash_attention::forward_with(kernel, q, k, v, shape, out, lse))?;
     let bwd = dev.time_ms(iters, || {
         flash_attention::backward(
             q,
@@ -95,7 +105,7 @@ fn time_flash(dev: &Arc<CudaDevice>, b: &mut Buffers, shape: &FlashShape, iters:
         )
     })?;
     let both = dev.time_ms(iters, || {
-        flash_attention::forward(q, k, v, shape, out, lse)?;
+        flash_attention::forward_with(kernel, q, k, v, shape, out, lse)?;
         flash_attention::backward(
             q,
             k,
@@ -159,7 +169,10 @@ fn run(dev: &Arc<CudaDevice>) -> CudaResult<String> {
         let shape = FlashShape::new(TOKENS / seq, HEADS, seq, HEAD_DIM, true);
         let f = shape.forward_flops();
         let mut bufs = Buffers::new(dev, &shape)?;
-        let mut rows = vec![("flash", time_flash(dev, &mut bufs, &shape, 10)?)];
+        let mut rows = vec![("flash", time_flash(dev, &mut bufs, &shape, 10, ForwardKernel::Portable)?)];
+        if flash_attention_hopper::runs_on(dev) {
+            rows.push(("flash (Hopper fwd)", time_flash(dev, &mut bufs, &shape, 10, ForwardKernel::Hopper)?));
+        }
         if seq <= SIMPLE_MAX_SEQ {
             rows.push(("simple (attention.cu)", time_simple(dev, &mut bufs, &shape, 2)?));
         }

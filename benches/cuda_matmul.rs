@@ -1,6 +1,8 @@
-//! TFLOP/s of the tensor-core matrix product (`kernels/cuda/matmul_tc.cu`) against cuBLAS
-//! (through cudarc, `cublasGemmStridedBatchedEx`, bf16 in, f32 compute; the reference only),
-//! side by side on the same buffers in the same run.
+//! TFLOP/s of the tensor-core matrix product against cuBLAS (through cudarc,
+//! `cublasGemmStridedBatchedEx`, bf16 in, f32 compute; the reference only), side by side on the
+//! same buffers in the same run: our portable path (`kernels/cuda/matmul_tc.cu`, mma.sync, the
+//! tile `choose_tile` picks), our Hopper path (`kernels/cuda/matmul_wgmma.cu`, TMA + wgmma, the
+//! tile `choose_hopper_tile` picks; "-" on a GPU other than sm_90) and cuBLAS.
 //!
 //! `cargo bench --bench cuda_matmul` (without a GPU it prints that it skipped and exits 0).
 //! Shapes: 4096³ and 8192³, and the PolyLM-1.7B training products with 8192 tokens and hidden
@@ -18,7 +20,8 @@ use std::sync::Arc;
 
 use half::bf16;
 use polylm_kernels::cuda::matmul::{GemmDims, MatView};
-use polylm_kernels::cuda::matmul_tc::{gemm_tc_with, CublasGemm, Epilogue};
+use polylm_kernels::cuda::matmul_tc::{choose_tile, gemm_tc_with, CublasGemm, Epilogue, Tile};
+use polylm_kernels::cuda::matmul_wgmma::{choose_hopper_tile, device_supported};
 use polylm_kernels::cuda::{CudaDevice, CudaResult, DeviceBuf, FloatElem};
 
 const TOKENS: usize = 8192;
@@ -57,8 +60,42 @@ struct Bench {
     rows: String,
 }
 
+/// Milliseconds and TFLOP/s cells of one timing.
+fn cells(result: &Result<f64, String>, flops: f64) -> (String, String) {
+    match result {
+        Ok(ms) => (format!("{ms:.3}"), format!("{:.1}", flops / ms / 1e9)),
+        Err(e) => (format!("error: {e}"), "-".into()),
+    }
+}
+
+/// cuBLAS's time over ours (1.00: as fast as cuBLAS).
+fn ratio(ours: &Result<f64, String>, theirs: &Result<f64, String>) -> String {
+    match (ours, theirs) {
+        (Ok(o), Ok(t)) => format!("{:.2}", t / o),
+        _ => "-".into(),
+    }
+}
+
 impl Bench {
-    /// Times ours and cuBLAS on `C = A·B` and adds a table row.
+    /// Times our kernel with `tile` (the tile that ran is returned with the time).
+    fn ours<O: FloatElem>(
+        &self,
+        tile: Tile,
+        iters: usize,
+        dims: GemmDims,
+        a: MatView<'_, bf16>,
+        b: MatView<'_, bf16>,
+        c: &mut DeviceBuf<O>,
+    ) -> (Result<f64, String>, String) {
+        let mut used = None;
+        let ms = self.dev.time_ms(iters, || {
+            used = Some(gemm_tc_with(Some(tile), dims, a, b, c, Epilogue::None)?);
+            Ok(())
+        });
+        (ms.map_err(|e| e.to_string()), used.map_or("-".to_string(), |t| format!("{t:?}")))
+    }
+
+    /// Times our portable path, our Hopper path and cuBLAS on `C = A·B` and adds a table row.
     fn case<O: FloatElem>(
         &mut self,
         label: &str,
@@ -70,32 +107,27 @@ impl Bench {
         let flops = 2.0 * (dims.m * dims.n * dims.k * dims.batch) as f64;
         // About 0.2 s of work per measurement at 500 TFLOP/s, 3 to 20 runs.
         let iters = ((1e14 / flops) as usize).clamp(3, 20);
-        let mut tile = None;
-        let ours = self.dev.time_ms(iters, || {
-            tile = Some(gemm_tc_with(None, dims, a, b, c, Epilogue::None)?);
-            Ok(())
-        });
+        let sms = self.dev.multiprocessors();
+        let portable_tile = choose_tile(sms, dims.m, dims.n, dims.batch);
+        let (portable, portable_used) = self.ours(portable_tile, iters, dims, a, b, c);
+        let (hopper, hopper_used) = if device_supported(&self.dev) {
+            let tile = choose_hopper_tile(sms, dims.m, dims.n, dims.batch);
+            self.ours(tile, iters, dims, a, b, c)
+        } else {
+            (Err("not sm_90".to_string()), "-".to_string())
+        };
         let theirs = match &self.blas {
             Some(blas) => blas_time(&self.dev, blas, iters, dims, a, b, c),
             None => Err("cuBLAS not loaded".to_string()),
         };
         let shape = format!("{}×{}×{}", dims.m, dims.n, dims.k);
-        let tflops = |ms: f64| flops / ms / 1e9;
-        let (ours_ms, ours_tf) = match &ours {
-            Ok(ms) => (format!("{ms:.3}"), format!("{:.1}", tflops(*ms))),
-            Err(e) => (format!("error: {e}"), "-".into()),
-        };
-        let (blas_ms, blas_tf) = match &theirs {
-            Ok(ms) => (format!("{ms:.3}"), format!("{:.1}", tflops(*ms))),
-            Err(e) => (format!("error: {e}"), "-".into()),
-        };
-        let ratio = match (&ours, &theirs) {
-            (Ok(o), Ok(t)) => format!("{:.2}", t / o),
-            _ => "-".into(),
-        };
-        let tile = tile.map_or("-".to_string(), |t| format!("{t:?}"));
+        let (p_ms, p_tf) = cells(&portable, flops);
+        let (h_ms, h_tf) = cells(&hopper, flops);
+        let (blas_ms, blas_tf) = cells(&theirs, flops);
+        let (p_ratio, h_ratio) = (ratio(&portable, &theirs), ratio(&hopper, &theirs));
         let line = format!(
-            "| {label} | {shape} | {} | {tile} | {ours_ms} | {ours_tf} | {blas_ms} | {blas_tf} | {ratio} |",
+            "| {label} | {shape} | {} | {portable_used} | {p_ms} | {p_tf} | {hopper_used} | {h_ms} | {h_tf} | \
+             {blas_ms} | {blas_tf} | {p_ratio} | {h_ratio} |",
             O::NAME
         );
         println!("{line}");
@@ -126,8 +158,10 @@ fn run(dev: &Arc<CudaDevice>) -> CudaResult<String> {
     let mut bench = Bench { dev: Arc::clone(dev), blas, rows: String::new() };
     let a = dev.arch();
     println!("device: {} (sm_{}{}), {} SMs", dev.name(), a.major, a.minor, dev.multiprocessors());
-    let header = "| product | M×N×K | out | our tile | ours ms | ours TFLOP/s | cuBLAS ms | cuBLAS TFLOP/s | ours/cuBLAS |\n\
-                  |---|---|---|---|---|---|---|---|---|";
+    let header =
+        "| product | M×N×K | out | portable tile | portable ms | portable TFLOP/s | Hopper tile | Hopper ms \
+                  | Hopper TFLOP/s | cuBLAS ms | cuBLAS TFLOP/s | portable/cuBLAS | Hopper/cuBLAS |\n\
+                  |---|---|---|---|---|---|---|---|---|---|---|---|---|";
     println!("{header}");
 
     for s in [4096usize, 8192] {

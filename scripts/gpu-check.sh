@@ -122,15 +122,19 @@ run() {
     } >"$out/results.md"
     local status=0
     if [ "$what" = tests ] || [ "$what" = all ]; then
-    # cuda_engine twice: with the simple kernels, then with the tensor-core matmul and flash
-    # attention (POLYLM_GPU_MATMUL=tc, POLYLM_GPU_ATTENTION=flash), which stay off by default
+    # cuda_engine three times: with the simple kernels; with the tensor-core matmul and flash
+    # attention (POLYLM_GPU_MATMUL=tc, POLYLM_GPU_ATTENTION=flash); and with their Hopper paths
+    # on top (POLYLM_GPU_MATMUL_HOPPER=1, POLYLM_GPU_FLASH_HOPPER=1). All stay off by default
     # until they pass here.
-    for test in nvrtc_gate cuda_kernels cuda_engine cuda_optim cuda_matmul_tc cuda_flash_attention cuda_engine:tc; do
+    for test in nvrtc_gate cuda_kernels cuda_engine cuda_optim cuda_matmul_tc cuda_flash_attention \
+        cuda_engine:tc cuda_engine:hopper; do
         local bin=${test%%:*} log=${test/:/-}
         echo "== $test"
-        local fast=simple
+        local fast=simple hopper=0
         [ "$test" = cuda_engine:tc ] && fast=tc
+        [ "$test" = cuda_engine:hopper ] && fast=tc && hopper=1
         if POLYLM_GPU_MATMUL=$fast POLYLM_GPU_ATTENTION=$([ $fast = tc ] && echo flash || echo simple) \
+            POLYLM_GPU_MATMUL_HOPPER=$hopper POLYLM_GPU_FLASH_HOPPER=$hopper \
             timeout 300 "gpu-bin/$bin" --test-threads=4 --nocapture >"$out/$log.log" 2>&1; then
             echo "- \`$test\`: passed" >>"$out/results.md"
         else

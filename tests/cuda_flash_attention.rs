@@ -8,6 +8,12 @@
 //! cover 1, lengths that are not multiples of the 64-row tiles, and up to 4096; head dimensions
 //! 64 and 128; causal and not; several batch × heads.
 //!
+//! The Hopper forward (`kernels/cuda/flash_attention_hopper.*`, forced with
+//! [`ForwardKernel::Hopper`]) is checked the same way, output and log-sum-exp, on sequence
+//! lengths from 1 to 4096 that are mostly not multiples of its 128-row tiles, and the portable
+//! backward is run on its outputs. Those tests need a compute-capability-9.0 device and print why
+//! they skip on any other.
+//!
 //! Without a GPU each GPU test prints `skipped: no GPU` and passes; the shape validation test
 //! needs no device and always runs.
 
@@ -20,7 +26,8 @@ use std::sync::Arc;
 use half::{bf16, f16};
 use polylm_engine::Rng;
 use polylm_kernels::cast::Scalar;
-use polylm_kernels::cuda::flash_attention::{self, FlashGrads, FlashShape};
+use polylm_kernels::cuda::flash_attention::{self, FlashGrads, FlashShape, ForwardKernel};
+use polylm_kernels::cuda::flash_attention_hopper;
 use polylm_kernels::cuda::{CudaDevice, CudaError, DeviceBuf, FloatElem};
 use rayon::prelude::*;
 
@@ -75,8 +82,8 @@ struct Reference {
 
 /// Softmax attention in f64 straight from the definition, one `[seq, d]` head at a time (heads
 /// in parallel): `s = scale·q·kᵀ` with keys after the query masked when causal, `p = softmax(s)`,
-/// `out = p·v`, `lse = log Σ exp(s)`; backward `dp = dO·vᵀ`, `ds = p∘(dp − rowsum(dO∘out))`,
-/// `dq = scale·ds·k`, `dk = scale·dsᵀ·q`, `dv = pᵀ·dO`.
+/// `out = p·v`, `lse = log Σ exp(s)`; backward (skipped, gradients left zero, unless `grads`)
+/// `dp = dO·vᵀ`, `ds = p∘(dp − rowsum(dO∘out))`, `dq = scale·ds·k`, `dk = scale·dsᵀ·q`, `dv = pᵀ·dO`.
 #[allow(clippy::too_many_arguments)]
 fn reference(
     q: &[f64],
@@ -88,6 +95,7 @@ fn reference(
     d: usize,
     causal: bool,
     scale: f64,
+    grads: bool,
 ) -> Reference {
     let heads: Vec<[Vec<f64>; 5]> = (0..bh)
         .into_par_iter()
@@ -114,6 +122,9 @@ fn reference(
                     for (oc, vc) in o.iter_mut().zip(&vs[j]) {
                         *oc += pj * vc;
                     }
+                }
+                if !grads {
+                    continue;
                 }
                 let di = dot(&gs[i], o);
                 for (j, pj) in p.iter().enumerate() {
@@ -142,6 +153,18 @@ fn reference(
 /// One forward + backward against the reference; `qk_scale` is the range of q and k (larger
 /// values give peakier softmaxes).
 fn case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64, shape: FlashShape, qk_scale: f64) {
+    case_with::<T>(dev, seed, shape, qk_scale, ForwardKernel::Auto, true);
+}
+
+/// [`case`] with the forward on `kernel`, and the (portable) backward only when `grads`.
+fn case_with<T: Precision>(
+    dev: &Arc<CudaDevice>,
+    seed: u64,
+    shape: FlashShape,
+    qk_scale: f64,
+    kernel: ForwardKernel,
+    grads: bool,
+) {
     let mut rng = Rng::new(seed);
     let n = shape.qkv_len();
     let (q, qv) = random::<T>(dev, &mut rng, n, qk_scale);
@@ -150,7 +173,37 @@ fn case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64, shape: FlashShape, qk_sc
     let (dout, dov) = random::<T>(dev, &mut rng, n, 1.0);
     let mut out = poisoned::<T>(dev, n);
     let mut lse = poisoned::<f32>(dev, shape.lse_len());
-    flash_attention::forward(&q, &k, &v, &shape, &mut out, &mut lse).expect("flash forward");
+    flash_attention::forward_with(kernel, &q, &k, &v, &shape, &mut out, &mut lse).expect("flash forward");
+    let bh = shape.batch * shape.heads;
+    let want = reference(
+        &qv,
+        &kv,
+        &vv,
+        &dov,
+        bh,
+        shape.seq,
+        shape.head_dim,
+        shape.causal,
+        shape.scale as f64,
+        grads,
+    );
+    let tag = format!(
+        "flash<{}> {kernel:?} b{} h{} t{} d{} causal {} qk±{qk_scale}",
+        T::NAME,
+        shape.batch,
+        shape.heads,
+        shape.seq,
+        shape.head_dim,
+        shape.causal
+    );
+    let (rt, at, fro) = (T::RTOL, T::ATOL, T::FRO);
+    check(&format!("{tag} out"), &read("out", &out), &want.out, rt, at, fro);
+    // The log-sum-exp is f32 arithmetic on exact products of the rounded inputs.
+    check(&format!("{tag} lse"), &read("lse", &lse), &want.lse, 1e-4, 1e-4, 1e-4);
+    if !grads {
+        println!("ok {tag} (forward)");
+        return;
+    }
     let (mut dq, mut dk, mut dv) = (poisoned::<T>(dev, n), poisoned::<T>(dev, n), poisoned::<T>(dev, n));
     flash_attention::backward(
         &q,
@@ -163,23 +216,6 @@ fn case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64, shape: FlashShape, qk_sc
         FlashGrads { dq: &mut dq, dk: &mut dk, dv: &mut dv },
     )
     .expect("flash backward");
-
-    let bh = shape.batch * shape.heads;
-    let want =
-        reference(&qv, &kv, &vv, &dov, bh, shape.seq, shape.head_dim, shape.causal, shape.scale as f64);
-    let tag = format!(
-        "flash<{}> b{} h{} t{} d{} causal {} qk±{qk_scale}",
-        T::NAME,
-        shape.batch,
-        shape.heads,
-        shape.seq,
-        shape.head_dim,
-        shape.causal
-    );
-    let (rt, at, fro) = (T::RTOL, T::ATOL, T::FRO);
-    check(&format!("{tag} out"), &read("out", &out), &want.out, rt, at, fro);
-    // The log-sum-exp is f32 arithmetic on exact products of the rounded inputs.
-    check(&format!("{tag} lse"), &read("lse", &lse), &want.lse, 1e-4, 1e-4, 1e-4);
     check(&format!("{tag} dq"), &read("dq", &dq), &want.dq, rt, at, fro);
     check(&format!("{tag} dk"), &read("dk", &dk), &want.dk, rt, at, fro);
     check(&format!("{tag} dv"), &read("dv", &dv), &want.dv, rt, at, fro);
@@ -267,6 +303,126 @@ fn short_buffers_are_errors_not_launches() {
     assert!(matches!(err, CudaError::Invalid { .. }), "{err}");
 }
 
+/// The first device when it runs the Hopper kernel (compute capability 9.0), or `None` after
+/// printing why `test` skips.
+fn hopper_device(test: &str) -> Option<Arc<CudaDevice>> {
+    let dev = device(test)?;
+    if flash_attention_hopper::runs_on(&dev) {
+        return Some(dev);
+    }
+    let arch = dev.arch();
+    eprintln!(
+        "skipped {test}: {} is sm_{}{}; the Hopper kernel needs sm_90",
+        dev.name(),
+        arch.major,
+        arch.minor
+    );
+    None
+}
+
+/// Sequence lengths of the Hopper checks: 1, around and between its 128-row tiles, up to 4096.
+const HOPPER_SEQS: [usize; 10] = [1, 17, 64, 127, 128, 129, 255, 383, 513, 1000];
+
+#[test]
+fn hopper_forward_matches_f64_bf16() {
+    let Some(dev) = hopper_device("flash hopper bf16") else { return };
+    for (i, &seq) in HOPPER_SEQS.iter().enumerate() {
+        for d in [64, 128] {
+            for causal in [true, false] {
+                let (batch, heads) = if seq <= 255 { (2, 3) } else { (1, 2) };
+                let shape = FlashShape::new(batch, heads, seq, d, causal);
+                let seed = 6000 + 4 * i as u64 + 2 * (d == 128) as u64 + causal as u64;
+                case_with::<bf16>(&dev, seed, shape, 1.5, ForwardKernel::Hopper, false);
+            }
+        }
+    }
+}
+
+#[test]
+fn hopper_forward_matches_f64_f16() {
+    let Some(dev) = hopper_device("flash hopper f16") else { return };
+    for (i, &seq) in HOPPER_SEQS.iter().enumerate() {
+        for d in [64, 128] {
+            let causal = i % 2 == 0;
+            let shape = FlashShape::new(2, 2, seq, d, causal);
+            case_with::<f16>(
+                &dev,
+                7000 + 2 * i as u64 + (d == 128) as u64,
+                shape,
+                1.5,
+                ForwardKernel::Hopper,
+                false,
+            );
+        }
+    }
+}
+
+#[test]
+fn hopper_forward_long_sequences_match_f64() {
+    let Some(dev) = hopper_device("flash hopper long") else { return };
+    for (i, &(seq, d, causal)) in
+        [(2047, 128, true), (2049, 64, false), (4095, 64, true), (4096, 128, true), (4096, 128, false)]
+            .iter()
+            .enumerate()
+    {
+        let shape = FlashShape::new(1, 2, seq, d, causal);
+        case_with::<bf16>(&dev, 8000 + i as u64, shape, 1.5, ForwardKernel::Hopper, false);
+    }
+    case_with::<f16>(&dev, 8100, FlashShape::new(1, 1, 3000, 128, true), 1.5, ForwardKernel::Hopper, false);
+}
+
+#[test]
+fn hopper_forward_peaky_softmax_and_other_scales_match_f64() {
+    let Some(dev) = hopper_device("flash hopper peaky") else { return };
+    case_with::<bf16>(&dev, 9000, FlashShape::new(1, 3, 300, 128, true), 4.0, ForwardKernel::Hopper, false);
+    case_with::<bf16>(&dev, 9001, FlashShape::new(2, 1, 700, 64, false), 4.0, ForwardKernel::Hopper, false);
+    let mut shape = FlashShape::new(1, 2, 150, 64, true);
+    shape.scale = 0.3;
+    case_with::<f16>(&dev, 9002, shape, 1.5, ForwardKernel::Hopper, false);
+}
+
+#[test]
+fn portable_backward_takes_the_hopper_forward() {
+    // The backward has no Hopper kernel: it must accept the Hopper forward's output and lse.
+    let Some(dev) = hopper_device("flash hopper + portable backward") else { return };
+    for (i, &(seq, d, causal)) in [(200, 128, true), (513, 64, false), (1000, 128, true)].iter().enumerate() {
+        case_with::<bf16>(
+            &dev,
+            9100 + i as u64,
+            FlashShape::new(1, 2, seq, d, causal),
+            1.5,
+            ForwardKernel::Hopper,
+            true,
+        );
+    }
+    case_with::<f16>(&dev, 9110, FlashShape::new(2, 1, 300, 64, true), 1.5, ForwardKernel::Hopper, true);
+}
+
+#[test]
+fn hopper_errors_are_typed() {
+    let Some(dev) = device("flash hopper errors") else { return };
+    let shape = FlashShape::new(1, 2, 100, 64, true);
+    let n = shape.qkv_len();
+    let q = dev.alloc::<bf16>(n).expect("alloc");
+    let mut out = dev.alloc::<bf16>(n).expect("alloc");
+    let mut lse = dev.alloc::<f32>(shape.lse_len()).expect("alloc");
+    if !flash_attention_hopper::runs_on(&dev) {
+        // Forcing the Hopper kernel elsewhere is an argument error, not a failed launch.
+        let err =
+            flash_attention::forward_with(ForwardKernel::Hopper, &q, &q, &q, &shape, &mut out, &mut lse)
+                .unwrap_err();
+        assert!(matches!(err, CudaError::Invalid { .. }), "{err}");
+        return;
+    }
+    let short = dev.alloc::<bf16>(n - 1).expect("alloc");
+    let err = flash_attention_hopper::forward(&q, &short, &q, &shape, &mut out, &mut lse).unwrap_err();
+    assert!(matches!(err, CudaError::Invalid { .. }), "{err}");
+    let f = dev.alloc::<f32>(n).expect("alloc");
+    let mut fo = dev.alloc::<f32>(n).expect("alloc");
+    let err = flash_attention_hopper::forward(&f, &f, &f, &shape, &mut fo, &mut lse).unwrap_err();
+    assert!(matches!(err, CudaError::Invalid { .. }), "{err}");
+}
+
 #[test]
 fn unsupported_shapes_are_rejected_without_a_device() {
     let ok = FlashShape::new(4, 16, 2048, 128, true);
@@ -294,4 +450,8 @@ fn unsupported_shapes_are_rejected_without_a_device() {
     let s = FlashShape::new(16384 / 2048, 16, 2048, 128, true);
     let full = 4.0 * 128.0 * 2048f64 * 2048.0 * 128.0;
     assert!((s.forward_flops() - full / 2.0).abs() < 1.0);
+    // The Hopper kernel's shared memory fits sm_90's 227 KiB at both head dimensions.
+    for d in flash_attention::HEAD_DIMS {
+        assert!(flash_attention_hopper::shared_bytes(d) <= 227 * 1024, "d{d}");
+    }
 }

@@ -11,7 +11,14 @@
 //! holds NaN, so a kernel reading outside a matrix fails; outputs are poisoned with NaN before
 //! each launch, so an element never written fails.
 //!
-//! Without a GPU every test prints that it skipped and passes.
+//! The Hopper path (`kernels/cuda/matmul_wgmma.cu`: TMA + wgmma, sm_90a) runs the same cases,
+//! forced with its tiles (128×128 and 128×256) on the padded operands, which TMA can read, and
+//! on the tight misaligned ones, which it cannot (they must fall back to the generic kernel);
+//! and it is compared with cuBLAS, on products with more tiles than SMs (several tiles per
+//! persistent block) and long K (the stage ring wraps many times).
+//!
+//! Without a GPU every test prints that it skipped and passes; the Hopper tests also skip, with
+//! a message, on a GPU other than sm_90.
 
 mod common;
 
@@ -27,6 +34,7 @@ use polylm_kernels::cuda::matmul::{GemmDims, MatView};
 use polylm_kernels::cuda::matmul_tc::{
     bias_grad, gemm_tc, gemm_tc_with, CublasGemm, Epilogue, TensorCoreElem, Tile,
 };
+use polylm_kernels::cuda::matmul_wgmma;
 use polylm_kernels::cuda::{CudaDevice, DeviceBuf, FloatElem};
 
 /// Input types.
@@ -169,11 +177,47 @@ enum Epi {
 const EPILOGUES: [Epi; 5] =
     [Epi::Plain, Epi::Accumulate, Epi::Bias, Epi::BiasGeluPre, Epi::BiasGeluAccumulate];
 
+/// The kernels of one test: operands padded (16-byte aligned) or tight and misaligned, the tile
+/// asked for, and the tile expected to run.
+type Kernels = [(bool, Tile, Tile)];
+
+/// The portable kernels: both cp.async tiles on aligned operands, the generic one otherwise.
+const PORTABLE: [(bool, Tile, Tile); 3] = [
+    (true, Tile::Large128x128, Tile::Large128x128),
+    (true, Tile::Small64x64, Tile::Small64x64),
+    (false, Tile::Generic64x64, Tile::Generic64x64),
+];
+
+/// The Hopper kernels on aligned operands; misaligned ones cannot be read by TMA and fall back
+/// to the generic kernel.
+const HOPPER: [(bool, Tile, Tile); 3] = [
+    (true, Tile::Hopper128x128, Tile::Hopper128x128),
+    (true, Tile::Hopper128x256, Tile::Hopper128x256),
+    (false, Tile::Hopper128x256, Tile::Generic64x64),
+];
+
+/// The first GPU if it is an sm_90 (Hopper) one, else `None` after printing why `test` skips.
+fn hopper_device(test: &str) -> Option<Arc<CudaDevice>> {
+    let dev = device(test)?;
+    if !matmul_wgmma::device_supported(&dev) {
+        let arch = dev.arch();
+        eprintln!(
+            "skipped {test}: the Hopper path needs an sm_90 GPU (H100/H200), this is {} (sm_{}{})",
+            dev.name(),
+            arch.major,
+            arch.minor
+        );
+        return None;
+    }
+    Some(dev)
+}
+
 /// One shape: every layout × every kernel × every epilogue against the f64 reference.
 fn shape_case<T: In, O: Out>(
     dev: &Arc<CudaDevice>,
     seed: u64,
     (m, n, k, batch): (usize, usize, usize, usize),
+    kernels: &Kernels,
 ) {
     let mut rng = Rng::new(seed);
     let b_broadcast = batch > 1 && seed.is_multiple_of(2);
@@ -186,9 +230,7 @@ fn shape_case<T: In, O: Out>(
     let product1 = reference(&av, &bv, batch, m, n, k, b_broadcast, 1.0);
 
     for (a_t, b_t) in [(false, false), (false, true), (true, false), (true, true)] {
-        for (padded, tile) in
-            [(true, Tile::Large128x128), (true, Tile::Small64x64), (false, Tile::Generic64x64)]
-        {
+        for &(padded, tile, expected) in kernels {
             let a = store::<T>(dev, &av, batch, m, k, a_t, padded, false);
             // B is logically k × n; "transposed" storage is [n, k].
             let b = store::<T>(dev, &bv, b_batches, k, n, b_t, padded, b_broadcast);
@@ -218,7 +260,7 @@ fn shape_case<T: In, O: Out>(
                 };
                 let used = gemm_tc_with(Some(tile), dims, a.view(), b.view(), &mut c, epilogue)
                     .unwrap_or_else(|e| panic!("{what}: {e}"));
-                assert_eq!(used, tile, "{what}: ran on another kernel");
+                assert_eq!(used, expected, "{what}: ran on another kernel");
                 let has_bias = matches!(epi, Epi::Bias | Epi::BiasGeluPre | Epi::BiasGeluAccumulate);
                 let gelu = matches!(epi, Epi::BiasGeluPre | Epi::BiasGeluAccumulate);
                 let mut want_pre = vec![0.0; batch * m * n];
@@ -261,8 +303,8 @@ const SHAPES: [(usize, usize, usize, usize); 11] = [
 fn bf16_products_match_f64_over_shapes_layouts_kernels_and_epilogues() {
     let Some(dev) = device("gemm_tc bf16") else { return };
     for (i, &shape) in SHAPES.iter().enumerate() {
-        shape_case::<bf16, bf16>(&dev, 10 + i as u64, shape);
-        shape_case::<bf16, f32>(&dev, 30 + i as u64, shape);
+        shape_case::<bf16, bf16>(&dev, 10 + i as u64, shape, &PORTABLE);
+        shape_case::<bf16, f32>(&dev, 30 + i as u64, shape, &PORTABLE);
     }
 }
 
@@ -270,11 +312,74 @@ fn bf16_products_match_f64_over_shapes_layouts_kernels_and_epilogues() {
 fn f16_products_match_f64_over_shapes_layouts_kernels_and_epilogues() {
     let Some(dev) = device("gemm_tc f16") else { return };
     for (i, &shape) in SHAPES.iter().enumerate() {
-        shape_case::<f16, f16>(&dev, 50 + i as u64, shape);
-        shape_case::<f16, f32>(&dev, 70 + i as u64, shape);
+        shape_case::<f16, f16>(&dev, 50 + i as u64, shape, &PORTABLE);
+        shape_case::<f16, f32>(&dev, 70 + i as u64, shape, &PORTABLE);
     }
     // One mixed output type (f16 inputs, bf16 output).
-    shape_case::<f16, bf16>(&dev, 99, (100, 257, 33, 2));
+    shape_case::<f16, bf16>(&dev, 99, (100, 257, 33, 2), &PORTABLE);
+}
+
+#[test]
+fn hopper_bf16_products_match_f64_over_shapes_layouts_and_epilogues() {
+    let Some(dev) = hopper_device("gemm_tc Hopper bf16") else { return };
+    for (i, &shape) in SHAPES.iter().enumerate() {
+        shape_case::<bf16, bf16>(&dev, 110 + i as u64, shape, &HOPPER);
+        shape_case::<bf16, f32>(&dev, 130 + i as u64, shape, &HOPPER);
+    }
+}
+
+#[test]
+fn hopper_f16_products_match_f64_over_shapes_layouts_and_epilogues() {
+    let Some(dev) = hopper_device("gemm_tc Hopper f16") else { return };
+    for (i, &shape) in SHAPES.iter().enumerate() {
+        shape_case::<f16, f16>(&dev, 150 + i as u64, shape, &HOPPER);
+        shape_case::<f16, f32>(&dev, 170 + i as u64, shape, &HOPPER);
+    }
+    shape_case::<f16, bf16>(&dev, 199, (100, 257, 33, 2), &HOPPER);
+}
+
+#[test]
+fn hopper_matches_cublas() {
+    let Some(dev) = hopper_device("gemm_tc Hopper vs cuBLAS") else { return };
+    let blas = match CublasGemm::new(&dev) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("skipped gemm_tc Hopper vs cuBLAS: {e}");
+            return;
+        }
+    };
+    let mut rng = Rng::new(12);
+    // More tiles than SMs (several per persistent block), long K (the ring wraps), ragged edges,
+    // many batch entries.
+    let shapes = [
+        (256, 256, 256, 1),
+        (1000, 264, 128, 1),
+        (512, 384, 1024, 2),
+        (8, 4096, 512, 1),
+        (4096, 2048, 256, 1),
+        (1100, 1900, 700, 1),
+        (256, 256, 128, 160),
+    ];
+    for &(m, n, k, batch) in &shapes {
+        let av = random::<bf16>(&mut rng, batch * m * k, 1.0);
+        let bv = random::<bf16>(&mut rng, batch * k * n, 1.0);
+        for (a_t, b_t) in [(false, false), (false, true), (true, false), (true, true)] {
+            let a = store::<bf16>(&dev, &av, batch, m, k, a_t, true, false);
+            let b = store::<bf16>(&dev, &bv, batch, k, n, b_t, true, false);
+            let dims = GemmDims { m, n, k, batch, alpha: 1.0, beta: 0.0 };
+            let mut theirs = poisoned::<f32>(&dev, batch * m * n);
+            blas.gemm(dims, a.view(), b.view(), &mut theirs).expect("cublas");
+            let theirs = read("cublas", &theirs);
+            for tile in [Tile::Hopper128x128, Tile::Hopper128x256] {
+                let mut ours = poisoned::<f32>(&dev, batch * m * n);
+                let used = gemm_tc_with(Some(tile), dims, a.view(), b.view(), &mut ours, Epilogue::None)
+                    .expect("gemm_tc Hopper");
+                let what = format!("{tile:?} vs cuBLAS {m}x{n}x{k} batch {batch} A{a_t} B{b_t}");
+                assert_eq!(used, tile, "{what}: ran on another kernel");
+                check::<f32>(&what, &read("ours", &ours), &theirs);
+            }
+        }
+    }
 }
 
 #[test]
@@ -375,4 +480,12 @@ fn bad_shapes_are_errors_not_panics() {
     // Empty products are fine and launch nothing.
     let empty = GemmDims { m: 0, ..dims };
     assert!(gemm_tc(empty, av, bv, &mut c, Epilogue::None).is_ok());
+    // The Hopper path is an error on other GPUs, and checks its arguments like the rest.
+    let hopper = Some(Tile::Hopper128x128);
+    if matmul_wgmma::device_supported(&dev) {
+        assert!(gemm_tc_with(hopper, too_long, av, bv, &mut c, Epilogue::None).is_err());
+        assert!(gemm_tc_with(hopper, dims, av, bv, &mut c, Epilogue::Bias(&bias)).is_err());
+    } else {
+        assert!(gemm_tc_with(hopper, dims, av, bv, &mut c, Epilogue::None).is_err());
+    }
 }

@@ -11,6 +11,11 @@
 //!
 //! Only bf16 and f16 storage with head dimension 64 or 128 run here ([`supports`]); other cases
 //! get a [`CudaError::Invalid`], and the caller keeps the simple kernel for them.
+//!
+//! The forward has a second kernel for Hopper, [`super::flash_attention_hopper`] (`wgmma`, TMA,
+//! warp specialisation; the backward has none and stays here). [`forward`] picks it on a
+//! compute-capability-9.0 device **only when `POLYLM_GPU_FLASH_HOPPER=1`**, because it has not yet
+//! run on a GPU; [`forward_with`] forces either kernel (tests and benchmarks do).
 
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 
@@ -167,8 +172,27 @@ fn tiles_grid(
     })
 }
 
+/// Which forward kernel [`forward_with`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForwardKernel {
+    /// The Hopper kernel on a compute-capability-9.0 device when `POLYLM_GPU_FLASH_HOPPER=1`,
+    /// else the portable one (what [`forward`] does).
+    Auto,
+    /// The portable `mma.sync` kernel of this module, on any device.
+    Portable,
+    /// [`super::flash_attention_hopper::forward`]: an error on a device other than 9.0.
+    Hopper,
+}
+
+/// Whether `POLYLM_GPU_FLASH_HOPPER=1` asks [`forward`] for the Hopper kernel (off by default
+/// until it has passed its tests on a GPU).
+pub fn hopper_requested() -> bool {
+    std::env::var("POLYLM_GPU_FLASH_HOPPER").is_ok_and(|v| v == "1")
+}
+
 /// Forward: writes `out = softmax(scale·q·kᵀ + mask)·v` and the per-row log-sum-exp `lse` of the
-/// scaled scores (`[batch, heads, seq]`, f32), which [`backward`] needs.
+/// scaled scores (`[batch, heads, seq]`, f32), which [`backward`] needs. Runs the portable kernel,
+/// or the Hopper one on an sm_90 device when `POLYLM_GPU_FLASH_HOPPER=1` ([`ForwardKernel::Auto`]).
 ///
 /// Errors with [`CudaError::Invalid`] when the shape is unsupported ([`FlashShape::validate`])
 /// or a buffer is shorter than the shape needs.
@@ -180,6 +204,28 @@ pub fn forward<T: FloatElem>(
     out: &mut DeviceBuf<T>,
     lse: &mut DeviceBuf<f32>,
 ) -> CudaResult<()> {
+    forward_with(ForwardKernel::Auto, q, k, v, shape, out, lse)
+}
+
+/// [`forward`] on the kernel `kernel` picks; errors like [`forward`], and (for
+/// [`ForwardKernel::Hopper`]) on a device that is not compute capability 9.0.
+pub fn forward_with<T: FloatElem>(
+    kernel: ForwardKernel,
+    q: &DeviceBuf<T>,
+    k: &DeviceBuf<T>,
+    v: &DeviceBuf<T>,
+    shape: &FlashShape,
+    out: &mut DeviceBuf<T>,
+    lse: &mut DeviceBuf<f32>,
+) -> CudaResult<()> {
+    let hopper = match kernel {
+        ForwardKernel::Portable => false,
+        ForwardKernel::Hopper => true,
+        ForwardKernel::Auto => hopper_requested() && super::flash_attention_hopper::runs_on(out.device()),
+    };
+    if hopper {
+        return super::flash_attention_hopper::forward(q, k, v, shape, out, lse);
+    }
     const OP: &str = "flash_attention_forward";
     shape.validate::<T>(OP)?;
     let n = shape.qkv_len();

@@ -20,6 +20,14 @@
 //! The tile is chosen by [`choose_tile`]: 128×128 tiles when they fill the device, 64×64 for
 //! small products. [`gemm_tc_with`] forces a tile (the tests use it to cover every path).
 //!
+//! On Hopper (H100, H200: sm_90, compiled as sm_90a) there is a second path,
+//! [`super::matmul_wgmma`]: `wgmma` fed by TMA through an mbarrier ring, warp-specialised, with
+//! 128×128 and 128×256 tiles ([`Tile::Hopper128x128`], [`Tile::Hopper128x256`]) for views TMA
+//! can read (unit innermost stride, 16-byte aligned base and strides). It has **not yet run on a
+//! GPU**, so [`gemm_tc`] picks it only when `POLYLM_GPU_MATMUL_HOPPER=1` is set (then for every
+//! eligible product on an sm_90 device, the tile by [`super::matmul_wgmma::choose_hopper_tile`]);
+//! [`gemm_tc_with`] with a Hopper tile forces it (the tests and the benchmark do).
+//!
 //! [`bias_grad`] sums the columns of `dY` (the bias gradient) deterministically. [`CublasGemm`]
 //! runs the same product through cuBLAS, as the reference of the tests and the benchmark only.
 
@@ -33,6 +41,7 @@ use super::device::{blocks_for, check_len, CudaDevice, DeviceBuf, FloatElem};
 use super::elementwise::column_sum;
 use super::error::{CudaError, CudaResult};
 use super::matmul::{GemmDims, MatView};
+use super::matmul_wgmma;
 use super::source::{kernel_source, KernelSource};
 
 /// The kernel file.
@@ -70,26 +79,38 @@ pub enum Tile {
     Small64x64,
     /// 64×64 block tile fed by predicated element loads: any strides and alignments.
     Generic64x64,
+    /// Hopper (sm_90a): 128×128 block tile, TMA + wgmma, 6-stage mbarrier ring, 3 warpgroups
+    /// (see [`super::matmul_wgmma`]).
+    Hopper128x128,
+    /// Hopper (sm_90a): 128×256 block tile, TMA + wgmma, 4-stage mbarrier ring, 3 warpgroups.
+    Hopper128x256,
 }
 
 impl Tile {
+    /// Whether this is a tile of the Hopper (wgmma + TMA) path.
+    pub fn is_hopper(self) -> bool {
+        matches!(self, Tile::Hopper128x128 | Tile::Hopper128x256)
+    }
     fn block(self) -> (usize, usize) {
         match self {
-            Tile::Large128x128 => (128, 128),
+            Tile::Large128x128 | Tile::Hopper128x128 => (128, 128),
             Tile::Small64x64 | Tile::Generic64x64 => (64, 64),
+            Tile::Hopper128x256 => (128, 256),
         }
     }
     fn threads(self) -> u32 {
         match self {
             Tile::Large128x128 => 256,
             Tile::Small64x64 | Tile::Generic64x64 => 128,
+            Tile::Hopper128x128 | Tile::Hopper128x256 => 384,
         }
     }
     fn stages(self) -> usize {
         match self {
-            Tile::Large128x128 => 4,
+            Tile::Large128x128 | Tile::Hopper128x256 => 4,
             Tile::Small64x64 => 3,
             Tile::Generic64x64 => 2,
+            Tile::Hopper128x128 => 6,
         }
     }
     fn prefix(self) -> &'static str {
@@ -97,11 +118,16 @@ impl Tile {
             Tile::Large128x128 => "128x128",
             Tile::Small64x64 => "64x64",
             Tile::Generic64x64 => "generic",
+            Tile::Hopper128x128 => "wgmma_128x128",
+            Tile::Hopper128x256 => "wgmma_128x256",
         }
     }
     /// Dynamic shared memory of one block, in bytes, for the given operand layouts (matches
     /// `TileGeom` in matmul_tc.cu: BK = 32, rows padded by 8 elements).
     fn shared_bytes(self, a_kmajor: bool, b_kmajor: bool) -> usize {
+        if let Some(bytes) = matmul_wgmma::shared_bytes(self) {
+            return bytes;
+        }
         const BK: usize = 32;
         const PAD: usize = 8;
         let geom = |rows: usize, kmajor: bool| if kmajor { rows * (BK + PAD) } else { BK * (rows + PAD) };
@@ -205,7 +231,8 @@ fn fast_path_ok<T: FloatElem>(v: &MatView<'_, T>, unit_is_col: bool, batch: usiz
 }
 
 /// `C[b] = act(alpha·A[b]·B[b] + bias) + beta·C[b]` on tensor cores, the tile chosen by
-/// [`choose_tile`]; see the module documentation. `c` is row-major `m × n` per batch entry.
+/// [`choose_tile`] (or, with `POLYLM_GPU_MATMUL_HOPPER=1` on sm_90, the Hopper path); see the
+/// module documentation. `c` is row-major `m × n` per batch entry.
 pub fn gemm_tc<T: TensorCoreElem, O: FloatElem>(
     dims: GemmDims,
     a: MatView<'_, T>,
@@ -216,8 +243,10 @@ pub fn gemm_tc<T: TensorCoreElem, O: FloatElem>(
     gemm_tc_with(None, dims, a, b, c, epilogue).map(|_| ())
 }
 
-/// [`gemm_tc`] with the tile forced (`None`: chosen by [`choose_tile`]). Operands that cannot
-/// take the 16-byte path run on [`Tile::Generic64x64`] whatever is asked. Returns the tile used.
+/// [`gemm_tc`] with the tile forced (`None`: chosen as [`gemm_tc`] does). Operands that cannot
+/// take the 16-byte path run on [`Tile::Generic64x64`] whatever is asked; a Hopper tile on views
+/// TMA cannot read runs on the portable tile [`choose_tile`] picks, and on a device other than
+/// sm_90 is an error. Returns the tile used.
 pub fn gemm_tc_with<T: TensorCoreElem, O: FloatElem>(
     tile: Option<Tile>,
     dims: GemmDims,
@@ -255,6 +284,42 @@ pub fn gemm_tc_with<T: TensorCoreElem, O: FloatElem>(
         return Ok(tile.unwrap_or(Tile::Small64x64));
     }
 
+    let dev = c.device().clone();
+    let elem = std::mem::size_of::<O>() as u64;
+    let pre_ptr = pre.as_ref().map_or(0, |p| p.ptr());
+    if n.is_multiple_of(2) && c.ptr().is_multiple_of(2 * elem) && pre_ptr.is_multiple_of(2 * elem) {
+        flags |= FLAG_VEC;
+    }
+
+    // The Hopper path: forced by a Hopper tile, or chosen when enabled on an sm_90 device.
+    let hopper = match tile {
+        Some(t) if t.is_hopper() => Some(t),
+        None if matmul_wgmma::hopper_enabled() && matmul_wgmma::device_supported(&dev) => {
+            Some(matmul_wgmma::choose_hopper_tile(dev.multiprocessors(), m, n, batch))
+        }
+        _ => None,
+    };
+    if let Some(hopper_tile) = hopper {
+        if let Some(plan) = matmul_wgmma::plan(&dims, &a, &b) {
+            let call = matmul_wgmma::Launch {
+                dims,
+                a,
+                b,
+                c: &*c,
+                bias: bias.map_or(0, |b| b.ptr()),
+                pre: pre_ptr,
+                flags,
+                out_kind: out_kind::<O>(),
+            };
+            matmul_wgmma::launch(hopper_tile, plan, call)?;
+            return Ok(hopper_tile);
+        }
+        if !matmul_wgmma::device_supported(&dev) {
+            return Err(CudaError::invalid("gemm_tc", format!("{hopper_tile:?} needs an sm_90 device")));
+        }
+    }
+    let tile = tile.filter(|t| !t.is_hopper());
+
     // Layouts: A "n" when K is contiguous, "t" when M is; B "n" when N is, "t" when K is.
     let a_layout = if fast_path_ok(&a, true, batch) {
         Some(true)
@@ -270,7 +335,6 @@ pub fn gemm_tc_with<T: TensorCoreElem, O: FloatElem>(
     } else {
         None
     };
-    let dev = c.device().clone();
     let (tile, a_kmajor, b_kmajor) = match (a_layout, b_layout) {
         (Some(ak), Some(bk)) => {
             let wanted = tile.unwrap_or_else(|| choose_tile(dev.multiprocessors(), m, n, batch));
@@ -297,11 +361,6 @@ pub fn gemm_tc_with<T: TensorCoreElem, O: FloatElem>(
         .filter(|&t| t <= i32::MAX as usize)
         .ok_or_else(|| CudaError::invalid("gemm_tc", format!("{m}×{n} needs too many tiles")))?;
 
-    let elem = std::mem::size_of::<O>() as u64;
-    let pre_ptr = pre.as_ref().map_or(0, |p| p.ptr());
-    if n.is_multiple_of(2) && c.ptr().is_multiple_of(2 * elem) && pre_ptr.is_multiple_of(2 * elem) {
-        flags |= FLAG_VEC;
-    }
     let shape = TcShape {
         m: to_i64("m", m)?,
         n: to_i64("n", n)?,

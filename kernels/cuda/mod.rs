@@ -22,10 +22,12 @@ pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
 pub mod flash_attention;
+pub mod flash_attention_hopper;
 pub mod gelu;
 pub mod layernorm;
 pub mod matmul;
 pub mod matmul_tc;
+pub mod matmul_wgmma;
 pub mod optim;
 pub mod softmax;
 

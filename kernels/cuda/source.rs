@@ -52,6 +52,8 @@ pub fn all_sources() -> Vec<KernelSource> {
         super::matmul::SOURCE,
         super::attention::SOURCE,
         super::matmul_tc::SOURCE,
+        super::matmul_wgmma::SOURCE,
         super::flash_attention::SOURCE,
+        super::flash_attention_hopper::SOURCE,
     ]
 }

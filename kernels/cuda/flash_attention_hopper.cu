@@ -1,0 +1,511 @@
+// Flash attention forward for Hopper (sm_90a): wgmma, TMA and warp specialisation, through inline
+// PTX only. The backward stays on the portable kernels of `flash_attention.cu`, which read the
+// log-sum-exp this kernel saves (same layout, same units).
+//
+// Memory contract (that of `flash_attention.cu`): q, k, v and out are contiguous [bh, seq, D]
+// (batch and heads flattened into bh), D = 64 or 128, element type bf16 or f16, bases 16-byte
+// aligned; lse is [bh, seq] f32, the natural log-sum-exp of the scaled scores of each query row.
+// q, k and v are read only through TMA tensor maps built on the host (3-D: {D, seq, bh}, box
+// {64, 128, 1}, 128-byte swizzle), so rows at or beyond seq come in as zeros and never cross into
+// the next head. Query rows at or beyond seq are never stored.
+//
+// One CTA = 3 warpgroups (384 threads) and 128 query rows of one (b, h); a one-dimensional grid of
+// tiles × bh, the heaviest causal tiles first (as in the portable kernel).
+//  - Warpgroup 0 is the producer. It gives most of its registers away (setmaxnreg.dec to 24) and
+//    one thread issues the TMA loads: Q once, then K and V tiles of 128 keys into a 2-stage ring.
+//    Each stage has three mbarriers: K full, V full (the loads' transaction bytes complete them)
+//    and empty (the 8 consumer warps arrive when their last wgmma reading the stage is done).
+//  - Warpgroups 1 and 2 are consumers (setmaxnreg.inc to 240), 64 query rows each. Per key tile j:
+//    S_j = Q·K_jᵀ with wgmma m64n128k16 (A and B from shared memory, K-major, 128B-swizzle
+//    descriptors), issued before O += P_{j-1}·V_{j-1} (wgmma m64nDk16 with P in registers, the
+//    register-A form, and V from shared memory through an MN-major descriptor), so that the
+//    softmax of tile j overlaps the P·V product of tile j-1. The online softmax runs in f32 in
+//    base 2 (scale·log2e folded into one FMA), masks only where needed (the causal diagonal tile
+//    and the ragged last tile), and key tiles wholly above the diagonal are never loaded. P is
+//    rounded to bf16/f16 straight from the S accumulators into A fragments (the wgmma accumulator
+//    layout per warp is that of mma.m16n8, the register-A layout that of mma.m16n8k16's A).
+//  - At the end O is divided by the row sum, staged through the warpgroup's own rows of the Q
+//    tile (in the same 128B-swizzled order, free of bank conflicts) and stored with 16-byte
+//    stores, rows beyond seq skipped; the log-sum-exp goes to lse.
+//
+// Shared memory: Q 128×D, two stages of K and V 128×D each, all bf16/f16 in 64-column sub-tiles
+// of 128-byte rows (the TMA box), 1024-byte aligned: 160 KiB at D = 128, 80 KiB at D = 64, plus
+// the barriers and 1 KiB of alignment slack.
+//
+// Registers (ptxas, sm_90a): 168 at launch (384 threads, one block per SM), up to 199 (D = 128) /
+// 158 (D = 64) in the consumers after setmaxnreg; no spills, and no "wgmma serialized" advisory:
+// every tile's waits are unconditional (tile 0 is peeled) and P is repacked only after the P·V
+// that reads it has completed.
+//
+// Not yet run on a GPU (see docs/cuda.md): the NVRTC gate compiles it for sm_90a with no spills,
+// and scripts/emulate_flash_attention_hopper.py replays its data movement and fragment indexing.
+
+#define FH_BM 128  // query rows per CTA (two consumer warpgroups of 64)
+#define FH_BN 128  // keys per tile
+#define FH_THREADS 384
+#define FH_PRODUCER_REGS 24
+#define FH_CONSUMER_REGS 240
+#define FH_LOG2E 1.4426950408889634f
+#define FH_LN2 0.6931471805599453f
+
+struct FlashDims {
+    int bh;      // batch × heads
+    int seq;     // sequence length
+    int causal;  // 1: key j is masked for query i when j > i
+    float scale; // softmax scale (usually 1/sqrt(D))
+};
+
+// The driver's CUtensorMap: 128 opaque bytes, passed by value as a __grid_constant__ parameter.
+struct __align__(64) FhTensorMap {
+    unsigned long long opaque[16];
+};
+
+// ------------------------------------------------------------------ PTX helpers
+
+__device__ __forceinline__ u32 fh_smem(const void* p) {
+    u32 r;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
+    return r;
+}
+
+__device__ __forceinline__ void fh_mbar_init(u32 bar, u32 count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+// Makes the initialised barriers visible to the other threads and to the async (TMA) proxy.
+__device__ __forceinline__ void fh_mbar_init_fence() {
+    asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;" ::: "memory");
+}
+// One arrival that also announces `bytes` of transactions (the TMA loads that complete the phase).
+__device__ __forceinline__ void fh_mbar_expect_tx(u32 bar, u32 bytes) {
+    asm volatile("{ .reg .b64 st; mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1; }" ::"r"(bar), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void fh_mbar_arrive(u32 bar) {
+    asm volatile("{ .reg .b64 st; mbarrier.arrive.shared::cta.b64 st, [%0]; }" ::"r"(bar) : "memory");
+}
+// Waits until the barrier's phase of parity `parity` has completed.
+__device__ __forceinline__ void fh_mbar_wait(u32 bar, u32 parity) {
+    u32 done;
+    do {
+        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                     : "=r"(done)
+                     : "r"(bar), "r"(parity)
+                     : "memory");
+    } while (!done);
+}
+
+// TMA: the box at coordinates (c0, c1, c2) of the tensor map at generic address `map` into shared
+// memory at `dst` (1024-byte aligned for the 128B swizzle); completes `bytes` on barrier `bar`.
+__device__ __forceinline__ void fh_tma_load_3d(u32 dst, u64 map, int c0, int c1, int c2, u32 bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], "
+        "[%5];" ::"r"(dst),
+        "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+        : "memory");
+}
+__device__ __forceinline__ void fh_prefetch_map(u64 map) {
+    asm volatile("prefetch.tensormap [%0];" ::"l"(map) : "memory");
+}
+
+template <int N> __device__ __forceinline__ void fh_setmaxnreg_inc() {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(N));
+}
+template <int N> __device__ __forceinline__ void fh_setmaxnreg_dec() {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(N));
+}
+
+// Barrier over the 128 threads of one consumer warpgroup (ids 1 and 2; 0 is __syncthreads).
+__device__ __forceinline__ void fh_wg_sync(int id) {
+    asm volatile("bar.sync %0, 128;" ::"r"(id) : "memory");
+}
+
+__device__ __forceinline__ void fh_st_shared32(u32 addr, u32 v) {
+    asm volatile("st.shared.u32 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
+}
+__device__ __forceinline__ uint4 fh_ld_shared128(u32 addr) {
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(addr)
+                 : "memory");
+    return v;
+}
+
+__device__ __forceinline__ float fh_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// f32 pair -> two 16-bit values in one register, `lo` in the lower half (the lower column).
+template <class T> __device__ __forceinline__ u32 fh_pack(float lo, float hi);
+template <> __device__ __forceinline__ u32 fh_pack<bf16>(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+template <> __device__ __forceinline__ u32 fh_pack<f16>(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// wgmma descriptor of a 128B-swizzled operand at shared address `addr`: leading and stride byte
+// offsets `lbo`, `sbo` (K-major: lbo unused, sbo = 1024 between 8-row groups; MN-major: lbo
+// between 64-element column blocks, sbo = 1024 between groups of 8 K rows). Base offset 0: every
+// tile starts on a 1024-byte boundary, and advancing by 32-byte K steps inside a swizzle row
+// leaves address bits 7-9 unchanged.
+__device__ __forceinline__ u64 fh_desc(u32 addr, u32 lbo, u32 sbo) {
+    return (u64)((addr & 0x3FFFF) >> 4) | ((u64)(lbo >> 4) << 16) | ((u64)(sbo >> 4) << 32) | (1ull << 62);
+}
+
+__device__ __forceinline__ void fh_wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void fh_wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void fh_wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
+}
+// Pins registers in place: no computation producing or reading them moves across this point (used
+// around wgmma.fence and after wgmma waits, so that the compiler neither sinks a write of an
+// operand below the fence nor hoists a read of an accumulator above the wait).
+template <int N> __device__ __forceinline__ void fh_fence_regs(float (&r)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i])::"memory");
+}
+template <int N> __device__ __forceinline__ void fh_fence_regs(u32 (&r)[N][4]) {
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+r"(r[i][0]), "+r"(r[i][1]), "+r"(r[i][2]), "+r"(r[i][3])::"memory");
+}
+
+#define FH_D8(i)                                                                                           \
+    "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), \
+        "+f"(d[i + 7])
+
+// S[64×128] (+)= A·B with A (64×16) and B (16×128, stored as 128 rows of K) both K-major in shared
+// memory; scale_d = 0 overwrites S (the first K step).
+template <class T> __device__ __forceinline__ void fh_wgmma_ss_n128(float (&d)[64], u64 da, u64 db, int scale_d);
+// O[64×N] += P·V with P (64×16) in registers and V (16×N) MN-major in shared memory.
+template <class T> __device__ __forceinline__ void fh_wgmma_rs_n64(float (&d)[32], const u32 (&a)[4], u64 db);
+template <class T> __device__ __forceinline__ void fh_wgmma_rs_n128(float (&d)[64], const u32 (&a)[4], u64 db);
+
+template <> __device__ __forceinline__ void fh_wgmma_ss_n128<bf16>(float (&d)[64], u64 da, u64 db, int scale_d) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+                 "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+                 : FH_D8(0), FH_D8(8), FH_D8(16), FH_D8(24), FH_D8(32), FH_D8(40), FH_D8(48), FH_D8(56)
+                 : "l"(da), "l"(db), "r"(scale_d));
+}
+template <> __device__ __forceinline__ void fh_wgmma_ss_n128<f16>(float (&d)[64], u64 da, u64 db, int scale_d) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+                 "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+                 : FH_D8(0), FH_D8(8), FH_D8(16), FH_D8(24), FH_D8(32), FH_D8(40), FH_D8(48), FH_D8(56)
+                 : "l"(da), "l"(db), "r"(scale_d));
+}
+template <> __device__ __forceinline__ void fh_wgmma_rs_n64<bf16>(float (&d)[32], const u32 (&a)[4], u64 db) {
+    asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+                 "}, {%32, %33, %34, %35}, %36, 1, 1, 1, 1;\n"
+                 : FH_D8(0), FH_D8(8), FH_D8(16), FH_D8(24)
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+}
+template <> __device__ __forceinline__ void fh_wgmma_rs_n64<f16>(float (&d)[32], const u32 (&a)[4], u64 db) {
+    asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+                 "}, {%32, %33, %34, %35}, %36, 1, 1, 1, 1;\n"
+                 : FH_D8(0), FH_D8(8), FH_D8(16), FH_D8(24)
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+}
+template <> __device__ __forceinline__ void fh_wgmma_rs_n128<bf16>(float (&d)[64], const u32 (&a)[4], u64 db) {
+    asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+                 "}, {%64, %65, %66, %67}, %68, 1, 1, 1, 1;\n"
+                 : FH_D8(0), FH_D8(8), FH_D8(16), FH_D8(24), FH_D8(32), FH_D8(40), FH_D8(48), FH_D8(56)
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+}
+template <> __device__ __forceinline__ void fh_wgmma_rs_n128<f16>(float (&d)[64], const u32 (&a)[4], u64 db) {
+    asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+                 "}, {%64, %65, %66, %67}, %68, 1, 1, 1, 1;\n"
+                 : FH_D8(0), FH_D8(8), FH_D8(16), FH_D8(24), FH_D8(32), FH_D8(40), FH_D8(48), FH_D8(56)
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+}
+
+template <class T, int D> struct FhPv;
+template <class T> struct FhPv<T, 64> {
+    static __device__ __forceinline__ void mma(float (&o)[32], const u32 (&a)[4], u64 db) { fh_wgmma_rs_n64<T>(o, a, db); }
+};
+template <class T> struct FhPv<T, 128> {
+    static __device__ __forceinline__ void mma(float (&o)[64], const u32 (&a)[4], u64 db) { fh_wgmma_rs_n128<T>(o, a, db); }
+};
+
+// ------------------------------------------------------------------ online softmax
+
+// One key tile's softmax step for this thread's two rows (row0, row0 + 8) in the accumulator
+// layout (s[4·n8 + 2·r + e]: row row0 + 8·r, key kv0 + 8·n8 + 2·t4 + e): masks keys beyond the
+// sequence and (causal) after the query where any can occur, updates the running maximum m (base
+// 2, scaled) and this thread's partial row sums l, and writes
+// the probabilities P = 2^(s·scale·log2e − m) over s. Returns the factors by which O must be rescaled.
+__device__ __forceinline__ float2 fh_softmax(float (&s)[FH_BN / 2], float (&m)[2], float (&l)[2], int kv0, int seq,
+                                             int causal, int row_base, int row0, int t4, float sl2) {
+    if (kv0 + FH_BN > seq || (causal && kv0 + FH_BN - 1 > row_base)) {
+#pragma unroll
+        for (int i = 0; i < FH_BN / 2; i++) {
+            const int key = kv0 + (i >> 2) * 8 + 2 * t4 + (i & 1);
+            const int row = row0 + ((i >> 1) & 1) * 8;
+            if (key >= seq || (causal && key > row)) s[i] = -POLY_INF;
+        }
+    }
+    float corr[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float mx = -POLY_INF;
+#pragma unroll
+        for (int n8 = 0; n8 < FH_BN / 8; n8++) mx = fmaxf(mx, fmaxf(s[4 * n8 + 2 * r], s[4 * n8 + 2 * r + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(m[r], mx * sl2);
+        const float m_use = m_new == -POLY_INF ? 0.0f : m_new;  // a row with no key yet
+        corr[r] = fh_exp2(m[r] - m_use);
+        m[r] = m_new;
+        float sum = 0.0f;
+#pragma unroll
+        for (int n8 = 0; n8 < FH_BN / 8; n8++) {
+            s[4 * n8 + 2 * r] = fh_exp2(fmaf(s[4 * n8 + 2 * r], sl2, -m_use));
+            s[4 * n8 + 2 * r + 1] = fh_exp2(fmaf(s[4 * n8 + 2 * r + 1], sl2, -m_use));
+            sum += s[4 * n8 + 2 * r] + s[4 * n8 + 2 * r + 1];
+        }
+        l[r] = l[r] * corr[r] + sum;  // this thread's columns only; reduced over the quad at the end
+    }
+    return make_float2(corr[0], corr[1]);
+}
+
+// P rounded to the storage type as wgmma A fragments of 16 keys each: {row g, keys 2t4, 2t4+1},
+// {row g+8, same keys}, {row g, keys 8+2t4, 9+2t4}, {row g+8, same keys}.
+template <class T>
+__device__ __forceinline__ void fh_pack_p(const float (&s)[FH_BN / 2], u32 (&p)[FH_BN / 16][4]) {
+#pragma unroll
+    for (int kk = 0; kk < FH_BN / 16; kk++) {
+        p[kk][0] = fh_pack<T>(s[8 * kk + 0], s[8 * kk + 1]);
+        p[kk][1] = fh_pack<T>(s[8 * kk + 2], s[8 * kk + 3]);
+        p[kk][2] = fh_pack<T>(s[8 * kk + 4], s[8 * kk + 5]);
+        p[kk][3] = fh_pack<T>(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+}
+
+// ------------------------------------------------------------------ forward
+
+template <class T, int D>
+__device__ __forceinline__ void flash_fwd_hopper(FlashDims a, u64 map_q, u64 map_k, u64 map_v, T* __restrict__ out,
+                                                 float* __restrict__ lse) {
+    constexpr u32 SUB_Q = FH_BM * 128;    // bytes of one 64-column sub-tile of Q (128-byte rows)
+    constexpr u32 SUB_KV = FH_BN * 128;   // ... of K or V
+    constexpr u32 Q_BYTES = SUB_Q * (D / 64);
+    constexpr u32 KV_BYTES = SUB_KV * (D / 64);
+    static_assert(FH_BM == 128 && FH_BN == 128, "two consumer warpgroups of 64 rows, 128-key tiles");
+
+    extern __shared__ __align__(1024) unsigned char fh_raw[];
+    const u32 base = (fh_smem(fh_raw) + 1023u) & ~1023u;  // the 128B swizzle repeats every 1024 bytes
+    const u32 sq = base, sk = base + Q_BYTES, sv = sk + 2 * KV_BYTES;
+    const u32 bars = sv + 2 * KV_BYTES;
+    const u32 q_full = bars;                // + 8·stage for the three per-stage barriers:
+    const u32 k_full = bars + 8, v_full = bars + 24, kv_empty = bars + 40;
+
+    const int tid = threadIdx.x;
+    const int wg = tid >> 7;
+    const int T_ = a.seq;
+    const int bh = blockIdx.x % a.bh;
+    const int n_q = (T_ + FH_BM - 1) / FH_BM;
+    const int q0 = (n_q - 1 - (int)(blockIdx.x / a.bh)) * FH_BM;  // heaviest causal tiles first
+    const int kv_end = a.causal ? min(T_, q0 + FH_BM) : T_;
+    const int n_tiles = (kv_end + FH_BN - 1) / FH_BN;
+
+    if (tid == 0) {
+        fh_mbar_init(q_full, 1);
+#pragma unroll
+        for (int s = 0; s < 2; s++) {
+            fh_mbar_init(k_full + 8 * s, 1);
+            fh_mbar_init(v_full + 8 * s, 1);
+            fh_mbar_init(kv_empty + 8 * s, 8);  // one arrival per consumer warp
+        }
+        fh_mbar_init_fence();
+    }
+    __syncthreads();
+
+    if (wg == 0) {
+        // ---------------- producer: one thread issues every TMA load
+        fh_setmaxnreg_dec<FH_PRODUCER_REGS>();
+        if (tid == 0) {
+            fh_prefetch_map(map_q);
+            fh_prefetch_map(map_k);
+            fh_prefetch_map(map_v);
+            fh_mbar_expect_tx(q_full, Q_BYTES);
+#pragma unroll
+            for (int h = 0; h < D / 64; h++) fh_tma_load_3d(sq + h * SUB_Q, map_q, h * 64, q0, bh, q_full);
+            for (int j = 0; j < n_tiles; j++) {
+                const int st = j & 1;
+                const u32 ph = (u32)(j >> 1) & 1u;
+                fh_mbar_wait(kv_empty + 8 * st, ph ^ 1u);  // a fresh barrier's "previous" phase counts as done
+                const u32 kdst = sk + st * KV_BYTES, vdst = sv + st * KV_BYTES;
+                fh_mbar_expect_tx(k_full + 8 * st, KV_BYTES);
+#pragma unroll
+                for (int h = 0; h < D / 64; h++)
+                    fh_tma_load_3d(kdst + h * SUB_KV, map_k, h * 64, j * FH_BN, bh, k_full + 8 * st);
+                fh_mbar_expect_tx(v_full + 8 * st, KV_BYTES);
+#pragma unroll
+                for (int h = 0; h < D / 64; h++)
+                    fh_tma_load_3d(vdst + h * SUB_KV, map_v, h * 64, j * FH_BN, bh, v_full + 8 * st);
+            }
+        }
+        return;
+    }
+
+    // ---------------- consumers: warpgroup cw owns query rows q0 + 64·cw .. + 63
+    fh_setmaxnreg_inc<FH_CONSUMER_REGS>();
+    const int cw = wg - 1;
+    const int warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    const int row_base = q0 + 64 * cw;
+    const int row0 = row_base + 16 * warp + g;  // this thread's rows: row0 and row0 + 8
+    const float sl2 = a.scale * FH_LOG2E;
+    const u32 sq_wg = sq + 64 * cw * 128;        // this warpgroup's 64 rows of every Q sub-tile
+
+    float o[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; i++) o[i] = 0.0f;
+    float s[FH_BN / 2];
+    u32 p[FH_BN / 16][4];
+#pragma unroll
+    for (int i = 0; i < FH_BN / 2; i++) s[i] = 0.0f;  // defined before the register fences read them
+#pragma unroll
+    for (int i = 0; i < FH_BN / 16; i++) p[i][0] = p[i][1] = p[i][2] = p[i][3] = 0u;
+    float m[2] = {-POLY_INF, -POLY_INF}, l[2] = {0.0f, 0.0f};
+
+    // S_j = Q·K_jᵀ into s: D/16 steps of 16 along the head dimension, 32 bytes each inside a
+    // 128-byte swizzled row (sub-tile kk / 4).
+    auto issue_qk = [&](int st) {
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+            const u32 off = (kk >> 2) * SUB_Q + (kk & 3) * 32;
+            const u32 offk = (kk >> 2) * SUB_KV + (kk & 3) * 32;
+            fh_wgmma_ss_n128<T>(s, fh_desc(sq_wg + off, 16, 1024), fh_desc(sk + st * KV_BYTES + offk, 16, 1024), kk > 0);
+        }
+        fh_wgmma_commit();
+    };
+    // O += P·V_j: BN/16 steps of 16 keys (2048 bytes of V each), N = D in 64-column blocks SUB_KV apart.
+    auto issue_pv = [&](int st) {
+        const u32 vb = sv + st * KV_BYTES;
+#pragma unroll
+        for (int kk = 0; kk < FH_BN / 16; kk++) FhPv<T, D>::mma(o, p[kk], fh_desc(vb + kk * 16 * 128, SUB_KV, 1024));
+        fh_wgmma_commit();
+    };
+    auto fence_all = [&]() {
+        fh_fence_regs(s);
+        fh_fence_regs(p);
+        fh_fence_regs(o);
+        fh_wgmma_fence();
+    };
+
+    // Tile 0 (every tile wait is unconditional, so ptxas can prove which wgmma is in flight).
+    fh_mbar_wait(q_full, 0);
+    fh_mbar_wait(k_full, 0);
+    fence_all();
+    issue_qk(0);
+    fh_wgmma_wait<0>();
+    fh_fence_regs(s);
+    fh_softmax(s, m, l, 0, T_, a.causal, row_base, row0, t4, sl2);  // O is still zero: no rescale
+    fh_pack_p<T>(s, p);
+    for (int j = 1; j < n_tiles; j++) {
+        const int st = j & 1, pst = st ^ 1;
+        fh_mbar_wait(k_full + 8 * st, (u32)(j >> 1) & 1u);
+        fh_mbar_wait(v_full + 8 * pst, (u32)((j - 1) >> 1) & 1u);
+        fence_all();
+        issue_qk(st);   // S_j ...
+        issue_pv(pst);  // ... and O += P_{j-1}·V_{j-1}, in flight during this tile's softmax
+        fh_wgmma_wait<1>();
+        fh_fence_regs(s);
+        const float2 corr = fh_softmax(s, m, l, j * FH_BN, T_, a.causal, row_base, row0, t4, sl2);
+        fh_wgmma_wait<0>();  // P_{j-1}·V_{j-1} done: p and o may be touched again
+        fh_fence_regs(o);
+        __syncwarp();
+        if (lane == 0) fh_mbar_arrive(kv_empty + 8 * pst);  // stage j-1 (K and V) is free
+#pragma unroll
+        for (int i = 0; i < D / 2; i++) o[i] *= ((i >> 1) & 1) ? corr.y : corr.x;
+        fh_pack_p<T>(s, p);
+    }
+    {
+        const int st = (n_tiles - 1) & 1;
+        fh_mbar_wait(v_full + 8 * st, (u32)((n_tiles - 1) >> 1) & 1u);
+        fence_all();
+        issue_pv(st);
+        fh_wgmma_wait<0>();
+        fh_fence_regs(o);
+    }
+
+    // Normalise; the log-sum-exp in natural-log units, as the portable kernel writes it.
+    float inv[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float sum = l[r];
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        inv[r] = 1.0f / sum;
+        const int row = row0 + r * 8;
+        if (t4 == 0 && row < T_) lse[(i64)bh * T_ + row] = (m[r] + log2f(sum)) * FH_LN2;
+    }
+
+    // Stage O in this warpgroup's rows of the Q tile (same swizzled order: chunk c of row r sits at
+    // chunk c ^ (r & 7)), then 16-byte stores of whole rows.
+    fh_wg_sync(1 + cw);  // every warp's wgmmas (the Q reads) are done
+#pragma unroll
+    for (int n8 = 0; n8 < D / 8; n8++) {
+        const u32 sub = sq_wg + (n8 >> 3) * SUB_Q;
+        const u32 within = (u32)(2 * t4) * 2;
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int rl = 16 * warp + g + 8 * r;  // row within the warpgroup
+            const u32 addr = sub + rl * 128 + ((u32)((n8 & 7) ^ (rl & 7)) << 4) + within;
+            fh_st_shared32(addr, fh_pack<T>(o[4 * n8 + 2 * r] * inv[r], o[4 * n8 + 2 * r + 1] * inv[r]));
+        }
+    }
+    fh_wg_sync(1 + cw);
+    constexpr int CHUNKS = D / 8;  // 16-byte chunks per row
+    const int wtid = tid & 127;
+#pragma unroll
+    for (int it = 0; it < 64 * CHUNKS / 128; it++) {
+        const int c = wtid + it * 128;
+        const int rl = c / CHUNKS, ch = c % CHUNKS;
+        const int row = row_base + rl;
+        const uint4 v = fh_ld_shared128(sq_wg + (ch >> 3) * SUB_Q + rl * 128 + ((u32)((ch & 7) ^ (rl & 7)) << 4));
+        if (row < T_) *reinterpret_cast<uint4*>(out + ((i64)bh * T_ + row) * D + ch * 8) = v;
+    }
+}
+
+// ------------------------------------------------------------------ entry points
+
+#define FLASH_HOPPER(T, S, D)                                                                              \
+    extern "C" __global__ void __launch_bounds__(FH_THREADS, 1) flash_fwd_hopper_##S##_d##D(               \
+        FlashDims a, const __grid_constant__ FhTensorMap tq, const __grid_constant__ FhTensorMap tk,       \
+        const __grid_constant__ FhTensorMap tv, T* out, float* lse) {                                      \
+        flash_fwd_hopper<T, D>(a, reinterpret_cast<u64>(&tq), reinterpret_cast<u64>(&tk),                  \
+                               reinterpret_cast<u64>(&tv), out, lse);                                      \
+    }
+
+FLASH_HOPPER(bf16, bf16, 64)
+FLASH_HOPPER(bf16, bf16, 128)
+FLASH_HOPPER(f16, f16, 64)
+FLASH_HOPPER(f16, f16, 128)

@@ -1,0 +1,531 @@
+// Tensor-core matrix product for Hopper (sm_90a): TMA loads, mbarrier pipeline, wgmma.
+//
+//     pre  = alpha · A[b]·B[b] (+ bias per column)
+//     C[b] = act(pre) + beta · C[b]            act = identity or GeLU (tanh form)
+//
+// The same product, epilogues and layouts as matmul_tc.cu (see there for "n"/"t"): bf16 or f16
+// inputs, f32 accumulation, f32/bf16/f16 output chosen at run time by `out_kind`. Only views
+// that TMA can describe come here (unit innermost stride, 16-byte aligned base, leading and
+// batch strides); the wrapper (matmul_wgmma.rs) sends every other view to matmul_tc.
+//
+// Block: 384 threads = 3 warpgroups, warp-specialised, persistent (one block per SM walks the
+// tiles blockIdx.x, blockIdx.x + gridDim.x, ...; the same order in every role).
+//   warpgroup 0, the producer: gives most of its registers back (setmaxnreg.dec), and one thread
+//     issues the TMA loads (cp.async.bulk.tensor.3d, 128-byte swizzle) of each 64-deep K slice
+//     of A and B into a ring of STAGES shared-memory slots;
+//   warpgroups 1 and 2, the consumers: take more registers (setmaxnreg.inc); consumer c owns
+//     rows 64c..64c+63 of the BM = 128 row tile and all BN (128 or 256) columns, and issues
+//     wgmma.mma_async.m64nBNk16 (4 per K slice) with f32 accumulators in registers
+//     (BN/2 per thread), then applies the epilogue straight from the registers to global memory.
+//
+// Ring protocol (per slot s, two mbarriers in shared memory):
+//   full[s]  (count 1): the producer arrives with expect_tx(bytes of the slot) and the TMA
+//            loads complete the transaction; consumers wait on it;
+//   empty[s] (count 8 = consumer warps): lane 0 of each consumer warp arrives once the wgmma
+//            groups reading the slot have completed (wgmma.wait_group); the producer waits on
+//            it before overwriting the slot.
+// Both sides walk the same sequence of (tile, K slice) uses, slot = use % STAGES, and wait with
+// try_wait.parity on phase (use / STAGES) & 1 (consumers, full) or its complement (producer,
+// empty: a fresh barrier counts its "previous" phase, parity 1, as complete, so the first
+// STAGES uses go ahead).
+// Consumers keep one wgmma group in flight: after committing slice kt they wait until at most
+// one group is pending, which means slice kt-1 has been read, and release its slot.
+//
+// Shared-memory layout of one slot (1024-byte aligned; every operand tile is made of 128-byte
+// rows swizzled in 1024-byte atoms, the 16-byte chunk c of row r stored at chunk c ^ (r % 8),
+// which is what TMA's SWIZZLE_128B writes and what a wgmma descriptor with swizzle mode 1 reads):
+//   A K-major ("n", A stored [M, K]): one box {64 k, 128 m}: row m at m·128 bytes; consumer c's
+//     64 rows start at c·8192. Descriptor: SBO = 1024 (8 rows), LBO unused (1); K step of 16
+//     = +32 bytes on the start address.
+//   A M-major ("t", A stored [K, M]): two boxes {64 m, 64 k} at 0 and 8192: row k of box j
+//     holds m = 64j..64j+63. Consumer c reads box c. Descriptor (transposed, tnspA = 1): SBO =
+//     1024 (8 k rows), LBO = 8192 (next 64 m; unused with 64 rows); K step of 16 = +2048 bytes.
+//   B K-major ("t", B stored [N, K]): one box {64 k, BN n}: as A K-major with BN rows.
+//   B N-major ("n", B stored [K, N]): BN/64 boxes {64 n, 64 k}, 8192 bytes apart. Descriptor
+//     (tnspB = 1): SBO = 1024, LBO = 8192; K step of 16 = +2048 bytes.
+// (scripts/emulate_wgmma_layout.py replays these writes and reads, the accumulator fragment
+// layout and the epilogue's indexing in numpy against A·B.)
+//
+// Ragged edges: the tensor maps carry the true M, N, K (and batch), so TMA zero-fills whatever
+// part of a box lies outside the matrix (the transaction still counts the whole box), and the
+// epilogue guards rows and columns. A wholly out-of-range K tail is never loaded (KT = ceil(K/64)).
+//
+// Accumulator fragment of wgmma .m64nNk16 with f32 D (PTX ISA, "Register Fragments"): thread
+// of warp w (in its warpgroup), lane = 4g + t holds d[4j + e] at row 16w + g + 8·(e / 2) and
+// column 8j + 2t + (e % 2), j = 0..N/8-1.
+
+#define WG_BM 128
+#define WG_BK 64
+#define WG_CONSUMERS 2
+#define WG_THREADS 384
+#define WG_GROUP_M 8
+// Registers per thread after setmaxnreg. The block is launched with 168 (ptxas's count under
+// __launch_bounds__(384, 1)); 128·40 + 256·232 = 384·168, so the consumers' increase is exactly
+// what the producer gives back (kernels/tests/sass_check.rs checks the 168).
+#define WG_PRODUCER_REGS 40
+#define WG_CONSUMER_REGS 232
+
+#define WG_FLAG_BIAS 1
+#define WG_FLAG_GELU 2
+#define WG_FLAG_PRE 4
+#define WG_FLAG_VEC 8
+
+/// The driver's CUtensorMap (an opaque 128-byte object made by cuTensorMapEncodeTiled on the
+/// host), passed by value as a __grid_constant__ kernel parameter.
+struct __align__(64) TmaMap {
+    u64 opaque[16];
+};
+
+struct WgShape {
+    i64 m, n, k;
+    i64 ldc, c_bs;  // C element (b, i, j) at b·c_bs + i·ldc + j (pre-activation too)
+    float alpha, beta;
+    int batch, tiles_m, tiles_n;
+    int a_batched, b_batched;  // whether the tensor map has a batch dimension to index
+    int out_kind;              // 0 f32, 1 bf16, 2 f16
+    int flags;                 // WG_FLAG_*
+};
+
+// ---------------------------------------------------------------- PTX wrappers
+
+__device__ __forceinline__ u32 wg_smem_addr(const void* p) {
+    u32 a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+/// Makes the barrier initialisation visible to the async proxy (TMA) and the other threads.
+__device__ __forceinline__ void mbar_fence_init() {
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+/// Arrives once and adds `bytes` to the transaction count the current phase waits for.
+__device__ __forceinline__ void mbar_arrive_expect_tx(u32 bar, u32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(u32 bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+/// Waits until the phase of parity `parity` has completed.
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+    u32 done;
+    do {
+        asm volatile(
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+    } while (!done);
+}
+
+/// TMA: the box of `map` at coordinates (c0 innermost, c1, c2) into shared memory at `dst`,
+/// completing `bytes` of the transaction on mbarrier `bar`.
+__device__ __forceinline__ void tma_load_3d(u32 dst, const TmaMap* map, u32 bar, int c0, int c1, int c2) {
+    asm volatile(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], "
+        "[%5];\n" ::"r"(dst),
+        "l"(reinterpret_cast<u64>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+        : "memory");
+}
+__device__ __forceinline__ void tma_prefetch_map(const TmaMap* map) {
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<u64>(map)) : "memory");
+}
+
+template <int REGS>
+__device__ __forceinline__ void setmaxnreg_dec() {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(REGS));
+}
+template <int REGS>
+__device__ __forceinline__ void setmaxnreg_inc() {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(REGS));
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+/// Keeps the compiler from moving accesses to the accumulators across wgmma fences and waits.
+template <int R>
+__device__ __forceinline__ void fence_acc(float (&d)[R]) {
+#pragma unroll
+    for (int i = 0; i < R; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+/// A shared-memory matrix descriptor for wgmma with 128-byte swizzling: start address, leading
+/// and stride byte offsets, each stored >> 4 in 14 bits; swizzle mode 1 (128B) in bits 62-63;
+/// base offset 0 (every swizzle atom starts on a 1024-byte boundary).
+__device__ __forceinline__ u64 sw128_desc(u32 addr, u32 lbo, u32 sbo) {
+    return (u64)((addr & 0x3FFFF) >> 4) | ((u64)((lbo & 0x3FFFF) >> 4) << 16) |
+           ((u64)((sbo & 0x3FFFF) >> 4) << 32) | (1ull << 62);
+}
+
+// wgmma.mma_async.m64nNk16, f32 accumulators, A and B from shared memory through descriptors,
+// scale-d = 1 (D += A·B), tnspA/tnspB = TA/TB (1: M-/N-major operand).
+template <int TA, int TB>
+__device__ __forceinline__ void wgmma_m64n128k16_bf16(float (&d)[64], u64 da, u64 db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, %64, %65, p, 1, 1, %67, %68;\n}\n"
+        :
+          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(da), "l"(db), "r"(1), "n"(TA), "n"(TB));
+}
+
+template <int TA, int TB>
+__device__ __forceinline__ void wgmma_m64n128k16_f16(float (&d)[64], u64 da, u64 db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, %64, %65, p, 1, 1, %67, %68;\n}\n"
+        :
+          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(da), "l"(db), "r"(1), "n"(TA), "n"(TB));
+}
+
+template <int TA, int TB>
+__device__ __forceinline__ void wgmma_m64n256k16_bf16(float (&d)[128], u64 da, u64 db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95,"
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111,"
+        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+        "}, %128, %129, p, 1, 1, %131, %132;\n}\n"
+        :
+          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+          "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "l"(da), "l"(db), "r"(1), "n"(TA), "n"(TB));
+}
+
+template <int TA, int TB>
+__device__ __forceinline__ void wgmma_m64n256k16_f16(float (&d)[128], u64 da, u64 db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95,"
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111,"
+        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+        "}, %128, %129, p, 1, 1, %131, %132;\n}\n"
+        :
+          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+          "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "l"(da), "l"(db), "r"(1), "n"(TA), "n"(TB));
+}
+
+template <class T>
+struct WgIsBf16 {
+    static constexpr bool value = false;
+};
+template <>
+struct WgIsBf16<bf16> {
+    static constexpr bool value = true;
+};
+
+/// d += A·B for one K step of 16 on a 64 × BN block.
+template <class T, int BN, int TA, int TB>
+__device__ __forceinline__ void wgmma_step(float (&d)[BN / 2], u64 da, u64 db) {
+    static_assert(BN == 128 || BN == 256, "BN is 128 or 256");
+    if constexpr (BN == 256) {
+        if constexpr (WgIsBf16<T>::value)
+            wgmma_m64n256k16_bf16<TA, TB>(d, da, db);
+        else
+            wgmma_m64n256k16_f16<TA, TB>(d, da, db);
+    } else {
+        if constexpr (WgIsBf16<T>::value)
+            wgmma_m64n128k16_bf16<TA, TB>(d, da, db);
+        else
+            wgmma_m64n128k16_f16<TA, TB>(d, da, db);
+    }
+}
+
+// ---------------------------------------------------------------- epilogue
+
+template <class O>
+__device__ __forceinline__ void wg_store2(O* p, float v0, float v1, bool both, bool vec) {
+    if (vec && both) {
+        if constexpr (sizeof(O) == 4) {
+            *reinterpret_cast<float2*>(p) = make_float2(v0, v1);
+        } else {
+            O e0 = from_f32<O>(v0), e1 = from_f32<O>(v1);
+            *reinterpret_cast<u32*>(p) = (u32)e0.bits | ((u32)e1.bits << 16);
+        }
+    } else {
+        p[0] = from_f32<O>(v0);
+        if (both) p[1] = from_f32<O>(v1);
+    }
+}
+
+/// Applies the epilogue to the accumulators of (r, c) and (r, c+1) and stores them.
+template <class O>
+__device__ __forceinline__ void wg_epilogue_pair(const WgShape& s, O* C, O* pre, const O* bias, i64 r, i64 c,
+                                                 float v0, float v1) {
+    if (r >= s.m || c >= s.n) return;
+    const bool both = c + 1 < s.n;
+    const bool vec = (s.flags & WG_FLAG_VEC) != 0;
+    v0 *= s.alpha;
+    v1 *= s.alpha;
+    if (s.flags & WG_FLAG_BIAS) {
+        v0 += to_f32(bias[c]);
+        if (both) v1 += to_f32(bias[c + 1]);
+    }
+    const i64 off = r * s.ldc + c;
+    if (s.flags & WG_FLAG_GELU) {
+        if (s.flags & WG_FLAG_PRE) wg_store2<O>(pre + off, v0, v1, both, vec);
+        v0 = gelu_tanh(v0);
+        v1 = gelu_tanh(v1);
+    }
+    if (s.beta != 0.0f) {
+        v0 += s.beta * to_f32(C[off]);
+        if (both) v1 += s.beta * to_f32(C[off + 1]);
+    }
+    wg_store2<O>(C + off, v0, v1, both, vec);
+}
+
+/// Stores one consumer's 64 × BN accumulators; `row0` is the first row of the warpgroup's
+/// block, `col0` the tile's first column (fragment layout in the header comment).
+template <class O, int BN>
+__device__ __forceinline__ void wg_epilogue(const WgShape& s, void* Cv, void* prev, const void* biasv, i64 bz, i64 row0,
+                                            i64 col0, const float (&acc)[BN / 2]) {
+    O* C = reinterpret_cast<O*>(Cv) + bz * s.c_bs;
+    O* pre = prev ? reinterpret_cast<O*>(prev) + bz * s.c_bs : nullptr;
+    const O* bias = reinterpret_cast<const O*>(biasv);
+    const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3;
+    const int g = lane >> 2, t = lane & 3;
+    const i64 r = row0 + 16 * warp + g;
+#pragma unroll
+    for (int j = 0; j < BN / 8; j++) {
+        const i64 c = col0 + 8 * j + 2 * t;
+        wg_epilogue_pair<O>(s, C, pre, bias, r, c, acc[4 * j], acc[4 * j + 1]);
+        wg_epilogue_pair<O>(s, C, pre, bias, r + 8, c, acc[4 * j + 2], acc[4 * j + 3]);
+    }
+}
+
+// ---------------------------------------------------------------- tile order
+
+struct WgTile {
+    int batch, tile_m, tile_n;
+};
+
+/// Tile `t` of the persistent walk: batch entry, then grouped rasterisation (GROUP_M tile rows
+/// walked down M before moving along N, so that a wave of blocks shares A and B tiles in L2).
+__device__ __forceinline__ WgTile wg_tile(const WgShape& s, int t) {
+    const int per_batch = s.tiles_m * s.tiles_n;
+    WgTile out;
+    out.batch = t / per_batch;
+    const int pid = t - out.batch * per_batch;
+    const int per_group = WG_GROUP_M * s.tiles_n;
+    const int group = pid / per_group;
+    const int first_m = group * WG_GROUP_M;
+    const int group_rows = min(s.tiles_m - first_m, WG_GROUP_M);
+    const int in_group = pid - group * per_group;
+    out.tile_m = first_m + in_group % group_rows;
+    out.tile_n = in_group / group_rows;
+    return out;
+}
+
+// ---------------------------------------------------------------- the kernel body
+
+/// A_KMAJOR: A stored with K contiguous ("n"); B_KMAJOR: B stored with K contiguous ("t").
+template <class T, int BN, int STAGES, bool A_KMAJOR, bool B_KMAJOR>
+__device__ __forceinline__ void gemm_wgmma_body(const TmaMap* map_a, const TmaMap* map_b, const WgShape& s, void* C,
+                                                const void* bias, void* pre) {
+    constexpr u32 A_BYTES = WG_BM * WG_BK * 2;
+    constexpr u32 B_BYTES = BN * WG_BK * 2;
+    constexpr u32 STAGE_BYTES = A_BYTES + B_BYTES;
+    constexpr u32 BOX_BYTES = 64 * WG_BK * 2;  // one {64, 64} box of 128-byte rows
+    static_assert(STAGE_BYTES % 1024 == 0, "slots must keep the 1024-byte swizzle alignment");
+
+    extern __shared__ unsigned char wg_smem[];
+    __shared__ __align__(8) u64 wg_bars[2 * STAGES];
+    const u32 base = (wg_smem_addr(wg_smem) + 1023u) & ~1023u;
+    const u32 full0 = wg_smem_addr(wg_bars), empty0 = full0 + 8 * STAGES;
+
+    const int tid = threadIdx.x;
+    const int wg = tid >> 7, lane = tid & 31;
+    if (tid == 0) {
+#pragma unroll
+        for (int i = 0; i < STAGES; i++) {
+            mbar_init(full0 + 8 * i, 1);
+            mbar_init(empty0 + 8 * i, WG_CONSUMERS * 4);
+        }
+        mbar_fence_init();
+    }
+    __syncthreads();
+
+    const int KT = (int)((s.k + WG_BK - 1) / WG_BK);
+    const int total = s.tiles_m * s.tiles_n * s.batch;
+
+    if (wg == 0) {
+        // ------------------------------------------------ producer
+        setmaxnreg_dec<WG_PRODUCER_REGS>();
+        if (tid != 0) return;
+        tma_prefetch_map(map_a);
+        tma_prefetch_map(map_b);
+        u32 stage = 0, phase = 0;
+        for (int t = blockIdx.x; t < total; t += gridDim.x) {
+            const WgTile tile = wg_tile(s, t);
+            const int m0 = tile.tile_m * WG_BM, n0 = tile.tile_n * BN;
+            const int za = s.a_batched ? tile.batch : 0, zb = s.b_batched ? tile.batch : 0;
+            for (int kt = 0; kt < KT; kt++) {
+                const int k0 = kt * WG_BK;
+                mbar_wait(empty0 + 8 * stage, phase ^ 1);
+                const u32 full = full0 + 8 * stage;
+                mbar_arrive_expect_tx(full, STAGE_BYTES);
+                const u32 sa = base + stage * STAGE_BYTES, sb = sa + A_BYTES;
+                if constexpr (A_KMAJOR) {
+                    tma_load_3d(sa, map_a, full, k0, m0, za);
+                } else {
+#pragma unroll
+                    for (int j = 0; j < WG_BM / 64; j++) tma_load_3d(sa + j * BOX_BYTES, map_a, full, m0 + 64 * j, k0, za);
+                }
+                if constexpr (B_KMAJOR) {
+                    tma_load_3d(sb, map_b, full, k0, n0, zb);
+                } else {
+#pragma unroll
+                    for (int j = 0; j < BN / 64; j++) tma_load_3d(sb + j * BOX_BYTES, map_b, full, n0 + 64 * j, k0, zb);
+                }
+                if (++stage == STAGES) {
+                    stage = 0;
+                    phase ^= 1;
+                }
+            }
+        }
+    } else {
+        // ------------------------------------------------ consumers
+        setmaxnreg_inc<WG_CONSUMER_REGS>();
+        const int cw = wg - 1;  // rows 64·cw .. 64·cw+63 of the tile
+        // Both A layouts put consumer cw's 64 rows 8192 bytes apart (64 rows of 128 bytes, or
+        // box cw of 64 k rows).
+        const u32 a_off = (u32)cw * BOX_BYTES;
+        constexpr u32 A_LBO = A_KMAJOR ? 16 : BOX_BYTES, B_LBO = B_KMAJOR ? 16 : BOX_BYTES;
+        constexpr u32 A_KSTEP = A_KMAJOR ? 32 : 16 * 128, B_KSTEP = B_KMAJOR ? 32 : 16 * 128;
+        float acc[BN / 2];
+        u32 stage = 0, phase = 0;
+        for (int t = blockIdx.x; t < total; t += gridDim.x) {
+            const WgTile tile = wg_tile(s, t);
+#pragma unroll
+            for (int i = 0; i < BN / 2; i++) acc[i] = 0.0f;
+            u32 prev = 0;
+            for (int kt = 0; kt < KT; kt++) {
+                mbar_wait(full0 + 8 * stage, phase);
+                const u32 sa = base + stage * STAGE_BYTES + a_off, sb = base + stage * STAGE_BYTES + A_BYTES;
+                fence_acc(acc);
+                wgmma_fence();
+#pragma unroll
+                for (int kk = 0; kk < WG_BK / 16; kk++) {
+                    const u64 da = sw128_desc(sa + kk * A_KSTEP, A_LBO, 1024);
+                    const u64 db = sw128_desc(sb + kk * B_KSTEP, B_LBO, 1024);
+                    wgmma_step<T, BN, A_KMAJOR ? 0 : 1, B_KMAJOR ? 0 : 1>(acc, da, db);
+                }
+                wgmma_commit();
+                fence_acc(acc);
+                // At most one group pending: slice kt-1 has been read, its slot can be refilled.
+                wgmma_wait<1>();
+                fence_acc(acc);
+                if (kt > 0 && lane == 0) mbar_arrive(empty0 + 8 * prev);
+                prev = stage;
+                if (++stage == STAGES) {
+                    stage = 0;
+                    phase ^= 1;
+                }
+            }
+            wgmma_wait<0>();
+            fence_acc(acc);
+            if (KT > 0 && lane == 0) mbar_arrive(empty0 + 8 * prev);
+
+            const i64 row0 = (i64)tile.tile_m * WG_BM + 64 * cw, col0 = (i64)tile.tile_n * BN;
+            switch (s.out_kind) {
+                case 0: wg_epilogue<float, BN>(s, C, pre, bias, tile.batch, row0, col0, acc); break;
+                case 1: wg_epilogue<bf16, BN>(s, C, pre, bias, tile.batch, row0, col0, acc); break;
+                default: wg_epilogue<f16, BN>(s, C, pre, bias, tile.batch, row0, col0, acc); break;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- instantiations
+
+#define WG_ARGS const __grid_constant__ TmaMap map_a, const __grid_constant__ TmaMap map_b, WgShape s, void *C, \
+                const void *bias, void *pre
+
+#define WG_KERNEL(T, S, BN, STAGES, LAY, AK, BK_)                                                          \
+    extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) gemm_wgmma_128x##BN##_##LAY##_##S(WG_ARGS) { \
+        gemm_wgmma_body<T, BN, STAGES, AK, BK_>(&map_a, &map_b, s, C, bias, pre);                          \
+    }
+#define WG_LAYOUTS(T, S, BN, STAGES)                                                                       \
+    WG_KERNEL(T, S, BN, STAGES, nn, true, false)                                                           \
+    WG_KERNEL(T, S, BN, STAGES, nt, true, true)                                                            \
+    WG_KERNEL(T, S, BN, STAGES, tn, false, false)                                                          \
+    WG_KERNEL(T, S, BN, STAGES, tt, false, true)
+
+// 128×256: 4 slots of 48 KiB; 128×128: 6 slots of 32 KiB (192 KiB of the 227 KiB either way).
+WG_LAYOUTS(bf16, bf16, 256, 4)
+WG_LAYOUTS(f16, f16, 256, 4)
+WG_LAYOUTS(bf16, bf16, 128, 6)
+WG_LAYOUTS(f16, f16, 128, 6)
