@@ -61,58 +61,7 @@ struct __align__(64) FhTensorMap {
 };
 
 // ------------------------------------------------------------------ PTX helpers
-
-__device__ __forceinline__ u32 fh_smem(const void* p) {
-    u32 r;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
-    return r;
-}
-
-__device__ __forceinline__ void fh_mbar_init(u32 bar, u32 count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
-}
-// Makes the initialised barriers visible to the other threads and to the async (TMA) proxy.
-__device__ __forceinline__ void fh_mbar_init_fence() {
-    asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;" ::: "memory");
-}
-// One arrival that also announces `bytes` of transactions (the TMA loads that complete the phase).
-__device__ __forceinline__ void fh_mbar_expect_tx(u32 bar, u32 bytes) {
-    asm volatile("{ .reg .b64 st; mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1; }" ::"r"(bar), "r"(bytes)
-                 : "memory");
-}
-__device__ __forceinline__ void fh_mbar_arrive(u32 bar) {
-    asm volatile("{ .reg .b64 st; mbarrier.arrive.shared::cta.b64 st, [%0]; }" ::"r"(bar) : "memory");
-}
-// Waits until the barrier's phase of parity `parity` has completed.
-__device__ __forceinline__ void fh_mbar_wait(u32 bar, u32 parity) {
-    u32 done;
-    do {
-        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-                     : "=r"(done)
-                     : "r"(bar), "r"(parity)
-                     : "memory");
-    } while (!done);
-}
-
-// TMA: the box at coordinates (c0, c1, c2) of the tensor map at generic address `map` into shared
-// memory at `dst` (1024-byte aligned for the 128B swizzle); completes `bytes` on barrier `bar`.
-__device__ __forceinline__ void fh_tma_load_3d(u32 dst, u64 map, int c0, int c1, int c2, u32 bar) {
-    asm volatile(
-        "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], "
-        "[%5];" ::"r"(dst),
-        "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
-        : "memory");
-}
-__device__ __forceinline__ void fh_prefetch_map(u64 map) {
-    asm volatile("prefetch.tensormap [%0];" ::"l"(map) : "memory");
-}
-
-template <int N> __device__ __forceinline__ void fh_setmaxnreg_inc() {
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(N));
-}
-template <int N> __device__ __forceinline__ void fh_setmaxnreg_dec() {
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(N));
-}
+// (the mbarrier, TMA, setmaxnreg and wgmma wrappers are in hopper.cuh, prepended to this file)
 
 // Barrier over the 128 threads of one consumer warpgroup (ids 1 and 2; 0 is __syncthreads).
 __device__ __forceinline__ void fh_wg_sync(int id) {
@@ -150,108 +99,35 @@ template <> __device__ __forceinline__ u32 fh_pack<f16>(float lo, float hi) {
     return r;
 }
 
-// wgmma descriptor of a 128B-swizzled operand at shared address `addr`: leading and stride byte
-// offsets `lbo`, `sbo` (K-major: lbo unused, sbo = 1024 between 8-row groups; MN-major: lbo
-// between 64-element column blocks, sbo = 1024 between groups of 8 K rows). Base offset 0: every
-// tile starts on a 1024-byte boundary, and advancing by 32-byte K steps inside a swizzle row
-// leaves address bits 7-9 unchanged.
-__device__ __forceinline__ u64 fh_desc(u32 addr, u32 lbo, u32 sbo) {
-    return (u64)((addr & 0x3FFFF) >> 4) | ((u64)(lbo >> 4) << 16) | ((u64)(sbo >> 4) << 32) | (1ull << 62);
-}
-
-__device__ __forceinline__ void fh_wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void fh_wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-template <int N> __device__ __forceinline__ void fh_wgmma_wait() {
-    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
-}
-// Pins registers in place: no computation producing or reading them moves across this point (used
-// around wgmma.fence and after wgmma waits, so that the compiler neither sinks a write of an
-// operand below the fence nor hoists a read of an accumulator above the wait).
-template <int N> __device__ __forceinline__ void fh_fence_regs(float (&r)[N]) {
-#pragma unroll
-    for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i])::"memory");
-}
-template <int N> __device__ __forceinline__ void fh_fence_regs(u32 (&r)[N][4]) {
+// fence_regs (hopper.cuh) for the packed P fragments.
+template <int N> __device__ __forceinline__ void fence_regs(u32 (&r)[N][4]) {
 #pragma unroll
     for (int i = 0; i < N; i++) asm volatile("" : "+r"(r[i][0]), "+r"(r[i][1]), "+r"(r[i][2]), "+r"(r[i][3])::"memory");
 }
 
-#define FH_D8(i)                                                                                           \
-    "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), \
-        "+f"(d[i + 7])
-
 // S[64×128] (+)= A·B with A (64×16) and B (16×128, stored as 128 rows of K) both K-major in shared
 // memory; scale_d = 0 overwrites S (the first K step).
 template <class T> __device__ __forceinline__ void fh_wgmma_ss_n128(float (&d)[64], u64 da, u64 db, int scale_d);
-// O[64×N] += P·V with P (64×16) in registers and V (16×N) MN-major in shared memory.
-template <class T> __device__ __forceinline__ void fh_wgmma_rs_n64(float (&d)[32], const u32 (&a)[4], u64 db);
-template <class T> __device__ __forceinline__ void fh_wgmma_rs_n128(float (&d)[64], const u32 (&a)[4], u64 db);
-
 template <> __device__ __forceinline__ void fh_wgmma_ss_n128<bf16>(float (&d)[64], u64 da, u64 db, int scale_d) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
-                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-                 "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-                 : FH_D8(0), FH_D8(8), FH_D8(16), FH_D8(24), FH_D8(32), FH_D8(40), FH_D8(48), FH_D8(56)
-                 : "l"(da), "l"(db), "r"(scale_d));
+    wgmma_ss_m64n128k16_bf16<0, 0>(d, da, db, scale_d);
 }
 template <> __device__ __forceinline__ void fh_wgmma_ss_n128<f16>(float (&d)[64], u64 da, u64 db, int scale_d) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
-                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-                 "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-                 : FH_D8(0), FH_D8(8), FH_D8(16), FH_D8(24), FH_D8(32), FH_D8(40), FH_D8(48), FH_D8(56)
-                 : "l"(da), "l"(db), "r"(scale_d));
-}
-template <> __device__ __forceinline__ void fh_wgmma_rs_n64<bf16>(float (&d)[32], const u32 (&a)[4], u64 db) {
-    asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
-                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-                 "}, {%32, %33, %34, %35}, %36, 1, 1, 1, 1;\n"
-                 : FH_D8(0), FH_D8(8), FH_D8(16), FH_D8(24)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
-}
-template <> __device__ __forceinline__ void fh_wgmma_rs_n64<f16>(float (&d)[32], const u32 (&a)[4], u64 db) {
-    asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
-                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-                 "}, {%32, %33, %34, %35}, %36, 1, 1, 1, 1;\n"
-                 : FH_D8(0), FH_D8(8), FH_D8(16), FH_D8(24)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
-}
-template <> __device__ __forceinline__ void fh_wgmma_rs_n128<bf16>(float (&d)[64], const u32 (&a)[4], u64 db) {
-    asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
-                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-                 "}, {%64, %65, %66, %67}, %68, 1, 1, 1, 1;\n"
-                 : FH_D8(0), FH_D8(8), FH_D8(16), FH_D8(24), FH_D8(32), FH_D8(40), FH_D8(48), FH_D8(56)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
-}
-template <> __device__ __forceinline__ void fh_wgmma_rs_n128<f16>(float (&d)[64], const u32 (&a)[4], u64 db) {
-    asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
-                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-                 "}, {%64, %65, %66, %67}, %68, 1, 1, 1, 1;\n"
-                 : FH_D8(0), FH_D8(8), FH_D8(16), FH_D8(24), FH_D8(32), FH_D8(40), FH_D8(48), FH_D8(56)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+    wgmma_ss_m64n128k16_f16<0, 0>(d, da, db, scale_d);
 }
 
+// O[64×D] += P·V with P (64×16) in registers and V (16×D) MN-major in shared memory.
 template <class T, int D> struct FhPv;
-template <class T> struct FhPv<T, 64> {
-    static __device__ __forceinline__ void mma(float (&o)[32], const u32 (&a)[4], u64 db) { fh_wgmma_rs_n64<T>(o, a, db); }
+template <> struct FhPv<bf16, 64> {
+    static __device__ __forceinline__ void mma(float (&o)[32], const u32 (&a)[4], u64 db) { wgmma_rs_m64n64k16_bf16(o, a, db); }
 };
-template <class T> struct FhPv<T, 128> {
-    static __device__ __forceinline__ void mma(float (&o)[64], const u32 (&a)[4], u64 db) { fh_wgmma_rs_n128<T>(o, a, db); }
+template <> struct FhPv<f16, 64> {
+    static __device__ __forceinline__ void mma(float (&o)[32], const u32 (&a)[4], u64 db) { wgmma_rs_m64n64k16_f16(o, a, db); }
+};
+template <> struct FhPv<bf16, 128> {
+    static __device__ __forceinline__ void mma(float (&o)[64], const u32 (&a)[4], u64 db) { wgmma_rs_m64n128k16_bf16(o, a, db); }
+};
+template <> struct FhPv<f16, 128> {
+    static __device__ __forceinline__ void mma(float (&o)[64], const u32 (&a)[4], u64 db) { wgmma_rs_m64n128k16_f16(o, a, db); }
 };
 
 // ------------------------------------------------------------------ online softmax
@@ -311,7 +187,7 @@ __device__ __forceinline__ void fh_pack_p(const float (&s)[FH_BN / 2], u32 (&p)[
 // ------------------------------------------------------------------ forward
 
 template <class T, int D>
-__device__ __forceinline__ void flash_fwd_hopper(FlashDims a, u64 map_q, u64 map_k, u64 map_v, T* __restrict__ out,
+__device__ __forceinline__ void flash_fwd_hopper(FlashDims a, const FhTensorMap* map_q, const FhTensorMap* map_k, const FhTensorMap* map_v, T* __restrict__ out,
                                                  float* __restrict__ lse) {
     constexpr u32 SUB_Q = FH_BM * 128;    // bytes of one 64-column sub-tile of Q (128-byte rows)
     constexpr u32 SUB_KV = FH_BN * 128;   // ... of K or V
@@ -320,7 +196,7 @@ __device__ __forceinline__ void flash_fwd_hopper(FlashDims a, u64 map_q, u64 map
     static_assert(FH_BM == 128 && FH_BN == 128, "two consumer warpgroups of 64 rows, 128-key tiles");
 
     extern __shared__ __align__(1024) unsigned char fh_raw[];
-    const u32 base = (fh_smem(fh_raw) + 1023u) & ~1023u;  // the 128B swizzle repeats every 1024 bytes
+    const u32 base = (smem_u32(fh_raw) + 1023u) & ~1023u;  // the 128B swizzle repeats every 1024 bytes
     const u32 sq = base, sk = base + Q_BYTES, sv = sk + 2 * KV_BYTES;
     const u32 bars = sv + 2 * KV_BYTES;
     const u32 q_full = bars;                // + 8·stage for the three per-stage barriers:
@@ -336,47 +212,47 @@ __device__ __forceinline__ void flash_fwd_hopper(FlashDims a, u64 map_q, u64 map
     const int n_tiles = (kv_end + FH_BN - 1) / FH_BN;
 
     if (tid == 0) {
-        fh_mbar_init(q_full, 1);
+        mbar_init(q_full, 1);
 #pragma unroll
         for (int s = 0; s < 2; s++) {
-            fh_mbar_init(k_full + 8 * s, 1);
-            fh_mbar_init(v_full + 8 * s, 1);
-            fh_mbar_init(kv_empty + 8 * s, 8);  // one arrival per consumer warp
+            mbar_init(k_full + 8 * s, 1);
+            mbar_init(v_full + 8 * s, 1);
+            mbar_init(kv_empty + 8 * s, 8);  // one arrival per consumer warp
         }
-        fh_mbar_init_fence();
+        mbar_fence_init();
     }
     __syncthreads();
 
     if (wg == 0) {
         // ---------------- producer: one thread issues every TMA load
-        fh_setmaxnreg_dec<FH_PRODUCER_REGS>();
+        setmaxnreg_dec<FH_PRODUCER_REGS>();
         if (tid == 0) {
-            fh_prefetch_map(map_q);
-            fh_prefetch_map(map_k);
-            fh_prefetch_map(map_v);
-            fh_mbar_expect_tx(q_full, Q_BYTES);
+            tma_prefetch_map(map_q);
+            tma_prefetch_map(map_k);
+            tma_prefetch_map(map_v);
+            mbar_arrive_expect_tx(q_full, Q_BYTES);
 #pragma unroll
-            for (int h = 0; h < D / 64; h++) fh_tma_load_3d(sq + h * SUB_Q, map_q, h * 64, q0, bh, q_full);
+            for (int h = 0; h < D / 64; h++) tma_load_3d(sq + h * SUB_Q, map_q, q_full, h * 64, q0, bh);
             for (int j = 0; j < n_tiles; j++) {
                 const int st = j & 1;
                 const u32 ph = (u32)(j >> 1) & 1u;
-                fh_mbar_wait(kv_empty + 8 * st, ph ^ 1u);  // a fresh barrier's "previous" phase counts as done
+                mbar_wait(kv_empty + 8 * st, ph ^ 1u);  // a fresh barrier's "previous" phase counts as done
                 const u32 kdst = sk + st * KV_BYTES, vdst = sv + st * KV_BYTES;
-                fh_mbar_expect_tx(k_full + 8 * st, KV_BYTES);
+                mbar_arrive_expect_tx(k_full + 8 * st, KV_BYTES);
 #pragma unroll
                 for (int h = 0; h < D / 64; h++)
-                    fh_tma_load_3d(kdst + h * SUB_KV, map_k, h * 64, j * FH_BN, bh, k_full + 8 * st);
-                fh_mbar_expect_tx(v_full + 8 * st, KV_BYTES);
+                    tma_load_3d(kdst + h * SUB_KV, map_k, k_full + 8 * st, h * 64, j * FH_BN, bh);
+                mbar_arrive_expect_tx(v_full + 8 * st, KV_BYTES);
 #pragma unroll
                 for (int h = 0; h < D / 64; h++)
-                    fh_tma_load_3d(vdst + h * SUB_KV, map_v, h * 64, j * FH_BN, bh, v_full + 8 * st);
+                    tma_load_3d(vdst + h * SUB_KV, map_v, v_full + 8 * st, h * 64, j * FH_BN, bh);
             }
         }
         return;
     }
 
     // ---------------- consumers: warpgroup cw owns query rows q0 + 64·cw .. + 63
-    fh_setmaxnreg_inc<FH_CONSUMER_REGS>();
+    setmaxnreg_inc<FH_CONSUMER_REGS>();
     const int cw = wg - 1;
     const int warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
     const int row_base = q0 + 64 * cw;
@@ -402,58 +278,58 @@ __device__ __forceinline__ void flash_fwd_hopper(FlashDims a, u64 map_q, u64 map
         for (int kk = 0; kk < D / 16; kk++) {
             const u32 off = (kk >> 2) * SUB_Q + (kk & 3) * 32;
             const u32 offk = (kk >> 2) * SUB_KV + (kk & 3) * 32;
-            fh_wgmma_ss_n128<T>(s, fh_desc(sq_wg + off, 16, 1024), fh_desc(sk + st * KV_BYTES + offk, 16, 1024), kk > 0);
+            fh_wgmma_ss_n128<T>(s, sw128_desc(sq_wg + off, 16, 1024), sw128_desc(sk + st * KV_BYTES + offk, 16, 1024), kk > 0);
         }
-        fh_wgmma_commit();
+        wgmma_commit();
     };
     // O += P·V_j: BN/16 steps of 16 keys (2048 bytes of V each), N = D in 64-column blocks SUB_KV apart.
     auto issue_pv = [&](int st) {
         const u32 vb = sv + st * KV_BYTES;
 #pragma unroll
-        for (int kk = 0; kk < FH_BN / 16; kk++) FhPv<T, D>::mma(o, p[kk], fh_desc(vb + kk * 16 * 128, SUB_KV, 1024));
-        fh_wgmma_commit();
+        for (int kk = 0; kk < FH_BN / 16; kk++) FhPv<T, D>::mma(o, p[kk], sw128_desc(vb + kk * 16 * 128, SUB_KV, 1024));
+        wgmma_commit();
     };
     auto fence_all = [&]() {
-        fh_fence_regs(s);
-        fh_fence_regs(p);
-        fh_fence_regs(o);
-        fh_wgmma_fence();
+        fence_regs(s);
+        fence_regs(p);
+        fence_regs(o);
+        wgmma_fence();
     };
 
     // Tile 0 (every tile wait is unconditional, so ptxas can prove which wgmma is in flight).
-    fh_mbar_wait(q_full, 0);
-    fh_mbar_wait(k_full, 0);
+    mbar_wait(q_full, 0);
+    mbar_wait(k_full, 0);
     fence_all();
     issue_qk(0);
-    fh_wgmma_wait<0>();
-    fh_fence_regs(s);
+    wgmma_wait<0>();
+    fence_regs(s);
     fh_softmax(s, m, l, 0, T_, a.causal, row_base, row0, t4, sl2);  // O is still zero: no rescale
     fh_pack_p<T>(s, p);
     for (int j = 1; j < n_tiles; j++) {
         const int st = j & 1, pst = st ^ 1;
-        fh_mbar_wait(k_full + 8 * st, (u32)(j >> 1) & 1u);
-        fh_mbar_wait(v_full + 8 * pst, (u32)((j - 1) >> 1) & 1u);
+        mbar_wait(k_full + 8 * st, (u32)(j >> 1) & 1u);
+        mbar_wait(v_full + 8 * pst, (u32)((j - 1) >> 1) & 1u);
         fence_all();
         issue_qk(st);   // S_j ...
         issue_pv(pst);  // ... and O += P_{j-1}·V_{j-1}, in flight during this tile's softmax
-        fh_wgmma_wait<1>();
-        fh_fence_regs(s);
+        wgmma_wait<1>();
+        fence_regs(s);
         const float2 corr = fh_softmax(s, m, l, j * FH_BN, T_, a.causal, row_base, row0, t4, sl2);
-        fh_wgmma_wait<0>();  // P_{j-1}·V_{j-1} done: p and o may be touched again
-        fh_fence_regs(o);
+        wgmma_wait<0>();  // P_{j-1}·V_{j-1} done: p and o may be touched again
+        fence_regs(o);
         __syncwarp();
-        if (lane == 0) fh_mbar_arrive(kv_empty + 8 * pst);  // stage j-1 (K and V) is free
+        if (lane == 0) mbar_arrive(kv_empty + 8 * pst);  // stage j-1 (K and V) is free
 #pragma unroll
         for (int i = 0; i < D / 2; i++) o[i] *= ((i >> 1) & 1) ? corr.y : corr.x;
         fh_pack_p<T>(s, p);
     }
     {
         const int st = (n_tiles - 1) & 1;
-        fh_mbar_wait(v_full + 8 * st, (u32)((n_tiles - 1) >> 1) & 1u);
+        mbar_wait(v_full + 8 * st, (u32)((n_tiles - 1) >> 1) & 1u);
         fence_all();
         issue_pv(st);
-        fh_wgmma_wait<0>();
-        fh_fence_regs(o);
+        wgmma_wait<0>();
+        fence_regs(o);
     }
 
     // Normalise; the log-sum-exp in natural-log units, as the portable kernel writes it.
@@ -501,8 +377,7 @@ __device__ __forceinline__ void flash_fwd_hopper(FlashDims a, u64 map_q, u64 map
     extern "C" __global__ void __launch_bounds__(FH_THREADS, 1) flash_fwd_hopper_##S##_d##D(               \
         FlashDims a, const __grid_constant__ FhTensorMap tq, const __grid_constant__ FhTensorMap tk,       \
         const __grid_constant__ FhTensorMap tv, T* out, float* lse) {                                      \
-        flash_fwd_hopper<T, D>(a, reinterpret_cast<u64>(&tq), reinterpret_cast<u64>(&tk),                  \
-                               reinterpret_cast<u64>(&tv), out, lse);                                      \
+        flash_fwd_hopper<T, D>(a, &tq, &tk, &tv, out, lse);                                               \
     }
 
 FLASH_HOPPER(bf16, bf16, 64)

@@ -3,6 +3,10 @@
 /// The prelude prepended to every kernel file (bf16/f16 conversions, reductions, GeLU).
 pub const PRELUDE: &str = include_str!("common.cuh");
 
+/// The Hopper prelude (mbarrier, TMA, setmaxnreg and wgmma wrappers), prepended after
+/// [`PRELUDE`] to the files that need `sm_90a`.
+pub const HOPPER_PRELUDE: &str = include_str!("hopper.cuh");
+
 /// One kernel file.
 #[derive(Clone, Copy, Debug)]
 pub struct KernelSource {
@@ -15,10 +19,15 @@ pub struct KernelSource {
 }
 
 impl KernelSource {
-    /// The text NVRTC compiles: the prelude, then the file.
+    /// The text NVRTC compiles: the prelude (and the Hopper prelude for an `sm_90a` file),
+    /// then the file.
     pub fn full_text(&self) -> String {
-        let mut text = String::with_capacity(PRELUDE.len() + self.code.len() + 64);
+        let mut text = String::with_capacity(PRELUDE.len() + HOPPER_PRELUDE.len() + self.code.len() + 128);
         text.push_str(PRELUDE);
+        if self.needs_sm90a {
+            text.push_str("\n#line 1 \"hopper.cuh\"\n");
+            text.push_str(HOPPER_PRELUDE);
+        }
         text.push_str("\n#line 1 \"");
         text.push_str(self.name);
         text.push_str(".cu\"\n");
