@@ -165,3 +165,55 @@ __device__ __forceinline__ void store4(T* p, const float* in) {
 
 /// Instantiates `MACRO(T, suffix)` for the three storage types.
 #define FOR_EACH_DTYPE(MACRO) MACRO(float, f32) MACRO(bf16, bf16) MACRO(f16, f16)
+
+// ---------------------------------------------------------------- GEMM epilogue
+// Shared by the tensor-core products (matmul_tc.cu, matmul_wgmma.cu). `Shape` has m, n, ldc,
+// alpha, beta and flags (the GEMM_FLAG_* bits, matmul_tc.rs's FLAG_*).
+
+#define GEMM_FLAG_BIAS 1
+#define GEMM_FLAG_GELU 2
+#define GEMM_FLAG_PRE 4
+#define GEMM_FLAG_VEC 8
+
+/// Stores v0 at p[0] and, if `both`, v1 at p[1]; as one 8- or 4-byte store when `vec`.
+template <class O>
+__device__ __forceinline__ void gemm_store_pair(O* p, float v0, float v1, bool both, bool vec) {
+    if (vec && both) {
+        if constexpr (sizeof(O) == 4) {
+            *reinterpret_cast<float2*>(p) = make_float2(v0, v1);
+        } else {
+            O e0 = from_f32<O>(v0), e1 = from_f32<O>(v1);
+            *reinterpret_cast<u32*>(p) = (u32)e0.bits | ((u32)e1.bits << 16);
+        }
+    } else {
+        p[0] = from_f32<O>(v0);
+        if (both) p[1] = from_f32<O>(v1);
+    }
+}
+
+/// Applies the epilogue (alpha, bias, GeLU with the pre-activation, beta·C) to the pair of
+/// accumulators at (r, c), (r, c+1) and stores them; elements outside m × n are skipped.
+template <class Shape, class O>
+__device__ __forceinline__ void gemm_epilogue_pair(const Shape& s, O* C, O* pre, const O* bias, i64 r, i64 c,
+                                                   float v0, float v1) {
+    if (r >= s.m || c >= s.n) return;
+    const bool both = c + 1 < s.n;
+    const bool vec = (s.flags & GEMM_FLAG_VEC) != 0;
+    v0 *= s.alpha;
+    v1 *= s.alpha;
+    if (s.flags & GEMM_FLAG_BIAS) {
+        v0 += to_f32(bias[c]);
+        if (both) v1 += to_f32(bias[c + 1]);
+    }
+    const i64 off = r * s.ldc + c;
+    if (s.flags & GEMM_FLAG_GELU) {
+        if (s.flags & GEMM_FLAG_PRE) gemm_store_pair<O>(pre + off, v0, v1, both, vec);
+        v0 = gelu_tanh(v0);
+        v1 = gelu_tanh(v1);
+    }
+    if (s.beta != 0.0f) {
+        v0 += s.beta * to_f32(C[off]);
+        if (both) v1 += s.beta * to_f32(C[off + 1]);
+    }
+    gemm_store_pair<O>(C + off, v0, v1, both, vec);
+}

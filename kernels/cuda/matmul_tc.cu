@@ -57,11 +57,6 @@
 #define TC_PAD 8
 #define TC_GROUP_M 8
 
-#define TC_FLAG_BIAS 1
-#define TC_FLAG_GELU 2
-#define TC_FLAG_PRE 4
-#define TC_FLAG_VEC 8
-
 struct TcShape {
     i64 m, n, k;
     i64 a_rs, a_cs, a_bs;  // A element (b, i, p) at b·a_bs + i·a_rs + p·a_cs
@@ -70,7 +65,7 @@ struct TcShape {
     float alpha, beta;
     int tiles_m, tiles_n;
     int out_kind;  // 0 f32, 1 bf16, 2 f16
-    int flags;     // TC_FLAG_*
+    int flags;     // GEMM_FLAG_* (common.cuh)
 };
 
 // ---------------------------------------------------------------- PTX wrappers
@@ -175,47 +170,6 @@ __device__ __forceinline__ void load_tile_generic(unsigned short* dst, const T* 
 
 // ---------------------------------------------------------------- epilogue
 
-template <class O>
-__device__ __forceinline__ void store2(O* p, float v0, float v1, bool both, bool vec) {
-    if (vec && both) {
-        if constexpr (sizeof(O) == 4) {
-            *reinterpret_cast<float2*>(p) = make_float2(v0, v1);
-        } else {
-            O e0 = from_f32<O>(v0), e1 = from_f32<O>(v1);
-            *reinterpret_cast<u32*>(p) = (u32)e0.bits | ((u32)e1.bits << 16);
-        }
-    } else {
-        p[0] = from_f32<O>(v0);
-        if (both) p[1] = from_f32<O>(v1);
-    }
-}
-
-/// Applies the epilogue to the pair of accumulators at (r, c), (r, c+1) and stores them.
-template <class O>
-__device__ __forceinline__ void epilogue_pair(const TcShape& s, O* C, O* pre, const O* bias, i64 r, i64 c,
-                                              float v0, float v1) {
-    if (r >= s.m || c >= s.n) return;
-    const bool both = c + 1 < s.n;
-    const bool vec = (s.flags & TC_FLAG_VEC) != 0;
-    v0 *= s.alpha;
-    v1 *= s.alpha;
-    if (s.flags & TC_FLAG_BIAS) {
-        v0 += to_f32(bias[c]);
-        if (both) v1 += to_f32(bias[c + 1]);
-    }
-    const i64 off = r * s.ldc + c;
-    if (s.flags & TC_FLAG_GELU) {
-        if (s.flags & TC_FLAG_PRE) store2<O>(pre + off, v0, v1, both, vec);
-        v0 = gelu_tanh(v0);
-        v1 = gelu_tanh(v1);
-    }
-    if (s.beta != 0.0f) {
-        v0 += s.beta * to_f32(C[off]);
-        if (both) v1 += s.beta * to_f32(C[off + 1]);
-    }
-    store2<O>(C + off, v0, v1, both, vec);
-}
-
 template <class O, int MT, int NT>
 __device__ __forceinline__ void epilogue_tile(const TcShape& s, void* Cv, void* prev, const void* biasv, i64 row0,
                                               i64 col0, const float (&acc)[MT][NT][4]) {
@@ -231,8 +185,8 @@ __device__ __forceinline__ void epilogue_tile(const TcShape& s, void* Cv, void* 
         for (int nt = 0; nt < NT; nt++) {
             const i64 r = row0 + mt * 16 + g;
             const i64 c = col0 + nt * 8 + 2 * t;
-            epilogue_pair<O>(s, C, pre, bias, r, c, acc[mt][nt][0], acc[mt][nt][1]);
-            epilogue_pair<O>(s, C, pre, bias, r + 8, c, acc[mt][nt][2], acc[mt][nt][3]);
+            gemm_epilogue_pair(s, C, pre, bias, r, c, acc[mt][nt][0], acc[mt][nt][1]);
+            gemm_epilogue_pair(s, C, pre, bias, r + 8, c, acc[mt][nt][2], acc[mt][nt][3]);
         }
     }
 }

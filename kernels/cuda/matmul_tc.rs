@@ -171,6 +171,7 @@ struct TcShape {
 // SAFETY: `#[repr(C)]` plain data matching `struct TcShape` in matmul_tc.cu.
 unsafe impl DeviceRepr for TcShape {}
 
+/// The epilogue bits of `TcShape::flags`: `GEMM_FLAG_*` in `common.cuh`.
 const FLAG_BIAS: i32 = 1;
 const FLAG_GELU: i32 = 2;
 const FLAG_PRE: i32 = 4;

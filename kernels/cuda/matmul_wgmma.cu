@@ -65,11 +65,6 @@
 #define WG_PRODUCER_REGS 40
 #define WG_CONSUMER_REGS 232
 
-#define WG_FLAG_BIAS 1
-#define WG_FLAG_GELU 2
-#define WG_FLAG_PRE 4
-#define WG_FLAG_VEC 8
-
 /// The driver's CUtensorMap (an opaque 128-byte object made by cuTensorMapEncodeTiled on the
 /// host), passed by value as a __grid_constant__ kernel parameter.
 struct __align__(64) TmaMap {
@@ -83,7 +78,7 @@ struct WgShape {
     int batch, tiles_m, tiles_n;
     int a_batched, b_batched;  // whether the tensor map has a batch dimension to index
     int out_kind;              // 0 f32, 1 bf16, 2 f16
-    int flags;                 // WG_FLAG_*
+    int flags;                 // GEMM_FLAG_* (common.cuh)
 };
 
 // The PTX wrappers (mbarriers, TMA, setmaxnreg, wgmma) are in hopper.cuh, prepended to this file.
@@ -116,47 +111,6 @@ __device__ __forceinline__ void wgmma_step(float (&d)[BN / 2], u64 da, u64 db) {
 
 // ---------------------------------------------------------------- epilogue
 
-template <class O>
-__device__ __forceinline__ void wg_store2(O* p, float v0, float v1, bool both, bool vec) {
-    if (vec && both) {
-        if constexpr (sizeof(O) == 4) {
-            *reinterpret_cast<float2*>(p) = make_float2(v0, v1);
-        } else {
-            O e0 = from_f32<O>(v0), e1 = from_f32<O>(v1);
-            *reinterpret_cast<u32*>(p) = (u32)e0.bits | ((u32)e1.bits << 16);
-        }
-    } else {
-        p[0] = from_f32<O>(v0);
-        if (both) p[1] = from_f32<O>(v1);
-    }
-}
-
-/// Applies the epilogue to the accumulators of (r, c) and (r, c+1) and stores them.
-template <class O>
-__device__ __forceinline__ void wg_epilogue_pair(const WgShape& s, O* C, O* pre, const O* bias, i64 r, i64 c,
-                                                 float v0, float v1) {
-    if (r >= s.m || c >= s.n) return;
-    const bool both = c + 1 < s.n;
-    const bool vec = (s.flags & WG_FLAG_VEC) != 0;
-    v0 *= s.alpha;
-    v1 *= s.alpha;
-    if (s.flags & WG_FLAG_BIAS) {
-        v0 += to_f32(bias[c]);
-        if (both) v1 += to_f32(bias[c + 1]);
-    }
-    const i64 off = r * s.ldc + c;
-    if (s.flags & WG_FLAG_GELU) {
-        if (s.flags & WG_FLAG_PRE) wg_store2<O>(pre + off, v0, v1, both, vec);
-        v0 = gelu_tanh(v0);
-        v1 = gelu_tanh(v1);
-    }
-    if (s.beta != 0.0f) {
-        v0 += s.beta * to_f32(C[off]);
-        if (both) v1 += s.beta * to_f32(C[off + 1]);
-    }
-    wg_store2<O>(C + off, v0, v1, both, vec);
-}
-
 /// Stores one consumer's 64 × BN accumulators; `row0` is the first row of the warpgroup's
 /// block, `col0` the tile's first column (fragment layout in the header comment).
 template <class O, int BN>
@@ -171,8 +125,8 @@ __device__ __forceinline__ void wg_epilogue(const WgShape& s, void* Cv, void* pr
 #pragma unroll
     for (int j = 0; j < BN / 8; j++) {
         const i64 c = col0 + 8 * j + 2 * t;
-        wg_epilogue_pair<O>(s, C, pre, bias, r, c, acc[4 * j], acc[4 * j + 1]);
-        wg_epilogue_pair<O>(s, C, pre, bias, r + 8, c, acc[4 * j + 2], acc[4 * j + 3]);
+        gemm_epilogue_pair(s, C, pre, bias, r, c, acc[4 * j], acc[4 * j + 1]);
+        gemm_epilogue_pair(s, C, pre, bias, r + 8, c, acc[4 * j + 2], acc[4 * j + 3]);
     }
 }
 

@@ -259,7 +259,7 @@ pub(crate) struct Launch<'a, T: TensorCoreElem, O: FloatElem> {
     pub bias: u64,
     /// Pre-activation address (0: none).
     pub pre: u64,
-    /// The epilogue flags (matmul_tc's FLAG_*, the same bits in both kernel files).
+    /// The epilogue flags (matmul_tc's FLAG_*: the GEMM_FLAG_* bits of common.cuh).
     pub flags: i32,
     /// 0 f32, 1 bf16, 2 f16.
     pub out_kind: i32,
