@@ -5,7 +5,7 @@ in one run on the same corpus and settings.
 Usage (from the workspace root):
     python3 -m venv .venv-tok && .venv-tok/bin/pip install tokenizers sentencepiece tiktoken
     cargo build --release -p polylm-tokenizer --bin tokenizer --example encode_bench --example ids_dump
-    .venv-tok/bin/python benches/tokenizer_vs_hf.py [--vocab 32000,256000] [--alpha 0.3,1.0] [--timeout 1800]
+    .venv-tok/bin/python benches/tokenizer_vs_hf.py [--vocab 32000,256000] [--alpha 0.5,0.3,1.0] [--timeout 1800]
 
 Environment: TOKENIZER_BIN, ENCODE_BENCH and IDS_DUMP name the built binaries (default:
 target/release/; IDS_DUMP is the `ids_dump` example, optional).
@@ -15,8 +15,9 @@ scripts/make_hf_tokenizer_fixtures.py); that part is skipped without them.
 1. Training, per vocabulary size, each trainer in its own process under /usr/bin/time (wall time,
    peak RSS), on ../shared/data/corpus (18 languages, 85 MB):
    - ours: `tokenizer train` (NFKC, ▁ words, digits split, byte fallback, language balance with
-     the first --alpha; every further --alpha is trained too, for the compression table only:
-     --alpha 1.0 keeps the natural distribution, which is what sentencepiece sees);
+     the first --alpha, default 0.5 like the trainer; every further --alpha is trained too, for
+     the compression table only: --alpha 1.0 keeps the natural distribution, which is what
+     sentencepiece sees); its phase times (counting, preparing, merges) are printed from its log;
    - tokenizers: BPE trainer, NFKC, Metaspace + Digits(individual), byte-fallback model, the 4
      specials and 256 <0xNN> tokens reserved (the trainer itself has no byte fallback);
    - sentencepiece: model_type=bpe, byte_fallback, split_digits, character_coverage=0.9995,
@@ -125,7 +126,7 @@ def ours_encode(model, threads):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--vocab", default="32000,256000")
-    ap.add_argument("--alpha", default="0.3", help="our language-balance exponents (the first is timed)")
+    ap.add_argument("--alpha", default="0.5", help="our language-balance exponents (the first is timed)")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per training run")
     ap.add_argument("--work", default="/tmp/tokbench")
     ap.add_argument("--skip-train", action="store_true", help="reuse models already in --work")
@@ -157,6 +158,10 @@ def main():
                           w(ours_name(v, k) + ".log"))
                 if k == 0:
                     runs["ours"] = r
+                    log = w(ours_name(v, k) + ".log")
+                    phases = [l.strip() for l in open(log) if "training time:" in l] if os.path.exists(log) else []
+                    if phases:
+                        print(f"(ours at alpha {alpha:g}, vocab {v}: {phases[-1]})")
                 else:
                     print(f"(ours at alpha {alpha:g}, vocab {v}: {r[0]:.1f} s / {r[1]:.0f} MB)" if isinstance(r, tuple)
                           else f"(ours at alpha {alpha:g}, vocab {v}: {r})")

@@ -26,6 +26,14 @@ pub enum TokenizerError {
     /// Training was given no text (or text that yields no words).
     #[error("empty corpus: {0}")]
     EmptyCorpus(String),
+    /// The corpus holds more distinct word symbols than training can index (`u32` positions).
+    #[error("corpus too large to train on: {symbols} symbols in {words} distinct words (the limit is 2^32 - 1 of each)")]
+    CorpusTooLarge {
+        /// Symbols (characters of distinct words, plus one separator per word).
+        symbols: usize,
+        /// Distinct words.
+        words: usize,
+    },
     /// The requested vocabulary cannot even hold the special and byte tokens.
     #[error("vocab size {requested} is too small: the {specials} special tokens and 256 byte tokens need at least {minimum}")]
     VocabTooSmall {

@@ -79,7 +79,7 @@ pub(crate) fn merge_word<M: MergeRanks + ?Sized>(model: &M, ids: &mut Vec<u32>) 
 
 /// Short words: the `(rank, result)` of every adjacent pair is kept in a table on the stack, so
 /// each merge costs a scan of the table and two look-ups (for the new pairs either side), with
-/// no allocation. Same choice as [`merge_by_scanning`]: the lowest rank, leftmost on ties.
+/// no allocation. Same choice as `merge_by_scanning`: the lowest rank, leftmost on ties.
 fn merge_small<M: MergeRanks + ?Sized>(model: &M, ids: &mut Vec<u32>) {
     const NONE: (u32, u32) = (u32::MAX, 0);
     let mut n = ids.len();

@@ -6,6 +6,9 @@
 //! SentencePiece does, so the first word looks like every other word.
 
 use serde::{Deserialize, Serialize};
+use std::sync::OnceLock;
+
+use unicode_normalization::char::canonical_combining_class;
 use unicode_normalization::{is_nfc_quick, is_nfkc_quick, IsNormalized, UnicodeNormalization};
 
 /// The word-start meta symbol `▁` (U+2581 LOWER ONE EIGHTH BLOCK).
@@ -24,19 +27,47 @@ pub enum NormalizerKind {
     Nfkc,
 }
 
+/// Characters of the Basic Multilingual Plane that are a normal form on their own and combine
+/// with nothing before them (combining class 0, quick-check "yes"), one bit each (8 KB).
+type StarterTable = [u64; 1024];
+
+fn starter_table(quick: fn(std::iter::Once<char>) -> IsNormalized) -> StarterTable {
+    let mut t = [0u64; 1024];
+    for (u, c) in (0..0x1_0000u32).filter_map(|u| char::from_u32(u).map(|c| (u as usize, c))) {
+        if canonical_combining_class(c) == 0 && quick(std::iter::once(c)) == IsNormalized::Yes {
+            t[u >> 6] |= 1 << (u & 63);
+        }
+    }
+    t
+}
+
+/// Whether every character of `text` is in `table`: then the quick check would answer "yes"
+/// (it only looks further at characters outside it), at the cost of one load per character.
+fn all_starters(text: &str, table: &StarterTable) -> bool {
+    text.chars().all(|c| {
+        let u = c as usize;
+        u < 0x1_0000 && table[u >> 6] >> (u & 63) & 1 != 0
+    })
+}
+
 /// NFC of `text`. The quick check answers "already normalised" for most text (all ASCII, most
-/// alphabetic scripts), which skips the decompose/recompose round trip.
+/// alphabetic scripts), which skips the decompose/recompose round trip; a table of the
+/// characters that need no check at all answers first.
 pub(crate) fn nfc(text: &str) -> String {
-    if is_nfc_quick(text.chars()) == IsNormalized::Yes {
+    static TABLE: OnceLock<StarterTable> = OnceLock::new();
+    let table = TABLE.get_or_init(|| starter_table(is_nfc_quick));
+    if all_starters(text, table) || is_nfc_quick(text.chars()) == IsNormalized::Yes {
         text.to_string()
     } else {
         text.nfc().collect()
     }
 }
 
-/// NFKC of `text` (with the same quick check as [`nfc`]).
+/// NFKC of `text` (with the same quick checks as [`nfc`]).
 pub(crate) fn nfkc(text: &str) -> String {
-    if is_nfkc_quick(text.chars()) == IsNormalized::Yes {
+    static TABLE: OnceLock<StarterTable> = OnceLock::new();
+    let table = TABLE.get_or_init(|| starter_table(is_nfkc_quick));
+    if all_starters(text, table) || is_nfkc_quick(text.chars()) == IsNormalized::Yes {
         text.to_string()
     } else {
         text.nfkc().collect()
@@ -76,15 +107,34 @@ impl Normalizer {
     /// The normalised text the model sees: Unicode normal form, spaces as `▁`, dummy prefix.
     /// Empty text stays empty.
     pub fn normalize(&self, text: &str) -> String {
-        let unicode = self.unicode(text);
-        let mut out = String::with_capacity(unicode.len() + 3);
+        let mut out = String::new();
+        self.normalize_into(text, &mut out);
+        out
+    }
+
+    /// [`Normalizer::normalize`] into `out` (cleared first), reusing its allocation. ASCII text
+    /// is its own NFC and NFKC, so it skips the Unicode step entirely.
+    pub fn normalize_into(&self, text: &str, out: &mut String) {
+        out.clear();
+        let owned;
+        let unicode: &str = if self.kind == NormalizerKind::None || text.is_ascii() {
+            text
+        } else {
+            owned = self.unicode(text);
+            &owned
+        };
+        out.reserve(unicode.len() + 3);
         if self.add_dummy_prefix && !unicode.is_empty() {
             out.push(META);
         }
-        for c in unicode.chars() {
-            out.push(if c == ' ' { META } else { c });
+        let mut parts = unicode.split(' ');
+        if let Some(first) = parts.next() {
+            out.push_str(first);
         }
-        out
+        for part in parts {
+            out.push(META);
+            out.push_str(part);
+        }
     }
 
     /// Turn normalised text back into plain text: `▁` becomes a space and the dummy-prefix space
@@ -117,6 +167,29 @@ mod tests {
     }
 
     #[test]
+    fn normalize_into_reuses_and_matches() {
+        let mut buf = String::from("stale");
+        for kind in [NormalizerKind::None, NormalizerKind::Nfc, NormalizerKind::Nfkc] {
+            for prefix in [false, true] {
+                let n = Normalizer::new(kind, prefix);
+                for t in ["", " ", "a  b ", "ﬁ① x", "e\u{301} y", "日本 語", "▁a b"] {
+                    n.normalize_into(t, &mut buf);
+                    let expected: String = {
+                        let u = n.unicode(t);
+                        let body: String = u.chars().map(|c| if c == ' ' { META } else { c }).collect();
+                        if prefix && !u.is_empty() {
+                            format!("{META}{body}")
+                        } else {
+                            body
+                        }
+                    };
+                    assert_eq!(buf, expected, "{kind:?} {prefix} {t:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn no_prefix_setting() {
         let n = Normalizer::new(NormalizerKind::None, false);
         assert_eq!(n.normalize("a b"), "a▁b");
@@ -129,6 +202,25 @@ mod tests {
         {
             assert_eq!(nfkc(t), t.nfkc().collect::<String>(), "{t:?}");
             assert_eq!(nfc(t), t.nfc().collect::<String>(), "{t:?}");
+        }
+    }
+
+    /// Every character the tables let through unchecked is its own NFC and NFKC, alone and
+    /// after any other character.
+    #[test]
+    fn starter_tables_are_sound() {
+        let nfkc_table = starter_table(is_nfkc_quick);
+        let nfc_table = starter_table(is_nfc_quick);
+        for c in (0..0x1_0000u32).filter_map(char::from_u32) {
+            let s = c.to_string();
+            if all_starters(&s, &nfkc_table) {
+                assert_eq!(s.nfkc().collect::<String>(), s, "{c:?}");
+                assert_eq!(format!("e{s}").nfkc().collect::<String>(), format!("e{s}"), "{c:?}");
+            }
+            if all_starters(&s, &nfc_table) {
+                assert_eq!(s.nfc().collect::<String>(), s, "{c:?}");
+                assert_eq!(format!("e{s}").nfc().collect::<String>(), format!("e{s}"), "{c:?}");
+            }
         }
     }
 

@@ -25,12 +25,42 @@ pub const META_RUNS_PATTERN: &str = "▁+(?=▁[^▁\\p{N}])|▁?[^▁]+|▁+";
 /// Whether `c` is a digit that must stay a token on its own.
 #[inline]
 pub fn is_digit(c: char) -> bool {
-    c.is_ascii_digit() || (!c.is_ascii() && c.is_numeric())
+    if c.is_ascii() {
+        return c.is_ascii_digit();
+    }
+    let u = c as usize;
+    match numeric_bmp().get(u >> 6) {
+        Some(bits) => bits >> (u & 63) & 1 != 0,
+        None => c.is_numeric(),
+    }
+}
+
+/// `char::is_numeric` for every character of the Basic Multilingual Plane, one bit each (8 KB,
+/// built once): one load instead of a search of the Unicode tables, for every character of
+/// every non-ASCII text.
+fn numeric_bmp() -> &'static [u64; 1024] {
+    static TABLE: std::sync::OnceLock<[u64; 1024]> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = [0u64; 1024];
+        for (u, c) in (0..0x1_0000u32).filter_map(|u| char::from_u32(u).map(|c| (u as usize, c))) {
+            if c.is_numeric() {
+                t[u >> 6] |= 1 << (u & 63);
+            }
+        }
+        t
+    })
 }
 
 /// Split normalised text into words (slices of `text`, in order, covering it exactly).
 pub fn pretokenize(text: &str) -> Vec<&str> {
     let mut words = Vec::new();
+    for_each_word(text, |w| words.push(w));
+    words
+}
+
+/// Call `f` on each word of [`pretokenize`], in order, without collecting them.
+#[inline]
+pub fn for_each_word<'a>(text: &'a str, mut f: impl FnMut(&'a str)) {
     let mut start = 0;
     let mut prev_digit = false;
     let mut prev_meta = false;
@@ -42,16 +72,15 @@ pub fn pretokenize(text: &str) -> Vec<&str> {
             || prev_digit
             || (meta && (!prev_meta || chars.peek().is_some_and(|&(_, n)| n != META && !is_digit(n))));
         if i > start && boundary {
-            words.push(&text[start..i]);
+            f(&text[start..i]);
             start = i;
         }
         prev_digit = digit;
         prev_meta = meta;
     }
     if start < text.len() {
-        words.push(&text[start..]);
+        f(&text[start..]);
     }
-    words
 }
 
 /// The split of [`META_RUNS_PATTERN`] (no digit split): byte spans covering `text`.
@@ -96,6 +125,13 @@ mod tests {
         assert_eq!(pretokenize("x▁▁"), vec!["x", "▁▁"]);
         assert_eq!(pretokenize("▁▁x"), vec!["▁", "▁x"]);
         assert_eq!(pretokenize("▁"), vec!["▁"]);
+    }
+
+    #[test]
+    fn digit_table_matches_is_numeric() {
+        for c in (0..0x11_0000u32).filter_map(char::from_u32) {
+            assert_eq!(is_digit(c), c.is_ascii_digit() || (!c.is_ascii() && c.is_numeric()), "{c:?}");
+        }
     }
 
     #[test]

@@ -116,7 +116,7 @@ pub struct TokenizerSection {
     /// Vocabulary size when training (the model's vocabulary follows the tokenizer).
     #[serde(default = "default_vocab")]
     pub vocab_size: usize,
-    /// Language-balancing exponent when training (probability ∝ size^alpha).
+    /// Language-balancing exponent when training (probability ∝ size^alpha; default 0.5).
     #[serde(default = "default_alpha")]
     pub alpha: f64,
     /// Documents per language read when training (all when absent).
@@ -343,7 +343,7 @@ fn default_vocab() -> usize {
     8192
 }
 fn default_alpha() -> f64 {
-    0.3
+    0.5
 }
 fn default_lr() -> f64 {
     6e-4

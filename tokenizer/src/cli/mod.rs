@@ -80,7 +80,7 @@ pub type CliResult<T> = std::result::Result<T, CliError>;
 pub enum Command {
     /// Train a BPE model on a folder of <lang>.jsonl files and save it as JSON.
     #[command(after_help = "Example:\n  tokenizer train --corpus ../shared/data/corpus --langs en,de,zh \
-                            --vocab-size 32000 --alpha 0.3 --coverage 0.9995 --out tok.json")]
+                            --vocab-size 32000 --alpha 0.5 --coverage 0.9995 --out tok.json")]
     Train(TrainArgs),
     /// Encode text into token ids: one line of space-separated ids per input line (or one for
     /// the whole input with --whole).

@@ -11,6 +11,7 @@ use crate::corpus::{read_corpus_file_with, CorpusFile, InvalidUtf8};
 use crate::train::train_owned;
 use crate::{json, LanguageCorpus, NormalizerKind, TrainConfig};
 use clap::Args;
+use rayon::prelude::*;
 
 use super::{CliError, CliResult};
 
@@ -27,7 +28,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 32_000)]
     pub vocab_size: usize,
     /// Language-balancing exponent: each language's share is proportional to size^alpha.
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = 0.5)]
     pub alpha: f64,
     /// Fraction of the character mass whose characters get their own token.
     #[arg(long, default_value_t = 0.9995)]
@@ -106,26 +107,29 @@ pub fn run(args: TrainArgs) -> CliResult<()> {
     }
 
     eprintln!("reading {} languages from {}", langs.len(), args.corpus.display());
+    let policy = if args.skip_invalid_utf8 { InvalidUtf8::Skip } else { InvalidUtf8::Fail };
+    // The files are parsed in parallel; the reports and the first error follow language order.
+    let files: Vec<CliResult<(PathBuf, CorpusFile)>> = langs
+        .par_iter()
+        .map(|lang| {
+            let path = args.corpus.join(format!("{lang}.jsonl"));
+            if !path.is_file() {
+                return Err(CliError(format!("corpus file {} does not exist", path.display())));
+            }
+            let file = read_corpus_file_with(&path, args.max_lines, policy)?;
+            Ok((path, file))
+        })
+        .collect();
     let mut corpora = Vec::with_capacity(langs.len());
     let mut total_bytes = 0;
-    for lang in &langs {
-        let path = args.corpus.join(format!("{lang}.jsonl"));
-        if !path.is_file() {
-            return Err(CliError(format!("corpus file {} does not exist", path.display())));
-        }
-        let policy = if args.skip_invalid_utf8 { InvalidUtf8::Skip } else { InvalidUtf8::Fail };
-        let CorpusFile { texts, skipped_lines } = read_corpus_file_with(&path, args.max_lines, policy)?;
+    for (lang, file) in langs.iter().zip(files) {
+        let (path, CorpusFile { texts, skipped_lines }) = file?;
         for line in &skipped_lines {
             eprintln!("  skipped invalid UTF-8 in {} at line {line}", path.display());
         }
         let bytes: usize = texts.iter().map(String::len).sum();
         total_bytes += bytes;
-        eprintln!(
-            "  read {lang}: {} texts, {:.1} MB ({:.1}s)",
-            texts.len(),
-            mb(bytes),
-            start.elapsed().as_secs_f64()
-        );
+        eprintln!("  read {lang}: {} texts, {:.1} MB", texts.len(), mb(bytes));
         corpora.push(LanguageCorpus::new(lang.clone(), texts));
     }
     eprintln!("read {:.1} MB in {:.1}s", mb(total_bytes), start.elapsed().as_secs_f64());

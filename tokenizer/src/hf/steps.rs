@@ -84,7 +84,7 @@ pub(crate) enum PreTokenize {
     SplitString { pattern: String, behavior: Behavior, invert: bool },
     /// Split with the GPT-2 expression.
     SplitGpt2 { behavior: Behavior, invert: bool },
-    /// Split with [`META_RUNS_PATTERN`] (our own models' word split, before digits).
+    /// Split with [`crate::pretokenize::META_RUNS_PATTERN`] (our own models' word split, before digits).
     SplitMetaRuns { behavior: Behavior, invert: bool },
     /// Numbers apart, each digit alone when `individual`.
     Digits { individual: bool },
