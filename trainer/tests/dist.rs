@@ -109,12 +109,13 @@ fn tcp_collectives_are_exact_and_identical_on_every_rank() {
 
 #[test]
 fn a_missing_rank_is_named_and_a_hung_rank_times_out() {
-    // Rank 2 of 3 never arrives: rank 0 names it, rank 1 fails as rank 0 gives up.
+    // Rank 2 of 3 never arrives: rank 0 names it, rank 1 fails as rank 0 gives up. (3 s, so
+    // that rank 1 surely arrives in time on a loaded machine.)
     let port = free_port().unwrap();
     let t = Instant::now();
     let handles: Vec<_> = (0..2)
         .map(|r| {
-            std::thread::spawn(move || TcpCollective::connect(&world(r, 3, port), Duration::from_secs(1)))
+            std::thread::spawn(move || TcpCollective::connect(&world(r, 3, port), Duration::from_secs(3)))
         })
         .collect();
     let res: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
