@@ -122,6 +122,27 @@ template <> struct FaMma<f16> {
     }
 };
 
+// acc[D/8] += A·B for one 16-wide K step `kk`: A (16 × 16) is the m16n8 accumulator pair
+// s[2kk], s[2kk+1] converted to T in registers (the A fragment of the mma, also returned in `pa`),
+// B the rows kk·16.. of the row-major shared tile at `base` (row stride LD elements), read
+// transposed by ldmatrix.
+template <class T, int D, int LD, int N>
+__device__ __forceinline__ void fa_mma_regs_smem(float (&acc)[D / 8][4], const float (&s)[N][4], int kk, u32 base,
+                                                 int lane, u32 (&pa)[4]) {
+    pa[0] = FaMma<T>::pack(s[2 * kk][0], s[2 * kk][1]);
+    pa[1] = FaMma<T>::pack(s[2 * kk][2], s[2 * kk][3]);
+    pa[2] = FaMma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+    pa[3] = FaMma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+    for (int dp = 0; dp < D / 16; dp++) {
+        u32 b0, b1, b2, b3;
+        ldsm_x4_t(base + (u32)(((kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + dp * 16 + (lane >> 4) * 8) * 2),
+                  b0, b1, b2, b3);
+        FaMma<T>::mma(acc[2 * dp], pa, b0, b1);
+        FaMma<T>::mma(acc[2 * dp + 1], pa, b2, b3);
+    }
+}
+
 // Copies `ROWS` rows of D elements starting at global row `g` (rows at or beyond `valid` are
 // zero-filled) into shared memory at `dst` with row stride D + FA_PAD; no commit.
 template <class T, int ROWS, int D>
@@ -276,19 +297,7 @@ __device__ __forceinline__ void flash_fwd(FlashDims a, const T* __restrict__ q, 
 #pragma unroll
         for (int kk = 0; kk < FA_BN / 16; kk++) {
             u32 pa[4];
-            pa[0] = FaMma<T>::pack(s[2 * kk][0], s[2 * kk][1]);
-            pa[1] = FaMma<T>::pack(s[2 * kk][2], s[2 * kk][3]);
-            pa[2] = FaMma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            pa[3] = FaMma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-            for (int dp = 0; dp < D / 16; dp++) {
-                u32 b0, b1, b2, b3;
-                ldsm_x4_t(sv + (u32)(((kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + dp * 16 +
-                                      (lane >> 4) * 8) * 2),
-                          b0, b1, b2, b3);
-                FaMma<T>::mma(o[2 * dp], pa, b0, b1);
-                FaMma<T>::mma(o[2 * dp + 1], pa, b2, b3);
-            }
+            fa_mma_regs_smem<T, D, LD>(o, s, kk, sv, lane, pa);
         }
         __syncthreads();  // the next iteration's copy overwrites this stage
     }
@@ -459,19 +468,7 @@ __device__ __forceinline__ void flash_bwd(FlashDims a, const T* __restrict__ q, 
 #pragma unroll
         for (int kk = 0; kk < FA_BM / 16; kk++) {
             u32 pa[4];
-            pa[0] = FaMma<T>::pack(s[2 * kk][0], s[2 * kk][1]);
-            pa[1] = FaMma<T>::pack(s[2 * kk][2], s[2 * kk][3]);
-            pa[2] = FaMma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            pa[3] = FaMma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-            for (int dp = 0; dp < D / 16; dp++) {
-                u32 b0, b1, b2, b3;
-                ldsm_x4_t(sdo + (u32)(((kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + dp * 16 +
-                                       (lane >> 4) * 8) * 2),
-                          b0, b1, b2, b3);
-                FaMma<T>::mma(dva[2 * dp], pa, b0, b1);
-                FaMma<T>::mma(dva[2 * dp + 1], pa, b2, b3);
-            }
+            fa_mma_regs_smem<T, D, LD>(dva, s, kk, sdo, lane, pa);
         }
 
         // dPᵀ = V·dOᵀ, then dSᵀ = Pᵀ∘(dPᵀ − D) in place of Pᵀ; in parts of 64/DP_SPLIT queries,
@@ -513,24 +510,12 @@ __device__ __forceinline__ void flash_bwd(FlashDims a, const T* __restrict__ q, 
 #pragma unroll
         for (int kk = 0; kk < FA_BM / 16; kk++) {
             u32 pa[4];
-            pa[0] = FaMma<T>::pack(s[2 * kk][0], s[2 * kk][1]);
-            pa[1] = FaMma<T>::pack(s[2 * kk][2], s[2 * kk][3]);
-            pa[2] = FaMma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            pa[3] = FaMma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+            fa_mma_regs_smem<T, D, LD>(dka, s, kk, sq, lane, pa);
             unsigned short* w = sds + (warp * 16 + g) * LDS + kk * 16 + 2 * t4;
             *reinterpret_cast<u32*>(w) = pa[0];
             *reinterpret_cast<u32*>(w + 8 * LDS) = pa[1];
             *reinterpret_cast<u32*>(w + 8) = pa[2];
             *reinterpret_cast<u32*>(w + 8 * LDS + 8) = pa[3];
-#pragma unroll
-            for (int dp = 0; dp < D / 16; dp++) {
-                u32 b0, b1, b2, b3;
-                ldsm_x4_t(sq + (u32)(((kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + dp * 16 +
-                                      (lane >> 4) * 8) * 2),
-                          b0, b1, b2, b3);
-                FaMma<T>::mma(dka[2 * dp], pa, b0, b1);
-                FaMma<T>::mma(dka[2 * dp + 1], pa, b2, b3);
-            }
         }
         __syncthreads();  // dSᵀ of every warp is in shared memory
 
