@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{polylm, prepare_small, scratch, text};
+use common::{losses, polylm, prepare_small, scratch, step_records, text};
 
 use polylm_trainer::dist::tcp::TcpCollective;
 use polylm_trainer::dist::{launch::free_port, Collective, DistError, World};
@@ -208,16 +208,6 @@ timeout_s = 20
     let path = out.join("run.toml");
     std::fs::write(&path, config).expect("config");
     path
-}
-
-/// (step, loss) of every training step in a run's metrics file.
-fn losses(out: &Path) -> Vec<(u64, f64)> {
-    let text = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v.get("event").is_none() && v.get("eval").is_none())
-        .filter_map(|v| Some((v.get("step")?.as_u64()?, v.get("loss")?.as_f64()?)))
-        .collect()
 }
 
 /// Every parameter of a checkpoint, as f32, in order.
@@ -425,10 +415,8 @@ fn launch_forwards_a_failure() {
 /// The per-step communication fields of a run's metrics: (buckets, buckets sent during the
 /// backward pass).
 fn bucket_counts(out: &Path) -> Vec<(u64, u64)> {
-    let text = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v.get("event").is_none() && v.get("eval").is_none())
+    step_records(out)
+        .into_iter()
         .map(|v| {
             let field = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or_else(|| panic!("{k} in {v}"));
             (field("grad_buckets"), field("grad_buckets_during_backward"))

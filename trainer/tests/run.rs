@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{polylm, prepare_small, scratch, shared, text};
+use common::{losses, polylm, prepare_small, scratch, shared, text};
 
 /// A tokenizer and prepared shards shared by the tests (three languages, a few dozen
 /// documents each), built once.
@@ -77,16 +77,6 @@ max_new_tokens = 4
     std::fs::create_dir_all(out).expect("out dir");
     std::fs::write(&path, config).expect("config");
     path
-}
-
-/// (step, loss) of every training step in a run's metrics file.
-fn losses(out: &Path) -> Vec<(u64, f64)> {
-    let text = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v.get("event").is_none() && v.get("eval").is_none())
-        .filter_map(|v| Some((v.get("step")?.as_u64()?, v.get("loss")?.as_f64()?)))
-        .collect()
 }
 
 fn train(config: &Path, extra_args: &[&str]) -> Output {

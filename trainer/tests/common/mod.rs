@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A temporary file with the given content, removed on drop.
@@ -92,4 +92,21 @@ pub fn prepare_small(name: &str, vocab: usize, lines: usize, docs: usize) -> (Pa
     ]);
     assert!(o.status.success(), "data prepare: {}", text(&o));
     (tok, data)
+}
+
+/// Every training-step record of a run's `metrics.jsonl` (not the events, not the evaluations).
+pub fn step_records(out: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("event").is_none() && v.get("eval").is_none())
+        .collect()
+}
+
+/// (step, loss) of every training step in a run's metrics file.
+pub fn losses(out: &Path) -> Vec<(u64, f64)> {
+    step_records(out)
+        .into_iter()
+        .filter_map(|v| Some((v.get("step")?.as_u64()?, v.get("loss")?.as_f64()?)))
+        .collect()
 }
