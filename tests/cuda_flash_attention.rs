@@ -19,7 +19,7 @@
 
 mod common;
 
-use common::gpu::{device, poisoned, read};
+use common::gpu::{device, poisoned, random_on, read};
 
 use std::sync::Arc;
 
@@ -28,7 +28,7 @@ use polylm_engine::Rng;
 use polylm_kernels::cast::Scalar;
 use polylm_kernels::cuda::flash_attention::{self, FlashGrads, FlashShape, ForwardKernel};
 use polylm_kernels::cuda::flash_attention_hopper;
-use polylm_kernels::cuda::{CudaDevice, CudaError, DeviceBuf, FloatElem};
+use polylm_kernels::cuda::{CudaDevice, CudaError, FloatElem};
 use rayon::prelude::*;
 
 /// A storage type under test with its tolerances: element-wise `|got − want| ≤ ATOL·max|want| +
@@ -47,18 +47,6 @@ impl Precision for f16 {
     const RTOL: f64 = 5e-3;
     const ATOL: f64 = 5e-3;
     const FRO: f64 = 2.5e-3;
-}
-
-/// Random values in `±scale` rounded to `T`: the device copy and the exact f64 values.
-fn random<T: Precision>(
-    dev: &Arc<CudaDevice>,
-    rng: &mut Rng,
-    n: usize,
-    scale: f64,
-) -> (DeviceBuf<T>, Vec<f64>) {
-    let values: Vec<T> = (0..n).map(|_| T::round_from((rng.uniform() * 2.0 - 1.0) * scale)).collect();
-    let exact = values.iter().map(|v| v.widen()).collect();
-    (dev.upload(&values).expect("upload"), exact)
 }
 
 #[track_caller]
@@ -167,10 +155,10 @@ fn case_with<T: Precision>(
 ) {
     let mut rng = Rng::new(seed);
     let n = shape.qkv_len();
-    let (q, qv) = random::<T>(dev, &mut rng, n, qk_scale);
-    let (k, kv) = random::<T>(dev, &mut rng, n, qk_scale);
-    let (v, vv) = random::<T>(dev, &mut rng, n, 1.0);
-    let (dout, dov) = random::<T>(dev, &mut rng, n, 1.0);
+    let (q, qv) = random_on::<T>(dev, &mut rng, n, qk_scale);
+    let (k, kv) = random_on::<T>(dev, &mut rng, n, qk_scale);
+    let (v, vv) = random_on::<T>(dev, &mut rng, n, 1.0);
+    let (dout, dov) = random_on::<T>(dev, &mut rng, n, 1.0);
     let mut out = poisoned::<T>(dev, n);
     let mut lse = poisoned::<f32>(dev, shape.lse_len());
     flash_attention::forward_with(kernel, &q, &k, &v, &shape, &mut out, &mut lse).expect("flash forward");

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::gpu::{device, poisoned, read};
+use common::gpu::{device, poisoned, random_on, read};
 
 use std::sync::Arc;
 
@@ -53,18 +53,6 @@ impl Precision for f16 {
     const ATOL: f64 = 1.5e-3;
 }
 
-/// Random values in `±scale`, rounded to `T`: the device copy and the exact f64 values.
-fn random<T: Precision>(
-    dev: &Arc<CudaDevice>,
-    rng: &mut Rng,
-    n: usize,
-    scale: f64,
-) -> (DeviceBuf<T>, Vec<f64>) {
-    let values: Vec<T> = (0..n).map(|_| T::round_from((rng.uniform() * 2.0 - 1.0) * scale)).collect();
-    let exact = values.iter().map(|v| v.widen()).collect();
-    (dev.upload(&values).expect("upload"), exact)
-}
-
 /// Compares with the tolerance of `T`, the absolute part scaled by the largest reference value
 /// (at least 1e-6: every test's inputs are of order 1, so a result whose exact value is 0, such
 /// as attention's dq over a single key, is compared at that scale, not at its rounding noise).
@@ -104,8 +92,8 @@ fn binary_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
     let shape = [a0, a1, a2];
     let n = a0 * a1 * a2;
     // `a` is stored transposed in its last two axes; `b` broadcasts over axes 0 and 2.
-    let (a, av) = random::<T>(dev, &mut rng, n, 2.0);
-    let (b, bv) = random::<T>(dev, &mut rng, a1, 2.0);
+    let (a, av) = random_on::<T>(dev, &mut rng, n, 2.0);
+    let (b, bv) = random_on::<T>(dev, &mut rng, a1, 2.0);
     let a_strides = [a1 * a2, 1, a1];
     let b_strides = [0, 1, 0];
     for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
@@ -152,7 +140,7 @@ fn binary_ops_broadcast_over_strided_operands() {
 fn unary_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
     let mut rng = Rng::new(seed);
     let n = size(&mut rng, 1, 100_000);
-    let (x, xv) = random::<T>(dev, &mut rng, n, 3.0);
+    let (x, xv) = random_on::<T>(dev, &mut rng, n, 3.0);
     let cases: [(UnaryOp, &dyn Fn(f64) -> f64); 4] = [
         (UnaryOp::Affine { alpha: -1.75, beta: 0.3 }, &|v| -1.75 * v + 0.3),
         (UnaryOp::Square, &|v| v * v),
@@ -166,7 +154,7 @@ fn unary_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
         check::<T>(&format!("map {op:?}"), &read("map", &out), &want);
     }
     // add_assign and fill
-    let (mut acc, accv) = random::<T>(dev, &mut rng, n, 1.0);
+    let (mut acc, accv) = random_on::<T>(dev, &mut rng, n, 1.0);
     elementwise::add_assign(&mut acc, &x).expect("add_assign");
     let want: Vec<f64> = accv.iter().zip(&xv).map(|(a, b)| T::round_from(a + b).widen()).collect();
     check::<T>("add_assign", &read("add_assign", &acc), &want);
@@ -188,7 +176,7 @@ fn gather_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
     let mut rng = Rng::new(seed);
     let dims = [size(&mut rng, 1, 7), size(&mut rng, 1, 13), size(&mut rng, 1, 50), size(&mut rng, 1, 9)];
     let n: usize = dims.iter().product();
-    let (x, xv) = random::<T>(dev, &mut rng, n, 1.0);
+    let (x, xv) = random_on::<T>(dev, &mut rng, n, 1.0);
     // The view permutes the axes (0, 2, 3, 1) of the contiguous `dims` tensor.
     let strides = [dims[1] * dims[2] * dims[3], dims[2] * dims[3], dims[3], 1];
     let shape = [dims[0], dims[2], dims[3], dims[1]];
@@ -233,7 +221,7 @@ fn cast_from<S: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
     }
     let mut rng = Rng::new(seed);
     let n = size(&mut rng, 1, 50_000);
-    let (x, xv) = random::<S>(dev, &mut rng, n, 100.0);
+    let (x, xv) = random_on::<S>(dev, &mut rng, n, 100.0);
     to::<S, f32>(dev, &x, &xv);
     to::<S, bf16>(dev, &x, &xv);
     to::<S, f16>(dev, &x, &xv);
@@ -254,10 +242,10 @@ fn layernorm_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64, fused: bool) {
     let cols =
         [size(&mut rng, 8, 40) | 1, 768, size(&mut rng, 1000, 3000) | 1, 2048, 5120][seed as usize % 5];
     let n = rows * cols;
-    let (x, xv) = random::<T>(dev, &mut rng, n, 2.0);
-    let (r, rv) = random::<T>(dev, &mut rng, n, 2.0);
-    let (w, wv) = random::<T>(dev, &mut rng, cols, 1.5);
-    let (b, bv) = random::<T>(dev, &mut rng, cols, 0.5);
+    let (x, xv) = random_on::<T>(dev, &mut rng, n, 2.0);
+    let (r, rv) = random_on::<T>(dev, &mut rng, n, 2.0);
+    let (w, wv) = random_on::<T>(dev, &mut rng, cols, 1.5);
+    let (b, bv) = random_on::<T>(dev, &mut rng, cols, 0.5);
     let eps = 1e-5;
     let mut out = poisoned::<T>(dev, n);
     let mut sum = poisoned::<T>(dev, n);
@@ -297,10 +285,10 @@ fn layernorm_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64, fused: bool) {
 
     // Backward, with the residual stream's gradient added when fused; weight gradients
     // accumulate into existing values.
-    let (dout, doutv) = random::<T>(dev, &mut rng, n, 1.0);
-    let (dres, dresv) = random::<T>(dev, &mut rng, n, 1.0);
-    let (mut dw, dw0) = random::<T>(dev, &mut rng, cols, 1.0);
-    let (mut db, db0) = random::<T>(dev, &mut rng, cols, 1.0);
+    let (dout, doutv) = random_on::<T>(dev, &mut rng, n, 1.0);
+    let (dres, dresv) = random_on::<T>(dev, &mut rng, n, 1.0);
+    let (mut dw, dw0) = random_on::<T>(dev, &mut rng, cols, 1.0);
+    let (mut db, db0) = random_on::<T>(dev, &mut rng, cols, 1.0);
     let mut dx = poisoned::<T>(dev, n);
     layernorm_backward(
         norm_input,
@@ -347,15 +335,15 @@ fn gelu_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
     // Odd widths take the scalar path, 768 the 16-byte vector path.
     let cols = if seed.is_multiple_of(2) { size(&mut rng, 1, 1100) | 1 } else { 768 };
     let n = rows * cols;
-    let (x, xv) = random::<T>(dev, &mut rng, n, 3.0);
-    let (b, bv) = random::<T>(dev, &mut rng, cols, 1.0);
+    let (x, xv) = random_on::<T>(dev, &mut rng, n, 3.0);
+    let (b, bv) = random_on::<T>(dev, &mut rng, cols, 1.0);
     let mut out = poisoned::<T>(dev, n);
     bias_gelu_forward(&x, Some(&b), cols, &mut out).expect("gelu fwd");
     let mut want = vec![0.0; n];
     polylm_kernels::gelu::bias_gelu_forward(&xv, Some(&bv), cols, &mut want);
     check::<T>("bias_gelu out", &read("out", &out), &want);
 
-    let (dout, doutv) = random::<T>(dev, &mut rng, n, 1.0);
+    let (dout, doutv) = random_on::<T>(dev, &mut rng, n, 1.0);
     let mut dx = poisoned::<T>(dev, n);
     let mut db = poisoned::<T>(dev, cols);
     bias_gelu_backward(&x, Some(&b), &dout, cols, &mut dx, Some(&mut db), false).expect("gelu bwd");
@@ -382,14 +370,14 @@ fn softmax_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
     let cols =
         [size(&mut rng, 1, 33), size(&mut rng, 100, 1500), size(&mut rng, 2000, 9000)][seed as usize % 3];
     let n = rows * cols;
-    let (x, xv) = random::<T>(dev, &mut rng, n, 8.0);
+    let (x, xv) = random_on::<T>(dev, &mut rng, n, 8.0);
     let mut y = poisoned::<T>(dev, n);
     softmax_forward(&x, cols, &mut y).expect("softmax fwd");
     let mut want = vec![0.0; n];
     polylm_kernels::softmax::softmax_forward(&xv, cols, &mut want);
     check::<T>("softmax y", &read("y", &y), &want);
 
-    let (dy, dyv) = random::<T>(dev, &mut rng, n, 1.0);
+    let (dy, dyv) = random_on::<T>(dev, &mut rng, n, 1.0);
     let mut dx = poisoned::<T>(dev, n);
     softmax_backward(&y, &dy, cols, &mut dx).expect("softmax bwd");
     // The backward sees the device's rounded y.
@@ -418,7 +406,7 @@ fn cross_entropy_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
     let vocab = [size(&mut rng, 2, 500), 4099, size(&mut rng, 30_000, 70_000) | 1, 40_000, 256_000]
         [seed as usize % 5];
     let n = rows * vocab;
-    let (logits, lv) = random::<T>(dev, &mut rng, n, 6.0);
+    let (logits, lv) = random_on::<T>(dev, &mut rng, n, 6.0);
     let ignore = 3u32.min(vocab as u32 - 1);
     let targets: Vec<u32> =
         (0..rows).map(|r| if r % 5 == 2 { ignore } else { rng.below(vocab as u64) as u32 }).collect();
@@ -460,7 +448,7 @@ fn cross_entropy_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
     check::<T>("ce dlogits", &read("dlogits", &dlogits), &wd);
 
     // In place, with a per-row upstream gradient.
-    let (dl, dlv) = random::<f32>(dev, &mut rng, rows, 1.0);
+    let (dl, dlv) = random_on::<f32>(dev, &mut rng, rows, 1.0);
     let mut in_place = dev.upload(&dev.download(&logits).expect("copy")).expect("copy");
     cross_entropy_in_place(
         &mut in_place,
@@ -498,7 +486,7 @@ fn cross_entropy_of_a_target_outside_the_vocabulary_is_nan() {
     let mut rng = Rng::new(77);
     // The scalar path (10) and the vector path (40,000).
     for vocab in [10usize, 40_000] {
-        let (logits, _) = random::<f32>(&dev, &mut rng, 3 * vocab, 1.0);
+        let (logits, _) = random_on::<f32>(&dev, &mut rng, 3 * vocab, 1.0);
         let targets = dev.upload(&[1u32, vocab as u32, 2]).expect("targets");
         let (mut loss, mut lse) = (poisoned::<f32>(&dev, 3), poisoned::<f32>(&dev, 3));
         cross_entropy(
@@ -526,15 +514,15 @@ fn embedding_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
     let distinct = size(&mut rng, 1, vocab.min(20));
     let pool: Vec<u32> = (0..distinct).map(|_| rng.below(vocab as u64) as u32).collect();
     let ids: Vec<u32> = (0..tokens).map(|_| pool[rng.below(distinct as u64) as usize]).collect();
-    let (w, wv) = random::<T>(dev, &mut rng, vocab * dim, 1.0);
+    let (w, wv) = random_on::<T>(dev, &mut rng, vocab * dim, 1.0);
     let mut out = poisoned::<T>(dev, tokens * dim);
     embedding_forward(&w, &ids, dim, &mut out).expect("embedding fwd");
     let mut want = vec![0.0; tokens * dim];
     polylm_kernels::embedding::embedding_forward(&wv, &ids, dim, &mut want);
     assert_eq!(read("out", &out), want, "embedding_forward<{}> copies rows", T::NAME);
 
-    let (dout, doutv) = random::<T>(dev, &mut rng, tokens * dim, 1.0);
-    let (mut dw, mut wdw) = random::<T>(dev, &mut rng, vocab * dim, 1.0);
+    let (dout, doutv) = random_on::<T>(dev, &mut rng, tokens * dim, 1.0);
+    let (mut dw, mut wdw) = random_on::<T>(dev, &mut rng, vocab * dim, 1.0);
     embedding_backward(&ids, &dout, dim, &mut dw).expect("embedding bwd");
     polylm_kernels::embedding::embedding_backward(&ids, &doutv, dim, &mut wdw);
     check::<T>("embedding dweight", &read("dweight", &dw), &wdw);
@@ -564,9 +552,9 @@ fn adamw_case<G: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
     let mut copies = Vec::new();
     let mut host = Vec::new();
     for &n in &sizes {
-        let (p, pv) = random::<f32>(dev, &mut rng, n, 1.0);
-        let (g, gv) = random::<G>(dev, &mut rng, n, 3.0);
-        let (m, mv) = random::<f32>(dev, &mut rng, n, 0.1);
+        let (p, pv) = random_on::<f32>(dev, &mut rng, n, 1.0);
+        let (g, gv) = random_on::<G>(dev, &mut rng, n, 3.0);
+        let (m, mv) = random_on::<f32>(dev, &mut rng, n, 0.1);
         let vv: Vec<f32> = (0..n).map(|_| (rng.uniform() * 0.05 + 1e-4) as f32).collect();
         let v = dev.upload(&vv).expect("v");
         params.push(p);
@@ -636,9 +624,9 @@ fn gemm_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
     let mut rng = Rng::new(seed);
     let (m, n, k) = (size(&mut rng, 1, 200), size(&mut rng, 1, 200), size(&mut rng, 1, 300));
     let batch = size(&mut rng, 1, 3);
-    let (a, av) = random::<T>(dev, &mut rng, batch * m * k, 1.0);
-    let (b, bv) = random::<T>(dev, &mut rng, batch * k * n, 1.0);
-    let (bias, biasv) = random::<T>(dev, &mut rng, n, 1.0);
+    let (a, av) = random_on::<T>(dev, &mut rng, batch * m * k, 1.0);
+    let (b, bv) = random_on::<T>(dev, &mut rng, batch * k * n, 1.0);
+    let (bias, biasv) = random_on::<T>(dev, &mut rng, n, 1.0);
     // A is stored as Aᵀ (k × m) for odd seeds, B as Bᵀ (n × k) for seeds ≡ 2, 3 mod 4.
     let a_t = seed % 2 == 1;
     let b_t = seed % 4 >= 2;
@@ -658,7 +646,7 @@ fn gemm_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
             bv[bi * k * n + r * n + c]
         }
     };
-    let (mut c, cv) = random::<T>(dev, &mut rng, batch * m * n, 1.0);
+    let (mut c, cv) = random_on::<T>(dev, &mut rng, batch * m * n, 1.0);
     let beta = if seed.is_multiple_of(3) { 1.0 } else { 0.0 };
     let dims = GemmDims { m, n, k, batch, alpha: 0.75, beta };
     if beta == 0.0 {
@@ -743,10 +731,10 @@ fn attention_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
     let dims = AttentionDims { heads, seq, head_dim };
     let scale = 1.0 / (head_dim as f64).sqrt();
     let n = dims.qkv_len();
-    let (q, qv) = random::<T>(dev, &mut rng, n, 1.5);
-    let (k, kv) = random::<T>(dev, &mut rng, n, 1.5);
-    let (v, vv) = random::<T>(dev, &mut rng, n, 1.0);
-    let (dout, dov) = random::<T>(dev, &mut rng, n, 1.0);
+    let (q, qv) = random_on::<T>(dev, &mut rng, n, 1.5);
+    let (k, kv) = random_on::<T>(dev, &mut rng, n, 1.5);
+    let (v, vv) = random_on::<T>(dev, &mut rng, n, 1.0);
+    let (dout, dov) = random_on::<T>(dev, &mut rng, n, 1.0);
     let shape = AttentionShape { heads, seq, head_dim, causal, scale: scale as f32 };
     let mut out = poisoned::<T>(dev, n);
     let mut lse = poisoned::<f32>(dev, dims.lse_len());

@@ -22,7 +22,7 @@
 
 mod common;
 
-use common::gpu::{device, poisoned, read};
+use common::gpu::{device, poisoned, random_exact, read, upload};
 
 use std::sync::Arc;
 
@@ -66,16 +66,6 @@ impl Out for f16 {
 fn check<O: Out>(what: &str, got: &[f64], want: &[f64]) {
     let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-6);
     assert_close(&format!("{what} -> {}", O::NAME), got, want, O::RTOL, O::ATOL * scale);
-}
-
-/// Random values in `±scale`, exactly representable in `T`.
-fn random<T: Scalar>(rng: &mut Rng, n: usize, scale: f64) -> Vec<f64> {
-    (0..n).map(|_| T::round_from((rng.uniform() * 2.0 - 1.0) * scale).widen()).collect()
-}
-
-fn upload<T: FloatElem + Scalar>(dev: &Arc<CudaDevice>, v: &[f64]) -> DeviceBuf<T> {
-    let host: Vec<T> = v.iter().map(|&x| T::round_from(x)).collect();
-    dev.upload(&host).expect("upload")
 }
 
 /// A logical `batch × rows × cols` matrix in device storage, rows-major (`transposed = false`)
@@ -222,10 +212,10 @@ fn shape_case<T: In, O: Out>(
     let mut rng = Rng::new(seed);
     let b_broadcast = batch > 1 && seed.is_multiple_of(2);
     let b_batches = if b_broadcast { 1 } else { batch };
-    let av = random::<T>(&mut rng, batch * m * k, 1.0);
-    let bv = random::<T>(&mut rng, b_batches * k * n, 1.0);
-    let biasv = random::<O>(&mut rng, n, 1.0);
-    let c0 = random::<O>(&mut rng, batch * m * n, 1.0);
+    let av = random_exact::<T>(&mut rng, batch * m * k, 1.0);
+    let bv = random_exact::<T>(&mut rng, b_batches * k * n, 1.0);
+    let biasv = random_exact::<O>(&mut rng, n, 1.0);
+    let c0 = random_exact::<O>(&mut rng, batch * m * n, 1.0);
     let bias = upload::<O>(dev, &biasv);
     let product1 = reference(&av, &bv, batch, m, n, k, b_broadcast, 1.0);
 
@@ -361,8 +351,8 @@ fn hopper_matches_cublas() {
         (256, 256, 128, 160),
     ];
     for &(m, n, k, batch) in &shapes {
-        let av = random::<bf16>(&mut rng, batch * m * k, 1.0);
-        let bv = random::<bf16>(&mut rng, batch * k * n, 1.0);
+        let av = random_exact::<bf16>(&mut rng, batch * m * k, 1.0);
+        let bv = random_exact::<bf16>(&mut rng, batch * k * n, 1.0);
         for (a_t, b_t) in [(false, false), (false, true), (true, false), (true, true)] {
             let a = store::<bf16>(&dev, &av, batch, m, k, a_t, true, false);
             let b = store::<bf16>(&dev, &bv, batch, k, n, b_t, true, false);
@@ -387,8 +377,8 @@ fn the_heuristic_picks_a_kernel_that_matches_the_reference() {
     let Some(dev) = device("gemm_tc heuristic") else { return };
     let mut rng = Rng::new(7);
     for &(m, n, k) in &[(2048, 512, 256), (40, 24, 56), (3, 5, 8)] {
-        let av = random::<bf16>(&mut rng, m * k, 1.0);
-        let bv = random::<bf16>(&mut rng, k * n, 1.0);
+        let av = random_exact::<bf16>(&mut rng, m * k, 1.0);
+        let bv = random_exact::<bf16>(&mut rng, k * n, 1.0);
         let a = upload::<bf16>(&dev, &av);
         let b = upload::<bf16>(&dev, &bv);
         let mut c = poisoned::<f32>(&dev, m * n);
@@ -414,8 +404,8 @@ fn matches_cublas() {
     for &(m, n, k, batch) in
         &[(256, 256, 256, 1), (1000, 264, 128, 1), (512, 384, 1024, 2), (8, 4096, 512, 1)]
     {
-        let av = random::<bf16>(&mut rng, batch * m * k, 1.0);
-        let bv = random::<bf16>(&mut rng, batch * k * n, 1.0);
+        let av = random_exact::<bf16>(&mut rng, batch * m * k, 1.0);
+        let bv = random_exact::<bf16>(&mut rng, batch * k * n, 1.0);
         for (a_t, b_t) in [(false, false), (false, true), (true, false)] {
             let a = store::<bf16>(&dev, &av, batch, m, k, a_t, true, false);
             let b = store::<bf16>(&dev, &bv, batch, k, n, b_t, true, false);
@@ -436,14 +426,14 @@ fn bias_grad_matches_column_sums() {
     let mut rng = Rng::new(21);
     for &(rows, cols) in &[(1, 1), (7, 33), (300, 1000), (5000, 257), (20_000, 64)] {
         let ld = cols + 3;
-        let dyv = random::<bf16>(&mut rng, rows * ld, 1.0);
+        let dyv = random_exact::<bf16>(&mut rng, rows * ld, 1.0);
         let dy = upload::<bf16>(&dev, &dyv);
         let sums: Vec<f64> = (0..cols).map(|c| (0..rows).map(|r| dyv[r * ld + c]).sum()).collect();
         let mut out = poisoned::<f32>(&dev, cols);
         bias_grad(&dy, rows, cols, ld, &mut out, false).expect("bias_grad");
         check::<f32>(&format!("bias_grad {rows}x{cols}"), &read("db", &out), &sums);
         // Accumulating into an existing bf16 gradient.
-        let prev = random::<bf16>(&mut rng, cols, 1.0);
+        let prev = random_exact::<bf16>(&mut rng, cols, 1.0);
         let mut acc = upload::<bf16>(&dev, &prev);
         bias_grad(&dy, rows, cols, ld, &mut acc, true).expect("bias_grad accumulate");
         let want: Vec<f64> = sums.iter().zip(&prev).map(|(s, p)| s + p).collect();

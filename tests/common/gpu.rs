@@ -1,9 +1,10 @@
-//! Helpers of the GPU tests: the device (or a printed skip), NaN-poisoned outputs, and reading
-//! results back with a check that every element was written.
+//! Helpers of the GPU tests: the device (or a printed skip), random inputs exactly representable
+//! in the storage type, NaN-poisoned outputs, and reading results back with a check that every
+//! element was written.
 
 use std::sync::Arc;
 
-use polylm_engine::Device;
+use polylm_engine::{Device, Rng};
 use polylm_kernels::cast::Scalar;
 use polylm_kernels::cuda::{CudaDevice, DeviceBuf, FloatElem};
 
@@ -44,4 +45,26 @@ pub fn read<T: FloatElem + Scalar>(what: &str, buf: &DeviceBuf<T>) -> Vec<f64> {
         panic!("{what}<{}>: element {i} of {} is {} (never written?)", T::NAME, values.len(), values[i]);
     }
     values
+}
+
+/// Random values in `±scale`, each exactly representable in `T`.
+pub fn random_exact<T: Scalar>(rng: &mut Rng, n: usize, scale: f64) -> Vec<f64> {
+    (0..n).map(|_| T::round_from((rng.uniform() * 2.0 - 1.0) * scale).widen()).collect()
+}
+
+/// `values` (exactly representable in `T`) in a new device buffer.
+pub fn upload<T: FloatElem + Scalar>(dev: &Arc<CudaDevice>, values: &[f64]) -> DeviceBuf<T> {
+    let host: Vec<T> = values.iter().map(|&x| T::round_from(x)).collect();
+    dev.upload(&host).expect("upload")
+}
+
+/// [`random_exact`] values on the device, with their exact f64 values.
+pub fn random_on<T: FloatElem + Scalar>(
+    dev: &Arc<CudaDevice>,
+    rng: &mut Rng,
+    n: usize,
+    scale: f64,
+) -> (DeviceBuf<T>, Vec<f64>) {
+    let exact = random_exact::<T>(rng, n, scale);
+    (upload(dev, &exact), exact)
 }
