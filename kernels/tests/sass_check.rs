@@ -106,6 +106,24 @@ fn sass_of(source: &KernelSource) -> Option<Vec<(String, String)>> {
     Some(functions(&sass))
 }
 
+/// The checks every Hopper kernel shares: TMA loads, mbarrier operations, the setmaxnreg pair,
+/// and no local-memory traffic.
+fn check_pipeline(name: &str, body: &str, failures: &mut Vec<String>) {
+    let count = |needle: &str| body.matches(needle).count();
+    if count("UTMALDG.3D") == 0 {
+        failures.push(format!("{name}: no UTMALDG.3D (TMA load)"));
+    }
+    if count("SYNCS.") == 0 {
+        failures.push(format!("{name}: no SYNCS (mbarrier) instruction"));
+    }
+    if count("USETMAXREG") < 2 {
+        failures.push(format!("{name}: setmaxnreg missing"));
+    }
+    if count("LDL") > 0 || count("STL") > 0 {
+        failures.push(format!("{name}: local memory traffic (LDL/STL)"));
+    }
+}
+
 #[test]
 fn hopper_matmul_sass_has_hgmma_and_tma() {
     let Some(kernels) = sass_of(&matmul_wgmma::SOURCE) else { return };
@@ -152,18 +170,7 @@ fn hopper_matmul_sass_has_hgmma_and_tma() {
         if hgmma_lines.iter().any(|l| l.contains(".tnspA") != tnsp_a || l.contains(".tnspB") != tnsp_b) {
             failures.push(format!("{name}: HGMMA transposes differ from the {layout} layout"));
         }
-        if count("UTMALDG.3D") == 0 {
-            failures.push(format!("{name}: no UTMALDG.3D (TMA load)"));
-        }
-        if count("SYNCS.") == 0 {
-            failures.push(format!("{name}: no SYNCS (mbarrier) instruction"));
-        }
-        if count("USETMAXREG") < 2 {
-            failures.push(format!("{name}: setmaxnreg missing"));
-        }
-        if count("LDL") > 0 || count("STL") > 0 {
-            failures.push(format!("{name}: local memory traffic (LDL/STL)"));
-        }
+        check_pipeline(name, body, &mut failures);
     }
     println!(
         "{} of {} Hopper kernels checked",
@@ -199,18 +206,7 @@ fn hopper_flash_attention_sass_has_hgmma_and_tma() {
         if hgmma == 0 || transposed_b == 0 || transposed_b == hgmma {
             failures.push(format!("{name}: {hgmma} HGMMA, {transposed_b} with tnspB (want both kinds)"));
         }
-        if count("UTMALDG.3D") == 0 {
-            failures.push(format!("{name}: no UTMALDG.3D (TMA load)"));
-        }
-        if count("SYNCS.") == 0 {
-            failures.push(format!("{name}: no SYNCS (mbarrier) instruction"));
-        }
-        if count("USETMAXREG") < 2 {
-            failures.push(format!("{name}: setmaxnreg missing"));
-        }
-        if count("LDL") > 0 || count("STL") > 0 {
-            failures.push(format!("{name}: local memory traffic (LDL/STL)"));
-        }
+        check_pipeline(name, body, &mut failures);
     }
     assert!(failures.is_empty(), "SASS check failed:\n{}", failures.join("\n"));
 }
