@@ -10,23 +10,9 @@ mod common;
 
 use common::gpu::gpu;
 
-use common::assert_close;
+use common::{assert_close, nonzero};
 use half::bf16;
 use polylm_engine::{global_grad_norm, AdamW, AdamWHyper, DType, Device, Rng, Tensor};
-
-/// `n` values with magnitudes in `[lo, hi)` and random signs (never 0).
-fn nonzero(rng: &mut Rng, n: usize, lo: f64, hi: f64) -> Vec<f64> {
-    (0..n)
-        .map(|_| {
-            let x = lo + (hi - lo) * rng.uniform();
-            if rng.below(2) == 0 {
-                x
-            } else {
-                -x
-            }
-        })
-        .collect()
-}
 
 /// Gives each parameter with `Some(g)` the gradient `g` (rounded to its dtype, on its device)
 /// by back-propagating `Σ p ⊙ g`.

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::assert_close;
+use common::{assert_close, nonzero};
 use half::{bf16, f16};
 use polylm_engine::{global_grad_norm, AdamW, AdamWHyper, DType, Error, Rng, Tensor};
 use proptest::prelude::*;
@@ -49,20 +49,6 @@ impl Reference {
             }
         }
     }
-}
-
-/// `n` values with magnitudes in `[lo, hi)` and random signs (never 0).
-fn nonzero(rng: &mut Rng, n: usize, lo: f64, hi: f64) -> Vec<f64> {
-    (0..n)
-        .map(|_| {
-            let x = lo + (hi - lo) * rng.uniform();
-            if rng.below(2) == 0 {
-                x
-            } else {
-                -x
-            }
-        })
-        .collect()
 }
 
 /// Shapes from proptest: `(rows, cols, two_d)`: 2-D `[rows, cols]` or 1-D `[rows·cols]`.

@@ -13,6 +13,20 @@ pub fn random_values(rng: &mut Rng, n: usize, scale: f64) -> Vec<f64> {
     (0..n).map(|_| (rng.uniform() * 2.0 - 1.0) * scale).collect()
 }
 
+/// `n` values with magnitudes in `[lo, hi)` and random signs (never 0).
+pub fn nonzero(rng: &mut Rng, n: usize, lo: f64, hi: f64) -> Vec<f64> {
+    (0..n)
+        .map(|_| {
+            let x = lo + (hi - lo) * rng.uniform();
+            if rng.below(2) == 0 {
+                x
+            } else {
+                -x
+            }
+        })
+        .collect()
+}
+
 /// An f64 tensor of random values.
 pub fn random_tensor(rng: &mut Rng, shape: &[usize], scale: f64) -> Tensor {
     let n = shape.iter().product();
