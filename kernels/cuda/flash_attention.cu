@@ -55,72 +55,13 @@ struct FlashDims {
 };
 
 // ------------------------------------------------------------------ PTX helpers
-
-__device__ __forceinline__ u32 smem_addr(const void* p) {
-    u32 r;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
-    return r;
-}
-
-// 16-byte asynchronous copy global -> shared; when !valid nothing is read and zeros are written.
-__device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid) {
-    const int n = valid ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-__device__ __forceinline__ void ldsm_x4(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(addr)
-                 : "memory");
-}
-__device__ __forceinline__ void ldsm_x4_t(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(addr)
-                 : "memory");
-}
+// (smem_u32, cp.async, ldmatrix, mma.sync and pack2 are in common.cuh)
 
 __device__ __forceinline__ float fa_exp2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
 }
-
-// The tensor-core product and the f32 -> 2×16-bit packing of each storage type.
-template <class T> struct FaMma;
-template <> struct FaMma<bf16> {
-    static __device__ __forceinline__ void mma(float* c, const u32* a, u32 b0, u32 b1) {
-        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%0,%1,%2,%3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-    // lo goes to the lower 16 bits (the lower column / element index).
-    static __device__ __forceinline__ u32 pack(float lo, float hi) {
-        u32 r;
-        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-        return r;
-    }
-};
-template <> struct FaMma<f16> {
-    static __device__ __forceinline__ void mma(float* c, const u32* a, u32 b0, u32 b1) {
-        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%0,%1,%2,%3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-    static __device__ __forceinline__ u32 pack(float lo, float hi) {
-        u32 r;
-        asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-        return r;
-    }
-};
 
 // acc[D/8] += A·B for one 16-wide K step `kk`: A (16 × 16) is the m16n8 accumulator pair
 // s[2kk], s[2kk+1] converted to T in registers (the A fragment of the mma, also returned in `pa`),
@@ -129,17 +70,17 @@ template <> struct FaMma<f16> {
 template <class T, int D, int LD, int N>
 __device__ __forceinline__ void fa_mma_regs_smem(float (&acc)[D / 8][4], const float (&s)[N][4], int kk, u32 base,
                                                  int lane, u32 (&pa)[4]) {
-    pa[0] = FaMma<T>::pack(s[2 * kk][0], s[2 * kk][1]);
-    pa[1] = FaMma<T>::pack(s[2 * kk][2], s[2 * kk][3]);
-    pa[2] = FaMma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-    pa[3] = FaMma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+    pa[0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+    pa[1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+    pa[2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+    pa[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 #pragma unroll
     for (int dp = 0; dp < D / 16; dp++) {
         u32 b0, b1, b2, b3;
-        ldsm_x4_t(base + (u32)(((kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + dp * 16 + (lane >> 4) * 8) * 2),
+        ldmatrix_x4_trans(base + (u32)(((kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + dp * 16 + (lane >> 4) * 8) * 2),
                   b0, b1, b2, b3);
-        FaMma<T>::mma(acc[2 * dp], pa, b0, b1);
-        FaMma<T>::mma(acc[2 * dp + 1], pa, b2, b3);
+        mma_m16n8k16<T>(acc[2 * dp], pa, b0, b1);
+        mma_m16n8k16<T>(acc[2 * dp + 1], pa, b2, b3);
     }
 }
 
@@ -156,7 +97,7 @@ __device__ __forceinline__ void fa_load_tile(u32 dst, const T* g, int valid) {
         const int c = threadIdx.x + it * FA_THREADS;
         const int row = c / CHUNKS, col = (c % CHUNKS) * 8;
         const bool ok = row < valid;
-        cp_async16(dst + (u32)((row * LD + col) * 2), g + (i64)(ok ? row : 0) * D + col, ok);
+        cp_async16(dst + (u32)((row * LD + col) * 2), g + (i64)(ok ? row : 0) * D + col, ok ? 16 : 0);
     }
 }
 
@@ -188,7 +129,7 @@ __device__ __forceinline__ void flash_fwd(FlashDims a, const T* __restrict__ q, 
     constexpr int TILE = FA_BN * LD;  // elements of one K or V stage
     extern __shared__ __align__(16) unsigned char fa_smem[];
     unsigned short* sq = reinterpret_cast<unsigned short*>(fa_smem);
-    const u32 sq_a = smem_addr(sq);
+    const u32 sq_a = smem_u32(sq);
     const u32 sk_a = sq_a + FA_BM * LD * 2;       // 2 stages of K
     const u32 sv_a = sk_a + 2 * TILE * 2;         // 2 stages of V
 
@@ -229,7 +170,7 @@ __device__ __forceinline__ void flash_fwd(FlashDims a, const T* __restrict__ q, 
         if (j == 0) {
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk++)
-                ldsm_x4(sq_a + (u32)(((warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8) * 2),
+                ldmatrix_x4(sq_a + (u32)(((warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8) * 2),
                         qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3]);
         }
         const u32 sk = sk_a + stage * TILE * 2, sv = sv_a + stage * TILE * 2;
@@ -243,11 +184,11 @@ __device__ __forceinline__ void flash_fwd(FlashDims a, const T* __restrict__ q, 
 #pragma unroll
             for (int np = 0; np < FA_BN / 16; np++) {
                 u32 b0, b1, b2, b3;
-                ldsm_x4(sk + (u32)(((np * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + kk * 16 +
+                ldmatrix_x4(sk + (u32)(((np * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + kk * 16 +
                                     ((lane >> 3) & 1) * 8) * 2),
                         b0, b1, b2, b3);
-                FaMma<T>::mma(s[2 * np], qf[kk], b0, b1);
-                FaMma<T>::mma(s[2 * np + 1], qf[kk], b2, b3);
+                mma_m16n8k16<T>(s[2 * np], qf[kk], b0, b1);
+                mma_m16n8k16<T>(s[2 * np + 1], qf[kk], b2, b3);
             }
         }
 
@@ -317,9 +258,9 @@ __device__ __forceinline__ void flash_fwd(FlashDims a, const T* __restrict__ q, 
 #pragma unroll
     for (int dt = 0; dt < D / 8; dt++) {
         const int col = dt * 8 + 2 * t4;
-        *reinterpret_cast<u32*>(so + g * LD + col) = FaMma<T>::pack(o[dt][0] * inv[0], o[dt][1] * inv[0]);
+        *reinterpret_cast<u32*>(so + g * LD + col) = pack2<T>(o[dt][0] * inv[0], o[dt][1] * inv[0]);
         *reinterpret_cast<u32*>(so + (g + 8) * LD + col) =
-            FaMma<T>::pack(o[dt][2] * inv[1], o[dt][3] * inv[1]);
+            pack2<T>(o[dt][2] * inv[1], o[dt][3] * inv[1]);
     }
     __syncwarp();
     fa_store_rows<T, D>(so, out + base, q0 + warp * 16, T_);
@@ -369,8 +310,8 @@ __device__ __forceinline__ void flash_bwd(FlashDims a, const T* __restrict__ q, 
     unsigned short* sds = sv + 5 * TILE;  // after K, V, 2 stages of Q and 2 of dO
     float* sl = reinterpret_cast<float*>(sds + FA_BN * LDS);  // [2][FA_BM] lse·log2e
     float* sd = sl + 2 * FA_BM;                               // [2][FA_BM] row dots
-    const u32 sk_a = smem_addr(sk), sv_a = sk_a + TILE * 2, sq_a = sv_a + TILE * 2;
-    const u32 sdo_a = sq_a + 2 * TILE * 2, sds_a = smem_addr(sds);
+    const u32 sk_a = smem_u32(sk), sv_a = sk_a + TILE * 2, sq_a = sv_a + TILE * 2;
+    const u32 sdo_a = sq_a + 2 * TILE * 2, sds_a = smem_u32(sds);
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t4 = lane & 3;
@@ -437,15 +378,15 @@ __device__ __forceinline__ void flash_bwd(FlashDims a, const T* __restrict__ q, 
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) {
             u32 af[4];
-            ldsm_x4(kw_a + (u32)(((lane & 15) * LD + kk * 16 + (lane >> 4) * 8) * 2), af[0], af[1], af[2], af[3]);
+            ldmatrix_x4(kw_a + (u32)(((lane & 15) * LD + kk * 16 + (lane >> 4) * 8) * 2), af[0], af[1], af[2], af[3]);
 #pragma unroll
             for (int np = 0; np < FA_BM / 16; np++) {
                 u32 b0, b1, b2, b3;
-                ldsm_x4(sq + (u32)(((np * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + kk * 16 +
+                ldmatrix_x4(sq + (u32)(((np * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + kk * 16 +
                                     ((lane >> 3) & 1) * 8) * 2),
                         b0, b1, b2, b3);
-                FaMma<T>::mma(s[2 * np], af, b0, b1);
-                FaMma<T>::mma(s[2 * np + 1], af, b2, b3);
+                mma_m16n8k16<T>(s[2 * np], af, b0, b1);
+                mma_m16n8k16<T>(s[2 * np + 1], af, b2, b3);
             }
         }
 
@@ -483,16 +424,16 @@ __device__ __forceinline__ void flash_bwd(FlashDims a, const T* __restrict__ q, 
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk++) {
                 u32 af[4];
-                ldsm_x4(vw_a + (u32)(((lane & 15) * LD + kk * 16 + (lane >> 4) * 8) * 2), af[0], af[1], af[2],
+                ldmatrix_x4(vw_a + (u32)(((lane & 15) * LD + kk * 16 + (lane >> 4) * 8) * 2), af[0], af[1], af[2],
                         af[3]);
 #pragma unroll
                 for (int np = 0; np < HT / 2; np++) {
                     u32 b0, b1, b2, b3;
-                    ldsm_x4(sdo + (u32)((((h * HT / 2 + np) * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD +
+                    ldmatrix_x4(sdo + (u32)((((h * HT / 2 + np) * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD +
                                          kk * 16 + ((lane >> 3) & 1) * 8) * 2),
                             b0, b1, b2, b3);
-                    FaMma<T>::mma(dp_[2 * np], af, b0, b1);
-                    FaMma<T>::mma(dp_[2 * np + 1], af, b2, b3);
+                    mma_m16n8k16<T>(dp_[2 * np], af, b0, b1);
+                    mma_m16n8k16<T>(dp_[2 * np + 1], af, b2, b3);
                 }
             }
 #pragma unroll
@@ -524,7 +465,7 @@ __device__ __forceinline__ void flash_bwd(FlashDims a, const T* __restrict__ q, 
             u32 dsa[FA_BN / 16][4];
 #pragma unroll
             for (int kk = 0; kk < FA_BN / 16; kk++)
-                ldsm_x4_t(sds_a + (u32)(((kk * 16 + (lane & 7) + (lane >> 4) * 8) * LDS + warp * 16 +
+                ldmatrix_x4_trans(sds_a + (u32)(((kk * 16 + (lane & 7) + (lane >> 4) * 8) * LDS + warp * 16 +
                                          ((lane >> 3) & 1) * 8) * 2),
                           dsa[kk][0], dsa[kk][1], dsa[kk][2], dsa[kk][3]);
             const int qr = q0 + warp * 16 + g;
@@ -540,11 +481,11 @@ __device__ __forceinline__ void flash_bwd(FlashDims a, const T* __restrict__ q, 
 #pragma unroll
                     for (int dp = 0; dp < 2; dp++) {
                         u32 b0, b1, b2, b3;
-                        ldsm_x4_t(sk_a + (u32)(((kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + dc * 32 +
+                        ldmatrix_x4_trans(sk_a + (u32)(((kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + dc * 32 +
                                                 dp * 16 + (lane >> 4) * 8) * 2),
                                   b0, b1, b2, b3);
-                        FaMma<T>::mma(c[2 * dp], dsa[kk], b0, b1);
-                        FaMma<T>::mma(c[2 * dp + 1], dsa[kk], b2, b3);
+                        mma_m16n8k16<T>(c[2 * dp], dsa[kk], b0, b1);
+                        mma_m16n8k16<T>(c[2 * dp + 1], dsa[kk], b2, b3);
                     }
                 }
 #pragma unroll
@@ -570,11 +511,11 @@ __device__ __forceinline__ void flash_bwd(FlashDims a, const T* __restrict__ q, 
 #pragma unroll
     for (int dt = 0; dt < D / 8; dt++) {
         const int col = dt * 8 + 2 * t4;
-        *reinterpret_cast<u32*>(skw + g * LD + col) = FaMma<T>::pack(dka[dt][0] * a.scale, dka[dt][1] * a.scale);
+        *reinterpret_cast<u32*>(skw + g * LD + col) = pack2<T>(dka[dt][0] * a.scale, dka[dt][1] * a.scale);
         *reinterpret_cast<u32*>(skw + (g + 8) * LD + col) =
-            FaMma<T>::pack(dka[dt][2] * a.scale, dka[dt][3] * a.scale);
-        *reinterpret_cast<u32*>(svw + g * LD + col) = FaMma<T>::pack(dva[dt][0], dva[dt][1]);
-        *reinterpret_cast<u32*>(svw + (g + 8) * LD + col) = FaMma<T>::pack(dva[dt][2], dva[dt][3]);
+            pack2<T>(dka[dt][2] * a.scale, dka[dt][3] * a.scale);
+        *reinterpret_cast<u32*>(svw + g * LD + col) = pack2<T>(dva[dt][0], dva[dt][1]);
+        *reinterpret_cast<u32*>(svw + (g + 8) * LD + col) = pack2<T>(dva[dt][2], dva[dt][3]);
     }
     __syncwarp();
     fa_store_rows<T, D>(skw, dk + base, kv0 + warp * 16, T_);

@@ -61,7 +61,8 @@ struct __align__(64) FhTensorMap {
 };
 
 // ------------------------------------------------------------------ PTX helpers
-// (the mbarrier, TMA, setmaxnreg and wgmma wrappers are in hopper.cuh, prepended to this file)
+// (the mbarrier, TMA, setmaxnreg and wgmma wrappers are in hopper.cuh, prepended to this file;
+// smem_u32 and pack2 are in common.cuh)
 
 // Barrier over the 128 threads of one consumer warpgroup (ids 1 and 2; 0 is __syncthreads).
 __device__ __forceinline__ void fh_wg_sync(int id) {
@@ -84,19 +85,6 @@ __device__ __forceinline__ float fh_exp2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
-}
-
-// f32 pair -> two 16-bit values in one register, `lo` in the lower half (the lower column).
-template <class T> __device__ __forceinline__ u32 fh_pack(float lo, float hi);
-template <> __device__ __forceinline__ u32 fh_pack<bf16>(float lo, float hi) {
-    u32 r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
-template <> __device__ __forceinline__ u32 fh_pack<f16>(float lo, float hi) {
-    u32 r;
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
 }
 
 // fence_regs (hopper.cuh) for the packed P fragments.
@@ -177,10 +165,10 @@ template <class T>
 __device__ __forceinline__ void fh_pack_p(const float (&s)[FH_BN / 2], u32 (&p)[FH_BN / 16][4]) {
 #pragma unroll
     for (int kk = 0; kk < FH_BN / 16; kk++) {
-        p[kk][0] = fh_pack<T>(s[8 * kk + 0], s[8 * kk + 1]);
-        p[kk][1] = fh_pack<T>(s[8 * kk + 2], s[8 * kk + 3]);
-        p[kk][2] = fh_pack<T>(s[8 * kk + 4], s[8 * kk + 5]);
-        p[kk][3] = fh_pack<T>(s[8 * kk + 6], s[8 * kk + 7]);
+        p[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
+        p[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
+        p[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
+        p[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
     }
 }
 
@@ -355,7 +343,7 @@ __device__ __forceinline__ void flash_fwd_hopper(FlashDims a, const FhTensorMap*
         for (int r = 0; r < 2; r++) {
             const int rl = 16 * warp + g + 8 * r;  // row within the warpgroup
             const u32 addr = sub + rl * 128 + ((u32)((n8 & 7) ^ (rl & 7)) << 4) + within;
-            fh_st_shared32(addr, fh_pack<T>(o[4 * n8 + 2 * r] * inv[r], o[4 * n8 + 2 * r + 1] * inv[r]));
+            fh_st_shared32(addr, pack2<T>(o[4 * n8 + 2 * r] * inv[r], o[4 * n8 + 2 * r + 1] * inv[r]));
         }
     }
     fh_wg_sync(1 + cw);

@@ -2,13 +2,6 @@
 // wgmma (matmul_wgmma.cu, flash_attention_hopper.cu). Prepended after common.cuh to every
 // kernel file registered with `needs_sm90a`.
 
-/// The shared-memory (32-bit) address of a generic pointer into shared memory.
-__device__ __forceinline__ u32 smem_u32(const void* p) {
-    u32 a;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
-    return a;
-}
-
 // ---------------------------------------------------------------- mbarriers
 
 __device__ __forceinline__ void mbar_init(u32 bar, u32 count) {

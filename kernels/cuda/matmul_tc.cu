@@ -68,51 +68,7 @@ struct TcShape {
     int flags;     // GEMM_FLAG_* (common.cuh)
 };
 
-// ---------------------------------------------------------------- PTX wrappers
-
-__device__ __forceinline__ u32 smem_addr(const void* p) {
-    u32 a;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
-    return a;
-}
-
-/// 16-byte asynchronous copy global → shared; bytes beyond `src_bytes` are zero-filled.
-__device__ __forceinline__ void cp_async16(u32 dst, const void* src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-__device__ __forceinline__ void ldmatrix_x4(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(addr));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(addr));
-}
-
-/// d += a·b for one m16n8k16 tile (a: 4 registers, b: 2, d: 4 f32).
-template <class T> __device__ __forceinline__ void mma16816(float* d, const u32* a, const u32* b);
-template <> __device__ __forceinline__ void mma16816<bf16>(float* d, const u32* a, const u32* b) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-template <> __device__ __forceinline__ void mma16816<f16>(float* d, const u32* a, const u32* b) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
+// (The smem_u32, cp.async, ldmatrix and mma.sync wrappers are in common.cuh.)
 
 // ---------------------------------------------------------------- shared-memory tiles
 
@@ -208,7 +164,7 @@ __device__ __forceinline__ void gemm_tc_body(const TcShape& s, const T* A, const
 
     extern __shared__ __align__(128) unsigned char tc_smem[];
     unsigned short* sm = reinterpret_cast<unsigned short*>(tc_smem);
-    const u32 sm_base = smem_addr(tc_smem);
+    const u32 sm_base = smem_u32(tc_smem);
 
     const int tid = threadIdx.x;
     const int lane = tid & 31, warp = tid >> 5;
@@ -310,7 +266,7 @@ __device__ __forceinline__ void gemm_tc_body(const TcShape& s, const T* A, const
 #pragma unroll
             for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-                for (int nt = 0; nt < NT; nt++) mma16816<T>(acc[mt][nt], af[mt], bfr[nt]);
+                for (int nt = 0; nt < NT; nt++) mma_m16n8k16<T>(acc[mt][nt], af[mt], bfr[nt][0], bfr[nt][1]);
         }
     }
     cp_async_wait<0>();
