@@ -131,9 +131,7 @@ impl DataParallel {
         let named = model.params().named();
         let params: Vec<&Tensor> = named.iter().map(|(_, t)| *t).collect();
         let reduction = match &self.owner {
-            Some(owner) => {
-                Reduction::ReduceScatter { owner: owner.clone(), rank: self.rank, world: self.world }
-            }
+            Some(owner) => Reduction::ReduceScatter { owner, rank: self.rank, world: self.world },
             None => Reduction::AllReduce,
         };
         let bucket_elems = self.bucket_elems;
@@ -303,14 +301,14 @@ struct Bucket {
 }
 
 /// The collective a bucket goes through.
-enum Reduction {
+enum Reduction<'a> {
     /// Every rank gets the sums of every parameter.
     AllReduce,
     /// ZeRO-1: every rank gets the sums of the parameters it owns.
-    ReduceScatter { owner: Vec<usize>, rank: usize, world: usize },
+    ReduceScatter { owner: &'a [usize], rank: usize, world: usize },
 }
 
-impl Reduction {
+impl Reduction<'_> {
     fn apply(&self, comm: &mut (dyn Collective + Send), bucket: &mut Bucket) -> dist::Result<()> {
         match self {
             Reduction::AllReduce => {
