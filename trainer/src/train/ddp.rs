@@ -218,10 +218,7 @@ impl DataParallel {
         }
         let all = self.comm.all_gather(&own, &counts)?;
         drop(own);
-        let mut starts = vec![0usize; self.world];
-        for r in 1..self.world {
-            starts[r] = starts[r - 1] + counts[r - 1];
-        }
+        let mut starts = rank_offsets(&counts);
         for (i, (_, p)) in model.params_mut().named_mut().into_iter().enumerate() {
             let r = owner[i];
             let n = p.numel();
@@ -254,10 +251,7 @@ impl DataParallel {
         }
         let all = self.comm.all_gather(&own, &counts)?;
         drop(own);
-        let mut starts = vec![0usize; self.world];
-        for r in 1..self.world {
-            starts[r] = starts[r - 1] + counts[r - 1];
-        }
+        let mut starts = rank_offsets(&counts);
         let mut states = Vec::with_capacity(named.len());
         for (i, (_, p)) in named.iter().enumerate() {
             let r = owner[i];
@@ -276,6 +270,18 @@ impl DataParallel {
         let decays = weight_decays(model, config.optim.weight_decay);
         Ok(AdamW::from_state(&params, &decays, hyper_of(config), shard.steps(), states)?)
     }
+}
+
+/// Where each rank's share starts in an all-gathered buffer of shares of `counts` elements.
+fn rank_offsets(counts: &[usize]) -> Vec<usize> {
+    counts
+        .iter()
+        .scan(0, |at, &c| {
+            let start = *at;
+            *at += c;
+            Some(start)
+        })
+        .collect()
 }
 
 /// How much of a step's gradient communication overlapped the backward pass.
