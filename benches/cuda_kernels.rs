@@ -18,11 +18,15 @@ use half::bf16;
 use polylm_kernels::cuda::attention::{
     attention_backward, attention_forward, AttentionGrads, AttentionShape,
 };
-use polylm_kernels::cuda::cross_entropy::{cross_entropy_in_place, CrossEntropyOutputs, GradScale};
+use polylm_kernels::cuda::cross_entropy::{
+    cross_entropy_in_place_with, CrossEntropyKernel, CrossEntropyOutputs, GradScale,
+};
 use polylm_kernels::cuda::elementwise::{self, UnaryOp};
 use polylm_kernels::cuda::embedding::embedding_forward;
 use polylm_kernels::cuda::gelu::{bias_gelu_backward, bias_gelu_forward};
-use polylm_kernels::cuda::layernorm::{layernorm_backward, layernorm_forward, ResidualAdd};
+use polylm_kernels::cuda::layernorm::{
+    layernorm_backward_with, layernorm_forward_with, LayerNormGrads, LayerNormKernel, ResidualAdd,
+};
 use polylm_kernels::cuda::matmul::{gemm, GemmDims, MatView};
 use polylm_kernels::cuda::optim::{adamw_step, global_norm, AdamWStep, AdamWTensor};
 use polylm_kernels::cuda::softmax::softmax_forward;
@@ -90,6 +94,52 @@ fn ramp<T: FloatElem>(dev: &Arc<CudaDevice>, n: usize) -> CudaResult<DeviceBuf<T
     Ok(out)
 }
 
+/// LayerNorm forward and backward, with and without the residual, over `tokens` rows of the
+/// hidden size in bf16 on `kernel`.
+fn bench_layernorm(
+    t: &mut Table,
+    dev: &Arc<CudaDevice>,
+    tokens: usize,
+    kernel: LayerNormKernel,
+) -> CudaResult<()> {
+    const ITERS: usize = 20;
+    let e2 = 2.0;
+    let n = tokens * HIDDEN;
+    let x = ramp::<bf16>(dev, n)?;
+    let r = ramp::<bf16>(dev, n)?;
+    let w = filled::<bf16>(dev, HIDDEN, 1.1)?;
+    let b = filled::<bf16>(dev, HIDDEN, 0.1)?;
+    let mut out = dev.alloc::<bf16>(n)?;
+    let mut sum = dev.alloc::<bf16>(n)?;
+    let mut mean = dev.alloc::<f32>(tokens)?;
+    let mut rstd = dev.alloc::<f32>(tokens)?;
+    let dout = ramp::<bf16>(dev, n)?;
+    let mut dx = dev.alloc::<bf16>(n)?;
+    let mut dw = dev.alloc::<bf16>(HIDDEN)?;
+    let mut db = dev.alloc::<bf16>(HIDDEN)?;
+    let shape = format!("{tokens}×{HIDDEN} bf16");
+    let tag = format!("{kernel:?}").to_lowercase();
+    let ms = dev.time_ms(ITERS, || {
+        layernorm_forward_with(kernel, &x, None, &w, &b, 1e-5, HIDDEN, &mut out, &mut mean, &mut rstd)
+    })?;
+    t.add(&format!("layernorm forward ({tag})"), &shape, ms, 2.0 * e2 * n as f64);
+    let ms = dev.time_ms(ITERS, || {
+        let res = Some(ResidualAdd { residual: &r, sum_out: &mut sum });
+        layernorm_forward_with(kernel, &x, res, &w, &b, 1e-5, HIDDEN, &mut out, &mut mean, &mut rstd)
+    })?;
+    t.add(&format!("layernorm forward + residual add ({tag})"), &shape, ms, 4.0 * e2 * n as f64);
+    for (dres, name, bytes) in
+        [(None, "layernorm backward", 3.0), (Some(&r), "layernorm backward + residual grad", 4.0)]
+    {
+        let ms = dev.time_ms(ITERS, || {
+            let grads = LayerNormGrads { dx: &mut dx, dweight: &mut dw, dbias: &mut db, accumulate: false };
+            layernorm_backward_with(kernel, &x, &w, &mean, &rstd, &dout, dres, HIDDEN, grads)
+        })?;
+        t.add(&format!("{name} ({tag})"), &shape, ms, bytes * e2 * n as f64);
+    }
+    Ok(())
+}
+
 fn run(dev: &Arc<CudaDevice>) -> CudaResult<String> {
     const ITERS: usize = 10;
     let e2 = 2.0; // bytes of one bf16
@@ -108,50 +158,12 @@ fn run(dev: &Arc<CudaDevice>) -> CudaResult<String> {
     println!("|---|---|---|---|---|---|");
     t.add("device-to-device copy (reference)", "1 GiB f32", copy_ms, 2.0 * copy_bytes as f64);
 
-    // LayerNorm at hidden 2048, bf16.
-    {
-        let x = ramp::<bf16>(dev, n_act)?;
-        let r = ramp::<bf16>(dev, n_act)?;
-        let w = filled::<bf16>(dev, HIDDEN, 1.1)?;
-        let b = filled::<bf16>(dev, HIDDEN, 0.1)?;
-        let mut out = dev.alloc::<bf16>(n_act)?;
-        let mut sum = dev.alloc::<bf16>(n_act)?;
-        let mut mean = dev.alloc::<f32>(TOKENS)?;
-        let mut rstd = dev.alloc::<f32>(TOKENS)?;
-        let shape = format!("{TOKENS}×{HIDDEN} bf16");
-        let ms = dev.time_ms(ITERS, || {
-            layernorm_forward(&x, None, &w, &b, 1e-5, HIDDEN, &mut out, &mut mean, &mut rstd)
-        })?;
-        t.add("layernorm forward", &shape, ms, 2.0 * e2 * n_act as f64);
-        let ms = dev.time_ms(ITERS, || {
-            let res = Some(ResidualAdd { residual: &r, sum_out: &mut sum });
-            layernorm_forward(&x, res, &w, &b, 1e-5, HIDDEN, &mut out, &mut mean, &mut rstd)
-        })?;
-        t.add("layernorm forward + residual add", &shape, ms, 4.0 * e2 * n_act as f64);
-        let dout = ramp::<bf16>(dev, n_act)?;
-        let mut dx = dev.alloc::<bf16>(n_act)?;
-        let mut dw = dev.alloc::<bf16>(HIDDEN)?;
-        let mut db = dev.alloc::<bf16>(HIDDEN)?;
-        let ms = dev.time_ms(ITERS, || {
-            layernorm_backward(&x, &w, &mean, &rstd, &dout, None, HIDDEN, &mut dx, &mut dw, &mut db, false)
-        })?;
-        t.add("layernorm backward", &shape, ms, 3.0 * e2 * n_act as f64);
-        let ms = dev.time_ms(ITERS, || {
-            layernorm_backward(
-                &x,
-                &w,
-                &mean,
-                &rstd,
-                &dout,
-                Some(&r),
-                HIDDEN,
-                &mut dx,
-                &mut dw,
-                &mut db,
-                false,
-            )
-        })?;
-        t.add("layernorm backward + residual grad", &shape, ms, 4.0 * e2 * n_act as f64);
+    // LayerNorm at hidden 2048, bf16, on each kernel that takes such rows, at a micro-batch of
+    // 4 × 2048 tokens and at 16 × 2048.
+    for tokens in [TOKENS, 4 * TOKENS] {
+        for kernel in [LayerNormKernel::Cached, LayerNormKernel::Streamed] {
+            bench_layernorm(&mut t, dev, tokens, kernel)?;
+        }
     }
 
     // Fused cross-entropy over the 256,000-token vocabulary, gradient in place.
@@ -162,22 +174,27 @@ fn run(dev: &Arc<CudaDevice>) -> CudaResult<String> {
         let targets = dev.upload(&(0..rows as u32).map(|i| i * 61 % VOCAB as u32).collect::<Vec<_>>())?;
         let mut loss = dev.alloc::<f32>(rows)?;
         let mut lse = dev.alloc::<f32>(rows)?;
-        let ms = dev.time_ms(ITERS, || {
-            cross_entropy_in_place(
-                &mut logits,
-                &targets,
-                VOCAB,
-                None,
-                CrossEntropyOutputs { loss: &mut loss, lse: &mut lse },
-                GradScale::Uniform(1.0 / rows as f32),
-            )
-        })?;
-        t.add(
-            "cross-entropy loss + gradient (in place)",
-            &format!("{rows}×{VOCAB} bf16"),
-            ms,
-            2.0 * e2 * n as f64,
-        );
+        for (kernel, name) in [
+            (CrossEntropyKernel::Rows, "cross-entropy loss + gradient (in place, rows)"),
+            (CrossEntropyKernel::Cluster, "cross-entropy loss + gradient (in place, cluster)"),
+        ] {
+            if !kernel.takes::<bf16>(dev, VOCAB) {
+                println!("{name}: skipped (needs compute capability 9.0)");
+                continue;
+            }
+            let ms = dev.time_ms(ITERS, || {
+                cross_entropy_in_place_with(
+                    kernel,
+                    &mut logits,
+                    &targets,
+                    VOCAB,
+                    None,
+                    CrossEntropyOutputs { loss: &mut loss, lse: &mut lse },
+                    GradScale::Uniform(1.0 / rows as f32),
+                )
+            })?;
+            t.add(name, &format!("{rows}×{VOCAB} bf16"), ms, 2.0 * e2 * n as f64);
+        }
     }
 
     // AdamW over 1.7B parameters: f32 master weights and moments, bf16 gradients and copy.

@@ -124,8 +124,9 @@ run() {
     if [ "$what" = tests ] || [ "$what" = all ]; then
     # cuda_engine three times: with the simple kernels; with the tensor-core matmul and flash
     # attention (POLYLM_GPU_MATMUL=tc, POLYLM_GPU_ATTENTION=flash); and with their Hopper paths
-    # on top (POLYLM_GPU_MATMUL_HOPPER=1, POLYLM_GPU_FLASH_HOPPER=1). All stay off by default
-    # until they pass here.
+    # on top (POLYLM_GPU_MATMUL_HOPPER=1, POLYLM_GPU_FLASH_HOPPER=1) and the streamed layernorm
+    # and one-read cross-entropy (POLYLM_GPU_LAYERNORM=streamed,
+    # POLYLM_GPU_CROSS_ENTROPY=cluster). All stay off by default until they pass here.
     for test in nvrtc_gate cuda_kernels cuda_engine cuda_optim cuda_matmul_tc cuda_flash_attention \
         cuda_engine:tc cuda_engine:hopper; do
         local bin=${test%%:*} log=${test/:/-}
@@ -135,6 +136,8 @@ run() {
         [ "$test" = cuda_engine:hopper ] && fast=tc && hopper=1
         if POLYLM_GPU_MATMUL=$fast POLYLM_GPU_ATTENTION=$([ $fast = tc ] && echo flash || echo simple) \
             POLYLM_GPU_MATMUL_HOPPER=$hopper POLYLM_GPU_FLASH_HOPPER=$hopper \
+            POLYLM_GPU_LAYERNORM=$([ $hopper = 1 ] && echo streamed || echo cached) \
+            POLYLM_GPU_CROSS_ENTROPY=$([ $hopper = 1 ] && echo cluster || echo rows) \
             timeout 300 "gpu-bin/$bin" --test-threads=4 --nocapture >"$out/$log.log" 2>&1; then
             echo "- \`$test\`: passed" >>"$out/results.md"
         else

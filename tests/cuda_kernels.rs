@@ -23,12 +23,14 @@ use polylm_kernels::cuda::attention::{
     attention_backward, attention_forward, AttentionGrads, AttentionShape,
 };
 use polylm_kernels::cuda::cross_entropy::{
-    cross_entropy, cross_entropy_in_place, CrossEntropyOutputs, GradScale,
+    cross_entropy_in_place_with, cross_entropy_with, CrossEntropyKernel, CrossEntropyOutputs, GradScale,
 };
 use polylm_kernels::cuda::elementwise::{self, BinaryOp, DeviceStrided, UnaryOp};
 use polylm_kernels::cuda::embedding::{embedding_backward, embedding_forward};
 use polylm_kernels::cuda::gelu::{bias_gelu_backward, bias_gelu_forward};
-use polylm_kernels::cuda::layernorm::{layernorm_backward, layernorm_forward, ResidualAdd};
+use polylm_kernels::cuda::layernorm::{
+    layernorm_backward_with, layernorm_forward_with, LayerNormGrads, LayerNormKernel, ResidualAdd,
+};
 use polylm_kernels::cuda::matmul::{gemm, GemmDims, MatView};
 use polylm_kernels::cuda::optim::{adamw_step, global_norm, AdamWStep, AdamWTensor};
 use polylm_kernels::cuda::softmax::{softmax_backward, softmax_forward};
@@ -234,25 +236,51 @@ fn casts_round_to_nearest_even() {
 
 // ---------------------------------------------------------------- layernorm
 
+/// The layernorm kernels to test on rows of `cols`: the default choice, the general kernels,
+/// and the cached and streamed ones where they take such rows (forward and backward).
+fn layernorm_kernels<T: Precision>(cols: usize, fused: bool) -> Vec<LayerNormKernel> {
+    use LayerNormKernel::*;
+    [Auto, General, Cached, Streamed]
+        .into_iter()
+        .filter(|k| k.takes::<T>(cols, false, fused) && k.takes::<T>(cols, true, fused))
+        .collect()
+}
+
 fn layernorm_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64, fused: bool) {
     let mut rng = Rng::new(seed);
-    let rows = size(&mut rng, 1, 70);
-    // Ragged widths take the general kernels, multiples of 16 bytes the register-cached ones.
-    // (Below 8 columns dx is pure rounding noise around 0, so widths start at 8.)
+    // Half the seeds have thousands of rows, so that the persistent kernels' blocks take many
+    // steps each and their rings wrap.
+    let rows = if (seed / 5) % 2 == 1 { size(&mut rng, 1500, 4000) } else { size(&mut rng, 1, 70) };
+    // Ragged widths take the general kernels, multiples of 16 bytes the register-cached and
+    // streamed ones as well. (Below 8 columns dx is pure rounding noise around 0, so widths
+    // start at 8.)
     let cols =
         [size(&mut rng, 8, 40) | 1, 768, size(&mut rng, 1000, 3000) | 1, 2048, 5120][seed as usize % 5];
+    for kernel in layernorm_kernels::<T>(cols, fused) {
+        layernorm_kernel_case::<T>(dev, &mut rng, kernel, rows, cols, fused);
+    }
+}
+
+fn layernorm_kernel_case<T: Precision>(
+    dev: &Arc<CudaDevice>,
+    rng: &mut Rng,
+    kernel: LayerNormKernel,
+    rows: usize,
+    cols: usize,
+    fused: bool,
+) {
     let n = rows * cols;
-    let (x, xv) = random_on::<T>(dev, &mut rng, n, 2.0);
-    let (r, rv) = random_on::<T>(dev, &mut rng, n, 2.0);
-    let (w, wv) = random_on::<T>(dev, &mut rng, cols, 1.5);
-    let (b, bv) = random_on::<T>(dev, &mut rng, cols, 0.5);
+    let (x, xv) = random_on::<T>(dev, rng, n, 2.0);
+    let (r, rv) = random_on::<T>(dev, rng, n, 2.0);
+    let (w, wv) = random_on::<T>(dev, rng, cols, 1.5);
+    let (b, bv) = random_on::<T>(dev, rng, cols, 0.5);
     let eps = 1e-5;
     let mut out = poisoned::<T>(dev, n);
     let mut sum = poisoned::<T>(dev, n);
     let mut mean = poisoned::<f32>(dev, rows);
     let mut rstd = poisoned::<f32>(dev, rows);
     let residual = if fused { Some(ResidualAdd { residual: &r, sum_out: &mut sum }) } else { None };
-    layernorm_forward(&x, residual, &w, &b, eps, cols, &mut out, &mut mean, &mut rstd)
+    layernorm_forward_with(kernel, &x, residual, &w, &b, eps, cols, &mut out, &mut mean, &mut rstd)
         .expect("layernorm fwd");
     // The normalised input: x + residual rounded to T when fused.
     let input: Vec<f64> = if fused {
@@ -272,7 +300,7 @@ fn layernorm_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64, fused: bool) {
         &mut wmean,
         &mut wrstd,
     );
-    let tag = if fused { "layernorm+residual" } else { "layernorm" };
+    let tag = format!("layernorm{} ({kernel:?}, {rows}×{cols})", if fused { "+residual" } else { "" });
     check::<T>(&format!("{tag} out"), &read("out", &out), &want);
     assert_close(&format!("{tag} mean<{}>", T::NAME), &read("mean", &mean), &wmean, 1e-4, 1e-5);
     assert_close(&format!("{tag} rstd<{}>", T::NAME), &read("rstd", &rstd), &wrstd, 1e-4, 1e-5);
@@ -285,25 +313,14 @@ fn layernorm_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64, fused: bool) {
 
     // Backward, with the residual stream's gradient added when fused; weight gradients
     // accumulate into existing values.
-    let (dout, doutv) = random_on::<T>(dev, &mut rng, n, 1.0);
-    let (dres, dresv) = random_on::<T>(dev, &mut rng, n, 1.0);
-    let (mut dw, dw0) = random_on::<T>(dev, &mut rng, cols, 1.0);
-    let (mut db, db0) = random_on::<T>(dev, &mut rng, cols, 1.0);
+    let (dout, doutv) = random_on::<T>(dev, rng, n, 1.0);
+    let (dres, dresv) = random_on::<T>(dev, rng, n, 1.0);
+    let (mut dw, dw0) = random_on::<T>(dev, rng, cols, 1.0);
+    let (mut db, db0) = random_on::<T>(dev, rng, cols, 1.0);
     let mut dx = poisoned::<T>(dev, n);
-    layernorm_backward(
-        norm_input,
-        &w,
-        &mean,
-        &rstd,
-        &dout,
-        fused.then_some(&dres),
-        cols,
-        &mut dx,
-        &mut dw,
-        &mut db,
-        true,
-    )
-    .expect("layernorm bwd");
+    let grads = LayerNormGrads { dx: &mut dx, dweight: &mut dw, dbias: &mut db, accumulate: true };
+    layernorm_backward_with(kernel, norm_input, &w, &mean, &rstd, &dout, fused.then_some(&dres), cols, grads)
+        .expect("layernorm bwd");
     let (mut wdx, mut wdw, mut wdb) = (vec![0.0; n], vec![0.0; cols], vec![0.0; cols]);
     polylm_kernels::layernorm::layernorm_backward(
         &input, &wv, &wmean, &wrstd, &doutv, cols, &mut wdx, &mut wdw, &mut wdb,
@@ -400,13 +417,28 @@ fn softmax_forward_and_backward_match_the_cpu() {
 
 fn cross_entropy_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
     let mut rng = Rng::new(seed);
-    let rows = size(&mut rng, 1, 40);
-    // Ragged and whole-vector vocabularies (the kernel's vector and scalar paths), up to
-    // PolyLM's 256,000.
+    // Ragged and whole-vector vocabularies (the row kernel's vector and scalar paths; the
+    // cluster kernel takes the whole-vector ones), up to PolyLM's 256,000. At 40,000 there are
+    // enough rows for each cluster to take several and wrap its ring.
     let vocab = [size(&mut rng, 2, 500), 4099, size(&mut rng, 30_000, 70_000) | 1, 40_000, 256_000]
         [seed as usize % 5];
+    let rows = if vocab == 40_000 { size(&mut rng, 150, 250) } else { size(&mut rng, 1, 40) };
+    for kernel in [CrossEntropyKernel::Rows, CrossEntropyKernel::Cluster] {
+        if kernel.takes::<T>(dev, vocab) {
+            cross_entropy_kernel_case::<T>(dev, &mut rng, kernel, rows, vocab);
+        }
+    }
+}
+
+fn cross_entropy_kernel_case<T: Precision>(
+    dev: &Arc<CudaDevice>,
+    rng: &mut Rng,
+    kernel: CrossEntropyKernel,
+    rows: usize,
+    vocab: usize,
+) {
     let n = rows * vocab;
-    let (logits, lv) = random_on::<T>(dev, &mut rng, n, 6.0);
+    let (logits, lv) = random_on::<T>(dev, rng, n, 6.0);
     let ignore = 3u32.min(vocab as u32 - 1);
     let targets: Vec<u32> =
         (0..rows).map(|r| if r % 5 == 2 { ignore } else { rng.below(vocab as u64) as u32 }).collect();
@@ -414,7 +446,8 @@ fn cross_entropy_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
     let (mut loss, mut lse) = (poisoned::<f32>(dev, rows), poisoned::<f32>(dev, rows));
     let mut dlogits = poisoned::<T>(dev, n);
     let scale = 1.0 / rows as f32;
-    cross_entropy(
+    cross_entropy_with(
+        kernel,
         &logits,
         &d_targets,
         vocab,
@@ -432,8 +465,8 @@ fn cross_entropy_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
         &mut wloss,
         &mut wlse,
     );
-    assert_close(&format!("ce loss<{}>", T::NAME), &read("loss", &loss), &wloss, 1e-5, 1e-5);
-    assert_close(&format!("ce lse<{}>", T::NAME), &read("lse", &lse), &wlse, 1e-5, 1e-5);
+    assert_close(&format!("ce loss<{}> ({kernel:?})", T::NAME), &read("loss", &loss), &wloss, 1e-5, 1e-5);
+    assert_close(&format!("ce lse<{}> ({kernel:?})", T::NAME), &read("lse", &lse), &wlse, 1e-5, 1e-5);
     let mut wd = vec![0.0; n];
     let dloss = vec![f64::from(scale); rows];
     polylm_kernels::cross_entropy::cross_entropy_backward(
@@ -445,12 +478,13 @@ fn cross_entropy_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
         Some(ignore),
         &mut wd,
     );
-    check::<T>("ce dlogits", &read("dlogits", &dlogits), &wd);
+    check::<T>(&format!("ce dlogits ({kernel:?}, {rows}×{vocab})"), &read("dlogits", &dlogits), &wd);
 
     // In place, with a per-row upstream gradient.
-    let (dl, dlv) = random_on::<f32>(dev, &mut rng, rows, 1.0);
+    let (dl, dlv) = random_on::<f32>(dev, rng, rows, 1.0);
     let mut in_place = dev.upload(&dev.download(&logits).expect("copy")).expect("copy");
-    cross_entropy_in_place(
+    cross_entropy_in_place_with(
+        kernel,
         &mut in_place,
         &d_targets,
         vocab,
@@ -468,7 +502,11 @@ fn cross_entropy_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
         Some(ignore),
         &mut wd,
     );
-    check::<T>("ce in-place dlogits", &read("dlogits", &in_place), &wd);
+    check::<T>(
+        &format!("ce in-place dlogits ({kernel:?}, {rows}×{vocab})"),
+        &read("dlogits", &in_place),
+        &wd,
+    );
 }
 
 #[test]
@@ -484,12 +522,17 @@ fn cross_entropy_matches_the_cpu_with_ignored_rows() {
 fn cross_entropy_of_a_target_outside_the_vocabulary_is_nan() {
     let Some(dev) = device("cross_entropy_oov") else { return };
     let mut rng = Rng::new(77);
-    // The scalar path (10) and the vector path (40,000).
-    for vocab in [10usize, 40_000] {
+    // The scalar path (10), the vector path (40,000) and the cluster kernel (sm_90 and later).
+    let kernels = [CrossEntropyKernel::Rows, CrossEntropyKernel::Cluster];
+    for (vocab, kernel) in [10usize, 40_000].into_iter().flat_map(|v| kernels.map(|k| (v, k))) {
+        if !kernel.takes::<f32>(&dev, vocab) {
+            continue;
+        }
         let (logits, _) = random_on::<f32>(&dev, &mut rng, 3 * vocab, 1.0);
         let targets = dev.upload(&[1u32, vocab as u32, 2]).expect("targets");
         let (mut loss, mut lse) = (poisoned::<f32>(&dev, 3), poisoned::<f32>(&dev, 3));
-        cross_entropy(
+        cross_entropy_with(
+            kernel,
             &logits,
             &targets,
             vocab,
@@ -499,7 +542,7 @@ fn cross_entropy_of_a_target_outside_the_vocabulary_is_nan() {
         )
         .expect("launch");
         let l = dev.download(&loss).expect("loss");
-        assert!(l[0].is_finite() && l[1].is_nan() && l[2].is_finite(), "vocab {vocab}: {l:?}");
+        assert!(l[0].is_finite() && l[1].is_nan() && l[2].is_finite(), "vocab {vocab} ({kernel:?}): {l:?}");
     }
 }
 

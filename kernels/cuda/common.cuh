@@ -19,14 +19,19 @@ struct f16 { unsigned short bits; };
 
 __device__ __forceinline__ float to_f32(float v) { return v; }
 __device__ __forceinline__ float to_f32(bf16 v) { return __uint_as_float(((u32)v.bits) << 16); }
+// Host emulation (kernels/emu/emu.hpp, which defines POLYLM_HOST_EMULATION) supplies its own
+// versions of the functions written in PTX below.
+#ifndef POLYLM_HOST_EMULATION
 __device__ __forceinline__ float to_f32(f16 v) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.bits));
     return f;
 }
 
+#endif
 template <class T> __device__ __forceinline__ T from_f32(float v);
 template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
+#ifndef POLYLM_HOST_EMULATION
 template <> __device__ __forceinline__ bf16 from_f32<bf16>(float v) {
     bf16 r;
     asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r.bits) : "f"(v));
@@ -37,6 +42,7 @@ template <> __device__ __forceinline__ f16 from_f32<f16>(float v) {
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.bits) : "f"(v));
     return r;
 }
+#endif
 
 /// Sum over the 32 lanes of a warp; every lane gets the result.
 __device__ __forceinline__ float warp_sum(float v) {
@@ -89,18 +95,28 @@ __device__ __forceinline__ float gelu_tanh_grad(float x) {
     return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * 0.044715f * x2);
 }
 
-/// Sum of two values over a whole block at once (one pair of barriers); see `block_sum`.
-/// `scratch` holds 64 floats.
-__device__ __forceinline__ float2 block_sum2(float a, float b, float* scratch) {
+/// Sums each of `N` values over a whole block at once (one pair of barriers for all of them);
+/// every thread gets the sums in `v`. `scratch` holds `32 * N` floats; see `block_sum`.
+template <int N>
+__device__ __forceinline__ void block_sum_n(float (&v)[N], float* scratch) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    a = warp_sum(a);
-    b = warp_sum(b);
+#pragma unroll
+    for (int i = 0; i < N; i++) v[i] = warp_sum(v[i]);
     __syncthreads();
-    if (lane == 0) { scratch[warp] = a; scratch[32 + warp] = b; }
+    if (lane == 0) {
+#pragma unroll
+        for (int i = 0; i < N; i++) scratch[32 * i + warp] = v[i];
+    }
     __syncthreads();
-    float ta = lane < warps ? scratch[lane] : 0.0f;
-    float tb = lane < warps ? scratch[32 + lane] : 0.0f;
-    return make_float2(warp_sum(ta), warp_sum(tb));
+#pragma unroll
+    for (int i = 0; i < N; i++) v[i] = warp_sum(lane < warps ? scratch[32 * i + lane] : 0.0f);
+}
+
+/// Sum of two values over a whole block at once; see `block_sum_n`. `scratch` holds 64 floats.
+__device__ __forceinline__ float2 block_sum2(float a, float b, float* scratch) {
+    float v[2] = {a, b};
+    block_sum_n<2>(v, scratch);
+    return make_float2(v[0], v[1]);
 }
 
 /// Loads `N` consecutive elements starting at `p` as f32; `p` must be aligned to the vector.
@@ -168,6 +184,7 @@ __device__ __forceinline__ void store4(T* p, const float* in) {
 
 // ---------------------------------------------------------------- tensor-core PTX wrappers (sm_80+)
 // Shared by matmul_tc.cu, flash_attention.cu and the Hopper files.
+#ifndef POLYLM_HOST_EMULATION
 
 /// The shared-memory (32-bit) address of a generic pointer into shared memory.
 __device__ __forceinline__ u32 smem_u32(const void* p) {
@@ -233,6 +250,7 @@ template <> __device__ __forceinline__ u32 pack2<f16>(float lo, float hi) {
     asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
 }
+#endif  // POLYLM_HOST_EMULATION
 
 // ---------------------------------------------------------------- GEMM epilogue
 // Shared by the tensor-core products (matmul_tc.cu, matmul_wgmma.cu). `Shape` has m, n, ldc,
@@ -285,3 +303,86 @@ __device__ __forceinline__ void gemm_epilogue_pair(const Shape& s, O* C, O* pre,
     }
     gemm_store_pair<O>(C + off, v0, v1, both, vec);
 }
+
+// ---------------------------------------------------------------- sm_90: mbarriers, bulk copies, clusters
+// Compiled only for compute capability 9.0 and later; kernels that use them sit under the same
+// guard (cross_entropy.cu) or in files registered with `needs_sm90a` (hopper.cuh).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(POLYLM_HOST_EMULATION)
+
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+/// Makes the barrier initialisation visible to the async proxy (TMA) and the other threads.
+__device__ __forceinline__ void mbar_fence_init() {
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+/// Arrives once and adds `bytes` to the transaction count the current phase waits for.
+__device__ __forceinline__ void mbar_arrive_expect_tx(u32 bar, u32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(u32 bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+/// Waits until the phase of parity `parity` has completed.
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+    u32 done;
+    do {
+        asm volatile(
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+    } while (!done);
+}
+
+/// Bulk copy (TMA, one dimension) of `bytes` (a multiple of 16; both addresses 16-byte aligned)
+/// from global `src` to this block's shared memory at `dst`, completing its bytes of the
+/// transaction on mbarrier `bar`.
+__device__ __forceinline__ void bulk_load(u32 dst, const void* src, u32 bytes, u32 bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+                 "l"(src), "r"(bytes), "r"(bar)
+                 : "memory");
+}
+
+/// This block's rank in its cluster.
+__device__ __forceinline__ u32 cluster_rank() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    return r;
+}
+
+/// A barrier over every thread of the cluster: shared-memory writes made before it, local or
+/// remote, are visible to every thread of the cluster after it. Every thread must call it.
+__device__ __forceinline__ void cluster_barrier() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+
+/// Sends (a, b) to block `rank` of the cluster: stores them at shared address `addr` of this
+/// block's layout in that block's shared memory and completes 8 bytes of the transaction on its
+/// mbarrier at `bar` (distributed shared memory; no cluster barrier needed). The receiver waits
+/// on that mbarrier with `mbar_wait_cluster`.
+__device__ __forceinline__ void cluster_send2(u32 addr, u32 bar, u32 rank, float a, float b) {
+    u32 raddr, rbar;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(raddr) : "r"(addr), "r"(rank));
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(rbar) : "r"(bar), "r"(rank));
+    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v2.f32 [%0], {%1, %2}, [%3];\n" ::"r"(raddr),
+                 "f"(a), "f"(b), "r"(rbar)
+                 : "memory");
+}
+
+/// `mbar_wait` with cluster-scope acquire: for data other blocks of the cluster sent with
+/// `cluster_send2`.
+__device__ __forceinline__ void mbar_wait_cluster(u32 bar, u32 parity) {
+    u32 done;
+    do {
+        asm volatile(
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, "
+            "p;\n}\n"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+    } while (!done);
+}
+
+#endif  // __CUDA_ARCH__ >= 900

@@ -326,6 +326,28 @@ impl CudaDevice {
         per_sm.max(1) as usize * self.multiprocessors()
     }
 
+    /// How many clusters of `cluster` blocks of `f` (whose cluster size is fixed at compile
+    /// time) can be resident at once with `threads` per block and `shared` bytes of dynamic
+    /// shared memory each; at least 1.
+    pub(crate) fn resident_clusters(
+        &self,
+        f: &CudaFunction,
+        threads: u32,
+        shared: u32,
+        cluster: usize,
+    ) -> CudaResult<usize> {
+        self.bind()?;
+        let cfg = LaunchConfig {
+            grid_dim: ((cluster * self.multiprocessors()) as u32, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: shared,
+        };
+        let n = f
+            .occupancy_max_active_clusters(cfg, &self.stream)
+            .map_err(CudaError::driver("querying the resident clusters of a kernel"))?;
+        Ok((n as usize).max(1))
+    }
+
     /// The number of streaming multiprocessors.
     pub fn multiprocessors(&self) -> usize {
         self.ctx

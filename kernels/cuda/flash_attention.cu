@@ -58,9 +58,13 @@ struct FlashDims {
 // (smem_u32, cp.async, ldmatrix, mma.sync and pack2 are in common.cuh)
 
 __device__ __forceinline__ float fa_exp2(float x) {
+#ifdef POLYLM_HOST_EMULATION
+    return exp2f(x);
+#else
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
+#endif
 }
 
 // acc[D/8] += A·B for one 16-wide K step `kk`: A (16 × 16) is the m16n8 accumulator pair

@@ -1,35 +1,7 @@
-// The Hopper (sm_90a) prelude: PTX wrappers shared by the kernels that use TMA, mbarriers and
-// wgmma (matmul_wgmma.cu, flash_attention_hopper.cu). Prepended after common.cuh to every
-// kernel file registered with `needs_sm90a`.
-
-// ---------------------------------------------------------------- mbarriers
-
-__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-/// Makes the barrier initialisation visible to the async proxy (TMA) and the other threads.
-__device__ __forceinline__ void mbar_fence_init() {
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-/// Arrives once and adds `bytes` to the transaction count the current phase waits for.
-__device__ __forceinline__ void mbar_arrive_expect_tx(u32 bar, u32 bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(u32 bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-/// Waits until the phase of parity `parity` has completed.
-__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
-    u32 done;
-    do {
-        asm volatile(
-            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-            : "=r"(done)
-            : "r"(bar), "r"(parity)
-            : "memory");
-    } while (!done);
-}
+// The Hopper (sm_90a) prelude: PTX wrappers shared by the kernels that use tensor-map TMA,
+// setmaxnreg and wgmma (matmul_wgmma.cu, flash_attention_hopper.cu). Prepended after common.cuh
+// (whose sm_90 section has the mbarrier wrappers) to every kernel file registered with
+// `needs_sm90a`.
 
 // ---------------------------------------------------------------- TMA
 

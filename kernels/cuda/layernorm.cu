@@ -302,3 +302,218 @@ __device__ void layernorm_bwd_cached(const T* x, const T* w, const float* mean, 
         layernorm_bwd_cached<T>(x, w, mean, rstd, dout, dresidual, dx, partial, rows, cols);        \
     }
 FOR_EACH_DTYPE(LAYERNORM_CACHED)
+
+// The streamed paths, for the same rows as the cached ones: persistent blocks, each taking a
+// run of rows LN_ROWS at a time, with the rows' inputs copied into a shared-memory ring
+// LN_STAGES steps ahead by `cp.async`. The copies hold the bytes in flight that hide the memory
+// latency without holding registers, and one block-wide reduction covers LN_ROWS rows. Thread
+// t owns vector t of every row: it copies that vector of each input into the ring and is the
+// only thread to read it back, so the ring needs no barrier, only `cp.async.wait_group`. The
+// weight and bias (forward) or the weight and the weight and bias gradients (backward) stay in
+// registers for the whole run.
+//
+// Ring layout, per stage: `arrays` inputs × LN_ROWS rows × cols elements.
+
+#define LN_ROWS 2
+#define LN_STAGES 3
+
+/// This block's run of rows [r0, r1): the rows split evenly across the grid.
+__device__ __forceinline__ int2 ln_block_rows(int rows) {
+    const int per_block = (rows + gridDim.x - 1) / gridDim.x;
+    const int r0 = min(rows, (int)blockIdx.x * per_block);
+    return make_int2(r0, min(rows, r0 + per_block));
+}
+
+/// Copies vector `k` of rows `row .. row + LN_ROWS` (those below `r1`) of each input (`in0`,
+/// then `in1` and `in2` where not null) into ring slot `slot`, then commits the copies as one
+/// group (an empty group past the end, so that every thread commits one group per step).
+template <class T>
+__device__ __forceinline__ void ln_stage(T* slot, const T* in0, const T* in1, const T* in2, int row, int r1, int cols,
+                                         int k, bool active) {
+    constexpr int P = VecWidth<T>::value;
+    const T* inputs[3] = {in0, in1, in2};
+    if (active) {
+#pragma unroll
+        for (int a = 0; a < 3; a++) {
+#pragma unroll
+            for (int j = 0; j < LN_ROWS; j++) {
+                if (inputs[a] && row + j < r1)
+                    cp_async16(smem_u32(slot + (a * LN_ROWS + j) * cols + k * P),
+                               inputs[a] + (i64)(row + j) * cols + k * P, 16);
+            }
+        }
+    }
+    cp_async_commit();
+}
+
+template <class T>
+__device__ void layernorm_fwd_streamed(const T* x, const T* residual, const T* w, const T* b, T* out, T* sum_out,
+                                       float* mean, float* rstd, int rows, int cols, float eps) {
+    constexpr int P = VecWidth<T>::value;
+    extern __shared__ __align__(16) unsigned char ln_ring_bytes[];
+    __shared__ float scratch[32 * LN_ROWS];
+    T* ring = reinterpret_cast<T*>(ln_ring_bytes);
+    const int k = threadIdx.x;
+    const bool active = k < cols / P;
+    const int n = residual ? 2 : 1;
+    const i64 stage = (i64)n * LN_ROWS * cols;
+    const int2 run = ln_block_rows(rows);
+    const int steps = (run.y - run.x + LN_ROWS - 1) / LN_ROWS;
+    float wv[P], bv[P];
+    if (active) {
+        load_pack<T, P>(w + k * P, wv);
+        load_pack<T, P>(b + k * P, bv);
+    }
+#pragma unroll
+    for (int s = 0; s < LN_STAGES - 1; s++)
+        ln_stage<T>(ring + s * stage, x, residual, nullptr, run.x + s * LN_ROWS, s < steps ? run.y : 0, cols, k, active);
+    for (int step = 0; step < steps; step++) {
+        const int ahead = step + LN_STAGES - 1;
+        ln_stage<T>(ring + (ahead % LN_STAGES) * stage, x, residual, nullptr, run.x + ahead * LN_ROWS, ahead < steps ? run.y : 0,
+                    cols, k, active);
+        cp_async_wait<LN_STAGES - 1>();
+        const T* slot = ring + (step % LN_STAGES) * stage;
+        const int row = run.x + step * LN_ROWS;
+        float v[LN_ROWS][P], s[LN_ROWS];
+#pragma unroll
+        for (int j = 0; j < LN_ROWS; j++) {
+            s[j] = 0.0f;
+            const bool live = active && row + j < run.y;
+#pragma unroll
+            for (int i = 0; i < P; i++) v[j][i] = 0.0f;
+            if (live) {
+                load_pack<T, P>(slot + j * cols + k * P, v[j]);
+                if (residual) {
+                    float r[P];
+                    load_pack<T, P>(slot + (LN_ROWS + j) * cols + k * P, r);
+#pragma unroll
+                    for (int i = 0; i < P; i++) v[j][i] = to_f32(from_f32<T>(v[j][i] + r[i]));
+                    store_pack<T, P>(sum_out + (i64)(row + j) * cols + k * P, v[j]);
+                }
+#pragma unroll
+                for (int i = 0; i < P; i++) s[j] += v[j][i];
+            }
+        }
+        block_sum_n<LN_ROWS>(s, scratch);
+        float mu[LN_ROWS], q[LN_ROWS];
+#pragma unroll
+        for (int j = 0; j < LN_ROWS; j++) {
+            mu[j] = s[j] / cols;
+            q[j] = 0.0f;
+            if (active && row + j < run.y) {
+#pragma unroll
+                for (int i = 0; i < P; i++) q[j] += (v[j][i] - mu[j]) * (v[j][i] - mu[j]);
+            }
+        }
+        block_sum_n<LN_ROWS>(q, scratch);
+#pragma unroll
+        for (int j = 0; j < LN_ROWS; j++) {
+            if (row + j >= run.y) continue;
+            const float rs = rsqrtf(q[j] / cols + eps);
+            if (active) {
+#pragma unroll
+                for (int i = 0; i < P; i++) v[j][i] = (v[j][i] - mu[j]) * rs * wv[i] + bv[i];
+                store_pack<T, P>(out + (i64)(row + j) * cols + k * P, v[j]);
+            }
+            if (k == 0) {
+                mean[row + j] = mu[j];
+                rstd[row + j] = rs;
+            }
+        }
+    }
+    cp_async_wait<0>();
+}
+
+template <class T>
+__device__ void layernorm_bwd_streamed(const T* x, const T* w, const float* mean, const float* rstd, const T* dout,
+                                       const T* dresidual, T* dx, float* partial, int rows, int cols) {
+    constexpr int P = VecWidth<T>::value;
+    extern __shared__ __align__(16) unsigned char ln_ring_bytes[];
+    __shared__ float scratch[32 * 2 * LN_ROWS];
+    T* ring = reinterpret_cast<T*>(ln_ring_bytes);
+    const int k = threadIdx.x;
+    const bool active = k < cols / P;
+    const int n = dresidual ? 3 : 2;
+    const i64 stage = (i64)n * LN_ROWS * cols;
+    const int2 run = ln_block_rows(rows);
+    const int steps = (run.y - run.x + LN_ROWS - 1) / LN_ROWS;
+    float wv[P], dw[P], db[P];
+#pragma unroll
+    for (int i = 0; i < P; i++) wv[i] = dw[i] = db[i] = 0.0f;
+    if (active) load_pack<T, P>(w + k * P, wv);
+#pragma unroll
+    for (int s = 0; s < LN_STAGES - 1; s++)
+        ln_stage<T>(ring + s * stage, x, dout, dresidual, run.x + s * LN_ROWS, s < steps ? run.y : 0, cols, k, active);
+    for (int step = 0; step < steps; step++) {
+        const int row = run.x + step * LN_ROWS;
+        // The statistics load while the ring's copies land.
+        float mu[LN_ROWS], rs[LN_ROWS];
+#pragma unroll
+        for (int j = 0; j < LN_ROWS; j++) {
+            const bool here = row + j < run.y;
+            mu[j] = here ? mean[row + j] : 0.0f;
+            rs[j] = here ? rstd[row + j] : 0.0f;
+        }
+        const int ahead = step + LN_STAGES - 1;
+        ln_stage<T>(ring + (ahead % LN_STAGES) * stage, x, dout, dresidual, run.x + ahead * LN_ROWS, ahead < steps ? run.y : 0,
+                    cols, k, active);
+        cp_async_wait<LN_STAGES - 1>();
+        const T* slot = ring + (step % LN_STAGES) * stage;
+        float xh[LN_ROWS][P], d[LN_ROWS][P], sums[2 * LN_ROWS];
+#pragma unroll
+        for (int j = 0; j < LN_ROWS; j++) {
+            sums[2 * j] = sums[2 * j + 1] = 0.0f;
+#pragma unroll
+            for (int i = 0; i < P; i++) xh[j][i] = d[j][i] = 0.0f;
+            if (active && row + j < run.y) {
+                load_pack<T, P>(slot + j * cols + k * P, xh[j]);
+                load_pack<T, P>(slot + (LN_ROWS + j) * cols + k * P, d[j]);
+#pragma unroll
+                for (int i = 0; i < P; i++) {
+                    xh[j][i] = (xh[j][i] - mu[j]) * rs[j];
+                    const float g = d[j][i] * wv[i];
+                    sums[2 * j] += g;
+                    sums[2 * j + 1] += g * xh[j][i];
+                }
+            }
+        }
+        block_sum_n<2 * LN_ROWS>(sums, scratch);
+#pragma unroll
+        for (int j = 0; j < LN_ROWS; j++) {
+            if (!active || row + j >= run.y) continue;
+            const float mg = sums[2 * j] / cols, mgx = sums[2 * j + 1] / cols;
+            float r[P], o[P];
+            if (dresidual) load_pack<T, P>(slot + (2 * LN_ROWS + j) * cols + k * P, r);
+#pragma unroll
+            for (int i = 0; i < P; i++) {
+                o[i] = rs[j] * (d[j][i] * wv[i] - mg - xh[j][i] * mgx) + (dresidual ? r[i] : 0.0f);
+                dw[i] += d[j][i] * xh[j][i];
+                db[i] += d[j][i];
+            }
+            store_pack<T, P>(dx + (i64)(row + j) * cols + k * P, o);
+        }
+    }
+    cp_async_wait<0>();
+    if (active) {
+        float* p = partial + (i64)blockIdx.x * 2 * cols;
+#pragma unroll
+        for (int i = 0; i < P; i++) {
+            p[k * P + i] = dw[i];
+            p[cols + k * P + i] = db[i];
+        }
+    }
+}
+
+#define LAYERNORM_STREAMED(T, S)                                                                     \
+    extern "C" __global__ void layernorm_fwd_streamed_##S(const T* x, const T* residual, const T* w,  \
+                                                          const T* b, T* out, T* sum_out, float* mean, \
+                                                          float* rstd, int rows, int cols, float eps) { \
+        layernorm_fwd_streamed<T>(x, residual, w, b, out, sum_out, mean, rstd, rows, cols, eps);      \
+    }                                                                                                 \
+    extern "C" __global__ void layernorm_bwd_streamed_##S(const T* x, const T* w, const float* mean,  \
+                                                          const float* rstd, const T* dout,           \
+                                                          const T* dresidual, T* dx, float* partial,  \
+                                                          int rows, int cols) {                       \
+        layernorm_bwd_streamed<T>(x, w, mean, rstd, dout, dresidual, dx, partial, rows, cols);        \
+    }
+FOR_EACH_DTYPE(LAYERNORM_STREAMED)

@@ -17,6 +17,88 @@ const BWD_THREADS: u32 = 256;
 const FWD_PACKS: usize = 4;
 const BWD_PACKS: usize = 1;
 
+/// Rows per step and ring stages of the streamed kernels (`LN_ROWS`, `LN_STAGES`).
+const STREAM_ROWS: usize = 2;
+const STREAM_STAGES: usize = 3;
+/// The most shared memory a streamed kernel's ring may take.
+const STREAM_MAX_SHARED: usize = 160 * 1024;
+
+/// Which kernel runs a layernorm ([`layernorm_forward_with`], [`layernorm_backward_with`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerNormKernel {
+    /// [`LayerNormKernel::Streamed`] when `POLYLM_GPU_LAYERNORM=streamed` and it applies, else
+    /// [`LayerNormKernel::Cached`] where it applies, else [`LayerNormKernel::General`].
+    Auto,
+    /// Any width and alignment: a warp per row (forward), a block per run of rows with the
+    /// weight gradients in shared memory (backward).
+    General,
+    /// Rows of whole 16-byte vectors, at most 1024 of them: the row in registers, a block per
+    /// row (forward) or per run of rows (backward).
+    Cached,
+    /// The same rows as `Cached`: persistent blocks streaming their rows through a
+    /// shared-memory ring filled by `cp.async`, two rows per block-wide reduction.
+    Streamed,
+}
+
+/// The environment variable that makes [`LayerNormKernel::Auto`] pick the streamed kernels
+/// (`streamed`); they stay off by default until they have been measured on a GPU.
+pub const KERNEL_ENV: &str = "POLYLM_GPU_LAYERNORM";
+
+impl LayerNormKernel {
+    /// Whether this kernel takes rows of `cols` elements of `T`, in the forward with or without
+    /// the fused residual add (`fused`), or in the backward with or without the residual
+    /// stream's gradient (`fused`). `Auto` and `General` take every width.
+    pub fn takes<T: FloatElem>(self, cols: usize, backward: bool, fused: bool) -> bool {
+        let inputs = if backward { 2 } else { 1 } + fused as usize;
+        let packs = if backward { BWD_PACKS } else { FWD_PACKS };
+        self.resolve::<T>("layernorm", cols, inputs, packs).is_ok()
+    }
+
+    /// The kernel that runs rows of `cols` elements of `T` with `inputs` row inputs in the
+    /// streamed ring (1 or 2 forward, 2 or 3 backward), and its block size and dynamic shared
+    /// memory (0 for the general kernels, which size their own).
+    fn resolve<T: FloatElem>(
+        self,
+        op: &'static str,
+        cols: usize,
+        inputs: usize,
+        packs: usize,
+    ) -> CudaResult<Plan> {
+        let cached = cached_threads::<T>(cols, packs);
+        let stream_threads = cached_threads::<T>(cols, 1);
+        let ring = STREAM_STAGES * inputs * STREAM_ROWS * cols * std::mem::size_of::<T>();
+        let streamed = stream_threads.filter(|_| ring <= STREAM_MAX_SHARED);
+        let plan = match self {
+            Self::General => Plan::General,
+            Self::Cached => Plan::Cached(cached.ok_or_else(|| unsupported(op, "cached", cols))?),
+            Self::Streamed => match streamed {
+                Some(threads) => Plan::Streamed(threads, ring as u32),
+                None => return Err(unsupported(op, "streamed", cols)),
+            },
+            Self::Auto => match (streamed, cached) {
+                (Some(threads), _) if std::env::var(KERNEL_ENV).is_ok_and(|v| v == "streamed") => {
+                    Plan::Streamed(threads, ring as u32)
+                }
+                (_, Some(threads)) => Plan::Cached(threads),
+                _ => Plan::General,
+            },
+        };
+        Ok(plan)
+    }
+}
+
+/// A resolved [`LayerNormKernel`]: the kernel family and its block size and ring bytes.
+#[derive(Clone, Copy, Debug)]
+enum Plan {
+    General,
+    Cached(u32),
+    Streamed(u32, u32),
+}
+
+fn unsupported(op: &'static str, kernel: &str, cols: usize) -> CudaError {
+    CudaError::invalid(op, format!("the {kernel} kernel does not take rows of {cols} elements"))
+}
+
 /// Threads per block of a register-cached kernel for rows of `cols`, when the fast path
 /// applies: whole 16-byte vectors per row and at most 1024 threads.
 fn cached_threads<T: FloatElem>(cols: usize, packs_per_thread: usize) -> Option<u32> {
@@ -51,6 +133,24 @@ pub fn layernorm_forward<T: FloatElem>(
     mean: &mut DeviceBuf<f32>,
     rstd: &mut DeviceBuf<f32>,
 ) -> CudaResult<()> {
+    layernorm_forward_with(LayerNormKernel::Auto, x, residual, weight, bias, eps, cols, out, mean, rstd)
+}
+
+/// [`layernorm_forward`] on the kernel `kernel` picks; an explicit kernel that does not take
+/// rows of `cols` is an error.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_forward_with<T: FloatElem>(
+    kernel: LayerNormKernel,
+    x: &DeviceBuf<T>,
+    residual: Option<ResidualAdd<'_, T>>,
+    weight: &DeviceBuf<T>,
+    bias: &DeviceBuf<T>,
+    eps: f32,
+    cols: usize,
+    out: &mut DeviceBuf<T>,
+    mean: &mut DeviceBuf<f32>,
+    rstd: &mut DeviceBuf<f32>,
+) -> CudaResult<()> {
     const OP: &str = "layernorm_forward";
     let rows = rows_of(OP, "x", x.len(), cols)?;
     check_len(OP, "weight", weight, cols)?;
@@ -66,15 +166,28 @@ pub fn layernorm_forward<T: FloatElem>(
         }
         None => (0u64, 0u64),
     };
+    let plan = kernel.resolve::<T>(OP, cols, 1 + residual.is_some() as usize, FWD_PACKS)?;
     let dev = out.device().clone();
     let (px, pw, pb, po, pm, prs) = (x.ptr(), weight.ptr(), bias.ptr(), out.ptr(), mean.ptr(), rstd.ptr());
     let (r32, c32) = (rows as i32, cols as i32);
-    // One block per row with the row in registers where that applies, else a warp per row.
-    let (kernel, grid) = match cached_threads::<T>(cols, FWD_PACKS) {
-        Some(threads) => ("layernorm_fwd_cached", grid1(rows as u32, threads, 0)),
-        None => ("layernorm_fwd", grid1(blocks_for(OP, rows, FWD_WARPS as usize)?, 32 * FWD_WARPS, 0)),
+    let name = match plan {
+        Plan::General => "layernorm_fwd",
+        Plan::Cached(_) => "layernorm_fwd_cached",
+        Plan::Streamed(..) => "layernorm_fwd_streamed",
     };
-    let f = dev.function(&SOURCE, &format!("{kernel}_{}", T::NAME))?;
+    let f = dev.function(&SOURCE, &format!("{name}_{}", T::NAME))?;
+    let grid = match plan {
+        // A warp per row.
+        Plan::General => grid1(blocks_for(OP, rows, FWD_WARPS as usize)?, 32 * FWD_WARPS, 0),
+        // A block per row.
+        Plan::Cached(threads) => grid1(rows as u32, threads, 0),
+        // One full wave of blocks, each taking a run of rows.
+        Plan::Streamed(threads, ring) => {
+            dev.allow_shared_memory(&f, ring)?;
+            let blocks = rows.div_ceil(STREAM_ROWS).clamp(1, dev.resident_blocks(&f, threads, ring));
+            grid1(blocks as u32, threads, ring)
+        }
+    };
     let mut args = dev.launcher(&f)?;
     args.arg(&px).arg(&pr).arg(&pw).arg(&pb).arg(&po).arg(&ps).arg(&pm).arg(&prs);
     args.arg(&r32).arg(&c32).arg(&eps);
@@ -98,7 +211,39 @@ pub fn layernorm_backward<T: FloatElem>(
     dbias: &mut DeviceBuf<T>,
     accumulate: bool,
 ) -> CudaResult<()> {
+    let grads = LayerNormGrads { dx, dweight, dbias, accumulate };
+    layernorm_backward_with(LayerNormKernel::Auto, x, weight, mean, rstd, dout, dresidual, cols, grads)
+}
+
+/// The outputs of [`layernorm_backward_with`].
+#[derive(Debug)]
+pub struct LayerNormGrads<'a, T: FloatElem> {
+    /// The input gradient (plus the residual stream's gradient when one is given).
+    pub dx: &'a mut DeviceBuf<T>,
+    /// The weight gradient.
+    pub dweight: &'a mut DeviceBuf<T>,
+    /// The bias gradient.
+    pub dbias: &'a mut DeviceBuf<T>,
+    /// Add the weight and bias gradients to the buffers' values instead of overwriting them.
+    pub accumulate: bool,
+}
+
+/// [`layernorm_backward`] on the kernel `kernel` picks; an explicit kernel that does not take
+/// rows of `cols` is an error.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward_with<T: FloatElem>(
+    kernel: LayerNormKernel,
+    x: &DeviceBuf<T>,
+    weight: &DeviceBuf<T>,
+    mean: &DeviceBuf<f32>,
+    rstd: &DeviceBuf<f32>,
+    dout: &DeviceBuf<T>,
+    dresidual: Option<&DeviceBuf<T>>,
+    cols: usize,
+    grads: LayerNormGrads<'_, T>,
+) -> CudaResult<()> {
     const OP: &str = "layernorm_backward";
+    let LayerNormGrads { dx, dweight, dbias, accumulate } = grads;
     let rows = rows_of(OP, "x", x.len(), cols)?;
     for (what, buf) in [("weight", weight), ("dweight", &*dweight), ("dbias", &*dbias)] {
         check_len(OP, what, buf, cols)?;
@@ -111,21 +256,23 @@ pub fn layernorm_backward<T: FloatElem>(
         check_len(OP, "dresidual", d, x.len())?;
     }
     let dev = dx.device().clone();
-    // The register-cached kernel where it applies, else the shared-memory one; one full wave
-    // of blocks, each taking a run of rows.
-    let (kernel, threads, shared) = match cached_threads::<T>(cols, BWD_PACKS) {
-        Some(threads) => ("layernorm_bwd_cached", threads, 0),
-        None => {
+    let plan = kernel.resolve::<T>(OP, cols, 2 + dresidual.is_some() as usize, BWD_PACKS)?;
+    // Every kernel runs one full wave of blocks, each taking a run of rows and writing its
+    // share of the weight and bias gradients as a partial sum.
+    let (name, threads, shared, rows_per_block) = match plan {
+        Plan::Cached(threads) => ("layernorm_bwd_cached", threads, 0, 1),
+        Plan::Streamed(threads, ring) => ("layernorm_bwd_streamed", threads, ring, STREAM_ROWS),
+        Plan::General => {
             let shared = (2 * cols * 4) as u32;
             if shared > 200 * 1024 {
                 return Err(CudaError::invalid(OP, format!("rows of {cols} exceed the shared-memory limit")));
             }
-            ("layernorm_bwd", BWD_THREADS, shared)
+            ("layernorm_bwd", BWD_THREADS, shared, 1)
         }
     };
-    let f = dev.function(&SOURCE, &format!("{kernel}_{}", T::NAME))?;
+    let f = dev.function(&SOURCE, &format!("{name}_{}", T::NAME))?;
     dev.allow_shared_memory(&f, shared)?;
-    let blocks = rows.clamp(1, dev.resident_blocks(&f, threads, shared));
+    let blocks = rows.div_ceil(rows_per_block).clamp(1, dev.resident_blocks(&f, threads, shared));
     let partial = dev.alloc::<f32>(blocks * 2 * cols)?;
     let (px, pw, pm, pr, pd, pdr, pdx, pp) = (
         x.ptr(),

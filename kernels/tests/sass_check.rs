@@ -9,7 +9,9 @@
 //! - `SYNCS`: the mbarrier operations (arrive with a transaction count, waits);
 //! - `USETMAXREG`: the producer/consumer register rebalancing;
 //!
-//! and no local-memory traffic (`LDL`/`STL`: spills or stack arrays would show there).
+//! and no local-memory traffic (`LDL`/`STL`: spills or stack arrays would show there). It also
+//! reads the one-read cross-entropy (`kernels/cuda/cross_entropy.cu`, sm_90) for its bulk
+//! copies and remote stores.
 //!
 //! `cuobjdump` comes from the PyPI wheel `nvidia-cuda-cuobjdump` (it installs beside NVRTC in
 //! `nvidia/cu13/bin`), or from a CUDA toolkit. It is looked for in `$POLYLM_CUOBJDUMP`, in the
@@ -74,7 +76,9 @@ fn functions(sass: &str) -> Vec<(String, String)> {
 /// (after printing why) when NVRTC or cuobjdump is missing. Every kernel must have been given
 /// 168 registers: the producer/consumer `setmaxnreg` budget of a 384-thread block
 /// (128·40 + 256·232 = 128·24 + 256·240 = 384·168) hangs with fewer.
-fn sass_of(source: &KernelSource) -> Option<Vec<(String, String)>> {
+/// The SASS of every kernel of `source` compiled for `arch` (`None` after reporting a skip);
+/// for sm_90a, each kernel must use the 168 registers the setmaxnreg budget assumes.
+fn sass_for(source: &KernelSource, arch: Arch) -> Option<Vec<(String, String)>> {
     if !nvrtc_available() {
         skip("NVRTC (libnvrtc.so.13) not found; see docs/cuda.md");
         return None;
@@ -86,9 +90,9 @@ fn sass_of(source: &KernelSource) -> Option<Vec<(String, String)>> {
         );
         return None;
     };
-    let compiled = compile(source, &CompileOptions { arch: Arch::SM90A, spills_are_errors: true })
-        .unwrap_or_else(|e| panic!("{e}"));
-    for k in compiled.resources() {
+    let compiled =
+        compile(source, &CompileOptions { arch, spills_are_errors: true }).unwrap_or_else(|e| panic!("{e}"));
+    for k in compiled.resources().iter().filter(|_| arch == Arch::SM90A) {
         assert_eq!(
             k.registers, 168,
             "{}: {} registers, the setmaxnreg budget assumes 168",
@@ -102,7 +106,8 @@ fn sass_of(source: &KernelSource) -> Option<Vec<(String, String)>> {
     let output = output.expect("running cuobjdump");
     assert!(output.status.success(), "cuobjdump failed: {}", String::from_utf8_lossy(&output.stderr));
     let sass = String::from_utf8_lossy(&output.stdout);
-    assert!(sass.contains("sm_90a"), "the cubin is not for sm_90a:\n{}", &sass[..sass.len().min(400)]);
+    let target = arch.to_string();
+    assert!(sass.contains(&target), "the cubin is not for {target}:\n{}", &sass[..sass.len().min(400)]);
     Some(functions(&sass))
 }
 
@@ -126,7 +131,7 @@ fn check_pipeline(name: &str, body: &str, failures: &mut Vec<String>) {
 
 #[test]
 fn hopper_matmul_sass_has_hgmma_and_tma() {
-    let Some(kernels) = sass_of(&matmul_wgmma::SOURCE) else { return };
+    let Some(kernels) = sass_for(&matmul_wgmma::SOURCE, Arch::SM90A) else { return };
     let expected: Vec<String> = ["128x128", "128x256"]
         .iter()
         .flat_map(|t| {
@@ -182,7 +187,7 @@ fn hopper_matmul_sass_has_hgmma_and_tma() {
 
 #[test]
 fn hopper_flash_attention_sass_has_hgmma_and_tma() {
-    let Some(kernels) = sass_of(&flash_attention_hopper::SOURCE) else { return };
+    let Some(kernels) = sass_for(&flash_attention_hopper::SOURCE, Arch::SM90A) else { return };
     let expected: Vec<String> = ["bf16", "f16"]
         .iter()
         .flat_map(|t| [64, 128].map(|d| format!("flash_fwd_hopper_{t}_d{d}")))
@@ -207,6 +212,47 @@ fn hopper_flash_attention_sass_has_hgmma_and_tma() {
             failures.push(format!("{name}: {hgmma} HGMMA, {transposed_b} with tnspB (want both kinds)"));
         }
         check_pipeline(name, body, &mut failures);
+    }
+    assert!(failures.is_empty(), "SASS check failed:\n{}", failures.join("\n"));
+}
+
+/// The one-read cross-entropy (`cross_entropy_cluster_*`, sm_90): bulk copies (TMA) fill its
+/// ring, the partials travel as `st.async` remote stores completing on mbarriers, and the only
+/// cluster-wide barrier (with its GPU-scope fence) is the one at the start, not one per row.
+#[test]
+fn one_read_cross_entropy_sass_has_bulk_copies_and_remote_stores() {
+    let Some(kernels) = sass_for(&polylm_kernels::cuda::cross_entropy::SOURCE, Arch::SM90) else { return };
+    let mut failures = Vec::new();
+    for t in ["f32", "bf16", "f16"] {
+        let name = format!("cross_entropy_cluster_{t}");
+        let Some((_, body)) = kernels.iter().find(|(n, _)| *n == name) else {
+            failures.push(format!("{name}: not in the cubin"));
+            continue;
+        };
+        let count = |needle: &str| body.matches(needle).count();
+        println!(
+            "{name:<28} {}× UBLKCP, {}× STAS, {}× SYNCS, {}× UCGABAR_WAIT, {}× MEMBAR.ALL.GPU",
+            count("UBLKCP"),
+            count("STAS"),
+            count("SYNCS."),
+            count("UCGABAR_WAIT"),
+            count("MEMBAR.ALL.GPU")
+        );
+        if count("UBLKCP") == 0 {
+            failures.push(format!("{name}: no UBLKCP (bulk copy)"));
+        }
+        if count("STAS") == 0 {
+            failures.push(format!("{name}: no STAS (st.async to a remote block)"));
+        }
+        if count("SYNCS.") == 0 {
+            failures.push(format!("{name}: no SYNCS (mbarrier)"));
+        }
+        if count("UCGABAR_WAIT") > 1 || count("MEMBAR.ALL.GPU") > 1 {
+            failures.push(format!("{name}: more than the one cluster barrier at the start"));
+        }
+        if body.contains("LDL") || body.contains("STL") {
+            failures.push(format!("{name}: local-memory traffic (LDL/STL)"));
+        }
     }
     assert!(failures.is_empty(), "SASS check failed:\n{}", failures.join("\n"));
 }

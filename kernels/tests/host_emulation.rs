@@ -1,0 +1,924 @@
+//! The CUDA kernels of `layernorm.cu` and `cross_entropy.cu`, run on the CPU by the host
+//! emulation in `kernels/emu/` (one OS thread per CUDA thread, real barriers, deferred
+//! `cp.async` copies, mbarriers with transaction counts, clusters with distributed shared
+//! memory) and checked against the f64 CPU kernels. This tests the kernels' own text (indexing,
+//! ring and pipeline bookkeeping, the cluster exchange) where there is no GPU; it says nothing
+//! about speed or about the hardware's memory model beyond what the emulation models.
+//!
+//! Needs a C++20 compiler (`$CXX`, else `g++`); without one the tests print that they skipped,
+//! unless `POLYLM_REQUIRE_EMULATION=1` (CI), which makes a missing compiler a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use half::{bf16, f16};
+use polylm_kernels::cuda::source::{KernelSource, PRELUDE};
+
+// ---------------------------------------------------------------- building an emulator
+
+/// Rewrites the `__shared__` declarations of a kernel file for the emulation: a static one
+/// becomes a reference into the block's shared arena (`emu::shared`), the dynamic one a pointer
+/// to the dynamic part.
+fn rewrite_shared(code: &str) -> String {
+    let mut out = String::with_capacity(code.len() + 1024);
+    for line in code.lines() {
+        let Some(at) = line.find("__shared__") else {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        };
+        let indent = &line[..line.len() - line.trim_start().len()];
+        let is_extern = line[..at].contains("extern");
+        let mut decl = line[at + "__shared__".len()..].trim().trim_end_matches(';').trim().to_string();
+        if let Some(rest) = decl.strip_prefix("__align__(") {
+            decl = rest[rest.find(')').expect("__align__(n)") + 1..].trim().to_string();
+        }
+        let bracket = decl.find('[').expect("a __shared__ array");
+        let (head, dims) = decl.split_at(bracket);
+        let name_start =
+            head.trim_end().rfind(|c: char| !(c.is_alphanumeric() || c == '_')).map_or(0, |i| i + 1);
+        let (ty, name) = (head[..name_start].trim(), head[name_start..].trim());
+        if is_extern {
+            out.push_str(&format!(
+                "{indent}{ty}* {name} = reinterpret_cast<{ty}*>(::emu::dynamic_shared());\n"
+            ));
+        } else {
+            out.push_str(&format!(
+                "{indent}auto& {name} = ::emu::shared<{ty}{dims}>(__func__, \"{name}\");\n"
+            ));
+        }
+    }
+    out
+}
+
+/// The C++ compiler, or `None` (after printing that the test skipped) when there is none.
+fn compiler(test: &str) -> Option<String> {
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".to_string());
+    let works = Command::new(&cxx).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    if works.is_ok_and(|s| s.success()) {
+        return Some(cxx);
+    }
+    assert!(
+        std::env::var("POLYLM_REQUIRE_EMULATION").map_or(true, |v| v != "1"),
+        "{test}: POLYLM_REQUIRE_EMULATION=1 but there is no C++ compiler ({cxx})"
+    );
+    println!("{test}: skipped (no C++ compiler `{cxx}`; set CXX)");
+    None
+}
+
+/// Builds the emulator of `source` able to launch `kernels`; the path of its binary.
+fn build(cxx: &str, source: &KernelSource, kernels: &[String]) -> PathBuf {
+    let emu_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("emu");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("host_emulation");
+    std::fs::create_dir_all(&dir).expect("emulation directory");
+    let registry: String =
+        kernels.iter().map(|k| format!("        {{\"{k}\", emu::kernel(&{k})}},\n")).collect();
+    let unit = format!(
+        "#include \"{emu}/emu.hpp\"\n#line 1 \"common.cuh\"\n{PRELUDE}\n#include \"{emu}/emu_convert.hpp\"\n\
+         #line 1 \"{name}.cu\"\n{code}\n#include \"{emu}/emu_main.hpp\"\n\
+         std::map<std::string, emu::Launcher> emu_kernels() {{\n    return {{\n{registry}    }};\n}}\n",
+        emu = emu_dir.display(),
+        name = source.name,
+        code = rewrite_shared(source.code),
+    );
+    let cpp = dir.join(format!("{}.cpp", source.name));
+    let bin = dir.join(format!("{}-emu", source.name));
+    std::fs::write(&cpp, unit).expect("write the translation unit");
+    let out = Command::new(cxx)
+        .args(["-std=c++20", "-O1", "-pthread", "-w", "-o"])
+        .arg(&bin)
+        .arg(&cpp)
+        .output()
+        .expect("run the C++ compiler");
+    assert!(
+        out.status.success(),
+        "compiling the emulation of {}.cu failed:\n{}",
+        source.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bin
+}
+
+// ---------------------------------------------------------------- element types and scripts
+
+/// A storage type of the kernels with its bytes, its rounding and the tolerances of the GPU
+/// tests (`tests/cuda_kernels.rs`).
+trait Elem: Copy {
+    const NAME: &'static str;
+    const RTOL: f64;
+    const ATOL: f64;
+    fn round(v: f64) -> f64;
+    fn bytes(v: &[f64]) -> Vec<u8>;
+    fn values(bytes: &[u8]) -> Vec<f64>;
+}
+impl Elem for f32 {
+    const NAME: &'static str = "f32";
+    const RTOL: f64 = 2e-5;
+    const ATOL: f64 = 2e-6;
+    fn round(v: f64) -> f64 {
+        f64::from(v as f32)
+    }
+    fn bytes(v: &[f64]) -> Vec<u8> {
+        v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect()
+    }
+    fn values(b: &[u8]) -> Vec<f64> {
+        b.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect()
+    }
+}
+impl Elem for bf16 {
+    const NAME: &'static str = "bf16";
+    const RTOL: f64 = 1.6e-2;
+    const ATOL: f64 = 8e-3;
+    fn round(v: f64) -> f64 {
+        bf16::from_f64(v).to_f64()
+    }
+    fn bytes(v: &[f64]) -> Vec<u8> {
+        v.iter().flat_map(|x| bf16::from_f64(*x).to_le_bytes()).collect()
+    }
+    fn values(b: &[u8]) -> Vec<f64> {
+        b.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f64()).collect()
+    }
+}
+impl Elem for f16 {
+    const NAME: &'static str = "f16";
+    const RTOL: f64 = 3e-3;
+    const ATOL: f64 = 1.5e-3;
+    fn round(v: f64) -> f64 {
+        f16::from_f64(v).to_f64()
+    }
+    fn bytes(v: &[f64]) -> Vec<u8> {
+        v.iter().flat_map(|x| f16::from_f64(*x).to_le_bytes()).collect()
+    }
+    fn values(b: &[u8]) -> Vec<f64> {
+        b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f64()).collect()
+    }
+}
+
+fn f32_bytes(v: &[f64]) -> Vec<u8> {
+    <f32 as Elem>::bytes(v)
+}
+
+/// A small deterministic generator (SplitMix64).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in (-scale, scale), never exactly 0.
+    fn value(&mut self, scale: f64) -> f64 {
+        let u = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
+        let v = (2.0 * u - 1.0) * scale;
+        if v == 0.0 {
+            scale * 0.5
+        } else {
+            v
+        }
+    }
+    fn values<T: Elem>(&mut self, n: usize, scale: f64) -> Vec<f64> {
+        (0..n).map(|_| T::round(self.value(scale))).collect()
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// One kernel launch's script: buffers (inputs written to files, outputs poisoned), arguments
+/// and the launch; `run` executes it and returns the named buffers' bytes.
+struct Script {
+    dir: PathBuf,
+    lines: Vec<String>,
+    buffers: usize,
+    dumps: Vec<(usize, PathBuf)>,
+}
+impl Script {
+    fn new(tag: &str) -> Self {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("host_emulation").join(tag);
+        std::fs::create_dir_all(&dir).expect("script directory");
+        Self { dir, lines: Vec::new(), buffers: 0, dumps: Vec::new() }
+    }
+    /// A buffer holding `bytes`; its index.
+    fn input(&mut self, bytes: &[u8]) -> usize {
+        let path = self.dir.join(format!("in{}", self.buffers));
+        std::fs::write(&path, bytes).expect("write an input");
+        self.lines.push(format!("buf {} {} {}", self.buffers, bytes.len(), path.display()));
+        self.buffers += 1;
+        self.buffers - 1
+    }
+    /// A buffer of `bytes` poisoned with 0xFF (NaN in every float type); its index.
+    fn output(&mut self, bytes: usize) -> usize {
+        self.lines.push(format!("buf {} {bytes} poison", self.buffers));
+        self.buffers += 1;
+        self.buffers - 1
+    }
+    fn arg(&mut self, arg: &str) -> &mut Self {
+        self.lines.push(format!("arg {arg}"));
+        self
+    }
+    fn ptr(&mut self, buf: usize) -> &mut Self {
+        self.arg(&format!("ptr {buf}"))
+    }
+    /// A structure passed by value: its bytes.
+    fn bytes(&mut self, bytes: &[u8]) -> &mut Self {
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        self.arg(&format!("bytes {hex}"))
+    }
+    fn launch(&mut self, kernel: &str, grid: usize, block: usize, cluster: usize, dynamic: usize) {
+        self.launch3(kernel, [grid, 1, 1], block, cluster, dynamic);
+    }
+    fn launch3(&mut self, kernel: &str, grid: [usize; 3], block: usize, cluster: usize, dynamic: usize) {
+        let [x, y, z] = grid;
+        self.lines.push(format!("launch {kernel} {x} {y} {z} {block} {cluster} {dynamic}"));
+    }
+    /// Runs the script on `emulator`; the bytes of buffers `read`, in order.
+    fn run(mut self, emulator: &Path, read: &[usize]) -> Vec<Vec<u8>> {
+        for &b in read {
+            let path = self.dir.join(format!("out{b}"));
+            self.lines.push(format!("dump {b} {}", path.display()));
+            self.dumps.push((b, path));
+        }
+        let mut child = Command::new(emulator)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the emulator");
+        let script = self.lines.join("\n") + "\n";
+        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), script.as_bytes())
+            .expect("script");
+        let out = child.wait_with_output().expect("emulator");
+        assert!(
+            out.status.success(),
+            "emulator failed on\n{script}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.dumps.iter().map(|(_, p)| std::fs::read(p).expect("read an output")).collect()
+    }
+}
+
+#[track_caller]
+fn check<T: Elem>(what: &str, got: &[f64], want: &[f64]) {
+    check_with(&format!("{what}<{}>", T::NAME), got, want, T::RTOL, T::ATOL);
+}
+
+/// Every element within `rtol` relative or `atol` × the largest reference magnitude; every
+/// element written (a NaN left by the poison fails).
+#[track_caller]
+fn check_with(what: &str, got: &[f64], want: &[f64], rtol: f64, atol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-6);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let ok = (g - w).abs() <= rtol * w.abs() + atol * scale;
+        assert!(ok, "{what}: element {i} is {g}, expected {w}");
+    }
+}
+
+// ---------------------------------------------------------------- layernorm
+
+/// Which launch of a layernorm kernel family: its name stem, and its block size and grid for
+/// `rows` × `cols` (small persistent grids, so that every block takes several rows).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum LnKernel {
+    General,
+    Cached,
+    Streamed,
+}
+
+const LN_ROWS: usize = 2;
+const LN_STAGES: usize = 3;
+
+fn layernorm_emulator() -> Option<&'static Path> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cxx = compiler("host_emulation")?;
+        let names: Vec<String> = ["fwd", "bwd"]
+            .iter()
+            .flat_map(|d| ["", "_cached", "_streamed"].map(move |v| format!("layernorm_{d}{v}")))
+            .flat_map(|k| ["f32", "bf16", "f16"].map(move |t| format!("{k}_{t}")))
+            .collect();
+        Some(build(&cxx, &polylm_kernels::cuda::layernorm::SOURCE, &names))
+    })
+    .as_deref()
+}
+
+fn layernorm_case<T: Elem>(emu: &Path, kernel: LnKernel, rows: usize, cols: usize, fused: bool, seed: u64) {
+    let mut rng = Rng(seed);
+    let tag = format!("layernorm-{kernel:?}-{}-{rows}x{cols}-{fused}", T::NAME);
+    let n = rows * cols;
+    let size = std::mem::size_of::<T>();
+    let width = 16 / size;
+    let (x, r) = (rng.values::<T>(n, 2.0), rng.values::<T>(n, 2.0));
+    let (w, b) = (rng.values::<T>(cols, 1.5), rng.values::<T>(cols, 0.5));
+    let eps = 1e-5;
+    let input: Vec<f64> =
+        if fused { x.iter().zip(&r).map(|(a, c)| T::round(a + c)).collect() } else { x.clone() };
+    let (mut want, mut wmean, mut wrstd) = (vec![0.0; n], vec![0.0; rows], vec![0.0; rows]);
+    polylm_kernels::layernorm::layernorm_forward(
+        &input, &w, &b, eps, cols, &mut want, &mut wmean, &mut wrstd,
+    );
+
+    // The launch shapes the CUDA wrappers use (kernels/cuda/layernorm.rs), with small grids.
+    let packs = cols / width;
+    let (fwd_grid, fwd_threads, fwd_ring, bwd_grid, bwd_threads, bwd_ring) = match kernel {
+        LnKernel::General => (rows.div_ceil(4), 128, 0, 3, 256, 2 * cols * 4),
+        LnKernel::Cached => (rows, packs.div_ceil(4).div_ceil(32) * 32, 0, 3, packs.div_ceil(32) * 32, 0),
+        LnKernel::Streamed => {
+            let threads = packs.div_ceil(32) * 32;
+            let ring = |inputs: usize| LN_STAGES * inputs * LN_ROWS * cols * size;
+            (3, threads, ring(1 + fused as usize), 3, threads, ring(2 + fused as usize))
+        }
+    };
+    let stem = match kernel {
+        LnKernel::General => "",
+        LnKernel::Cached => "_cached",
+        LnKernel::Streamed => "_streamed",
+    };
+
+    let mut s = Script::new(&tag);
+    let (bx, br, bw, bb) =
+        (s.input(&T::bytes(&x)), s.input(&T::bytes(&r)), s.input(&T::bytes(&w)), s.input(&T::bytes(&b)));
+    let (bout, bsum, bmean, brstd) =
+        (s.output(n * size), s.output(n * size), s.output(rows * 4), s.output(rows * 4));
+    s.ptr(bx);
+    if fused {
+        s.ptr(br);
+    } else {
+        s.arg("null");
+    }
+    s.ptr(bw).ptr(bb).ptr(bout);
+    if fused {
+        s.ptr(bsum);
+    } else {
+        s.arg("null");
+    }
+    s.ptr(bmean)
+        .ptr(brstd)
+        .arg(&format!("i32 {rows}"))
+        .arg(&format!("i32 {cols}"))
+        .arg(&format!("f32 {eps}"));
+    s.launch(&format!("layernorm_fwd{stem}_{}", T::NAME), fwd_grid, fwd_threads, 1, fwd_ring);
+    let got = s.run(emu, &[bout, bsum, bmean, brstd]);
+    check::<T>(&format!("{tag} out"), &T::values(&got[0]), &want);
+    check_with(&format!("{tag} mean"), &<f32 as Elem>::values(&got[2]), &wmean, 1e-4, 1e-5);
+    check_with(&format!("{tag} rstd"), &<f32 as Elem>::values(&got[3]), &wrstd, 1e-4, 1e-5);
+    if fused {
+        assert_eq!(T::values(&got[1]), input, "{tag}: sum_out is x + residual rounded");
+    }
+
+    // Backward from the reference statistics, with the residual stream's gradient when fused.
+    let (dout, dres) = (rng.values::<T>(n, 1.0), rng.values::<T>(n, 1.0));
+    let (mut wdx, mut wdw, mut wdb) = (vec![0.0; n], vec![0.0; cols], vec![0.0; cols]);
+    polylm_kernels::layernorm::layernorm_backward(
+        &input, &w, &wmean, &wrstd, &dout, cols, &mut wdx, &mut wdw, &mut wdb,
+    );
+    if fused {
+        wdx.iter_mut().zip(&dres).for_each(|(d, e)| *d += e);
+    }
+    let mut s = Script::new(&format!("{tag}-bwd"));
+    let bx = s.input(&T::bytes(&input));
+    let bw = s.input(&T::bytes(&w));
+    let (bm, brs) = (s.input(&f32_bytes(&wmean)), s.input(&f32_bytes(&wrstd)));
+    let (bd, bdr) = (s.input(&T::bytes(&dout)), s.input(&T::bytes(&dres)));
+    let (bdx, bpart) = (s.output(n * size), s.output(bwd_grid * 2 * cols * 4));
+    s.ptr(bx).ptr(bw).ptr(bm).ptr(brs).ptr(bd);
+    if fused {
+        s.ptr(bdr);
+    } else {
+        s.arg("null");
+    }
+    s.ptr(bdx).ptr(bpart).arg(&format!("i32 {rows}")).arg(&format!("i32 {cols}"));
+    s.launch(&format!("layernorm_bwd{stem}_{}", T::NAME), bwd_grid, bwd_threads, 1, bwd_ring);
+    let got = s.run(emu, &[bdx, bpart]);
+    check::<T>(&format!("{tag} dx"), &T::values(&got[0]), &wdx);
+    // The per-block partials, summed here (the GPU's `column_sum` kernel is not emulated).
+    let partial = <f32 as Elem>::values(&got[1]);
+    let (mut dw, mut db) = (vec![0.0; cols], vec![0.0; cols]);
+    for blk in partial.chunks_exact(2 * cols) {
+        dw.iter_mut().zip(&blk[..cols]).for_each(|(a, p)| *a += p);
+        db.iter_mut().zip(&blk[cols..]).for_each(|(a, p)| *a += p);
+    }
+    check_with(&format!("{tag} dweight"), &dw, &wdw, 2e-5, 2e-6);
+    check_with(&format!("{tag} dbias"), &db, &wdb, 2e-5, 2e-6);
+}
+
+fn layernorm_all<T: Elem>(emu: &Path, seed: u64) {
+    let width = 16 / std::mem::size_of::<T>();
+    // Rows of whole vectors for the cached and streamed kernels, a ragged row count and a
+    // ragged last warp (packs not a multiple of 32); a ragged width for the general kernels.
+    let cols = 33 * width;
+    for fused in [false, true] {
+        for kernel in [LnKernel::General, LnKernel::Cached, LnKernel::Streamed] {
+            layernorm_case::<T>(emu, kernel, 37, cols, fused, seed);
+        }
+        layernorm_case::<T>(emu, LnKernel::General, 13, 45, fused, seed + 1);
+    }
+}
+
+#[test]
+fn layernorm_kernels_match_the_cpu_under_emulation() {
+    let Some(emu) = layernorm_emulator() else { return };
+    layernorm_all::<f32>(emu, 11);
+    layernorm_all::<bf16>(emu, 12);
+    layernorm_all::<f16>(emu, 13);
+}
+
+// ---------------------------------------------------------------- cross-entropy
+
+const CE_CLUSTER: usize = 8;
+const CE_THREADS: usize = 64;
+
+fn cross_entropy_emulator() -> Option<&'static Path> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cxx = compiler("host_emulation")?;
+        let names: Vec<String> = ["cross_entropy", "cross_entropy_cluster"]
+            .iter()
+            .flat_map(|k| ["f32", "bf16", "f16"].map(move |t| format!("{k}_{t}")))
+            .collect();
+        Some(build(&cxx, &polylm_kernels::cuda::cross_entropy::SOURCE, &names))
+    })
+    .as_deref()
+}
+
+/// Where the gradient goes in a cross-entropy launch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Grad {
+    None,
+    Separate,
+    InPlace,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cross_entropy_case<T: Elem>(
+    emu: &Path,
+    cluster: bool,
+    rows: usize,
+    vocab: usize,
+    grad: Grad,
+    per_row: bool,
+    seed: u64,
+) {
+    let mut rng = Rng(seed);
+    let tag = format!("ce-{cluster}-{}-{rows}x{vocab}-{grad:?}-{per_row}", T::NAME);
+    let size = std::mem::size_of::<T>();
+    let n = rows * vocab;
+    let logits = rng.values::<T>(n, 6.0);
+    let ignore = 3u32.min(vocab as u32 - 1);
+    // Ignored rows, and the last row's target outside the vocabulary (its loss is NaN).
+    let targets: Vec<u32> = (0..rows)
+        .map(|r| match r % 5 {
+            _ if r == rows - 1 => vocab as u32,
+            2 => ignore,
+            _ => rng.below(vocab as u64) as u32,
+        })
+        .collect();
+    let dloss: Vec<f64> = (0..rows).map(|_| rng.value(1.0) as f32 as f64).collect();
+    let scale = 1.0 / rows as f32;
+
+    let mut s = Script::new(&tag);
+    let bl = s.input(&T::bytes(&logits));
+    let bt = s.input(&targets.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<_>>());
+    let (bloss, blse) = (s.output(rows * 4), s.output(rows * 4));
+    let bdl = s.input(&f32_bytes(&dloss));
+    let bg = if grad == Grad::Separate { s.output(n * size) } else { bl };
+    s.ptr(bl).ptr(bt);
+    if grad == Grad::None {
+        s.arg("null");
+    } else {
+        s.ptr(bg);
+    }
+    s.ptr(bloss).ptr(blse);
+    if per_row {
+        s.ptr(bdl);
+    } else {
+        s.arg("null");
+    }
+    s.arg(&format!("f32 {scale}"));
+    if cluster {
+        let width = 16 / size;
+        let chunk = vocab.div_ceil(CE_CLUSTER).div_ceil(width) * width;
+        let stages = (200 * 1024 / (chunk * size)).min(4);
+        s.arg(&format!("i32 {rows}"))
+            .arg(&format!("i32 {vocab}"))
+            .arg(&format!("i32 {chunk}"))
+            .arg(&format!("i32 {stages}"));
+        s.arg(&format!("u32 {ignore}")).arg("i32 1");
+        // Two clusters, so that each takes several rows and wraps its ring.
+        s.launch(
+            &format!("cross_entropy_cluster_{}", T::NAME),
+            2 * CE_CLUSTER,
+            CE_THREADS,
+            CE_CLUSTER,
+            stages * chunk * size,
+        );
+    } else {
+        s.arg(&format!("i32 {vocab}")).arg(&format!("u32 {ignore}")).arg("i32 1");
+        s.launch(&format!("cross_entropy_{}", T::NAME), rows, CE_THREADS, 1, 0);
+    }
+    let got = s.run(emu, &[bloss, blse, bg]);
+
+    let valid = rows - 1;
+    let (mut wloss, mut wlse) = (vec![0.0; valid], vec![0.0; valid]);
+    let lv = &logits[..valid * vocab];
+    polylm_kernels::cross_entropy::cross_entropy_forward(
+        lv,
+        &targets[..valid],
+        vocab,
+        Some(ignore),
+        &mut wloss,
+        &mut wlse,
+    );
+    let loss = <f32 as Elem>::values(&got[0]);
+    let lse = <f32 as Elem>::values(&got[1]);
+    check_with(&format!("{tag} loss"), &loss[..valid], &wloss, 1e-5, 1e-5);
+    assert!(
+        loss[valid].is_nan(),
+        "{tag}: a target outside the vocabulary gives a NaN loss, not {}",
+        loss[valid]
+    );
+    check_with(&format!("{tag} lse"), &lse[..valid], &wlse, 1e-5, 1e-5);
+    if grad == Grad::None {
+        return;
+    }
+    let scales: Vec<f64> = if per_row { dloss[..valid].to_vec() } else { vec![f64::from(scale); valid] };
+    let mut wd = vec![0.0; valid * vocab];
+    polylm_kernels::cross_entropy::cross_entropy_backward(
+        lv,
+        &targets[..valid],
+        &wlse,
+        &scales,
+        vocab,
+        Some(ignore),
+        &mut wd,
+    );
+    check::<T>(&format!("{tag} dlogits"), &T::values(&got[2])[..valid * vocab], &wd);
+}
+
+fn cross_entropy_all<T: Elem>(emu: &Path, seed: u64) {
+    let width = 16 / std::mem::size_of::<T>();
+    for (grad, per_row) in [(Grad::Separate, false), (Grad::InPlace, true), (Grad::None, false)] {
+        // The row kernel on a ragged vocabulary (its scalar path) and a whole-vector one.
+        cross_entropy_case::<T>(emu, false, 7, 301, grad, per_row, seed);
+        cross_entropy_case::<T>(emu, false, 7, 125 * width, grad, per_row, seed + 1);
+        // The cluster kernel: 13 rows over 2 clusters wrap a 4-slot ring; at 25 vectors the
+        // last block of each cluster gets no columns at all.
+        cross_entropy_case::<T>(emu, true, 13, 125 * width, grad, per_row, seed + 2);
+        cross_entropy_case::<T>(emu, true, 13, 25 * width, grad, per_row, seed + 3);
+    }
+}
+
+#[test]
+fn cross_entropy_kernels_match_the_cpu_under_emulation() {
+    let Some(emu) = cross_entropy_emulator() else { return };
+    cross_entropy_all::<f32>(emu, 21);
+    cross_entropy_all::<bf16>(emu, 22);
+    cross_entropy_all::<f16>(emu, 23);
+}
+
+#[test]
+fn shared_declarations_are_rewritten_for_the_arena() {
+    let code = "    __shared__ float scratch[32 * LN_ROWS];\n    extern __shared__ __align__(16) unsigned char ring[];\n    __shared__ __align__(8) float2 partials[2][CE_CLUSTER];\nint x;";
+    let out = rewrite_shared(code);
+    assert_eq!(
+        out,
+        "    auto& scratch = ::emu::shared<float[32 * LN_ROWS]>(__func__, \"scratch\");\n    unsigned char* ring = reinterpret_cast<unsigned char*>(::emu::dynamic_shared());\n    auto& partials = ::emu::shared<float2[2][CE_CLUSTER]>(__func__, \"partials\");\nint x;\n"
+    );
+}
+
+// ---------------------------------------------------------------- tensor-core matmul
+
+const GEMM_FLAG_BIAS: i32 = 1;
+const GEMM_FLAG_GELU: i32 = 2;
+const GEMM_FLAG_PRE: i32 = 4;
+const GEMM_FLAG_VEC: i32 = 8;
+
+fn matmul_emulator() -> Option<&'static Path> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cxx = compiler("host_emulation")?;
+        let mut names = Vec::new();
+        for t in ["bf16", "f16"] {
+            for tile in ["128x128", "64x64"] {
+                for lay in ["nn", "nt", "tn", "tt"] {
+                    names.push(format!("gemm_tc_{tile}_{lay}_{t}"));
+                }
+            }
+            names.push(format!("gemm_tc_generic_{t}"));
+        }
+        Some(build(&cxx, &polylm_kernels::cuda::matmul_tc::SOURCE, &names))
+    })
+    .as_deref()
+}
+
+/// Which kernel of `matmul_tc.cu` a case runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum TcKernel {
+    Large,
+    Small,
+    Generic,
+}
+
+/// The tanh form of GeLU, as the kernels compute it.
+fn gelu(x: f64) -> f64 {
+    0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+}
+
+/// One product: `a_kmajor` stores A as [M, K] (else [K, M]), `b_kmajor` B as [N, K] (else
+/// [K, N]), with leading strides padded to `pad` elements past the dimension and batches
+/// `batch_pad` elements apart beyond the matrix; output type `O`.
+#[allow(clippy::too_many_arguments)]
+fn matmul_case<T: Elem, O: Elem>(
+    emu: &Path,
+    kernel: TcKernel,
+    (m, n, k, batch): (usize, usize, usize, usize),
+    a_kmajor: bool,
+    b_kmajor: bool,
+    flags: i32,
+    (alpha, beta): (f32, f32),
+    seed: u64,
+) {
+    let mut rng = Rng(seed);
+    let tag = format!(
+        "gemm-{kernel:?}-{}{}-{}-{}-{m}x{n}x{k}x{batch}-f{flags}",
+        a_kmajor,
+        b_kmajor,
+        T::NAME,
+        O::NAME
+    );
+    // Leading strides: multiples of 8 for the 16-byte path, odd for the generic kernel.
+    let lead = |dim: usize| if kernel == TcKernel::Generic { dim + 3 } else { dim.div_ceil(8) * 8 + 8 };
+    let (a_ld, b_ld) = (lead(if a_kmajor { k } else { m }), lead(if b_kmajor { k } else { n }));
+    let a_rows = if a_kmajor { m } else { k };
+    let b_rows = if b_kmajor { n } else { k };
+    let a_bs = a_rows * a_ld + if kernel == TcKernel::Generic { 5 } else { 16 };
+    let b_bs = b_rows * b_ld + if kernel == TcKernel::Generic { 5 } else { 16 };
+    let a = rng.values::<T>(batch * a_bs, 1.0);
+    let b = rng.values::<T>(batch * b_bs, 1.0);
+    let bias = rng.values::<O>(n, 0.5);
+    let c0 = rng.values::<O>(batch * m * n, 1.0);
+    let (a_rs, a_cs) = if a_kmajor { (a_ld, 1) } else { (1, a_ld) };
+    let (b_rs, b_cs) = if b_kmajor { (1, b_ld) } else { (b_ld, 1) };
+    let (bm, bn) = if kernel == TcKernel::Large { (128, 128) } else { (64, 64) };
+    let (tiles_m, tiles_n) = (m.div_ceil(bm), n.div_ceil(bn));
+    let out_kind = match O::NAME {
+        "f32" => 0i32,
+        "bf16" => 1,
+        _ => 2,
+    };
+    // `struct TcShape` of matmul_tc.cu: eleven i64, two f32, four i32.
+    let mut shape = Vec::new();
+    for v in [m, n, k, a_rs, a_cs, a_bs, b_rs, b_cs, b_bs, n, m * n] {
+        shape.extend((v as i64).to_le_bytes());
+    }
+    shape.extend(alpha.to_le_bytes());
+    shape.extend(beta.to_le_bytes());
+    for v in [tiles_m as i32, tiles_n as i32, out_kind, flags] {
+        shape.extend(v.to_le_bytes());
+    }
+
+    let osize = std::mem::size_of::<O>();
+    let mut s = Script::new(&tag);
+    let (ba, bb, bbias) = (s.input(&T::bytes(&a)), s.input(&T::bytes(&b)), s.input(&O::bytes(&bias)));
+    let bc = s.input(&O::bytes(&c0));
+    let bpre = s.output(batch * m * n * osize);
+    s.bytes(&shape).ptr(ba).ptr(bb).ptr(bc);
+    if flags & GEMM_FLAG_BIAS != 0 {
+        s.ptr(bbias);
+    } else {
+        s.arg("null");
+    }
+    if flags & GEMM_FLAG_PRE != 0 {
+        s.ptr(bpre);
+    } else {
+        s.arg("null");
+    }
+    // Shared memory as the wrapper sizes it (kernels/cuda/matmul_tc.rs, Tile::shared_bytes).
+    let geom = |rows: usize, kmajor: bool| if kmajor { rows * 40 } else { 32 * (rows + 8) };
+    let (name, threads, stages, ak, bk) = match kernel {
+        TcKernel::Large => ("128x128", 256, 4, a_kmajor, b_kmajor),
+        TcKernel::Small => ("64x64", 128, 3, a_kmajor, b_kmajor),
+        TcKernel::Generic => ("generic", 128, 2, true, true),
+    };
+    let shared = stages * (geom(bm, ak) + geom(bn, bk)) * 2;
+    let kernel_name = match kernel {
+        TcKernel::Generic => format!("gemm_tc_generic_{}", T::NAME),
+        _ => format!(
+            "gemm_tc_{name}_{}{}_{}",
+            if a_kmajor { 'n' } else { 't' },
+            if b_kmajor { 't' } else { 'n' },
+            T::NAME
+        ),
+    };
+    s.launch3(&kernel_name, [tiles_m * tiles_n, 1, batch], threads, 1, shared);
+    let got = s.run(emu, &[bc, bpre]);
+
+    let (mut want, mut want_pre) = (vec![0.0; batch * m * n], vec![0.0; batch * m * n]);
+    for z in 0..batch {
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0.0;
+                for p in 0..k {
+                    acc += a[z * a_bs + i * a_rs + p * a_cs] * b[z * b_bs + p * b_rs + j * b_cs];
+                }
+                let mut v = f64::from(alpha) * acc;
+                if flags & GEMM_FLAG_BIAS != 0 {
+                    v += bias[j];
+                }
+                let at = z * m * n + i * n + j;
+                want_pre[at] = v;
+                if flags & GEMM_FLAG_GELU != 0 {
+                    v = gelu(v);
+                }
+                want[at] = v + f64::from(beta) * c0[at];
+            }
+        }
+    }
+    let (rtol, atol) = if O::NAME == "f32" { (1e-5, 1e-5) } else { (O::RTOL, O::ATOL) };
+    check_with(&format!("{tag} C<{}>", O::NAME), &O::values(&got[0]), &want, rtol, atol);
+    if flags & GEMM_FLAG_PRE != 0 {
+        check_with(&format!("{tag} pre<{}>", O::NAME), &O::values(&got[1]), &want_pre, rtol, atol);
+    }
+}
+
+fn matmul_all<T: Elem>(emu: &Path, seed: u64) {
+    let gelu_pre = GEMM_FLAG_BIAS | GEMM_FLAG_GELU | GEMM_FLAG_PRE | GEMM_FLAG_VEC;
+    for (i, (ak, bk)) in [(true, false), (true, true), (false, false), (false, true)].into_iter().enumerate()
+    {
+        let seed = seed + 10 * i as u64;
+        // Ragged in every dimension (M, N not multiples of the tile, K not of 32), two batches.
+        matmul_case::<T, f32>(
+            emu,
+            TcKernel::Small,
+            (70, 66, 40, 2),
+            ak,
+            bk,
+            GEMM_FLAG_VEC,
+            (0.75, 0.5),
+            seed,
+        );
+        matmul_case::<T, T>(emu, TcKernel::Small, (33, 72, 56, 1), ak, bk, gelu_pre, (1.0, 0.0), seed + 1);
+        matmul_case::<T, T>(
+            emu,
+            TcKernel::Large,
+            (130, 72, 40, 1),
+            ak,
+            bk,
+            GEMM_FLAG_BIAS | GEMM_FLAG_VEC,
+            (1.0, 1.0),
+            seed + 2,
+        );
+    }
+    matmul_case::<T, f32>(
+        emu,
+        TcKernel::Generic,
+        (37, 29, 45, 2),
+        true,
+        true,
+        GEMM_FLAG_BIAS,
+        (1.0, 0.0),
+        seed + 50,
+    );
+    matmul_case::<T, T>(
+        emu,
+        TcKernel::Generic,
+        (20, 70, 17, 1),
+        false,
+        false,
+        gelu_pre & !GEMM_FLAG_VEC,
+        (0.5, 0.25),
+        seed + 51,
+    );
+}
+
+#[test]
+fn tensor_core_matmul_matches_f64_under_emulation() {
+    let Some(emu) = matmul_emulator() else { return };
+    matmul_all::<bf16>(emu, 31);
+    matmul_all::<f16>(emu, 41);
+}
+
+// ---------------------------------------------------------------- flash attention
+
+fn flash_emulator() -> Option<&'static Path> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cxx = compiler("host_emulation")?;
+        let mut names = Vec::new();
+        for t in ["bf16", "f16"] {
+            for d in [64, 128] {
+                names.push(format!("flash_fwd_{t}_d{d}"));
+                names.push(format!("flash_bwd_{t}_d{d}"));
+            }
+            names.push(format!("flash_bwd_prep_{t}"));
+            names.push(format!("flash_bwd_dq_{t}"));
+        }
+        Some(build(&cxx, &polylm_kernels::cuda::flash_attention::SOURCE, &names))
+    })
+    .as_deref()
+}
+
+/// Attention in f64 over [bh, seq, d]: the output, the log-sum-exp, and the gradients of q, k, v
+/// for the upstream gradient `dout`.
+#[allow(clippy::type_complexity)]
+fn attention_reference(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    dout: &[f64],
+    (bh, seq, d): (usize, usize, usize),
+    causal: bool,
+    scale: f64,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (mut out, mut lse) = (vec![0.0; bh * seq * d], vec![0.0; bh * seq]);
+    let (mut dq, mut dk, mut dv) =
+        (vec![0.0; bh * seq * d], vec![0.0; bh * seq * d], vec![0.0; bh * seq * d]);
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    for h in 0..bh {
+        let row = |t: &[f64], i: usize| t[(h * seq + i) * d..(h * seq + i + 1) * d].to_vec();
+        for i in 0..seq {
+            let keys = if causal { i + 1 } else { seq };
+            let s: Vec<f64> = (0..keys).map(|j| scale * dot(&row(q, i), &row(k, j))).collect();
+            let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let total: f64 = s.iter().map(|x| (x - mx).exp()).sum();
+            lse[h * seq + i] = mx + total.ln();
+            let p: Vec<f64> = s.iter().map(|x| (x - lse[h * seq + i]).exp()).collect();
+            let o = (h * seq + i) * d;
+            for (j, pj) in p.iter().enumerate() {
+                for c in 0..d {
+                    out[o + c] += pj * v[(h * seq + j) * d + c];
+                }
+            }
+            let g = row(dout, i);
+            let big_d = dot(&g, &out[o..o + d]);
+            for (j, pj) in p.iter().enumerate() {
+                let kj = (h * seq + j) * d;
+                let dp = dot(&g, &row(v, j));
+                let ds = pj * (dp - big_d);
+                for c in 0..d {
+                    dv[kj + c] += pj * g[c];
+                    dq[o + c] += scale * ds * k[kj + c];
+                    dk[kj + c] += scale * ds * q[o + c];
+                }
+            }
+        }
+    }
+    (out, lse, dq, dk, dv)
+}
+
+fn flash_case<T: Elem>(emu: &Path, (bh, seq, d): (usize, usize, usize), causal: bool, seed: u64) {
+    let mut rng = Rng(seed);
+    let tag = format!("flash-{}-{bh}x{seq}x{d}-{causal}", T::NAME);
+    let size = std::mem::size_of::<T>();
+    let n = bh * seq * d;
+    let (q, k, v) = (rng.values::<T>(n, 1.0), rng.values::<T>(n, 1.0), rng.values::<T>(n, 1.0));
+    let dout = rng.values::<T>(n, 1.0);
+    let scale = 1.0 / (d as f32).sqrt();
+    let (want_out, want_lse, want_dq, want_dk, want_dv) =
+        attention_reference(&q, &k, &v, &dout, (bh, seq, d), causal, f64::from(scale));
+    // `struct FlashDims`: bh, seq, causal (i32), scale (f32).
+    let mut dims = Vec::new();
+    for x in [bh as i32, seq as i32, causal as i32] {
+        dims.extend(x.to_le_bytes());
+    }
+    dims.extend(scale.to_le_bytes());
+    // Launch shapes of kernels/cuda/flash_attention.rs.
+    let (block_m, pad) = (64, 8);
+    let tiles = seq.div_ceil(block_m) * bh;
+    let fwd_shared = (block_m + 4 * 64) * (d + pad) * 2;
+    let bwd_shared = 6 * block_m * (d + pad) * 2 + 64 * (block_m + pad) * 2 + 4 * block_m * 4;
+
+    let mut s = Script::new(&tag);
+    let (bq, bk, bv, bd) =
+        (s.input(&T::bytes(&q)), s.input(&T::bytes(&k)), s.input(&T::bytes(&v)), s.input(&T::bytes(&dout)));
+    let (bo, bl) = (s.output(n * size), s.output(bh * seq * 4));
+    let (bdot, bacc) = (s.output(bh * seq * 4), s.output(n * 4));
+    let (bdq, bdk, bdv) = (s.output(n * size), s.output(n * size), s.output(n * size));
+    s.bytes(&dims).ptr(bq).ptr(bk).ptr(bv).ptr(bo).ptr(bl);
+    s.launch(&format!("flash_fwd_{}_d{d}", T::NAME), tiles, 128, 1, fwd_shared);
+    s.arg(&format!("i32 {}", bh * seq)).arg(&format!("i32 {d}")).ptr(bo).ptr(bd).ptr(bdot).ptr(bacc);
+    s.launch(&format!("flash_bwd_prep_{}", T::NAME), (bh * seq).div_ceil(8), 256, 1, 0);
+    s.bytes(&dims).ptr(bq).ptr(bk).ptr(bv).ptr(bd).ptr(bl).ptr(bdot).ptr(bacc).ptr(bdk).ptr(bdv);
+    s.launch(&format!("flash_bwd_{}_d{d}", T::NAME), tiles, 128, 1, bwd_shared);
+    s.arg(&format!("i64 {n}")).arg(&format!("f32 {scale}")).ptr(bacc).ptr(bdq);
+    s.launch(&format!("flash_bwd_dq_{}", T::NAME), (n / 4).div_ceil(256), 256, 1, 0);
+    let got = s.run(emu, &[bo, bl, bdq, bdk, bdv]);
+    check::<T>(&format!("{tag} out"), &T::values(&got[0]), &want_out);
+    check_with(&format!("{tag} lse"), &<f32 as Elem>::values(&got[1]), &want_lse, 1e-3, 1e-3);
+    check::<T>(&format!("{tag} dq"), &T::values(&got[2]), &want_dq);
+    check::<T>(&format!("{tag} dk"), &T::values(&got[3]), &want_dk);
+    check::<T>(&format!("{tag} dv"), &T::values(&got[4]), &want_dv);
+}
+
+#[test]
+fn flash_attention_matches_f64_under_emulation() {
+    let Some(emu) = flash_emulator() else { return };
+    // A ragged sequence (one full 64-row tile and a tail), both head dimensions, causal and not.
+    flash_case::<bf16>(emu, (2, 70, 64), true, 51);
+    flash_case::<bf16>(emu, (1, 70, 128), false, 52);
+    flash_case::<f16>(emu, (1, 45, 128), true, 53);
+    flash_case::<f16>(emu, (2, 70, 64), false, 54);
+}
