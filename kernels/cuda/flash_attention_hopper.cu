@@ -38,7 +38,8 @@
 // that reads it has completed.
 //
 // Not yet run on a GPU (see docs/cuda.md): the NVRTC gate compiles it for sm_90a with no spills,
-// and scripts/emulate_flash_attention_hopper.py replays its data movement and fragment indexing.
+// and kernels/tests/host_emulation.rs runs it on the CPU (TMA, mbarriers and wgmma emulated)
+// against an f64 attention.
 
 #define FH_BM 128  // query rows per CTA (two consumer warpgroups of 64)
 #define FH_BN 128  // keys per tile
@@ -64,6 +65,7 @@ struct __align__(64) FhTensorMap {
 // (the mbarrier, TMA, setmaxnreg and wgmma wrappers are in hopper.cuh, prepended to this file;
 // smem_u32 and pack2 are in common.cuh)
 
+#ifndef POLYLM_HOST_EMULATION
 // Barrier over the 128 threads of one consumer warpgroup (ids 1 and 2; 0 is __syncthreads).
 __device__ __forceinline__ void fh_wg_sync(int id) {
     asm volatile("bar.sync %0, 128;" ::"r"(id) : "memory");
@@ -92,6 +94,18 @@ template <int N> __device__ __forceinline__ void fence_regs(u32 (&r)[N][4]) {
 #pragma unroll
     for (int i = 0; i < N; i++) asm volatile("" : "+r"(r[i][0]), "+r"(r[i][1]), "+r"(r[i][2]), "+r"(r[i][3])::"memory");
 }
+#else
+// Host emulation (kernels/emu/emu_hopper.hpp): the same helpers on the emulated machine.
+__device__ __forceinline__ void fh_wg_sync(int id) { emu::named_barrier(id, 128); }
+__device__ __forceinline__ void fh_st_shared32(u32 addr, u32 v) { std::memcpy(emu::local(addr), &v, 4); }
+__device__ __forceinline__ uint4 fh_ld_shared128(u32 addr) {
+    uint4 v;
+    std::memcpy(&v, emu::local(addr), 16);
+    return v;
+}
+__device__ __forceinline__ float fh_exp2(float x) { return exp2f(x); }
+template <int N> __device__ __forceinline__ void fence_regs(u32 (&)[N][4]) {}
+#endif
 
 // S[64×128] (+)= A·B with A (64×16) and B (16×128, stored as 128 rows of K) both K-major in shared
 // memory; scale_d = 0 overwrites S (the first K step).

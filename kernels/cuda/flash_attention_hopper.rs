@@ -4,8 +4,8 @@
 //! portable path, which reads this kernel's outputs (same layouts, same log-sum-exp units).
 //!
 //! **Not yet run on a GPU.** It compiles for `sm_90a` without spills (the NVRTC gate), its SASS
-//! holds the `HGMMA` and `UTMALDG` instructions, and `scripts/emulate_flash_attention_hopper.py`
-//! replays its data movement and fragment indexing against a plain attention on the CPU; until a
+//! holds the `HGMMA` and `UTMALDG` instructions, and the host emulation
+//! (`kernels/tests/host_emulation.rs`) runs the kernel on the CPU against an f64 attention; until a
 //! GPU session has passed `tests/cuda_flash_attention.rs` with it, [`super::flash_attention::forward`]
 //! only picks it when `POLYLM_GPU_FLASH_HOPPER=1` (see [`super::flash_attention::ForwardKernel`]).
 //!

@@ -3,6 +3,8 @@
 // (whose sm_90 section has the mbarrier wrappers) to every kernel file registered with
 // `needs_sm90a`.
 
+// Host emulation (kernels/emu/emu_hopper.hpp) supplies its own TMA, setmaxnreg and wgmma.
+#ifndef POLYLM_HOST_EMULATION
 // ---------------------------------------------------------------- TMA
 
 /// TMA: the box of the tensor map at generic address `map` (a `__grid_constant__` parameter) at
@@ -47,6 +49,8 @@ __device__ __forceinline__ void fence_regs(float (&d)[R]) {
     for (int i = 0; i < R; i++) asm volatile("" : "+f"(d[i])::"memory");
 }
 
+#endif  // POLYLM_HOST_EMULATION
+
 /// A shared-memory matrix descriptor for wgmma with 128-byte swizzling: start address, leading
 /// and stride byte offsets, each stored >> 4 in 14 bits; swizzle mode 1 (128B) in bits 62-63;
 /// base offset 0 (every swizzle atom starts on a 1024-byte boundary).
@@ -55,6 +59,7 @@ __device__ __forceinline__ u64 sw128_desc(u32 addr, u32 lbo, u32 sbo) {
            ((u64)((sbo & 0x3FFFF) >> 4) << 32) | (1ull << 62);
 }
 
+#ifndef POLYLM_HOST_EMULATION
 // The accumulator operands of a wgmma asm statement (`d` is the accumulator array) and their
 // numbers in its text, for N/2 = 32, 64 and 128 accumulators per thread.
 #define WG_ACC8(i) \
@@ -111,3 +116,4 @@ WGMMA_RS(64, bf16, 32, WG_REGS32, WG_ACC32, "{%32, %33, %34, %35}", "%36")
 WGMMA_RS(64, f16, 32, WG_REGS32, WG_ACC32, "{%32, %33, %34, %35}", "%36")
 WGMMA_RS(128, bf16, 64, WG_REGS64, WG_ACC64, "{%64, %65, %66, %67}", "%68")
 WGMMA_RS(128, f16, 64, WG_REGS64, WG_ACC64, "{%64, %65, %66, %67}", "%68")
+#endif  // POLYLM_HOST_EMULATION

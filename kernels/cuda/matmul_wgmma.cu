@@ -43,8 +43,8 @@
 //   B K-major ("t", B stored [N, K]): one box {64 k, BN n}: as A K-major with BN rows.
 //   B N-major ("n", B stored [K, N]): BN/64 boxes {64 n, 64 k}, 8192 bytes apart. Descriptor
 //     (tnspB = 1): SBO = 1024, LBO = 8192; K step of 16 = +2048 bytes.
-// (scripts/emulate_wgmma_layout.py replays these writes and reads, the accumulator fragment
-// layout and the epilogue's indexing in numpy against A·B.)
+// (kernels/tests/host_emulation.rs runs this file on the CPU, TMA, mbarriers and wgmma emulated
+// in these layouts, against an f64 product.)
 //
 // Ragged edges: the tensor maps carry the true M, N, K (and batch), so TMA zero-fills whatever
 // part of a box lies outside the matrix (the transaction still counts the whole box), and the

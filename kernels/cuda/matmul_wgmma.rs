@@ -4,9 +4,9 @@
 //! warpgroup, two consumer warpgroups) and persistent (one block per SM).
 //!
 //! **Not yet run on a GPU.** It compiles for sm_90a without spills (the NVRTC gate), its SASS
-//! holds HGMMA and UTMALDG instructions (`kernels/tests/sass_check.rs`), and its shared-memory
-//! addressing, fragment layout and epilogue indexing are replayed on the CPU by
-//! `scripts/emulate_wgmma_layout.py`; until it has passed `tests/cuda_matmul_tc.rs` on an H100 or
+//! holds HGMMA and UTMALDG instructions (`kernels/tests/sass_check.rs`), and the host emulation
+//! (`kernels/tests/host_emulation.rs`) runs the kernel on the CPU against an f64 product; until
+//! it has passed `tests/cuda_matmul_tc.rs` on an H100 or
 //! H200, [`super::matmul_tc::gemm_tc`] uses it only when `POLYLM_GPU_MATMUL_HOPPER=1`
 //! ([`hopper_enabled`]). Tests and benchmarks force it with
 //! [`super::matmul_tc::gemm_tc_with`] and [`Tile::Hopper128x128`] / [`Tile::Hopper128x256`].

@@ -51,6 +51,7 @@
 #define __align__(n) alignas(n)
 #define __cluster_dims__(x, y, z)
 #define __launch_bounds__(...)
+#define __grid_constant__
 #define __restrict__
 #define __CUDA_ARCH__ 900
 
@@ -112,6 +113,8 @@ struct Warp {
     std::barrier<> bar{32};
 };
 
+struct ThreadCtx;
+
 struct Block {
     Dim3 idx;
     unsigned rank = 0;
@@ -119,6 +122,13 @@ struct Block {
     std::vector<unsigned char> smem;
     std::unique_ptr<std::barrier<>> bar;
     std::vector<std::unique_ptr<Warp>> warps;
+    /// One barrier per warpgroup (128 threads), for the warpgroup-wide wgmma.
+    std::vector<std::unique_ptr<std::barrier<>>> warpgroups;
+    /// Named barriers (`bar.sync id, count`), made on first use.
+    std::mutex named_mutex;
+    std::map<int, std::unique_ptr<std::barrier<>>> named;
+    /// Every thread's context, by thread index.
+    std::vector<ThreadCtx*> threads;
 };
 
 struct Cluster {
@@ -132,14 +142,40 @@ struct CopyOp {
     int src_bytes;
 };
 
+/// One recorded wgmma.mma_async (emu_hopper.hpp): run when a wgmma.wait_group covers it.
+struct WgmmaOp {
+    int n = 0;              // N of m64nNk16
+    bool f16 = false;       // element type: f16, else bf16
+    float* d = nullptr;     // this thread's N/2 accumulators
+    uint64_t da = 0, db = 0;
+    bool scale_d = true;    // false: D = A·B
+    int trans_a = 0, trans_b = 0;
+    /// The A registers (register-A form), read when the operation runs, as the hardware may:
+    /// a kernel that rewrites them before the wait sees its new values used.
+    const uint32_t* a = nullptr;
+};
+
 struct ThreadCtx {
     Dim3 tid;
     Block* block = nullptr;
     std::vector<CopyOp> open;
     std::deque<std::vector<CopyOp>> groups;
+    std::vector<WgmmaOp> wg_open;
+    std::deque<std::vector<WgmmaOp>> wg_groups;
 };
 
 inline thread_local ThreadCtx* self = nullptr;
+
+/// What the harness puts in a kernel's 128-byte tensor-map parameter (emu_hopper.hpp's TMA).
+struct TensorMap {
+    const unsigned char* base;
+    uint64_t dims[3];     // elements, innermost first
+    uint64_t strides[2];  // bytes, of dimensions 1 and 2
+    uint32_t box[3];      // elements
+    uint32_t elem_bytes;
+    uint32_t magic;
+};
+constexpr uint32_t kTensorMapMagic = 0x7e45a9u;
 
 /// The launch in progress: its shape, its `__shared__` layout and its asynchronous operations.
 struct Launch {
@@ -287,7 +323,7 @@ inline void mbar_arrive(uint32_t bar) { mbar_arrive_expect_tx(bar, 0); }
 inline void mbar_wait(uint32_t bar, uint32_t parity) {
     std::unique_lock<std::mutex> g(emu::mbar_mutex);
     emu::Block* b = emu::self->block;
-    bool done = emu::mbar_cv.wait_for(g, std::chrono::seconds(20),
+    bool done = emu::mbar_cv.wait_for(g, std::chrono::seconds(120),
                                       [&] { return (emu::mbar_at(b, bar).phase & 1u) != parity; });
     if (!done) emu::fail("mbarrier wait timed out (deadlock)");
 }
@@ -403,7 +439,9 @@ static void* thread_main(void* arg) {
     (*job->second)();
     Block* b = self->block;
     if (!self->open.empty() || !self->groups.empty()) fail("a thread exited with cp.async copies it never waited for");
+    if (!self->wg_open.empty() || !self->wg_groups.empty()) fail("a thread exited with wgmma operations it never waited for");
     // Exited threads no longer count at the barriers.
+    if (!b->warpgroups.empty()) b->warpgroups[self->tid.x / 128]->arrive_and_drop();
     b->warps[self->tid.x / 32]->bar.arrive_and_drop();
     b->bar->arrive_and_drop();
     b->cluster->bar->arrive_and_drop();
@@ -417,6 +455,16 @@ inline void launch(Dim3 grid, unsigned block, unsigned cluster, size_t dynamic, 
     if (block == 0 || block % 32 != 0 || block > 1024) fail("block size must be a multiple of 32 up to 1024");
     if (cluster == 0 || grid.x % cluster != 0) fail("grid is not a whole number of clusters");
     if (dynamic > kDynamicShared) fail("dynamic shared memory exceeds the emulated 232 KiB");
+    // A watchdog: a launch that deadlocks (a barrier some thread never reaches) fails instead of
+    // hanging the test.
+    std::mutex done_mutex;
+    std::condition_variable done_cv;
+    bool done = false;
+    std::thread watchdog([&] {
+        std::unique_lock<std::mutex> g(done_mutex);
+        if (!done_cv.wait_for(g, std::chrono::seconds(300), [&] { return done; }))
+            fail("the launch did not finish in 300 s (deadlock)");
+    });
     Launch l;
     l.grid = grid;
     l.block.x = block;
@@ -438,6 +486,9 @@ inline void launch(Dim3 grid, unsigned block, unsigned cluster, size_t dynamic, 
             b->smem.assign(kStaticShared + dynamic, 0xCD);
             b->bar = std::make_unique<std::barrier<>>(block);
             for (unsigned w = 0; w < block / 32; w++) b->warps.push_back(std::make_unique<Warp>());
+            if (block % 128 == 0)
+                for (unsigned w = 0; w < block / 128; w++) b->warpgroups.push_back(std::make_unique<std::barrier<>>(128));
+            b->threads.assign(block, nullptr);
             c.blocks.push_back(std::move(b));
         }
         std::vector<ThreadCtx> ctx(block * cluster);
@@ -449,6 +500,9 @@ inline void launch(Dim3 grid, unsigned block, unsigned cluster, size_t dynamic, 
         for (size_t i = 0; i < ctx.size(); i++) {
             ctx[i].block = c.blocks[i / block].get();
             ctx[i].tid.x = (unsigned)(i % block);
+            ctx[i].block->threads[i % block] = &ctx[i];
+        }
+        for (size_t i = 0; i < ctx.size(); i++) {
             jobs[i] = {&ctx[i], &body};
             if (pthread_create(&threads[i], &attr, thread_main, &jobs[i]) != 0) fail("cannot start a thread");
         }
@@ -463,6 +517,12 @@ inline void launch(Dim3 grid, unsigned block, unsigned cluster, size_t dynamic, 
         }
     }
     current = nullptr;
+    {
+        std::lock_guard<std::mutex> g(done_mutex);
+        done = true;
+    }
+    done_cv.notify_all();
+    watchdog.join();
 }
 
 }  // namespace emu

@@ -4,6 +4,9 @@
 //                                       (NaN in f32, bf16 and f16)
 //   arg ptr <index> | arg null | arg i32 <v> | arg u32 <v> | arg f32 <v> | arg i64 <v>
 //   arg bytes <hex>                     a structure passed by value, its bytes in hex
+//   arg tmap <index> <element bytes> <size0> <size1> <size2> <stride1> <stride2> <box0> <box1> <box2>
+//                                       an emulated TMA tensor map over buffer <index>
+//                                       (sizes in elements innermost first, strides in bytes)
 //   launch <kernel> <grid x> <grid y> <grid z> <block> <cluster> <dynamic shared bytes>
 //   dump <index> <path>                 writes a buffer to a file
 //
@@ -23,6 +26,7 @@ struct Arg {
     long long int_value = 0;
     double float_value = 0.0;
     std::vector<unsigned char> bytes;
+    unsigned long long map[10] = {};
 };
 
 struct Args {
@@ -50,6 +54,20 @@ struct Args {
         } else if constexpr (std::is_same_v<A, float>) {
             if (a.kind != "f32") fail("argument " + std::to_string(next - 1) + " should be f32, not " + a.kind);
             return (float)a.float_value;
+        } else if (a.kind == "tmap") {
+            static_assert(std::is_trivially_copyable_v<A>, "unsupported kernel parameter type");
+            if (sizeof(A) < sizeof(TensorMap)) fail("a tensor map argument for a parameter too small to hold one");
+            TensorMap m{};
+            m.base = bufs->at((size_t)a.map[0]).data();
+            m.elem_bytes = (uint32_t)a.map[1];
+            for (int i = 0; i < 3; i++) m.dims[i] = a.map[2 + i];
+            for (int i = 0; i < 2; i++) m.strides[i] = a.map[5 + i];
+            for (int i = 0; i < 3; i++) m.box[i] = (uint32_t)a.map[7 + i];
+            m.magic = kTensorMapMagic;
+            A v;
+            std::memset(&v, 0, sizeof v);
+            std::memcpy(&v, &m, sizeof m);
+            return v;
         } else {
             static_assert(std::is_trivially_copyable_v<A>, "unsupported kernel parameter type");
             if (a.kind != "bytes" || a.bytes.size() != sizeof(A))
@@ -109,6 +127,8 @@ int main() {
                 in >> hex;
                 for (size_t i = 0; i + 1 < hex.size(); i += 2)
                     a.bytes.push_back((unsigned char)std::stoul(hex.substr(i, 2), nullptr, 16));
+            } else if (a.kind == "tmap") {
+                for (unsigned long long& v : a.map) in >> v;
             } else if (a.kind != "null") {
                 in >> a.int_value;
             }

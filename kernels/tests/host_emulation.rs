@@ -13,7 +13,9 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use half::{bf16, f16};
-use polylm_kernels::cuda::source::{KernelSource, PRELUDE};
+use polylm_kernels::cuda::matmul_tc::Tile;
+use polylm_kernels::cuda::source::{KernelSource, HOPPER_PRELUDE, PRELUDE};
+use polylm_kernels::cuda::{flash_attention_hopper, matmul_wgmma};
 
 // ---------------------------------------------------------------- building an emulator
 
@@ -74,9 +76,17 @@ fn build(cxx: &str, source: &KernelSource, kernels: &[String]) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("emulation directory");
     let registry: String =
         kernels.iter().map(|k| format!("        {{\"{k}\", emu::kernel(&{k})}},\n")).collect();
+    let hopper = if source.needs_sm90a {
+        format!(
+            "#line 1 \"hopper.cuh\"\n{HOPPER_PRELUDE}\n#include \"{}/emu_hopper.hpp\"\n",
+            emu_dir.display()
+        )
+    } else {
+        String::new()
+    };
     let unit = format!(
         "#include \"{emu}/emu.hpp\"\n#line 1 \"common.cuh\"\n{PRELUDE}\n#include \"{emu}/emu_convert.hpp\"\n\
-         #line 1 \"{name}.cu\"\n{code}\n#include \"{emu}/emu_main.hpp\"\n\
+         {hopper}#line 1 \"{name}.cu\"\n{code}\n#include \"{emu}/emu_main.hpp\"\n\
          std::map<std::string, emu::Launcher> emu_kernels() {{\n    return {{\n{registry}    }};\n}}\n",
         emu = emu_dir.display(),
         name = source.name,
@@ -620,6 +630,9 @@ enum TcKernel {
     Large,
     Small,
     Generic,
+    /// matmul_wgmma.cu, 128×128 and 128×256 tiles.
+    Hopper128,
+    Hopper256,
 }
 
 /// The tanh form of GeLU, as the kernels compute it.
@@ -662,7 +675,11 @@ fn matmul_case<T: Elem, O: Elem>(
     let c0 = rng.values::<O>(batch * m * n, 1.0);
     let (a_rs, a_cs) = if a_kmajor { (a_ld, 1) } else { (1, a_ld) };
     let (b_rs, b_cs) = if b_kmajor { (1, b_ld) } else { (b_ld, 1) };
-    let (bm, bn) = if kernel == TcKernel::Large { (128, 128) } else { (64, 64) };
+    let (bm, bn) = match kernel {
+        TcKernel::Large | TcKernel::Hopper128 => (128, 128),
+        TcKernel::Hopper256 => (128, 256),
+        _ => (64, 64),
+    };
     let (tiles_m, tiles_n) = (m.div_ceil(bm), n.div_ceil(bn));
     let out_kind = match O::NAME {
         "f32" => 0i32,
@@ -685,7 +702,42 @@ fn matmul_case<T: Elem, O: Elem>(
     let (ba, bb, bbias) = (s.input(&T::bytes(&a)), s.input(&T::bytes(&b)), s.input(&O::bytes(&bias)));
     let bc = s.input(&O::bytes(&c0));
     let bpre = s.output(batch * m * n * osize);
-    s.bytes(&shape).ptr(ba).ptr(bb).ptr(bc);
+    if matches!(kernel, TcKernel::Hopper128 | TcKernel::Hopper256) {
+        // The tensor maps and the shape as matmul_wgmma.rs makes them.
+        let a_op = matmul_wgmma::tma_operand(0, 2, k, m, a_cs, a_rs, a_bs, batch).expect("A takes TMA");
+        let b_op = matmul_wgmma::tma_operand(0, 2, k, n, b_rs, b_cs, b_bs, batch).expect("B takes TMA");
+        assert_eq!((a_op.k_major, b_op.k_major), (a_kmajor, b_kmajor));
+        let tmap = |buf: usize, op: &matmul_wgmma::TmaOperand, outer: usize| {
+            let [d0, d1, d2] = op.dims;
+            let [s1, s2] = op.strides;
+            format!("tmap {buf} 2 {d0} {d1} {d2} {s1} {s2} 64 {outer} 1")
+        };
+        s.arg(&tmap(ba, &a_op, if a_kmajor { 128 } else { 64 }));
+        s.arg(&tmap(bb, &b_op, if b_kmajor { bn } else { 64 }));
+        // `struct WgShape`: m, n, k, ldc, c_bs (i64), alpha, beta (f32), batch, tiles_m, tiles_n,
+        // a_batched, b_batched, out_kind, flags (i32), padded to 8 bytes.
+        let mut wg = Vec::new();
+        for v in [m, n, k, n, m * n] {
+            wg.extend((v as i64).to_le_bytes());
+        }
+        wg.extend(alpha.to_le_bytes());
+        wg.extend(beta.to_le_bytes());
+        for v in [
+            batch as i32,
+            tiles_m as i32,
+            tiles_n as i32,
+            a_op.batched as i32,
+            b_op.batched as i32,
+            out_kind,
+            flags,
+        ] {
+            wg.extend(v.to_le_bytes());
+        }
+        wg.extend([0u8; 4]);
+        s.bytes(&wg).ptr(bc);
+    } else {
+        s.bytes(&shape).ptr(ba).ptr(bb).ptr(bc);
+    }
     if flags & GEMM_FLAG_BIAS != 0 {
         s.ptr(bbias);
     } else {
@@ -699,21 +751,41 @@ fn matmul_case<T: Elem, O: Elem>(
     // Shared memory as the wrapper sizes it (kernels/cuda/matmul_tc.rs, Tile::shared_bytes).
     let geom = |rows: usize, kmajor: bool| if kmajor { rows * 40 } else { 32 * (rows + 8) };
     let (name, threads, stages, ak, bk) = match kernel {
-        TcKernel::Large => ("128x128", 256, 4, a_kmajor, b_kmajor),
-        TcKernel::Small => ("64x64", 128, 3, a_kmajor, b_kmajor),
-        TcKernel::Generic => ("generic", 128, 2, true, true),
+        TcKernel::Large => ("tc_128x128", 256, 4, a_kmajor, b_kmajor),
+        TcKernel::Small => ("tc_64x64", 128, 3, a_kmajor, b_kmajor),
+        TcKernel::Generic => ("tc_generic", 128, 2, true, true),
+        TcKernel::Hopper128 => ("wgmma_128x128", 384, 6, a_kmajor, b_kmajor),
+        TcKernel::Hopper256 => ("wgmma_128x256", 384, 4, a_kmajor, b_kmajor),
     };
-    let shared = stages * (geom(bm, ak) + geom(bn, bk)) * 2;
-    let kernel_name = match kernel {
-        TcKernel::Generic => format!("gemm_tc_generic_{}", T::NAME),
-        _ => format!(
-            "gemm_tc_{name}_{}{}_{}",
-            if a_kmajor { 'n' } else { 't' },
-            if b_kmajor { 't' } else { 'n' },
-            T::NAME
-        ),
-    };
-    s.launch3(&kernel_name, [tiles_m * tiles_n, 1, batch], threads, 1, shared);
+    let layout = format!("{}{}", if a_kmajor { 'n' } else { 't' }, if b_kmajor { 't' } else { 'n' });
+    match kernel {
+        TcKernel::Generic => {
+            let shared = stages * (geom(bm, ak) + geom(bn, bk)) * 2;
+            s.launch3(
+                &format!("gemm_tc_generic_{}", T::NAME),
+                [tiles_m * tiles_n, 1, batch],
+                threads,
+                1,
+                shared,
+            );
+        }
+        TcKernel::Large | TcKernel::Small => {
+            let shared = stages * (geom(bm, ak) + geom(bn, bk)) * 2;
+            s.launch3(
+                &format!("gemm_{name}_{layout}_{}", T::NAME),
+                [tiles_m * tiles_n, 1, batch],
+                threads,
+                1,
+                shared,
+            );
+        }
+        TcKernel::Hopper128 | TcKernel::Hopper256 => {
+            // Persistent: two blocks walk every tile of every batch entry.
+            let tile = if kernel == TcKernel::Hopper128 { Tile::Hopper128x128 } else { Tile::Hopper128x256 };
+            let shared = matmul_wgmma::shared_bytes(tile).expect("a Hopper tile");
+            s.launch(&format!("gemm_{name}_{layout}_{}", T::NAME), 2, threads, 1, shared);
+        }
+    }
     let got = s.run(emu, &[bc, bpre]);
 
     let (mut want, mut want_pre) = (vec![0.0; batch * m * n], vec![0.0; batch * m * n]);
@@ -792,6 +864,59 @@ fn matmul_all<T: Elem>(emu: &Path, seed: u64) {
         (0.5, 0.25),
         seed + 51,
     );
+}
+
+fn wgmma_emulator() -> Option<&'static Path> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cxx = compiler("host_emulation")?;
+        let mut names = Vec::new();
+        for t in ["bf16", "f16"] {
+            for tile in ["128x128", "128x256"] {
+                for lay in ["nn", "nt", "tn", "tt"] {
+                    names.push(format!("gemm_wgmma_{tile}_{lay}_{t}"));
+                }
+            }
+        }
+        Some(build(&cxx, &matmul_wgmma::SOURCE, &names))
+    })
+    .as_deref()
+}
+
+fn wgmma_all<T: Elem>(emu: &Path, seed: u64) {
+    let gelu_pre = GEMM_FLAG_BIAS | GEMM_FLAG_GELU | GEMM_FLAG_PRE | GEMM_FLAG_VEC;
+    for (i, (ak, bk)) in [(true, false), (true, true), (false, false), (false, true)].into_iter().enumerate()
+    {
+        let seed = seed + 10 * i as u64;
+        // Ragged M, N and K (K = 100: a full 64-deep slice and a zero-filled tail), batches.
+        matmul_case::<T, f32>(
+            emu,
+            TcKernel::Hopper128,
+            (200, 150, 100, 2),
+            ak,
+            bk,
+            GEMM_FLAG_VEC,
+            (0.75, 0.5),
+            seed,
+        );
+        matmul_case::<T, T>(
+            emu,
+            TcKernel::Hopper256,
+            (130, 264, 72, 1),
+            ak,
+            bk,
+            gelu_pre,
+            (1.0, 0.0),
+            seed + 1,
+        );
+    }
+}
+
+#[test]
+fn hopper_matmul_matches_f64_under_emulation() {
+    let Some(emu) = wgmma_emulator() else { return };
+    wgmma_all::<bf16>(emu, 61);
+    wgmma_all::<f16>(emu, 71);
 }
 
 #[test]
@@ -911,6 +1036,64 @@ fn flash_case<T: Elem>(emu: &Path, (bh, seq, d): (usize, usize, usize), causal: 
     check::<T>(&format!("{tag} dq"), &T::values(&got[2]), &want_dq);
     check::<T>(&format!("{tag} dk"), &T::values(&got[3]), &want_dk);
     check::<T>(&format!("{tag} dv"), &T::values(&got[4]), &want_dv);
+}
+
+fn flash_hopper_emulator() -> Option<&'static Path> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cxx = compiler("host_emulation")?;
+        let names: Vec<String> = ["bf16", "f16"]
+            .iter()
+            .flat_map(|t| [64, 128].map(|d| format!("flash_fwd_hopper_{t}_d{d}")))
+            .collect();
+        Some(build(&cxx, &flash_attention_hopper::SOURCE, &names))
+    })
+    .as_deref()
+}
+
+/// The Hopper forward (flash_attention_hopper.cu): output and log-sum-exp against f64.
+fn flash_hopper_case<T: Elem>(emu: &Path, (bh, seq, d): (usize, usize, usize), causal: bool, seed: u64) {
+    let mut rng = Rng(seed);
+    let tag = format!("flash-hopper-{}-{bh}x{seq}x{d}-{causal}", T::NAME);
+    let size = std::mem::size_of::<T>();
+    let n = bh * seq * d;
+    let (q, k, v) = (rng.values::<T>(n, 1.0), rng.values::<T>(n, 1.0), rng.values::<T>(n, 1.0));
+    let scale = 1.0 / (d as f32).sqrt();
+    let (want_out, want_lse, ..) =
+        attention_reference(&q, &k, &v, &q, (bh, seq, d), causal, f64::from(scale));
+    let mut dims = Vec::new();
+    for x in [bh as i32, seq as i32, causal as i32] {
+        dims.extend(x.to_le_bytes());
+    }
+    dims.extend(scale.to_le_bytes());
+    let mut s = Script::new(&tag);
+    let (bq, bk, bv) = (s.input(&T::bytes(&q)), s.input(&T::bytes(&k)), s.input(&T::bytes(&v)));
+    let (bo, bl) = (s.output(n * size), s.output(bh * seq * 4));
+    // Tensor maps as flash_attention_hopper.rs makes them: {D, seq, bh}, boxes of 64 × 128 × 1.
+    let tmap =
+        |buf: usize| format!("tmap {buf} {size} {d} {seq} {bh} {} {} 64 128 1", d * size, seq * d * size);
+    s.bytes(&dims).arg(&tmap(bq)).arg(&tmap(bk)).arg(&tmap(bv)).ptr(bo).ptr(bl);
+    let blocks = seq.div_ceil(128) * bh;
+    s.launch(
+        &format!("flash_fwd_hopper_{}_d{d}", T::NAME),
+        blocks,
+        384,
+        1,
+        flash_attention_hopper::shared_bytes(d),
+    );
+    let got = s.run(emu, &[bo, bl]);
+    check::<T>(&format!("{tag} out"), &T::values(&got[0]), &want_out);
+    check_with(&format!("{tag} lse"), &<f32 as Elem>::values(&got[1]), &want_lse, 1e-3, 1e-3);
+}
+
+#[test]
+fn hopper_flash_attention_forward_matches_f64_under_emulation() {
+    let Some(emu) = flash_hopper_emulator() else { return };
+    // Ragged sequences over more than one 128-row tile, both head dimensions, causal and not.
+    flash_hopper_case::<bf16>(emu, (2, 150, 64), true, 81);
+    flash_hopper_case::<bf16>(emu, (1, 200, 128), false, 82);
+    flash_hopper_case::<f16>(emu, (1, 140, 128), true, 83);
+    flash_hopper_case::<f16>(emu, (2, 70, 64), false, 84);
 }
 
 #[test]
