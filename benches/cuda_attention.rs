@@ -6,10 +6,9 @@
 //! counts `4·batch·heads·seq²·head_dim`, halved for the causal mask; the backward 2.5 times the
 //! forward; forward + backward 3.5 times. The simple warp-per-row kernel (`attention.cu`) runs
 //! beside it up to sequence 2048 (beyond, it takes seconds per call). On a compute-capability-9.0
-//! device a `flash (Hopper fwd)` row adds the Hopper forward (`flash_attention_hopper`, issue 8's
-//! goal: 450 TFLOP/s on an H100); its backward and forward + backward columns use the portable
-//! backward, which is the only one. Prints a Markdown table; `POLYLM_BENCH_OUT=path` also writes
-//! it to a file.
+//! device a `flash (Hopper)` row adds the Hopper kernels (`flash_attention_hopper`, issue 8's
+//! goals on an H100: 450 TFLOP/s forward, 300 forward + backward at 2048), forward and backward.
+//! Prints a Markdown table; `POLYLM_BENCH_OUT=path` also writes it to a file.
 
 mod common;
 
@@ -20,7 +19,7 @@ use half::bf16;
 use polylm_kernels::cuda::attention::{
     attention_backward, attention_forward, AttentionGrads, AttentionShape,
 };
-use polylm_kernels::cuda::flash_attention::{self, FlashGrads, FlashShape, ForwardKernel};
+use polylm_kernels::cuda::flash_attention::{self, BackwardKernel, FlashGrads, FlashShape, ForwardKernel};
 use polylm_kernels::cuda::flash_attention_hopper;
 use polylm_kernels::cuda::{CudaDevice, CudaResult, DeviceBuf};
 
@@ -88,12 +87,13 @@ fn time_flash(
     b: &mut Buffers,
     shape: &FlashShape,
     iters: usize,
-    kernel: ForwardKernel,
+    (kernel, backward): (ForwardKernel, BackwardKernel),
 ) -> CudaResult<Times> {
     let Buffers { q, k, v, dout, out, lse, dq, dk, dv } = b;
     let fwd = dev.time_ms(iters, || flash_attention::forward_with(kernel, q, k, v, shape, out, lse))?;
     let bwd = dev.time_ms(iters, || {
-        flash_attention::backward(
+        flash_attention::backward_with(
+            backward,
             q,
             k,
             v,
@@ -106,7 +106,8 @@ fn time_flash(
     })?;
     let both = dev.time_ms(iters, || {
         flash_attention::forward_with(kernel, q, k, v, shape, out, lse)?;
-        flash_attention::backward(
+        flash_attention::backward_with(
+            backward,
             q,
             k,
             v,
@@ -169,9 +170,11 @@ fn run(dev: &Arc<CudaDevice>) -> CudaResult<String> {
         let shape = FlashShape::new(TOKENS / seq, HEADS, seq, HEAD_DIM, true);
         let f = shape.forward_flops();
         let mut bufs = Buffers::new(dev, &shape)?;
-        let mut rows = vec![("flash", time_flash(dev, &mut bufs, &shape, 10, ForwardKernel::Portable)?)];
+        let portable = (ForwardKernel::Portable, BackwardKernel::Portable);
+        let mut rows = vec![("flash", time_flash(dev, &mut bufs, &shape, 10, portable)?)];
         if flash_attention_hopper::runs_on(dev) {
-            rows.push(("flash (Hopper fwd)", time_flash(dev, &mut bufs, &shape, 10, ForwardKernel::Hopper)?));
+            let hopper = (ForwardKernel::Hopper, BackwardKernel::Hopper);
+            rows.push(("flash (Hopper)", time_flash(dev, &mut bufs, &shape, 10, hopper)?));
         }
         if seq <= SIMPLE_MAX_SEQ {
             rows.push(("simple (attention.cu)", time_simple(dev, &mut bufs, &shape, 2)?));

@@ -8,11 +8,11 @@
 //! cover 1, lengths that are not multiples of the 64-row tiles, and up to 4096; head dimensions
 //! 64 and 128; causal and not; several batch × heads.
 //!
-//! The Hopper forward (`kernels/cuda/flash_attention_hopper.*`, forced with
-//! [`ForwardKernel::Hopper`]) is checked the same way, output and log-sum-exp, on sequence
-//! lengths from 1 to 4096 that are mostly not multiples of its 128-row tiles, and the portable
-//! backward is run on its outputs. Those tests need a compute-capability-9.0 device and print why
-//! they skip on any other.
+//! The Hopper kernels (`kernels/cuda/flash_attention_hopper.*`, forced with
+//! [`ForwardKernel::Hopper`] and [`BackwardKernel::Hopper`]) are checked the same way, on
+//! sequence lengths from 1 to 4096 that are mostly not multiples of their tiles; the portable
+//! backward is also run on the Hopper forward's outputs. Those tests need a compute-capability-9.0
+//! device and print why they skip on any other.
 //!
 //! Without a GPU each GPU test prints `skipped: no GPU` and passes; the shape validation test
 //! needs no device and always runs.
@@ -26,7 +26,7 @@ use std::sync::Arc;
 use half::{bf16, f16};
 use polylm_engine::Rng;
 use polylm_kernels::cast::Scalar;
-use polylm_kernels::cuda::flash_attention::{self, FlashGrads, FlashShape, ForwardKernel};
+use polylm_kernels::cuda::flash_attention::{self, BackwardKernel, FlashGrads, FlashShape, ForwardKernel};
 use polylm_kernels::cuda::flash_attention_hopper;
 use polylm_kernels::cuda::{CudaDevice, CudaError, FloatElem};
 use rayon::prelude::*;
@@ -141,7 +141,7 @@ fn reference(
 /// One forward + backward against the reference; `qk_scale` is the range of q and k (larger
 /// values give peakier softmaxes).
 fn case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64, shape: FlashShape, qk_scale: f64) {
-    case_with::<T>(dev, seed, shape, qk_scale, ForwardKernel::Auto, true);
+    case_with::<T>(dev, seed, shape, qk_scale, ForwardKernel::Auto, Some(BackwardKernel::Auto));
 }
 
 /// [`case`] with the forward on `kernel`, and the (portable) backward only when `grads`.
@@ -151,7 +151,7 @@ fn case_with<T: Precision>(
     shape: FlashShape,
     qk_scale: f64,
     kernel: ForwardKernel,
-    grads: bool,
+    backward: Option<BackwardKernel>,
 ) {
     let mut rng = Rng::new(seed);
     let n = shape.qkv_len();
@@ -173,10 +173,10 @@ fn case_with<T: Precision>(
         shape.head_dim,
         shape.causal,
         shape.scale as f64,
-        grads,
+        backward.is_some(),
     );
     let tag = format!(
-        "flash<{}> {kernel:?} b{} h{} t{} d{} causal {} qk±{qk_scale}",
+        "flash<{}> {kernel:?}/{backward:?} b{} h{} t{} d{} causal {} qk±{qk_scale}",
         T::NAME,
         shape.batch,
         shape.heads,
@@ -188,12 +188,13 @@ fn case_with<T: Precision>(
     check(&format!("{tag} out"), &read("out", &out), &want.out, rt, at, fro);
     // The log-sum-exp is f32 arithmetic on exact products of the rounded inputs.
     check(&format!("{tag} lse"), &read("lse", &lse), &want.lse, 1e-4, 1e-4, 1e-4);
-    if !grads {
+    let Some(backward) = backward else {
         println!("ok {tag} (forward)");
         return;
-    }
+    };
     let (mut dq, mut dk, mut dv) = (poisoned::<T>(dev, n), poisoned::<T>(dev, n), poisoned::<T>(dev, n));
-    flash_attention::backward(
+    flash_attention::backward_with(
+        backward,
         &q,
         &k,
         &v,
@@ -320,7 +321,7 @@ fn hopper_forward_matches_f64_bf16() {
                 let (batch, heads) = if seq <= 255 { (2, 3) } else { (1, 2) };
                 let shape = FlashShape::new(batch, heads, seq, d, causal);
                 let seed = 6000 + 4 * i as u64 + 2 * (d == 128) as u64 + causal as u64;
-                case_with::<bf16>(&dev, seed, shape, 1.5, ForwardKernel::Hopper, false);
+                case_with::<bf16>(&dev, seed, shape, 1.5, ForwardKernel::Hopper, None);
             }
         }
     }
@@ -339,7 +340,7 @@ fn hopper_forward_matches_f64_f16() {
                 shape,
                 1.5,
                 ForwardKernel::Hopper,
-                false,
+                None,
             );
         }
     }
@@ -354,19 +355,19 @@ fn hopper_forward_long_sequences_match_f64() {
             .enumerate()
     {
         let shape = FlashShape::new(1, 2, seq, d, causal);
-        case_with::<bf16>(&dev, 8000 + i as u64, shape, 1.5, ForwardKernel::Hopper, false);
+        case_with::<bf16>(&dev, 8000 + i as u64, shape, 1.5, ForwardKernel::Hopper, None);
     }
-    case_with::<f16>(&dev, 8100, FlashShape::new(1, 1, 3000, 128, true), 1.5, ForwardKernel::Hopper, false);
+    case_with::<f16>(&dev, 8100, FlashShape::new(1, 1, 3000, 128, true), 1.5, ForwardKernel::Hopper, None);
 }
 
 #[test]
 fn hopper_forward_peaky_softmax_and_other_scales_match_f64() {
     let Some(dev) = hopper_device("flash hopper peaky") else { return };
-    case_with::<bf16>(&dev, 9000, FlashShape::new(1, 3, 300, 128, true), 4.0, ForwardKernel::Hopper, false);
-    case_with::<bf16>(&dev, 9001, FlashShape::new(2, 1, 700, 64, false), 4.0, ForwardKernel::Hopper, false);
+    case_with::<bf16>(&dev, 9000, FlashShape::new(1, 3, 300, 128, true), 4.0, ForwardKernel::Hopper, None);
+    case_with::<bf16>(&dev, 9001, FlashShape::new(2, 1, 700, 64, false), 4.0, ForwardKernel::Hopper, None);
     let mut shape = FlashShape::new(1, 2, 150, 64, true);
     shape.scale = 0.3;
-    case_with::<f16>(&dev, 9002, shape, 1.5, ForwardKernel::Hopper, false);
+    case_with::<f16>(&dev, 9002, shape, 1.5, ForwardKernel::Hopper, None);
 }
 
 #[test]
@@ -380,10 +381,39 @@ fn portable_backward_takes_the_hopper_forward() {
             FlashShape::new(1, 2, seq, d, causal),
             1.5,
             ForwardKernel::Hopper,
-            true,
+            Some(BackwardKernel::Portable),
         );
     }
-    case_with::<f16>(&dev, 9110, FlashShape::new(2, 1, 300, 64, true), 1.5, ForwardKernel::Hopper, true);
+    let (shape, backward) = (FlashShape::new(2, 1, 300, 64, true), Some(BackwardKernel::Portable));
+    case_with::<f16>(&dev, 9110, shape, 1.5, ForwardKernel::Hopper, backward);
+}
+
+#[test]
+fn hopper_backward_matches_f64() {
+    // The Hopper forward then the Hopper backward, on lengths around and between its 64-query
+    // tiles and 128-key blocks, both head dimensions, causal and not.
+    let Some(dev) = hopper_device("flash hopper backward") else { return };
+    let hopper = Some(BackwardKernel::Hopper);
+    for (i, &seq) in HOPPER_SEQS.iter().enumerate() {
+        for d in [64, 128] {
+            let causal = (i + d / 64) % 2 == 0;
+            let (batch, heads) = if seq <= 255 { (2, 2) } else { (1, 2) };
+            let shape = FlashShape::new(batch, heads, seq, d, causal);
+            case_with::<bf16>(
+                &dev,
+                9200 + 2 * i as u64 + (d == 128) as u64,
+                shape,
+                1.5,
+                ForwardKernel::Hopper,
+                hopper,
+            );
+        }
+    }
+    for (i, &(seq, d, causal)) in [(100, 64, true), (300, 128, false), (2049, 128, true)].iter().enumerate() {
+        let shape = FlashShape::new(1, 2, seq, d, causal);
+        case_with::<f16>(&dev, 9300 + i as u64, shape, 1.5, ForwardKernel::Hopper, hopper);
+    }
+    case_with::<bf16>(&dev, 9310, FlashShape::new(1, 1, 4096, 128, true), 1.5, ForwardKernel::Hopper, hopper);
 }
 
 #[test]
@@ -408,6 +438,25 @@ fn hopper_errors_are_typed() {
     let f = dev.alloc::<f32>(n).expect("alloc");
     let mut fo = dev.alloc::<f32>(n).expect("alloc");
     let err = flash_attention_hopper::forward(&f, &f, &f, &shape, &mut fo, &mut lse).unwrap_err();
+    assert!(matches!(err, CudaError::Invalid { .. }), "{err}");
+}
+
+#[test]
+fn forcing_the_hopper_backward_elsewhere_is_an_error() {
+    let Some(dev) = device("flash hopper backward errors") else { return };
+    if flash_attention_hopper::runs_on(&dev) {
+        println!("skipped: {} runs the Hopper kernel", dev.name());
+        return;
+    }
+    let shape = FlashShape::new(1, 2, 100, 64, true);
+    let n = shape.qkv_len();
+    let q = dev.alloc::<bf16>(n).expect("alloc");
+    let lse = dev.alloc::<f32>(shape.lse_len()).expect("alloc");
+    let (mut dq, mut dk, mut dv) =
+        (dev.alloc(n).expect("alloc"), dev.alloc(n).expect("alloc"), dev.alloc(n).expect("alloc"));
+    let grads = FlashGrads { dq: &mut dq, dk: &mut dk, dv: &mut dv };
+    let err = flash_attention::backward_with(BackwardKernel::Hopper, &q, &q, &q, &q, &lse, &q, &shape, grads)
+        .unwrap_err();
     assert!(matches!(err, CudaError::Invalid { .. }), "{err}");
 }
 

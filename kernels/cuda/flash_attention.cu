@@ -36,8 +36,9 @@
 // bank conflicts.
 //
 // Registers (ptxas, sm_90): forward 128 (D=64) / 235 (D=128), backward 224 / 255, no spills; the
-// backward at D=128 computes dPᵀ in quarters to stay within 255 registers. There is no Hopper
-// (wgmma/TMA) kernel yet: these mma.sync kernels are what runs on sm_90.
+// backward at D=128 computes dPᵀ in quarters to stay within 255 registers. The Hopper (wgmma/TMA)
+// kernels are in flash_attention_hopper.cu; the backward there shares this file's pre-pass and
+// dQ kernels.
 
 #define FA_WARPS 4
 #define FA_THREADS (32 * FA_WARPS)

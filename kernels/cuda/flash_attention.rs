@@ -248,13 +248,45 @@ pub fn forward_with<T: FloatElem>(
 /// The gradients [`backward`] writes: the same triple the simple attention kernel fills.
 pub type FlashGrads<'a, T> = super::attention::AttentionGrads<'a, T>;
 
+/// Which kernel [`backward_with`] runs between the shared pre-pass and dQ kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackwardKernel {
+    /// The Hopper kernel on a compute-capability-9.0 device when `POLYLM_GPU_FLASH_HOPPER=1`,
+    /// else the portable one (what [`backward`] does).
+    Auto,
+    /// The portable `mma.sync` kernel of this module, on any device.
+    Portable,
+    /// `flash_bwd_hopper` of [`super::flash_attention_hopper`]: an error on a device other than
+    /// 9.0.
+    Hopper,
+}
+
 /// Backward: writes dQ, dK and dV from the inputs, the forward's `out` and `lse`, and the
 /// output gradient `dout`. The probabilities are recomputed tile by tile from `lse`; the only
 /// workspace is an f32 dQ accumulator of the size of `q` and the `[batch, heads, seq]` row dots.
+/// Runs the portable kernel, or the Hopper one on an sm_90 device when
+/// `POLYLM_GPU_FLASH_HOPPER=1` ([`BackwardKernel::Auto`]).
 ///
 /// Errors like [`forward`].
 #[allow(clippy::too_many_arguments)]
 pub fn backward<T: FloatElem>(
+    q: &DeviceBuf<T>,
+    k: &DeviceBuf<T>,
+    v: &DeviceBuf<T>,
+    out: &DeviceBuf<T>,
+    lse: &DeviceBuf<f32>,
+    dout: &DeviceBuf<T>,
+    shape: &FlashShape,
+    grads: FlashGrads<'_, T>,
+) -> CudaResult<()> {
+    backward_with(BackwardKernel::Auto, q, k, v, out, lse, dout, shape, grads)
+}
+
+/// [`backward`] on the kernel `kernel` picks; errors like [`backward`], and (for
+/// [`BackwardKernel::Hopper`]) on a device that is not compute capability 9.0.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_with<T: FloatElem>(
+    kernel: BackwardKernel,
     q: &DeviceBuf<T>,
     k: &DeviceBuf<T>,
     v: &DeviceBuf<T>,
@@ -275,11 +307,18 @@ pub fn backward<T: FloatElem>(
     }
     check_len(OP, "lse", lse, shape.lse_len())?;
     let dev = out.device().clone();
+    let hopper = match kernel {
+        BackwardKernel::Portable => false,
+        BackwardKernel::Hopper => {
+            super::flash_attention_hopper::require_hopper(OP, &dev)?;
+            true
+        }
+        BackwardKernel::Auto => hopper_requested() && super::flash_attention_hopper::runs_on(&dev),
+    };
     let rows = shape.lse_len();
     let dq_acc = dev.alloc::<f32>(n)?;
     let dot = dev.alloc::<f32>(rows)?;
-    let (pq, pk, pv, po, pl, pd) = (q.ptr(), k.ptr(), v.ptr(), out.ptr(), lse.ptr(), dout.ptr());
-    let (pacc, pdot) = (dq_acc.ptr(), dot.ptr());
+    let (po, pd, pacc, pdot) = (out.ptr(), dout.ptr(), dq_acc.ptr(), dot.ptr());
 
     // Row dots D = rowsum(dO∘O), and the dQ accumulator zeroed.
     let f = dev.function(&SOURCE, &format!("flash_bwd_prep_{}", T::NAME))?;
@@ -290,15 +329,12 @@ pub fn backward<T: FloatElem>(
     dev.launch(args, cfg, "launching flash_bwd_prep")?;
 
     // dK, dV per key block; dQ added into the f32 accumulator.
-    let shared = backward_shared_bytes(shape.head_dim);
-    let f = dev.function(&SOURCE, &format!("flash_bwd_{}_d{}", T::NAME, shape.head_dim))?;
-    dev.allow_shared_memory(&f, shared as u32)?;
-    let cfg = tiles_grid(OP, shape, BLOCK_N, shared)?;
-    let d = shape.dims();
-    let (pdk, pdv) = (grads.dk.ptr(), grads.dv.ptr());
-    let mut args = dev.launcher(&f)?;
-    args.arg(&d).arg(&pq).arg(&pk).arg(&pv).arg(&pd).arg(&pl).arg(&pdot).arg(&pacc).arg(&pdk).arg(&pdv);
-    dev.launch(args, cfg, "launching flash_bwd")?;
+    if hopper {
+        let inputs = super::flash_attention_hopper::BackwardInputs { q, k, v, dout, lse, dot: &dot };
+        super::flash_attention_hopper::backward_main(inputs, shape, &dq_acc, grads.dk, grads.dv)?;
+    } else {
+        portable_backward_main(q, k, v, dout, lse, (&dot, &dq_acc), shape, (grads.dk, grads.dv))?;
+    }
 
     // dQ = scale · accumulator, in the storage type.
     let f = dev.function(&SOURCE, &format!("flash_bwd_dq_{}", T::NAME))?;
@@ -308,4 +344,31 @@ pub fn backward<T: FloatElem>(
     let mut args = dev.launcher(&f)?;
     args.arg(&n_i).arg(&shape.scale).arg(&pacc).arg(&pdq);
     dev.launch(args, cfg, "launching flash_bwd_dq")
+}
+
+/// The portable backward's main kernel: dK, dV per key block, dS·K added into `dq_acc`.
+#[allow(clippy::too_many_arguments)]
+fn portable_backward_main<T: FloatElem>(
+    q: &DeviceBuf<T>,
+    k: &DeviceBuf<T>,
+    v: &DeviceBuf<T>,
+    dout: &DeviceBuf<T>,
+    lse: &DeviceBuf<f32>,
+    (dot, dq_acc): (&DeviceBuf<f32>, &DeviceBuf<f32>),
+    shape: &FlashShape,
+    (dk, dv): (&mut DeviceBuf<T>, &mut DeviceBuf<T>),
+) -> CudaResult<()> {
+    const OP: &str = "flash_attention_backward";
+    let dev = dk.device().clone();
+    let (pq, pk, pv, pl, pd) = (q.ptr(), k.ptr(), v.ptr(), lse.ptr(), dout.ptr());
+    let (pacc, pdot) = (dq_acc.ptr(), dot.ptr());
+    let shared = backward_shared_bytes(shape.head_dim);
+    let f = dev.function(&SOURCE, &format!("flash_bwd_{}_d{}", T::NAME, shape.head_dim))?;
+    dev.allow_shared_memory(&f, shared as u32)?;
+    let cfg = tiles_grid(OP, shape, BLOCK_N, shared)?;
+    let d = shape.dims();
+    let (pdk, pdv) = (dk.ptr(), dv.ptr());
+    let mut args = dev.launcher(&f)?;
+    args.arg(&d).arg(&pq).arg(&pk).arg(&pv).arg(&pd).arg(&pl).arg(&pdot).arg(&pacc).arg(&pdk).arg(&pdv);
+    dev.launch(args, cfg, "launching flash_bwd")
 }

@@ -1,6 +1,7 @@
-// Flash attention forward for Hopper (sm_90a): wgmma, TMA and warp specialisation, through inline
-// PTX only. The backward stays on the portable kernels of `flash_attention.cu`, which read the
-// log-sum-exp this kernel saves (same layout, same units).
+// Flash attention for Hopper (sm_90a), forward and backward: wgmma, TMA and warp specialisation,
+// through inline PTX only. The forward saves the log-sum-exp in the layout and units of
+// `flash_attention.cu`, so either backward takes it; the backward (below the forward) runs
+// between that file's pre-pass and dQ kernels.
 //
 // Memory contract (that of `flash_attention.cu`): q, k, v and out are contiguous [bh, seq, D]
 // (batch and heads flattened into bh), D = 64 or 128, element type bf16 or f16, bases 16-byte
@@ -83,6 +84,9 @@ __device__ __forceinline__ uint4 fh_ld_shared128(u32 addr) {
     return v;
 }
 
+// Makes `v` unknown to the optimiser from here on (it cannot hoist what depends on it).
+__device__ __forceinline__ void fh_opaque(u32& v) { asm volatile("" : "+r"(v)); }
+
 __device__ __forceinline__ float fh_exp2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
@@ -104,6 +108,7 @@ __device__ __forceinline__ uint4 fh_ld_shared128(u32 addr) {
     return v;
 }
 __device__ __forceinline__ float fh_exp2(float x) { return exp2f(x); }
+__device__ __forceinline__ void fh_opaque(u32&) {}
 template <int N> __device__ __forceinline__ void fence_regs(u32 (&)[N][4]) {}
 #endif
 
@@ -373,6 +378,287 @@ __device__ __forceinline__ void flash_fwd_hopper(FlashDims a, const FhTensorMap*
     }
 }
 
+// ------------------------------------------------------------------ backward
+//
+// `flash_bwd_hopper_*` replaces the portable `flash_bwd_*` between the same pre-pass
+// (`flash_bwd_prep_*`: row dots D = rowsum(dO∘O), dq_acc zeroed) and the same final
+// `flash_bwd_dq_*` (dQ = scale·dq_acc) of flash_attention.cu, with the same arguments except that
+// q, k, v and dout come through tensor maps ({D, seq, bh}; boxes of 64 columns × 128 rows for K
+// and V, × 64 rows for Q and dO; 128-byte swizzle).
+//
+// One CTA = 3 warpgroups and 128 keys of one (b, h); a one-dimensional grid of key blocks × bh,
+// key block 0 (the most query tiles when causal) first. Warpgroup 0 is the producer: one thread
+// loads K and V once, then Q and dO tiles of 64 queries into a 2-stage ring (full: the loads'
+// transaction bytes; empty: the 8 consumer warps). Warpgroups 1 and 2 are consumers of 64 keys
+// each, with dK and dV in f32 registers. Per query tile (only those at or below the diagonal when
+// causal), each consumer warpgroup:
+//   Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ    wgmma m64n64k16, both operands K-major from shared memory;
+//   Pᵀ = 2^(Sᵀ·scale·log2e − lse·log2e), zero where masked (causal, keys or queries past seq);
+//   dSᵀ = Pᵀ∘(dPᵀ − D);
+//   dV += Pᵀ·dO, dK += dSᵀ·Q      wgmma m64nDk16, A (Pᵀ, dSᵀ) from registers, B MN-major;
+//   dSᵀ → shared memory (its 64 key rows of a 128 × 64 tile, 128-byte swizzled), then
+//   dQ_part = dS·K over its 64 keys, wgmma m64n64k16 with A M-major (the dSᵀ rows) and B
+//   N-major (K), 64 columns at a time, added into dq_acc with f32 atomics.
+// At the end dK·scale and dV are stored in the storage type (rows past seq skipped).
+
+#define FHB_BM 64   // queries per tile
+#define FHB_BN 128  // keys per CTA: two consumer warpgroups of 64
+
+// D[64×32] (+)= A·B, both operands K-major in shared memory.
+template <class T> struct FhSs32;
+template <> struct FhSs32<bf16> {
+    static __device__ __forceinline__ void mma(float (&d)[16], u64 da, u64 db, int scale_d) {
+        wgmma_ss_m64n32k16_bf16<0, 0>(d, da, db, scale_d);
+    }
+};
+template <> struct FhSs32<f16> {
+    static __device__ __forceinline__ void mma(float (&d)[16], u64 da, u64 db, int scale_d) {
+        wgmma_ss_m64n32k16_f16<0, 0>(d, da, db, scale_d);
+    }
+};
+
+// D[64×64] (+)= A·B, both operands in shared memory (TA / TB: M- / N-major).
+template <class T> struct FhSs64;
+template <> struct FhSs64<bf16> {
+    template <int TA, int TB>
+    static __device__ __forceinline__ void mma(float (&d)[32], u64 da, u64 db, int scale_d) {
+        wgmma_ss_m64n64k16_bf16<TA, TB>(d, da, db, scale_d);
+    }
+};
+template <> struct FhSs64<f16> {
+    template <int TA, int TB>
+    static __device__ __forceinline__ void mma(float (&d)[32], u64 da, u64 db, int scale_d) {
+        wgmma_ss_m64n64k16_f16<TA, TB>(d, da, db, scale_d);
+    }
+};
+
+template <class T, int D>
+__device__ __forceinline__ void flash_bwd_hopper(FlashDims a, const FhTensorMap* map_q, const FhTensorMap* map_k,
+                                                 const FhTensorMap* map_v, const FhTensorMap* map_do,
+                                                 const float* __restrict__ lse, const float* __restrict__ dot,
+                                                 float* __restrict__ dq_acc, T* __restrict__ dk, T* __restrict__ dv) {
+    constexpr u32 SUB_KV = FHB_BN * 128;  // one 64-column sub-tile of K or V: 128 rows of 128 bytes
+    constexpr u32 SUB_Q = FHB_BM * 128;   // ... of Q or dO: 64 rows
+    constexpr u32 KV_BYTES = SUB_KV * (D / 64);
+    constexpr u32 Q_BYTES = SUB_Q * (D / 64);
+    constexpr u32 DS_BYTES = FHB_BN * 128;  // dSᵀ: 128 key rows of 64 queries
+
+    extern __shared__ __align__(1024) unsigned char fh_raw[];
+    const u32 base = (smem_u32(fh_raw) + 1023u) & ~1023u;
+    const u32 sk = base, sv = sk + KV_BYTES, sq = sv + KV_BYTES;  // Q and dO: 2 stages each
+    const u32 sdo = sq + 2 * Q_BYTES, sds = sdo + 2 * Q_BYTES;
+    const u32 bars = sds + DS_BYTES;
+    const u32 kv_full = bars, q_full = bars + 8, q_empty = bars + 24;  // + 8·stage
+
+    const int tid = threadIdx.x;
+    const int wg = tid >> 7;
+    const int T_ = a.seq;
+    const int bh = blockIdx.x % a.bh;
+    const int kv0 = (int)(blockIdx.x / a.bh) * FHB_BN;
+    const int qt_begin = a.causal ? kv0 / FHB_BM : 0;
+    const int qt_end = (T_ + FHB_BM - 1) / FHB_BM;
+
+    if (tid == 0) {
+        mbar_init(kv_full, 1);
+#pragma unroll
+        for (int st = 0; st < 2; st++) {
+            mbar_init(q_full + 8 * st, 1);
+            mbar_init(q_empty + 8 * st, 8);  // one arrival per consumer warp
+        }
+        mbar_fence_init();
+    }
+    __syncthreads();
+
+    if (wg == 0) {
+        // ---------------- producer: one thread issues every TMA load
+        setmaxnreg_dec<FH_PRODUCER_REGS>();
+        if (tid == 0) {
+            tma_prefetch_map(map_q);
+            tma_prefetch_map(map_k);
+            tma_prefetch_map(map_v);
+            tma_prefetch_map(map_do);
+            mbar_arrive_expect_tx(kv_full, 2 * KV_BYTES);
+#pragma unroll
+            for (int h = 0; h < D / 64; h++) {
+                tma_load_3d(sk + h * SUB_KV, map_k, kv_full, h * 64, kv0, bh);
+                tma_load_3d(sv + h * SUB_KV, map_v, kv_full, h * 64, kv0, bh);
+            }
+            for (int i = qt_begin; i < qt_end; i++) {
+                const int n = i - qt_begin, st = n & 1;
+                mbar_wait(q_empty + 8 * st, ((u32)(n >> 1) & 1u) ^ 1u);  // a fresh barrier's "previous" phase is done
+                const u32 full = q_full + 8 * st;
+                mbar_arrive_expect_tx(full, 2 * Q_BYTES);
+#pragma unroll
+                for (int h = 0; h < D / 64; h++) {
+                    tma_load_3d(sq + st * Q_BYTES + h * SUB_Q, map_q, full, h * 64, i * FHB_BM, bh);
+                    tma_load_3d(sdo + st * Q_BYTES + h * SUB_Q, map_do, full, h * 64, i * FHB_BM, bh);
+                }
+            }
+        }
+        return;
+    }
+
+    // ---------------- consumers: warpgroup cw owns keys kv0 + 64·cw .. + 63
+    setmaxnreg_inc<FH_CONSUMER_REGS>();
+    const int cw = wg - 1;
+    const int warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    const int key0 = kv0 + 64 * cw + 16 * warp + g;  // this thread's keys: key0 and key0 + 8
+    const float sl2 = a.scale * FH_LOG2E;
+    const u32 sk_wg = sk + 64 * cw * 128, sv_wg = sv + 64 * cw * 128;  // this warpgroup's key rows
+    const u32 sds_wg = sds + 64 * cw * 128;
+    const float* lse_h = lse + (i64)bh * T_;
+    const float* dot_h = dot + (i64)bh * T_;
+
+    float dka[D / 2], dva[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; i++) dka[i] = dva[i] = 0.0f;
+    mbar_wait(kv_full, 0);
+
+    for (int i = qt_begin; i < qt_end; i++) {
+        const int n = i - qt_begin, st = n & 1;
+        const int q0 = i * FHB_BM;
+        mbar_wait(q_full + 8 * st, (u32)(n >> 1) & 1u);
+        const u32 sq_s = sq + st * Q_BYTES, sdo_s = sdo + st * Q_BYTES;
+
+        // Once every warp's dQ product of the previous tile (which read the dSᵀ rows) is done.
+        fh_wg_sync(1 + cw);
+        // This thread's dSᵀ row (rows key0 and key0 + 8, both swizzled by g) and column offset,
+        // made opaque per tile so that the compiler recomputes the 16 store addresses below
+        // instead of keeping (and spilling) them across the loop.
+        u32 ds_row = sds_wg + (16 * warp + g) * 128 + 4 * t4, ds_swz = (u32)g;
+        fh_opaque(ds_row);
+        fh_opaque(ds_swz);
+        // The tile's 64 queries in two halves of 32, so that only 16 + 16 f32 scores are live.
+#pragma unroll
+        for (int hq = 0; hq < 2; hq++) {
+            // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ over the head dimension (32 bytes of a 128-byte row per
+            // step), B the half's 32 query rows (4096 bytes in).
+            float s[16], dp[16];
+#pragma unroll
+            for (int j = 0; j < 16; j++) s[j] = dp[j] = 0.0f;
+            fence_regs(s);
+            fence_regs(dp);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {
+                const u32 ok = (kk >> 2) * SUB_KV + (kk & 3) * 32, oq = hq * 4096 + (kk >> 2) * SUB_Q + (kk & 3) * 32;
+                FhSs32<T>::mma(s, sw128_desc(sk_wg + ok, 16, 1024), sw128_desc(sq_s + oq, 16, 1024), kk > 0);
+                FhSs32<T>::mma(dp, sw128_desc(sv_wg + ok, 16, 1024), sw128_desc(sdo_s + oq, 16, 1024), kk > 0);
+            }
+            wgmma_commit();
+            wgmma_wait<0>();
+            fence_regs(s);
+            fence_regs(dp);
+
+            // Pᵀ and dSᵀ in the accumulator layout (s[4j + e] is key key0 + 8·(e / 2), query
+            // q0 + 32·hq + 8j + 2·t4 + (e % 2)), packed right away as register-A fragments of 16
+            // queries (as fh_pack_p).
+            u32 pf[2][4], dsf[2][4];
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const int qa = q0 + 32 * hq + 8 * j + 2 * t4;
+                float l2[2], dd[2];
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const bool inside = qa + e < T_;
+                    l2[e] = inside ? lse_h[qa + e] * FH_LOG2E : POLY_INF;  // queries past seq: P = 0
+                    dd[e] = inside ? dot_h[qa + e] : 0.0f;
+                }
+                float p[4], ds[4];
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int key = key0 + 8 * (e >> 1), q = qa + (e & 1);
+                    const bool live = key < T_ && (!a.causal || key <= q);
+                    p[e] = live ? fh_exp2(fmaf(s[4 * j + e], sl2, -l2[e & 1])) : 0.0f;
+                    ds[e] = p[e] * (dp[4 * j + e] - dd[e & 1]);
+                }
+                // Fragment registers (j & 1)·2 + r of step j / 2 hold rows key0 + 8r.
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+                    pf[j >> 1][(j & 1) * 2 + r] = pack2<T>(p[2 * r], p[2 * r + 1]);
+                    dsf[j >> 1][(j & 1) * 2 + r] = pack2<T>(ds[2 * r], ds[2 * r + 1]);
+                }
+            }
+
+            // dSᵀ to this warpgroup's 64 rows of the shared tile (row = key, 64 queries as 8
+            // swizzled 16-byte chunks; this half fills chunks 4·hq ..).
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+                    const u32 addr = ds_row + r * 8 * 128 + (((u32)(4 * hq + j) ^ ds_swz) << 4);
+                    fh_st_shared32(addr, dsf[j >> 1][(j & 1) * 2 + r]);
+                }
+            }
+
+            // dV += Pᵀ·dO and dK += dSᵀ·Q: 16 queries (2048 bytes of 128-byte rows) per step, B
+            // N-major over the head dimension (LBO: the next 64-column sub-tile).
+            fence_regs(pf);
+            fence_regs(dsf);
+            fence_regs(dva);
+            fence_regs(dka);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < 2; kk++) {
+                const u32 oq = hq * 4096 + kk * 2048;
+                FhPv<T, D>::mma(dva, pf[kk], sw128_desc(sdo_s + oq, SUB_Q, 1024));
+                FhPv<T, D>::mma(dka, dsf[kk], sw128_desc(sq_s + oq, SUB_Q, 1024));
+            }
+            wgmma_commit();
+            wgmma_wait<0>();  // the P and dS fragments may be reused
+            fence_regs(dva);
+            fence_regs(dka);
+        }
+        fence_proxy_async();
+        fh_wg_sync(1 + cw);  // every warp's dSᵀ rows are written
+
+        // dQ (unscaled) += dS·K over this warpgroup's 64 keys, 64 head columns at a time: A is
+        // the dSᵀ rows read M-major, B the K rows read N-major.
+#pragma unroll
+        for (int hf = 0; hf < D / 64; hf++) {
+            float dq[32];
+#pragma unroll
+            for (int j = 0; j < 32; j++) dq[j] = 0.0f;
+            fence_regs(dq);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++)
+                FhSs64<T>::template mma<1, 1>(dq, sw128_desc(sds_wg + kk * 2048, DS_BYTES, 1024),
+                                              sw128_desc(sk_wg + hf * SUB_KV + kk * 2048, SUB_KV, 1024), kk > 0);
+            wgmma_commit();
+            wgmma_wait<0>();
+            fence_regs(dq);
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                const int q = q0 + 16 * warp + g + 8 * r;
+                if (q >= T_) continue;
+                float* row = dq_acc + ((i64)bh * T_ + q) * D + hf * 64 + 2 * t4;
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    atomicAdd(row + 8 * j, dq[4 * j + 2 * r]);
+                    atomicAdd(row + 8 * j + 1, dq[4 * j + 2 * r + 1]);
+                }
+            }
+        }
+        // Every wgmma reading this stage of Q and dO has completed: release it.
+        __syncwarp();
+        if (lane == 0) mbar_arrive(q_empty + 8 * st);
+    }
+
+    // dK = scale·Σ dSᵀ·Q, dV = Σ Pᵀ·dO, stored row by row (keys past seq skipped).
+#pragma unroll
+    for (int j = 0; j < D / 8; j++) {
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int key = key0 + 8 * r;
+            if (key >= T_) continue;
+            const i64 at = ((i64)bh * T_ + key) * D + 8 * j + 2 * t4;
+            *reinterpret_cast<u32*>(dk + at) = pack2<T>(dka[4 * j + 2 * r] * a.scale, dka[4 * j + 2 * r + 1] * a.scale);
+            *reinterpret_cast<u32*>(dv + at) = pack2<T>(dva[4 * j + 2 * r], dva[4 * j + 2 * r + 1]);
+        }
+    }
+}
+
 // ------------------------------------------------------------------ entry points
 
 #define FLASH_HOPPER(T, S, D)                                                                              \
@@ -381,6 +667,19 @@ __device__ __forceinline__ void flash_fwd_hopper(FlashDims a, const FhTensorMap*
         const __grid_constant__ FhTensorMap tv, T* out, float* lse) {                                      \
         flash_fwd_hopper<T, D>(a, &tq, &tk, &tv, out, lse);                                               \
     }
+
+#define FLASH_HOPPER_BWD(T, S, D)                                                                          \
+    extern "C" __global__ void __launch_bounds__(FH_THREADS, 1) flash_bwd_hopper_##S##_d##D(               \
+        FlashDims a, const __grid_constant__ FhTensorMap tq, const __grid_constant__ FhTensorMap tk,       \
+        const __grid_constant__ FhTensorMap tv, const __grid_constant__ FhTensorMap tdo, const float* lse, \
+        const float* dot, float* dq_acc, T* dk, T* dv) {                                                   \
+        flash_bwd_hopper<T, D>(a, &tq, &tk, &tv, &tdo, lse, dot, dq_acc, dk, dv);                          \
+    }
+
+FLASH_HOPPER_BWD(bf16, bf16, 64)
+FLASH_HOPPER_BWD(bf16, bf16, 128)
+FLASH_HOPPER_BWD(f16, f16, 64)
+FLASH_HOPPER_BWD(f16, f16, 128)
 
 FLASH_HOPPER(bf16, bf16, 64)
 FLASH_HOPPER(bf16, bf16, 128)

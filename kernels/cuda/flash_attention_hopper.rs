@@ -1,21 +1,25 @@
-//! Launch wrapper of `flash_attention_hopper.cu`: the flash attention **forward** for Hopper
-//! (`sm_90a`: `wgmma`, TMA, warp specialisation, `setmaxnreg`), beside the portable `mma.sync`
-//! forward of [`super::flash_attention`]. The backward has no Hopper kernel: it stays on the
-//! portable path, which reads this kernel's outputs (same layouts, same log-sum-exp units).
+//! Launch wrapper of `flash_attention_hopper.cu`: flash attention for Hopper (`sm_90a`: `wgmma`,
+//! TMA, warp specialisation, `setmaxnreg`), forward ([`forward`]) and the backward's main kernel
+//! (run by [`super::flash_attention::backward_with`] between the portable pre-pass and dQ
+//! kernels), beside the portable `mma.sync` kernels of [`super::flash_attention`], with the same
+//! layouts and log-sum-exp units, so forwards and backwards mix freely.
 //!
 //! **Not yet run on a GPU.** It compiles for `sm_90a` without spills (the NVRTC gate), its SASS
 //! holds the `HGMMA` and `UTMALDG` instructions, and the host emulation
-//! (`kernels/tests/host_emulation.rs`) runs the kernel on the CPU against an f64 attention; until a
-//! GPU session has passed `tests/cuda_flash_attention.rs` with it, [`super::flash_attention::forward`]
-//! only picks it when `POLYLM_GPU_FLASH_HOPPER=1` (see [`super::flash_attention::ForwardKernel`]).
+//! (`kernels/tests/host_emulation.rs`) runs both kernels on the CPU against an f64 attention;
+//! until a GPU session has passed `tests/cuda_flash_attention.rs` with them,
+//! [`super::flash_attention::forward`] and [`super::flash_attention::backward`] only pick them
+//! when `POLYLM_GPU_FLASH_HOPPER=1` (see [`super::flash_attention::ForwardKernel`] and
+//! [`super::flash_attention::BackwardKernel`]).
 //!
-//! Layouts are those of the portable kernel: `q`, `k`, `v` and the output contiguous
-//! `[batch, heads, seq, head_dim]`, the log-sum-exp `[batch, heads, seq]` f32 in natural-log units.
-//! The kernel reads `q`, `k` and `v` through TMA tensor maps built here with
-//! `cuTensorMapEncodeTiled` (3-D `{head_dim, seq, batch·heads}`, boxes of 64 columns × 128 rows,
-//! 128-byte swizzle), passed by value as `__grid_constant__` parameters. A block is 3 warpgroups:
-//! one producer (TMA loads into a 2-stage K/V ring guarded by mbarriers) and two consumers of 64
-//! query rows each (S = Q·Kᵀ and O += P·V on `wgmma`, online softmax in f32 registers).
+//! Layouts are those of the portable kernels: `q`, `k`, `v`, the output and the gradients
+//! contiguous `[batch, heads, seq, head_dim]`, the log-sum-exp `[batch, heads, seq]` f32 in
+//! natural-log units. The kernels read `q`, `k`, `v` (and `dout`) through TMA tensor maps built
+//! here with `cuTensorMapEncodeTiled` (3-D `{head_dim, seq, batch·heads}`, boxes of 64 columns ×
+//! 128 or 64 rows, 128-byte swizzle), passed by value as `__grid_constant__` parameters. A block
+//! is 3 warpgroups: one producer (TMA loads into 2-stage rings guarded by mbarriers) and two
+//! consumers (forward: 64 query rows each, S = Q·Kᵀ and O += P·V; backward: 64 keys each, dK and
+//! dV in registers, dQ through f32 atomics).
 
 use cudarc::driver::{sys, DeviceRepr, LaunchConfig, PushKernelArg};
 
@@ -81,14 +85,15 @@ struct HopperDims {
 // SAFETY: `#[repr(C)]` plain data matching `struct FlashDims` in flash_attention_hopper.cu.
 unsafe impl DeviceRepr for HopperDims {}
 
-/// The tensor map the kernel reads `buf` through: `[batch·heads, seq, head_dim]` elements of `T`,
-/// boxes of 64 columns × 128 rows × 1 head, 128-byte swizzle, zeros outside the tensor (so the
-/// ragged last tile of a head never reads the next head).
+/// The tensor map a kernel reads `buf` through: `[batch·heads, seq, head_dim]` elements of `T`,
+/// boxes of 64 columns × `box_rows` rows × 1 head, 128-byte swizzle, zeros outside the tensor
+/// (so the ragged last tile of a head never reads the next head).
 fn tensor_map<T: FloatElem>(
     op: &'static str,
     what: &str,
     buf: &DeviceBuf<T>,
     s: &FlashShape,
+    box_rows: usize,
 ) -> CudaResult<TensorMap> {
     let data_type = match T::NAME {
         "bf16" => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
@@ -104,7 +109,7 @@ fn tensor_map<T: FloatElem>(
     // every size below 2³¹ rows and the strides below TMA's 2⁴⁰ bytes.
     let dims = [d, t, bh];
     let strides = [d * elem, t * d * elem];
-    let boxes = [BOX_COLS, BLOCK_M as u32, 1];
+    let boxes = [BOX_COLS, box_rows as u32, 1];
     let element_strides = [1u32; 3];
     let mut map = sys::CUtensorMap { opaque: [0; 16] };
     // SAFETY: every pointer refers to a live local array of the length the rank (3) implies;
@@ -154,20 +159,9 @@ pub fn forward<T: FloatElem>(
     }
     check_len(OP, "lse", lse, shape.lse_len())?;
     let dev = out.device().clone();
-    if !runs_on(&dev) {
-        let arch = dev.arch();
-        return Err(CudaError::invalid(
-            OP,
-            format!(
-                "the Hopper kernel needs compute capability 9.0; {} is {}.{}",
-                dev.name(),
-                arch.major,
-                arch.minor
-            ),
-        ));
-    }
-    let (tq, tk, tv) =
-        (tensor_map(OP, "q", q, shape)?, tensor_map(OP, "k", k, shape)?, tensor_map(OP, "v", v, shape)?);
+    require_hopper(OP, &dev)?;
+    let map = |what, buf| tensor_map(OP, what, buf, shape, BLOCK_M);
+    let (tq, tk, tv) = (map("q", q)?, map("k", k)?, map("v", v)?);
     let shared = shared_bytes(shape.head_dim);
     let f = dev.function(&SOURCE, &format!("flash_fwd_hopper_{}_d{}", T::NAME, shape.head_dim))?;
     dev.allow_shared_memory(&f, shared as u32)?;
@@ -186,6 +180,94 @@ pub fn forward<T: FloatElem>(
     dev.launch(args, cfg, "launching flash_fwd_hopper")
 }
 
+/// An error unless `dev` is compute capability 9.0 ([`runs_on`]).
+pub(crate) fn require_hopper(op: &'static str, dev: &CudaDevice) -> CudaResult<()> {
+    if runs_on(dev) {
+        return Ok(());
+    }
+    let arch = dev.arch();
+    Err(CudaError::invalid(
+        op,
+        format!(
+            "the Hopper kernel needs compute capability 9.0; {} is {}.{}",
+            dev.name(),
+            arch.major,
+            arch.minor
+        ),
+    ))
+}
+
+/// Query rows per tile and keys per block of the backward kernel (`FHB_BM`, `FHB_BN`).
+pub const BACKWARD_BLOCK_M: usize = 64;
+/// Keys per block of the backward kernel.
+pub const BACKWARD_BLOCK_N: usize = 128;
+/// The backward's mbarriers: K/V full, and Q/dO full and empty per stage.
+const BACKWARD_BARRIER_BYTES: usize = 8 * (1 + 2 * STAGES);
+
+/// Dynamic shared memory of the backward kernel: the K and V tiles, `STAGES` Q and dO tiles,
+/// the dSᵀ tile, the barriers and the alignment slack (145 KiB at head dimension 128, 81 KiB at 64).
+pub fn backward_shared_bytes(head_dim: usize) -> usize {
+    (2 * BACKWARD_BLOCK_N + 2 * STAGES * BACKWARD_BLOCK_M) * head_dim * 2
+        + BACKWARD_BLOCK_N * 64 * 2
+        + BACKWARD_BARRIER_BYTES
+        + ALIGN_SLACK
+}
+
+/// The inputs of the backward's main kernel.
+#[derive(Debug)]
+pub(crate) struct BackwardInputs<'a, T: FloatElem> {
+    /// Queries, keys, values and the output gradient, `[batch, heads, seq, head_dim]`.
+    pub q: &'a DeviceBuf<T>,
+    /// Keys.
+    pub k: &'a DeviceBuf<T>,
+    /// Values.
+    pub v: &'a DeviceBuf<T>,
+    /// The output gradient.
+    pub dout: &'a DeviceBuf<T>,
+    /// The forward's log-sum-exp, `[batch, heads, seq]`.
+    pub lse: &'a DeviceBuf<f32>,
+    /// The pre-pass's row dots rowsum(dO∘O), `[batch, heads, seq]`.
+    pub dot: &'a DeviceBuf<f32>,
+}
+
+/// The backward's main kernel on Hopper, between the portable pre-pass and dQ kernels of
+/// [`super::flash_attention::backward_with`]: adds dS·K (unscaled) into `dq_acc` and writes
+/// `dk`, `dv`. The caller has checked every length against `shape`.
+pub(crate) fn backward_main<T: FloatElem>(
+    inputs: BackwardInputs<'_, T>,
+    shape: &FlashShape,
+    dq_acc: &DeviceBuf<f32>,
+    dk: &mut DeviceBuf<T>,
+    dv: &mut DeviceBuf<T>,
+) -> CudaResult<()> {
+    const OP: &str = "flash_attention_hopper_backward";
+    let dev = dk.device().clone();
+    require_hopper(OP, &dev)?;
+    let BackwardInputs { q, k, v, dout, lse, dot } = inputs;
+    let (tq, tdo) = (
+        tensor_map(OP, "q", q, shape, BACKWARD_BLOCK_M)?,
+        tensor_map(OP, "dout", dout, shape, BACKWARD_BLOCK_M)?,
+    );
+    let (tk, tv) =
+        (tensor_map(OP, "k", k, shape, BACKWARD_BLOCK_N)?, tensor_map(OP, "v", v, shape, BACKWARD_BLOCK_N)?);
+    let shared = backward_shared_bytes(shape.head_dim);
+    let f = dev.function(&SOURCE, &format!("flash_bwd_hopper_{}_d{}", T::NAME, shape.head_dim))?;
+    dev.allow_shared_memory(&f, shared as u32)?;
+    let bh = shape.batch * shape.heads;
+    let cfg = LaunchConfig {
+        // One-dimensional: block x is key block x / bh of head x % bh (key block 0 first).
+        grid_dim: (blocks_for(OP, shape.seq.div_ceil(BACKWARD_BLOCK_N) * bh, 1)?, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: shared as u32,
+    };
+    let d =
+        HopperDims { bh: bh as i32, seq: shape.seq as i32, causal: shape.causal as i32, scale: shape.scale };
+    let (pl, pdot, pacc, pdk, pdv) = (lse.ptr(), dot.ptr(), dq_acc.ptr(), dk.ptr(), dv.ptr());
+    let mut args = dev.launcher(&f)?;
+    args.arg(&d).arg(&tq).arg(&tk).arg(&tv).arg(&tdo).arg(&pl).arg(&pdot).arg(&pacc).arg(&pdk).arg(&pdv);
+    dev.launch(args, cfg, "launching flash_bwd_hopper")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +278,9 @@ mod tests {
         assert!(shared_bytes(128) <= 227 * 1024, "{}", shared_bytes(128));
         assert_eq!(shared_bytes(128), 160 * 1024 + BARRIER_BYTES + ALIGN_SLACK);
         assert_eq!(shared_bytes(64), 80 * 1024 + BARRIER_BYTES + ALIGN_SLACK);
+        assert!(backward_shared_bytes(128) <= 227 * 1024, "{}", backward_shared_bytes(128));
+        assert_eq!(backward_shared_bytes(128), 144 * 1024 + BACKWARD_BARRIER_BYTES + ALIGN_SLACK);
+        assert_eq!(backward_shared_bytes(64), 80 * 1024 + BACKWARD_BARRIER_BYTES + ALIGN_SLACK);
     }
 
     #[test]

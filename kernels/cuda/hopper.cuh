@@ -35,6 +35,9 @@ __device__ __forceinline__ void setmaxnreg_inc() {
 // ---------------------------------------------------------------- wgmma
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+/// Orders this thread's ordinary shared-memory writes before later reads of the same memory by
+/// the async proxy (wgmma descriptors, TMA stores); a barrier then makes them everyone's.
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void wgmma_wait() {
@@ -64,11 +67,13 @@ __device__ __forceinline__ u64 sw128_desc(u32 addr, u32 lbo, u32 sbo) {
 // numbers in its text, for N/2 = 32, 64 and 128 accumulators per thread.
 #define WG_ACC8(i) \
     "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
-#define WG_ACC32 WG_ACC8(0), WG_ACC8(8), WG_ACC8(16), WG_ACC8(24)
+#define WG_ACC16 WG_ACC8(0), WG_ACC8(8)
+#define WG_ACC32 WG_ACC16, WG_ACC8(16), WG_ACC8(24)
 #define WG_ACC64 WG_ACC32, WG_ACC8(32), WG_ACC8(40), WG_ACC8(48), WG_ACC8(56)
 #define WG_ACC128                                                                                         \
     WG_ACC64, WG_ACC8(64), WG_ACC8(72), WG_ACC8(80), WG_ACC8(88), WG_ACC8(96), WG_ACC8(104), WG_ACC8(112), \
         WG_ACC8(120)
+#define WG_REGS16 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
 #define WG_REGS32                                                          \
     "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15," \
     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
@@ -97,6 +102,10 @@ __device__ __forceinline__ u64 sw128_desc(u32 addr, u32 lbo, u32 sbo) {
                      : ACC_OPERANDS                                                                   \
                      : "l"(da), "l"(db), "r"(scale_d), "n"(TA), "n"(TB));                             \
     }
+WGMMA_SS(32, bf16, 16, WG_REGS16, WG_ACC16, "%18", "%16, %17", "%19, %20")
+WGMMA_SS(32, f16, 16, WG_REGS16, WG_ACC16, "%18", "%16, %17", "%19, %20")
+WGMMA_SS(64, bf16, 32, WG_REGS32, WG_ACC32, "%34", "%32, %33", "%35, %36")
+WGMMA_SS(64, f16, 32, WG_REGS32, WG_ACC32, "%34", "%32, %33", "%35, %36")
 WGMMA_SS(128, bf16, 64, WG_REGS64, WG_ACC64, "%66", "%64, %65", "%67, %68")
 WGMMA_SS(128, f16, 64, WG_REGS64, WG_ACC64, "%66", "%64, %65", "%67, %68")
 WGMMA_SS(256, bf16, 128, WG_REGS128, WG_ACC128, "%130", "%128, %129", "%131, %132")

@@ -133,6 +133,7 @@ template <int REGS>
 inline void setmaxnreg_inc() {}
 
 inline void wgmma_fence() {}
+inline void fence_proxy_async() {}
 template <int R>
 inline void fence_regs(float (&)[R]) {}
 
@@ -169,6 +170,10 @@ inline void wgmma_wait() {
         op.trans_b = TB;                                                                                \
         emu::wgmma_record(op);                                                                          \
     }
+EMU_WGMMA_SS(32, bf16, false)
+EMU_WGMMA_SS(32, f16, true)
+EMU_WGMMA_SS(64, bf16, false)
+EMU_WGMMA_SS(64, f16, true)
 EMU_WGMMA_SS(128, bf16, false)
 EMU_WGMMA_SS(128, f16, true)
 EMU_WGMMA_SS(256, bf16, false)

@@ -213,6 +213,22 @@ fn hopper_flash_attention_sass_has_hgmma_and_tma() {
         }
         check_pipeline(name, body, &mut failures);
     }
+    // The backward: Sᵀ and dPᵀ read K-major operands, dV/dK an N-major B with A in registers,
+    // dQ an M-major A (the dSᵀ rows) and an N-major B.
+    for name in ["bf16", "f16"].iter().flat_map(|t| [64, 128].map(|d| format!("flash_bwd_hopper_{t}_d{d}"))) {
+        let Some((_, body)) = kernels.iter().find(|(n, _)| *n == name) else {
+            failures.push(format!("{name}: not in the cubin"));
+            continue;
+        };
+        let hgmma =
+            |needle: &str| body.lines().filter(|l| l.contains("HGMMA.") && l.contains(needle)).count();
+        let (all, tnsp_a, tnsp_b) = (hgmma(""), hgmma(".tnspA"), hgmma(".tnspB"));
+        println!("{name:<26} {all:>3}× HGMMA ({tnsp_a} with tnspA, {tnsp_b} with tnspB)");
+        if tnsp_a == 0 || tnsp_b <= tnsp_a || tnsp_b == all {
+            failures.push(format!("{name}: {all} HGMMA, {tnsp_a} tnspA, {tnsp_b} tnspB (want K-major, N-major and M-major reads)"));
+        }
+        check_pipeline(&name, body, &mut failures);
+    }
     assert!(failures.is_empty(), "SASS check failed:\n{}", failures.join("\n"));
 }
 
