@@ -60,8 +60,9 @@ run_bench() {
     fi
 }
 
-# The `polylm` binary on the GPU: a short quickstart run (bf16, f32 master weights) and the
-# training-step benchmark of the small and PolyLM-1.7B presets.
+# The `polylm` binary on the GPU: a short quickstart run (bf16, f32 master weights), the
+# training-step benchmark of the small and PolyLM-1.7B presets with the data-parallel path's
+# overhead over NCCL beside the plain step, and the NCCL all-reduce bandwidth (issue 9).
 run_trainer() {
     echo "== polylm on the GPU"
     local run_dir=/tmp/gpu-quickstart ok=0
@@ -87,7 +88,16 @@ run_trainer() {
         echo "## polylm bench"
         echo
     } >>"$out/results.md"
-    for args in "--preset small --batch 16 --seq 256" "--preset polylm-1.7b --batch 4 --seq 2048 --recompute --steps 3"; do
+    # NCCL: the machine has it only inside the Python wheel nvidia-nccl-cu13, as libnccl.so.2;
+    # cudarc looks for libnccl.so, so link that name to it.
+    local nccl_lib
+    nccl_lib="$(python3 -c 'import nvidia.nccl as m; print(list(m.__path__)[0])' 2>/dev/null)/lib/libnccl.so.2"
+    if [ -f "$nccl_lib" ]; then
+        mkdir -p /tmp/polylm-nccl && ln -sf "$nccl_lib" /tmp/polylm-nccl/libnccl.so
+        export LD_LIBRARY_PATH="/tmp/polylm-nccl:$LD_LIBRARY_PATH"
+    fi
+    for args in "--preset small --batch 16 --seq 256 --ddp nccl" \
+        "--preset polylm-1.7b --batch 4 --seq 2048 --recompute --steps 3 --ddp nccl"; do
         # shellcheck disable=SC2086
         if timeout 240 gpu-bin/polylm bench $args --device cuda >"$out/bench.log" 2>&1; then
             echo "- \`polylm bench $args\`: $(tr '\n' ';' <"$out/bench.log")" >>"$out/results.md"
@@ -96,6 +106,18 @@ run_trainer() {
             ok=1
         fi
     done
+    {
+        echo
+        echo "## polylm bench-allreduce --backend nccl (world size 1)"
+        echo
+    } >>"$out/results.md"
+    if timeout 120 gpu-bin/polylm bench-allreduce --backend nccl --sizes-mib 1,16,64,256,1024 --iters 10 \
+        >"$out/allreduce.log" 2>&1; then
+        cat "$out/allreduce.log" >>"$out/results.md"
+    else
+        echo "bench-allreduce FAILED: $(tail -3 "$out/allreduce.log")" >>"$out/results.md"
+        ok=1
+    fi
     return $ok
 }
 

@@ -2,16 +2,22 @@
 //! whole optimiser steps (forward, backward, clipping norm, AdamW) and model FLOPs
 //! utilisation, with FLOPs counted as the spec counts them:
 //! `6 · (non-embedding parameters + LM-head matmul) + 12 · layers · seq · hidden` per token.
+//! With a data-parallel backend it also times the same steps with the gradients summed over the
+//! ranks in buckets during the backward pass (the training loop's path), for the overhead of
+//! that path against the plain one.
+//!
+//! `polylm bench-allreduce`: all-reduce bandwidth of a data-parallel backend ([`all_reduce`]).
 
 use std::time::Instant;
 
 use polylm_engine::{global_grad_norm, AdamW, AdamWHyper, DType, Device, Rng, Tensor};
 use polylm_model::{Batch, Gpt, ModelConfig};
 
+use crate::dist::Collective;
 use crate::error::Result;
+use crate::train::DataParallel;
 
 /// What to measure.
-#[derive(Clone, Debug)]
 pub struct BenchOptions {
     /// The model config.
     pub config: ModelConfig,
@@ -29,6 +35,28 @@ pub struct BenchOptions {
     pub recompute: bool,
     /// The device's dense peak in TFLOP/s for the utilisation figure (none: not reported).
     pub peak_tflops: Option<f64>,
+    /// Also time the data-parallel path over this collective, with gradient buckets of this
+    /// many f32 values.
+    pub data_parallel: Option<(Box<dyn Collective>, usize)>,
+}
+
+impl std::fmt::Debug for BenchOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BenchOptions")
+            .field("config", &self.config)
+            .field("batch", &self.batch)
+            .field("seq", &self.seq)
+            .field("steps", &self.steps)
+            .field("device", &self.device)
+            .field("dtype", &self.dtype)
+            .field("recompute", &self.recompute)
+            .field("peak_tflops", &self.peak_tflops)
+            .field(
+                "data_parallel",
+                &self.data_parallel.as_ref().map(|(c, b)| (c.backend(), c.world_size(), b)),
+            )
+            .finish()
+    }
 }
 
 /// The measurement.
@@ -46,6 +74,25 @@ pub struct BenchReport {
     pub mfu: Option<f64>,
     /// Peak device memory in bytes (GPU only).
     pub peak_memory: Option<usize>,
+    /// The data-parallel path's figures, when asked for.
+    pub data_parallel: Option<DataParallelReport>,
+}
+
+/// The same steps through the data-parallel path.
+#[derive(Clone, Debug)]
+pub struct DataParallelReport {
+    /// The backend's name.
+    pub backend: &'static str,
+    /// Ranks.
+    pub world: usize,
+    /// Seconds per optimiser step.
+    pub step_s: f64,
+    /// Training tokens per second of this rank.
+    pub tokens_per_s: f64,
+    /// `step_s` over the plain path's, minus one.
+    pub overhead: f64,
+    /// Gradient buckets per step, and how many left during the backward pass.
+    pub buckets: (usize, usize),
 }
 
 /// Training FLOPs per token of `config` at sequence length `seq`, as the spec counts them.
@@ -56,7 +103,7 @@ pub fn flops_per_token(config: &ModelConfig, seq: usize) -> f64 {
 }
 
 /// Runs the benchmark: random tokens, one warm-up step, then `steps` timed steps.
-pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
+pub fn run(opts: BenchOptions) -> Result<BenchReport> {
     let mut model = Gpt::new(opts.config.clone(), DType::F32, 7)?;
     model.params_mut().to_device(opts.device)?;
     let decays = crate::train::weight_decays(&model, 0.1);
@@ -76,13 +123,29 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     let ids: Vec<u32> = (0..n).map(|_| (rng.next_u64() % vocab) as u32).collect();
     let targets: Vec<u32> = (0..n).map(|_| (rng.next_u64() % vocab) as u32).collect();
     let batch = Batch { ids: &ids, batch: opts.batch, seq: opts.seq };
-    let mut step = |model: &mut Gpt| -> Result<()> {
+    let recompute = opts.recompute;
+    let with_dp = opts.data_parallel.is_some();
+    let mut dp = opts.data_parallel.map(|(comm, bucket)| DataParallel::over(comm, bucket));
+    let mut buckets = (0, 0);
+    // One optimiser step; `data_parallel` sums the gradients over the ranks during the
+    // backward pass, as the training loop does.
+    let mut step = |model: &mut Gpt, data_parallel: bool| -> Result<()> {
         model.params().zero_grad();
-        model.forward_backward(&batch, &targets, None, opts.recompute)?;
-        let norm = {
-            let named = model.params().named();
-            let ps: Vec<&Tensor> = named.iter().map(|(_, t)| *t).collect();
-            global_grad_norm(&ps)?
+        let norm = match dp.as_mut().filter(|_| data_parallel) {
+            Some(d) => {
+                let model = &*model;
+                let (_, sum_sq, stats) = d.backward_and_reduce(model, true, |on_final| {
+                    Ok(model.forward_backward_with(&batch, &targets, None, recompute, on_final)?)
+                })?;
+                buckets = (stats.buckets, stats.during_backward);
+                sum_sq.sqrt()
+            }
+            None => {
+                model.forward_backward(&batch, &targets, None, recompute)?;
+                let named = model.params().named();
+                let ps: Vec<&Tensor> = named.iter().map(|(_, t)| *t).collect();
+                global_grad_norm(&ps)?
+            }
         };
         let clip = (1.0 / (norm + 1e-6)).min(1.0);
         let mut named = model.params_mut().named_mut();
@@ -90,15 +153,20 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         opt.step(&mut ps, 1e-4, clip)?;
         Ok(())
     };
-    step(&mut model)?;
-    opts.device.synchronize()?;
+    let mut time_steps = |model: &mut Gpt, data_parallel: bool| -> Result<f64> {
+        step(model, data_parallel)?;
+        opts.device.synchronize()?;
+        let start = Instant::now();
+        for _ in 0..opts.steps {
+            step(model, data_parallel)?;
+        }
+        opts.device.synchronize()?;
+        Ok(start.elapsed().as_secs_f64() / opts.steps.max(1) as f64)
+    };
     opts.device.reset_peak_memory();
-    let start = Instant::now();
-    for _ in 0..opts.steps {
-        step(&mut model)?;
-    }
-    opts.device.synchronize()?;
-    let step_s = start.elapsed().as_secs_f64() / opts.steps.max(1) as f64;
+    let step_s = time_steps(&mut model, false)?;
+    let peak_memory = opts.device.memory_report().map(|r| r.peak_in_use);
+    let dp_step_s = if with_dp { Some(time_steps(&mut model, true)?) } else { None };
     let tokens_per_s = n as f64 / step_s;
     let fpt = flops_per_token(&opts.config, opts.seq);
     let tflops = tokens_per_s * fpt / 1e12;
@@ -108,8 +176,64 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         flops_per_token: fpt,
         tflops,
         mfu: opts.peak_tflops.map(|p| tflops / p),
-        peak_memory: opts.device.memory_report().map(|r| r.peak_in_use),
+        peak_memory,
+        data_parallel: dp_step_s.zip(dp.as_ref()).map(|(s, d)| DataParallelReport {
+            backend: d.backend(),
+            world: d.world_size(),
+            step_s: s,
+            tokens_per_s: n as f64 / s,
+            overhead: s / step_s - 1.0,
+            buckets,
+        }),
     })
+}
+
+/// One size of [`all_reduce`]: seconds per all-reduce through the backend's host-buffer path
+/// (what the training loop calls) and, for a device backend, of buffers already on the device.
+#[derive(Clone, Debug)]
+pub struct AllReduceRow {
+    /// Bytes reduced (f32 values × 4).
+    pub bytes: usize,
+    /// Seconds per call of [`Collective::all_reduce_sum`] on a host buffer.
+    pub host_s: f64,
+    /// Seconds per call on a device buffer ([`Collective::device_all_reduce_seconds`]).
+    pub device_s: Option<f64>,
+}
+
+impl AllReduceRow {
+    /// Algorithm bandwidth of `seconds`: bytes over time, in GB/s.
+    pub fn algbw(&self, seconds: f64) -> f64 {
+        self.bytes as f64 / seconds / 1e9
+    }
+
+    /// Bus bandwidth of `seconds` for `world` ranks, as nccl-tests count it for an all-reduce:
+    /// the algorithm bandwidth times 2(n − 1)/n (so 0 for one rank, whose all-reduce moves
+    /// nothing between ranks), in GB/s.
+    pub fn busbw(&self, seconds: f64, world: usize) -> f64 {
+        let n = world.max(1) as f64;
+        self.algbw(seconds) * 2.0 * (n - 1.0) / n
+    }
+}
+
+/// Times all-reduces of `sizes` bytes (rounded down to whole f32 values, at least one) over
+/// `comm`, `iters` calls each after one warm-up. Collective: every rank calls it with the same
+/// arguments.
+pub fn all_reduce(comm: &mut dyn Collective, sizes: &[usize], iters: usize) -> Result<Vec<AllReduceRow>> {
+    let mut rows = Vec::with_capacity(sizes.len());
+    for &bytes in sizes {
+        let elems = (bytes / 4).max(1);
+        let mut buf: Vec<f32> = (0..elems).map(|i| (i % 251) as f32 * 0.5 + 1.0).collect();
+        comm.all_reduce_sum(&mut buf)?;
+        comm.barrier()?;
+        let start = Instant::now();
+        for _ in 0..iters.max(1) {
+            comm.all_reduce_sum(&mut buf)?;
+        }
+        let host_s = start.elapsed().as_secs_f64() / iters.max(1) as f64;
+        let device_s = comm.device_all_reduce_seconds(elems, iters).transpose()?;
+        rows.push(AllReduceRow { bytes: elems * 4, host_s, device_s });
+    }
+    Ok(rows)
 }
 
 #[cfg(test)]

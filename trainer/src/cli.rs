@@ -56,10 +56,20 @@ enum Command {
                             polylm generate --checkpoint CKPT --instruct --prompt \"Translate to French: good morning\""
     )]
     Generate(GenerateArgs),
-    /// Training throughput (tokens/s, model FLOPs utilisation) of a preset on this machine.
+    /// Training throughput (tokens/s, model FLOPs utilisation) of a preset on this machine, and
+    /// with --ddp the overhead of the data-parallel path against the plain one.
     #[command(after_help = "Examples:\n  polylm bench --preset small\n  \
-                            polylm bench --preset polylm-1.7b --batch 4 --seq 2048 --recompute --device cuda --peak-tflops 989")]
+                            polylm bench --preset polylm-1.7b --batch 4 --seq 2048 --recompute --device cuda --peak-tflops 989\n  \
+                            polylm bench --preset small --ddp tcp\n  \
+                            polylm launch --nproc-per-node 8 -- bench --preset polylm-1.7b --batch 4 --seq 2048 --recompute --ddp nccl")]
     Bench(BenchArgs),
+    /// All-reduce bandwidth of a data-parallel backend: time per all-reduce through the host
+    /// buffers the training loop uses and, for NCCL, of buffers already on the GPU; algorithm
+    /// and bus bandwidth as nccl-tests count them.
+    #[command(after_help = "Examples:\n  polylm bench-allreduce --backend tcp\n  \
+                            polylm bench-allreduce --backend nccl --sizes-mib 1,16,256\n  \
+                            polylm launch --nproc-per-node 8 -- bench-allreduce --backend nccl")]
+    BenchAllreduce(AllReduceArgs),
     /// Start this node's ranks of a data-parallel run: one `polylm` process per GPU (or CPU
     /// rank), with RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT set.
     #[command(after_help = "Examples:\n  polylm launch --nproc-per-node 8 -- train --config run.toml\n  \
@@ -269,6 +279,30 @@ struct BenchArgs {
     /// The device's dense peak TFLOP/s for the utilisation (default 989, H100 SXM bf16, on a GPU).
     #[arg(long)]
     peak_tflops: Option<f64>,
+    /// Also time the steps with the gradients summed over the ranks (auto, tcp or nccl), as the
+    /// data-parallel training loop does; the ranks come from the launcher's environment (this
+    /// process alone without it).
+    #[arg(long)]
+    ddp: Option<String>,
+    /// Gradient bucket size of --ddp, in MiB.
+    #[arg(long, default_value_t = 25.0)]
+    bucket_mb: f64,
+}
+
+#[derive(Args, Debug)]
+struct AllReduceArgs {
+    /// auto (NCCL when a GPU and the library are present), tcp or nccl.
+    #[arg(long, default_value = "auto")]
+    backend: String,
+    /// Buffer sizes in MiB, comma-separated.
+    #[arg(long, default_value = "1,16,64,256", value_delimiter = ',')]
+    sizes_mib: Vec<f64>,
+    /// Timed calls per size (after one warm-up).
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// Seconds to wait for the other ranks.
+    #[arg(long, default_value_t = 120.0)]
+    timeout_s: f64,
 }
 
 /// Runs one command.
@@ -287,6 +321,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval(a),
         Command::Generate(a) => generate(a),
         Command::Bench(a) => run_bench(a),
+        Command::BenchAllreduce(a) => run_bench_allreduce(a),
         Command::Launch(a) => {
             let opts = dist::launch::LaunchOptions {
                 nproc_per_node: a.nproc_per_node,
@@ -459,6 +494,18 @@ fn run_bench(a: BenchArgs) -> Result<()> {
         )));
     }
     let peak = a.peak_tflops.or(if device.is_cpu() { None } else { Some(989.0) });
+    let data_parallel = match &a.ddp {
+        Some(backend) => {
+            if !(a.bucket_mb > 0.0) {
+                return Err(TrainError::Usage(format!("--bucket-mb must be positive, not {}", a.bucket_mb)));
+            }
+            let choice = dist::BackendChoice::parse(backend)?;
+            let world = dist::World::from_env()?;
+            let comm = dist::connect(&world, choice, !device.is_cpu(), std::time::Duration::from_secs(120))?;
+            Some((comm, (a.bucket_mb * 1024.0 * 1024.0 / 4.0) as usize))
+        }
+        None => None,
+    };
     let opts = BenchOptions {
         config: config.clone(),
         batch: a.batch,
@@ -468,6 +515,7 @@ fn run_bench(a: BenchArgs) -> Result<()> {
         dtype,
         recompute: a.recompute,
         peak_tflops: peak,
+        data_parallel,
     };
     eprintln!(
         "bench: {} ({} parameters), batch {} × seq {}, {:?} on {:?}{}, {} steps after one warm-up",
@@ -478,9 +526,10 @@ fn run_bench(a: BenchArgs) -> Result<()> {
         dtype,
         device,
         if a.recompute { ", recompute" } else { "" },
-        opts.steps
+        a.steps.max(1)
     );
-    let r = bench::run(&opts)?;
+    let steps = opts.steps;
+    let r = bench::run(opts)?;
     println!("tokens/s        {:.1}", r.tokens_per_s);
     println!("step time       {:.3} s", r.step_s);
     println!("GFLOP/token     {:.3}", r.flops_per_token / 1e9);
@@ -490,6 +539,57 @@ fn run_bench(a: BenchArgs) -> Result<()> {
     }
     if let Some(b) = r.peak_memory {
         println!("peak memory     {:.2} GB", b as f64 / 1e9);
+    }
+    if let Some(d) = r.data_parallel {
+        println!(
+            "data parallel   {} × {}: {:.1} tokens/s per rank, step {:.3} s, {:+.1}% against the plain step \
+             (gradient buckets per step: {}, {} of them sent during the backward pass; {steps} steps)",
+            d.world,
+            d.backend,
+            d.tokens_per_s,
+            d.step_s,
+            d.overhead * 100.0,
+            d.buckets.0,
+            d.buckets.1
+        );
+    }
+    Ok(())
+}
+
+fn run_bench_allreduce(a: AllReduceArgs) -> Result<()> {
+    if a.sizes_mib.is_empty() || a.sizes_mib.iter().any(|&s| !(s > 0.0)) {
+        return Err(TrainError::Usage("--sizes-mib needs positive sizes".into()));
+    }
+    let choice = dist::BackendChoice::parse(&a.backend)?;
+    let world = dist::World::from_env()?;
+    let on_gpu = !matches!(choice, dist::BackendChoice::Tcp) && dist::nccl::available();
+    let mut comm = dist::connect(&world, choice, on_gpu, std::time::Duration::from_secs_f64(a.timeout_s))?;
+    let sizes: Vec<usize> = a.sizes_mib.iter().map(|&m| (m * 1024.0 * 1024.0) as usize).collect();
+    let rows = bench::all_reduce(comm.as_mut(), &sizes, a.iters)?;
+    if !world.is_root() {
+        return Ok(());
+    }
+    let n = world.world_size;
+    println!(
+        "all-reduce over {n} rank(s), {} backend, f32, {} calls per size after a warm-up; bus bandwidth = \
+         algorithm bandwidth × 2(n−1)/n (0 with one rank)",
+        comm.backend(),
+        a.iters.max(1)
+    );
+    println!("| size | host path ms | host algbw GB/s | host busbw GB/s | device path ms | device algbw GB/s | device busbw GB/s |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in rows {
+        let device = match r.device_s {
+            Some(s) => format!("{:.3} | {:.1} | {:.1}", s * 1e3, r.algbw(s), r.busbw(s, n)),
+            None => "– | – | –".to_string(),
+        };
+        println!(
+            "| {:.1} MiB | {:.3} | {:.2} | {:.2} | {device} |",
+            r.bytes as f64 / (1024.0 * 1024.0),
+            r.host_s * 1e3,
+            r.algbw(r.host_s),
+            r.busbw(r.host_s, n)
+        );
     }
     Ok(())
 }

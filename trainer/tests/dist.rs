@@ -451,3 +451,68 @@ fn gradient_sums_start_during_the_backward_pass_and_change_nothing() {
         assert!(last(&on) == last(&off), "zero1 {zero1}: parameters differ");
     }
 }
+
+/// The number in the `|`-separated cell `i` of a Markdown table row.
+fn cell(row: &str, i: usize) -> f64 {
+    row.split('|')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .nth(i)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+#[test]
+fn bench_times_the_data_parallel_path_beside_the_plain_one() {
+    let o = polylm(&[
+        "bench", "--preset", "tiny", "--batch", "2", "--seq", "16", "--steps", "1", "--device", "cpu",
+        "--ddp", "tcp",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let line = out.lines().find(|l| l.starts_with("data parallel")).unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("1 × tcp") && line.contains("against the plain step"), "{line}");
+    let overhead: f64 = line
+        .split_whitespace()
+        .find(|w| w.ends_with('%'))
+        .and_then(|w| w.trim_end_matches('%').parse().ok())
+        .unwrap_or_else(|| panic!("no overhead in {line}"));
+    assert!(overhead.is_finite() && overhead > -100.0, "{line}");
+    // A bad bucket size or backend is a usage error, not a panic.
+    let o =
+        polylm(&["bench", "--preset", "tiny", "--steps", "1", "--device", "cpu", "--ddp", "carrier-pigeon"]);
+    assert!(!o.status.success() && text(&o).contains("carrier-pigeon"), "{}", text(&o));
+}
+
+#[test]
+fn bench_allreduce_reports_bandwidth_over_two_ranks() {
+    let args = [
+        "launch",
+        "--nproc-per-node",
+        "2",
+        "--",
+        "bench-allreduce",
+        "--backend",
+        "tcp",
+        "--sizes-mib",
+        "0.25,1",
+        "--iters",
+        "2",
+    ];
+    let o = polylm(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("all-reduce over 2 rank(s), tcp backend"), "{out}");
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("| ") && l.contains("MiB")).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    for row in rows {
+        let (ms, algbw, busbw) = (cell(row, 1), cell(row, 2), cell(row, 3));
+        assert!(ms > 0.0 && algbw > 0.0, "{row}");
+        // Two ranks: bus bandwidth = algorithm bandwidth × 2(n − 1)/n = algorithm bandwidth.
+        assert!((busbw - algbw).abs() <= 0.01 * algbw + 0.01, "{row}");
+        // TCP has no device path.
+        assert!(row.contains('–'), "{row}");
+    }
+    let o = polylm(&["bench-allreduce", "--backend", "tcp", "--sizes-mib", "0"]);
+    assert!(!o.status.success() && text(&o).contains("--sizes-mib"), "{}", text(&o));
+}

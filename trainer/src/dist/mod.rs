@@ -226,6 +226,13 @@ pub trait Collective: Send {
     /// Every rank contributes `own` (`counts[rank]` elements) and gets all ranks'
     /// contributions concatenated in rank order.
     fn all_gather(&mut self, own: &[f32], counts: &[usize]) -> Result<Vec<f32>>;
+    /// For a backend that reduces on a device (NCCL): seconds per in-place all-reduce of
+    /// `elems` f32 values already on the device, averaged over `iters` calls after one
+    /// warm-up (no host copies). `None` for a host-only backend. Collective like the others.
+    fn device_all_reduce_seconds(&mut self, elems: usize, iters: usize) -> Option<Result<f64>> {
+        let _ = (elems, iters);
+        None
+    }
 }
 
 /// Checks the `counts` of a reduce-scatter or all-gather.

@@ -158,6 +158,25 @@ impl Collective for NcclCollective {
         self.on_device(buf, "ncclAllReduce", |c, d| c.all_reduce_in_place(d, &ReduceOp::Sum).map(|_| ()))
     }
 
+    fn device_all_reduce_seconds(&mut self, elems: usize, iters: usize) -> Option<Result<f64>> {
+        let run = || -> Result<f64> {
+            let mut buf = self.stream.alloc_zeros::<f32>(elems.max(1)).map_err(cuda_err("allocation"))?;
+            let mut once = || -> Result<()> {
+                self.comm.all_reduce_in_place(&mut buf, &ReduceOp::Sum).map_err(nccl_err("ncclAllReduce"))?;
+                Ok(())
+            };
+            once()?;
+            self.stream.synchronize().map_err(cuda_err("synchronising the stream"))?;
+            let start = std::time::Instant::now();
+            for _ in 0..iters.max(1) {
+                once()?;
+            }
+            self.stream.synchronize().map_err(cuda_err("synchronising the stream"))?;
+            Ok(start.elapsed().as_secs_f64() / iters.max(1) as f64)
+        };
+        Some(run())
+    }
+
     fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<()> {
         if root >= self.world {
             return Err(DistError::Usage(format!("broadcast from rank {root} of {}", self.world)));

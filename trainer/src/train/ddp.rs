@@ -15,7 +15,7 @@ use crate::error::{Result, TrainError};
 use super::{hyper_of, weight_decays};
 
 /// The data-parallel side of a run: the collective and how gradients travel.
-pub(super) struct DataParallel {
+pub(crate) struct DataParallel {
     pub(super) comm: Box<dyn Collective>,
     pub(super) rank: usize,
     pub(super) world: usize,
@@ -68,6 +68,23 @@ pub(super) fn fnv1a(hash: &mut u64, bytes: &[u8]) {
 }
 
 impl DataParallel {
+    /// Plain data parallel (no optimiser sharding) over `comm`, gradients summed in buckets of
+    /// `bucket_elems` f32 values.
+    pub(crate) fn over(comm: Box<dyn Collective>, bucket_elems: usize) -> DataParallel {
+        let (rank, world) = (comm.rank(), comm.world_size());
+        DataParallel { comm, rank, world, bucket_elems: bucket_elems.max(1), owner: None }
+    }
+
+    /// The collective's backend name.
+    pub(crate) fn backend(&self) -> &'static str {
+        self.comm.backend()
+    }
+
+    /// Ranks in the world.
+    pub(crate) fn world_size(&self) -> usize {
+        self.world
+    }
+
     /// Joins the world as `config` says.
     pub(super) fn connect(world: &World, config: &RunConfig, device: Device) -> Result<DataParallel> {
         let choice = BackendChoice::parse(&config.dist.backend)?;
@@ -122,7 +139,7 @@ impl DataParallel {
     ///
     /// Returns the loss `backward` returned, the global Σ g² of the summed gradients (of every
     /// parameter: with ZeRO-1, summed over the ranks' shares), and what overlapped.
-    pub(super) fn backward_and_reduce(
+    pub(crate) fn backward_and_reduce(
         &mut self,
         model: &Gpt,
         overlap: bool,
@@ -286,13 +303,13 @@ fn rank_offsets(counts: &[usize]) -> Vec<usize> {
 
 /// How much of a step's gradient communication overlapped the backward pass.
 #[derive(Clone, Copy, Debug, Default)]
-pub(super) struct OverlapStats {
+pub(crate) struct OverlapStats {
     /// Buckets the step's gradients travelled in.
-    pub(super) buckets: usize,
+    pub(crate) buckets: usize,
     /// Of those, the buckets handed to the communication thread before the backward pass ended.
-    pub(super) during_backward: usize,
+    pub(crate) during_backward: usize,
     /// Milliseconds the training thread waited for the sums after the backward pass.
-    pub(super) wait_ms: f64,
+    pub(crate) wait_ms: f64,
 }
 
 /// Some parameters' gradients travelling together.

@@ -52,6 +52,8 @@ use crate::sft::{self, SftPacker};
 
 mod ddp;
 mod report;
+
+pub(crate) use ddp::DataParallel;
 mod source;
 
 use ddp::*;
