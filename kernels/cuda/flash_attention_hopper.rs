@@ -165,19 +165,31 @@ pub fn forward<T: FloatElem>(
     let shared = shared_bytes(shape.head_dim);
     let f = dev.function(&SOURCE, &format!("flash_fwd_hopper_{}_d{}", T::NAME, shape.head_dim))?;
     dev.allow_shared_memory(&f, shared as u32)?;
-    let bh = shape.batch * shape.heads;
-    let cfg = LaunchConfig {
-        // One-dimensional: block x is query tile x / bh of head x % bh (heaviest causal tiles first).
-        grid_dim: (blocks_for(OP, shape.seq.div_ceil(BLOCK_M) * bh, 1)?, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: shared as u32,
-    };
-    let d =
-        HopperDims { bh: bh as i32, seq: shape.seq as i32, causal: shape.causal as i32, scale: shape.scale };
+    // Block x is query tile x / bh of head x % bh (heaviest causal tiles first).
+    let (cfg, d) = launch_shape(OP, shape, BLOCK_M, shared)?;
     let (po, pl) = (out.ptr(), lse.ptr());
     let mut args = dev.launcher(&f)?;
     args.arg(&d).arg(&tq).arg(&tk).arg(&tv).arg(&po).arg(&pl);
     dev.launch(args, cfg, "launching flash_fwd_hopper")
+}
+
+/// The launch of a kernel whose blocks each take `rows` rows (queries or keys) of one head:
+/// a one-dimensional grid of row tiles × heads, and the dimensions argument.
+fn launch_shape(
+    op: &'static str,
+    shape: &FlashShape,
+    rows: usize,
+    shared: usize,
+) -> CudaResult<(LaunchConfig, HopperDims)> {
+    let bh = shape.batch * shape.heads;
+    let cfg = LaunchConfig {
+        grid_dim: (blocks_for(op, shape.seq.div_ceil(rows) * bh, 1)?, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: shared as u32,
+    };
+    let dims =
+        HopperDims { bh: bh as i32, seq: shape.seq as i32, causal: shape.causal as i32, scale: shape.scale };
+    Ok((cfg, dims))
 }
 
 /// An error unless `dev` is compute capability 9.0 ([`runs_on`]).
@@ -253,15 +265,8 @@ pub(crate) fn backward_main<T: FloatElem>(
     let shared = backward_shared_bytes(shape.head_dim);
     let f = dev.function(&SOURCE, &format!("flash_bwd_hopper_{}_d{}", T::NAME, shape.head_dim))?;
     dev.allow_shared_memory(&f, shared as u32)?;
-    let bh = shape.batch * shape.heads;
-    let cfg = LaunchConfig {
-        // One-dimensional: block x is key block x / bh of head x % bh (key block 0 first).
-        grid_dim: (blocks_for(OP, shape.seq.div_ceil(BACKWARD_BLOCK_N) * bh, 1)?, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: shared as u32,
-    };
-    let d =
-        HopperDims { bh: bh as i32, seq: shape.seq as i32, causal: shape.causal as i32, scale: shape.scale };
+    // Block x is key block x / bh of head x % bh (key block 0 first).
+    let (cfg, d) = launch_shape(OP, shape, BACKWARD_BLOCK_N, shared)?;
     let (pl, pdot, pacc, pdk, pdv) = (lse.ptr(), dot.ptr(), dq_acc.ptr(), dk.ptr(), dv.ptr());
     let mut args = dev.launcher(&f)?;
     args.arg(&d).arg(&tq).arg(&tk).arg(&tv).arg(&tdo).arg(&pl).arg(&pdot).arg(&pacc).arg(&pdk).arg(&pdv);

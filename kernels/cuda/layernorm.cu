@@ -126,19 +126,6 @@ __device__ void layernorm_bwd(const T* x, const T* w, const float* mean, const f
     }
 }
 
-#define LAYERNORM(T, S)                                                                          \
-    extern "C" __global__ void layernorm_fwd_##S(const T* x, const T* residual, const T* w,      \
-                                                 const T* b, T* out, T* sum_out, float* mean,    \
-                                                 float* rstd, int rows, int cols, float eps) {   \
-        layernorm_fwd<T>(x, residual, w, b, out, sum_out, mean, rstd, rows, cols, eps);           \
-    }                                                                                            \
-    extern "C" __global__ void layernorm_bwd_##S(const T* x, const T* w, const float* mean,      \
-                                                 const float* rstd, const T* dout,               \
-                                                 const T* dresidual, T* dx, float* partial,      \
-                                                 int rows, int cols) {                           \
-        layernorm_bwd<T>(x, w, mean, rstd, dout, dresidual, dx, partial, rows, cols);             \
-    }
-FOR_EACH_DTYPE(LAYERNORM)
 
 // The fast paths, for rows of whole 16-byte vectors (cols % (16 / sizeof(T)) == 0) and
 // 16-byte aligned buffers: the row lives in registers between the sweeps.
@@ -153,7 +140,7 @@ FOR_EACH_DTYPE(LAYERNORM)
 
 template <class T>
 __device__ void layernorm_fwd_cached(const T* x, const T* residual, const T* w, const T* b, T* out, T* sum_out,
-                                     float* mean, float* rstd, int cols, float eps) {
+                                     float* mean, float* rstd, int /* rows: one block each */, int cols, float eps) {
     // One block per row: gridDim.x is the row count.
     constexpr int P = VecWidth<T>::value;
     __shared__ float scratch[32];
@@ -289,19 +276,6 @@ __device__ void layernorm_bwd_cached(const T* x, const T* w, const float* mean, 
     }
 }
 
-#define LAYERNORM_CACHED(T, S)                                                                      \
-    extern "C" __global__ void layernorm_fwd_cached_##S(const T* x, const T* residual, const T* w,  \
-                                                        const T* b, T* out, T* sum_out, float* mean, \
-                                                        float* rstd, int rows, int cols, float eps) { \
-        layernorm_fwd_cached<T>(x, residual, w, b, out, sum_out, mean, rstd, cols, eps);            \
-    }                                                                                               \
-    extern "C" __global__ void layernorm_bwd_cached_##S(const T* x, const T* w, const float* mean,  \
-                                                        const float* rstd, const T* dout,           \
-                                                        const T* dresidual, T* dx, float* partial,  \
-                                                        int rows, int cols) {                       \
-        layernorm_bwd_cached<T>(x, w, mean, rstd, dout, dresidual, dx, partial, rows, cols);        \
-    }
-FOR_EACH_DTYPE(LAYERNORM_CACHED)
 
 // The streamed paths, for the same rows as the cached ones: persistent blocks, each taking a
 // run of rows LN_ROWS at a time, with the rows' inputs copied into a shared-memory ring
@@ -504,16 +478,21 @@ __device__ void layernorm_bwd_streamed(const T* x, const T* w, const float* mean
     }
 }
 
-#define LAYERNORM_STREAMED(T, S)                                                                     \
-    extern "C" __global__ void layernorm_fwd_streamed_##S(const T* x, const T* residual, const T* w,  \
-                                                          const T* b, T* out, T* sum_out, float* mean, \
-                                                          float* rstd, int rows, int cols, float eps) { \
-        layernorm_fwd_streamed<T>(x, residual, w, b, out, sum_out, mean, rstd, rows, cols, eps);      \
-    }                                                                                                 \
-    extern "C" __global__ void layernorm_bwd_streamed_##S(const T* x, const T* w, const float* mean,  \
-                                                          const float* rstd, const T* dout,           \
-                                                          const T* dresidual, T* dx, float* partial,  \
-                                                          int rows, int cols) {                       \
-        layernorm_bwd_streamed<T>(x, w, mean, rstd, dout, dresidual, dx, partial, rows, cols);        \
+// ---------------------------------------------------------------- entry points
+// One forward and one backward kernel per family (general: no suffix; `_cached`; `_streamed`)
+// and storage type, with the same parameters, so the wrapper picks a family by name.
+
+#define LAYERNORM_FAMILY(T, S, V)                                                                   \
+    extern "C" __global__ void layernorm_fwd##V##_##S(const T* x, const T* residual, const T* w,    \
+                                                      const T* b, T* out, T* sum_out, float* mean,  \
+                                                      float* rstd, int rows, int cols, float eps) { \
+        layernorm_fwd##V<T>(x, residual, w, b, out, sum_out, mean, rstd, rows, cols, eps);           \
+    }                                                                                               \
+    extern "C" __global__ void layernorm_bwd##V##_##S(const T* x, const T* w, const float* mean,    \
+                                                      const float* rstd, const T* dout,             \
+                                                      const T* dresidual, T* dx, float* partial,    \
+                                                      int rows, int cols) {                         \
+        layernorm_bwd##V<T>(x, w, mean, rstd, dout, dresidual, dx, partial, rows, cols);             \
     }
-FOR_EACH_DTYPE(LAYERNORM_STREAMED)
+#define LAYERNORM(T, S) LAYERNORM_FAMILY(T, S, ) LAYERNORM_FAMILY(T, S, _cached) LAYERNORM_FAMILY(T, S, _streamed)
+FOR_EACH_DTYPE(LAYERNORM)
