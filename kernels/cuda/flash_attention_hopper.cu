@@ -392,7 +392,8 @@ __device__ __forceinline__ void flash_fwd_hopper(FlashDims a, const FhTensorMap*
 // transaction bytes; empty: the 8 consumer warps). Warpgroups 1 and 2 are consumers of 64 keys
 // each, with dK and dV in f32 registers. Per query tile (only those at or below the diagonal when
 // causal), each consumer warpgroup:
-//   Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ    wgmma m64n64k16, both operands K-major from shared memory;
+//   Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ    wgmma m64n64k16 (two m64n32k16 halves at head dim 128, to
+//                                 keep the registers in budget), both operands K-major;
 //   Pᵀ = 2^(Sᵀ·scale·log2e − lse·log2e), zero where masked (causal, keys or queries past seq);
 //   dSᵀ = Pᵀ∘(dPᵀ − D);
 //   dV += Pᵀ·dO, dK += dSᵀ·Q      wgmma m64nDk16, A (Pᵀ, dSᵀ) from registers, B MN-major;
@@ -404,16 +405,27 @@ __device__ __forceinline__ void flash_fwd_hopper(FlashDims a, const FhTensorMap*
 #define FHB_BM 64   // queries per tile
 #define FHB_BN 128  // keys per CTA: two consumer warpgroups of 64
 
-// D[64×32] (+)= A·B, both operands K-major in shared memory.
-template <class T> struct FhSs32;
-template <> struct FhSs32<bf16> {
+// D[64×N] (+)= A·B, N = 32 or 64, both operands K-major in shared memory (the backward's Sᵀ
+// and dPᵀ over N queries).
+template <class T, int N> struct FhSsK;
+template <> struct FhSsK<bf16, 32> {
     static __device__ __forceinline__ void mma(float (&d)[16], u64 da, u64 db, int scale_d) {
         wgmma_ss_m64n32k16_bf16<0, 0>(d, da, db, scale_d);
     }
 };
-template <> struct FhSs32<f16> {
+template <> struct FhSsK<f16, 32> {
     static __device__ __forceinline__ void mma(float (&d)[16], u64 da, u64 db, int scale_d) {
         wgmma_ss_m64n32k16_f16<0, 0>(d, da, db, scale_d);
+    }
+};
+template <> struct FhSsK<bf16, 64> {
+    static __device__ __forceinline__ void mma(float (&d)[32], u64 da, u64 db, int scale_d) {
+        wgmma_ss_m64n64k16_bf16<0, 0>(d, da, db, scale_d);
+    }
+};
+template <> struct FhSsK<f16, 64> {
+    static __device__ __forceinline__ void mma(float (&d)[32], u64 da, u64 db, int scale_d) {
+        wgmma_ss_m64n64k16_f16<0, 0>(d, da, db, scale_d);
     }
 };
 
@@ -528,22 +540,25 @@ __device__ __forceinline__ void flash_bwd_hopper(FlashDims a, const FhTensorMap*
         u32 ds_row = sds_wg + (16 * warp + g) * 128 + 4 * t4, ds_swz = (u32)g;
         fh_opaque(ds_row);
         fh_opaque(ds_swz);
-        // The tile's 64 queries in two halves of 32, so that only 16 + 16 f32 scores are live.
+        // The tile's 64 queries at once at head dim 64; at 128, in two halves of QH = 32, so that
+        // only 16 + 16 f32 scores are live beside the 128 dK, dV accumulators.
+        constexpr int QH = D == 128 ? 32 : 64;
 #pragma unroll
-        for (int hq = 0; hq < 2; hq++) {
+        for (int hq = 0; hq < FHB_BM / QH; hq++) {
             // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ over the head dimension (32 bytes of a 128-byte row per
             // step), B the half's 32 query rows (4096 bytes in).
-            float s[16], dp[16];
+            float s[QH / 2], dp[QH / 2];
 #pragma unroll
-            for (int j = 0; j < 16; j++) s[j] = dp[j] = 0.0f;
+            for (int j = 0; j < QH / 2; j++) s[j] = dp[j] = 0.0f;
             fence_regs(s);
             fence_regs(dp);
             wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk++) {
-                const u32 ok = (kk >> 2) * SUB_KV + (kk & 3) * 32, oq = hq * 4096 + (kk >> 2) * SUB_Q + (kk & 3) * 32;
-                FhSs32<T>::mma(s, sw128_desc(sk_wg + ok, 16, 1024), sw128_desc(sq_s + oq, 16, 1024), kk > 0);
-                FhSs32<T>::mma(dp, sw128_desc(sv_wg + ok, 16, 1024), sw128_desc(sdo_s + oq, 16, 1024), kk > 0);
+                const u32 ok = (kk >> 2) * SUB_KV + (kk & 3) * 32;
+                const u32 oq = hq * QH * 128 + (kk >> 2) * SUB_Q + (kk & 3) * 32;
+                FhSsK<T, QH>::mma(s, sw128_desc(sk_wg + ok, 16, 1024), sw128_desc(sq_s + oq, 16, 1024), kk > 0);
+                FhSsK<T, QH>::mma(dp, sw128_desc(sv_wg + ok, 16, 1024), sw128_desc(sdo_s + oq, 16, 1024), kk > 0);
             }
             wgmma_commit();
             wgmma_wait<0>();
@@ -551,12 +566,12 @@ __device__ __forceinline__ void flash_bwd_hopper(FlashDims a, const FhTensorMap*
             fence_regs(dp);
 
             // Pᵀ and dSᵀ in the accumulator layout (s[4j + e] is key key0 + 8·(e / 2), query
-            // q0 + 32·hq + 8j + 2·t4 + (e % 2)), packed right away as register-A fragments of 16
+            // q0 + QH·hq + 8j + 2·t4 + (e % 2)), packed right away as register-A fragments of 16
             // queries (as fh_pack_p).
-            u32 pf[2][4], dsf[2][4];
+            u32 pf[QH / 16][4], dsf[QH / 16][4];
 #pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const int qa = q0 + 32 * hq + 8 * j + 2 * t4;
+            for (int j = 0; j < QH / 8; j++) {
+                const int qa = q0 + QH * hq + 8 * j + 2 * t4;
                 float l2[2], dd[2];
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
@@ -581,12 +596,12 @@ __device__ __forceinline__ void flash_bwd_hopper(FlashDims a, const FhTensorMap*
             }
 
             // dSᵀ to this warpgroup's 64 rows of the shared tile (row = key, 64 queries as 8
-            // swizzled 16-byte chunks; this half fills chunks 4·hq ..).
+            // swizzled 16-byte chunks; this part fills chunks QH/8·hq ..).
 #pragma unroll
-            for (int j = 0; j < 4; j++) {
+            for (int j = 0; j < QH / 8; j++) {
 #pragma unroll
                 for (int r = 0; r < 2; r++) {
-                    const u32 addr = ds_row + r * 8 * 128 + (((u32)(4 * hq + j) ^ ds_swz) << 4);
+                    const u32 addr = ds_row + r * 8 * 128 + (((u32)(QH / 8 * hq + j) ^ ds_swz) << 4);
                     fh_st_shared32(addr, dsf[j >> 1][(j & 1) * 2 + r]);
                 }
             }
@@ -599,8 +614,8 @@ __device__ __forceinline__ void flash_bwd_hopper(FlashDims a, const FhTensorMap*
             fence_regs(dka);
             wgmma_fence();
 #pragma unroll
-            for (int kk = 0; kk < 2; kk++) {
-                const u32 oq = hq * 4096 + kk * 2048;
+            for (int kk = 0; kk < QH / 16; kk++) {
+                const u32 oq = hq * QH * 128 + kk * 2048;
                 FhPv<T, D>::mma(dva, pf[kk], sw128_desc(sdo_s + oq, SUB_Q, 1024));
                 FhPv<T, D>::mma(dka, dsf[kk], sw128_desc(sq_s + oq, SUB_Q, 1024));
             }
