@@ -4,7 +4,7 @@
 //! written on have none). It follows the cudarc API and NCCL's documented semantics:
 //!
 //! - rank 0 creates the NCCL unique id and hands its 128 bytes to the others through the TCP
-//!   [`rendezvous`](super::rendezvous) (whose connections then carry the small control
+//!   [`rendezvous`] (whose connections then carry the small control
 //!   messages, [`Collective::broadcast_bytes`]);
 //! - each rank opens CUDA device `LOCAL_RANK` and builds its communicator with
 //!   `ncclCommInitRank` on that device's default stream;

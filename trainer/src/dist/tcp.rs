@@ -1,5 +1,5 @@
 //! The CPU collective backend: ranks (threads or processes, local or remote) joined in a star
-//! around rank 0 by the [`rendezvous`](super::rendezvous) connections.
+//! around rank 0 by the [`rendezvous`] connections.
 //!
 //! Every reduction is done by rank 0 in a fixed order: it takes its own values and adds rank
 //! 1's, then rank 2's, and so on (`((x0 + x1) + x2) + …` in f32), then sends the result to
