@@ -496,7 +496,7 @@ fn run_bench(a: BenchArgs) -> Result<()> {
     let peak = a.peak_tflops.or(if device.is_cpu() { None } else { Some(989.0) });
     let data_parallel = match &a.ddp {
         Some(backend) => {
-            if !(a.bucket_mb > 0.0) {
+            if a.bucket_mb.is_nan() || a.bucket_mb <= 0.0 {
                 return Err(TrainError::Usage(format!("--bucket-mb must be positive, not {}", a.bucket_mb)));
             }
             let choice = dist::BackendChoice::parse(backend)?;
@@ -557,7 +557,7 @@ fn run_bench(a: BenchArgs) -> Result<()> {
 }
 
 fn run_bench_allreduce(a: AllReduceArgs) -> Result<()> {
-    if a.sizes_mib.is_empty() || a.sizes_mib.iter().any(|&s| !(s > 0.0)) {
+    if a.sizes_mib.is_empty() || a.sizes_mib.iter().any(|&s| s.is_nan() || s <= 0.0) {
         return Err(TrainError::Usage("--sizes-mib needs positive sizes".into()));
     }
     let choice = dist::BackendChoice::parse(&a.backend)?;
