@@ -326,6 +326,13 @@ impl CudaDevice {
         per_sm.max(1) as usize * self.multiprocessors()
     }
 
+    /// The most threads a block of `f` may have, given the registers it was compiled with
+    /// (`CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK`); 1024 if the driver does not say.
+    pub(crate) fn max_threads(&self, f: &CudaFunction) -> u32 {
+        f.get_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)
+            .map_or(1024, |n| n.max(32) as u32)
+    }
+
     /// How many clusters of `cluster` blocks of `f` (whose cluster size is fixed at compile
     /// time) can be resident at once with `threads` per block and `shared` bytes of dynamic
     /// shared memory each; at least 1.

@@ -1,9 +1,9 @@
 //! Launch wrappers of `layernorm.cu`: LayerNorm forward and backward with an optional fused
 //! residual add. Statistics (`mean`, `rstd`) are f32 whatever the storage type.
 
-use cudarc::driver::PushKernelArg;
+use cudarc::driver::{CudaFunction, PushKernelArg};
 
-use super::device::{blocks_for, check_len, grid1, rows_of, DeviceBuf, FloatElem};
+use super::device::{blocks_for, check_len, grid1, rows_of, CudaDevice, DeviceBuf, FloatElem};
 use super::elementwise::column_sum;
 use super::error::{CudaError, CudaResult};
 use super::source::{kernel_source, KernelSource};
@@ -95,6 +95,47 @@ enum Plan {
     Streamed(u32, u32),
 }
 
+impl Plan {
+    /// The family's suffix in the kernel names.
+    fn suffix(self) -> &'static str {
+        match self {
+            Plan::General => "",
+            Plan::Cached(_) => "_cached",
+            Plan::Streamed(..) => "_streamed",
+        }
+    }
+
+    /// Loads the `direction` (`fwd` or `bwd`) kernel of this plan. A cached or streamed block
+    /// larger than its kernel's registers allow (very wide rows) falls back to the general
+    /// kernel when the choice was [`LayerNormKernel::Auto`], and is an error when it was asked for.
+    fn load<T: FloatElem>(
+        self,
+        dev: &CudaDevice,
+        kernel: LayerNormKernel,
+        direction: &str,
+        op: &'static str,
+    ) -> CudaResult<(Plan, CudaFunction)> {
+        let f = dev.function(&SOURCE, &format!("layernorm_{direction}{}_{}", self.suffix(), T::NAME))?;
+        let threads = match self {
+            Plan::General => return Ok((self, f)),
+            Plan::Cached(t) | Plan::Streamed(t, _) => t,
+        };
+        let max = dev.max_threads(&f);
+        if threads <= max {
+            Ok((self, f))
+        } else if kernel == LayerNormKernel::Auto {
+            Plan::General.load::<T>(dev, kernel, direction, op)
+        } else {
+            Err(CudaError::invalid(
+                op,
+                format!(
+                    "the {kernel:?} kernel needs {threads} threads per block here; its registers allow {max}"
+                ),
+            ))
+        }
+    }
+}
+
 fn unsupported(op: &'static str, kernel: &str, cols: usize) -> CudaError {
     CudaError::invalid(op, format!("the {kernel} kernel does not take rows of {cols} elements"))
 }
@@ -170,12 +211,7 @@ pub fn layernorm_forward_with<T: FloatElem>(
     let dev = out.device().clone();
     let (px, pw, pb, po, pm, prs) = (x.ptr(), weight.ptr(), bias.ptr(), out.ptr(), mean.ptr(), rstd.ptr());
     let (r32, c32) = (rows as i32, cols as i32);
-    let name = match plan {
-        Plan::General => "layernorm_fwd",
-        Plan::Cached(_) => "layernorm_fwd_cached",
-        Plan::Streamed(..) => "layernorm_fwd_streamed",
-    };
-    let f = dev.function(&SOURCE, &format!("{name}_{}", T::NAME))?;
+    let (plan, f) = plan.load::<T>(&dev, kernel, "fwd", OP)?;
     let grid = match plan {
         // A warp per row.
         Plan::General => grid1(blocks_for(OP, rows, FWD_WARPS as usize)?, 32 * FWD_WARPS, 0),
@@ -257,20 +293,20 @@ pub fn layernorm_backward_with<T: FloatElem>(
     }
     let dev = dx.device().clone();
     let plan = kernel.resolve::<T>(OP, cols, 2 + dresidual.is_some() as usize, BWD_PACKS)?;
+    let (plan, f) = plan.load::<T>(&dev, kernel, "bwd", OP)?;
     // Every kernel runs one full wave of blocks, each taking a run of rows and writing its
     // share of the weight and bias gradients as a partial sum.
-    let (name, threads, shared, rows_per_block) = match plan {
-        Plan::Cached(threads) => ("layernorm_bwd_cached", threads, 0, 1),
-        Plan::Streamed(threads, ring) => ("layernorm_bwd_streamed", threads, ring, STREAM_ROWS),
+    let (threads, shared, rows_per_block) = match plan {
+        Plan::Cached(threads) => (threads, 0, 1),
+        Plan::Streamed(threads, ring) => (threads, ring, STREAM_ROWS),
         Plan::General => {
             let shared = (2 * cols * 4) as u32;
             if shared > 200 * 1024 {
                 return Err(CudaError::invalid(OP, format!("rows of {cols} exceed the shared-memory limit")));
             }
-            ("layernorm_bwd", BWD_THREADS, shared, 1)
+            (BWD_THREADS, shared, 1)
         }
     };
-    let f = dev.function(&SOURCE, &format!("{name}_{}", T::NAME))?;
     dev.allow_shared_memory(&f, shared)?;
     let blocks = rows.div_ceil(rows_per_block).clamp(1, dev.resident_blocks(&f, threads, shared));
     let partial = dev.alloc::<f32>(blocks * 2 * cols)?;
