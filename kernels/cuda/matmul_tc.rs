@@ -91,14 +91,16 @@ impl Tile {
     pub fn is_hopper(self) -> bool {
         matches!(self, Tile::Hopper128x128 | Tile::Hopper128x256)
     }
-    fn block(self) -> (usize, usize) {
+    /// The block tile: rows (M) × columns (N) of C per block.
+    pub fn block(self) -> (usize, usize) {
         match self {
             Tile::Large128x128 | Tile::Hopper128x128 => (128, 128),
             Tile::Small64x64 | Tile::Generic64x64 => (64, 64),
             Tile::Hopper128x256 => (128, 256),
         }
     }
-    fn threads(self) -> u32 {
+    /// Threads per block.
+    pub fn threads(self) -> u32 {
         match self {
             Tile::Large128x128 => 256,
             Tile::Small64x64 | Tile::Generic64x64 => 128,
@@ -113,7 +115,9 @@ impl Tile {
             Tile::Hopper128x128 => 6,
         }
     }
-    fn prefix(self) -> &'static str {
+    /// The tile's part of the kernel names (`gemm_tc_<prefix>_<layout>_<type>`, or
+    /// `gemm_<prefix>_...` for the Hopper tiles).
+    pub fn prefix(self) -> &'static str {
         match self {
             Tile::Large128x128 => "128x128",
             Tile::Small64x64 => "64x64",
@@ -124,7 +128,7 @@ impl Tile {
     }
     /// Dynamic shared memory of one block, in bytes, for the given operand layouts (matches
     /// `TileGeom` in matmul_tc.cu: BK = 32, rows padded by 8 elements).
-    fn shared_bytes(self, a_kmajor: bool, b_kmajor: bool) -> usize {
+    pub fn shared_bytes(self, a_kmajor: bool, b_kmajor: bool) -> usize {
         if let Some(bytes) = matmul_wgmma::shared_bytes(self) {
             return bytes;
         }

@@ -679,11 +679,14 @@ fn matmul_case<T: Elem, O: Elem>(
     let c0 = rng.values::<O>(batch * m * n, 1.0);
     let (a_rs, a_cs) = if a_kmajor { (a_ld, 1) } else { (1, a_ld) };
     let (b_rs, b_cs) = if b_kmajor { (1, b_ld) } else { (b_ld, 1) };
-    let (bm, bn) = match kernel {
-        TcKernel::Large | TcKernel::Hopper128 => (128, 128),
-        TcKernel::Hopper256 => (128, 256),
-        _ => (64, 64),
+    let tile = match kernel {
+        TcKernel::Large => Tile::Large128x128,
+        TcKernel::Small => Tile::Small64x64,
+        TcKernel::Generic => Tile::Generic64x64,
+        TcKernel::Hopper128 => Tile::Hopper128x128,
+        TcKernel::Hopper256 => Tile::Hopper128x256,
     };
+    let (bm, bn) = tile.block();
     let (tiles_m, tiles_n) = (m.div_ceil(bm), n.div_ceil(bn));
     let out_kind = match O::NAME {
         "f32" => 0i32,
@@ -752,19 +755,14 @@ fn matmul_case<T: Elem, O: Elem>(
     } else {
         s.arg("null");
     }
-    // Shared memory as the wrapper sizes it (kernels/cuda/matmul_tc.rs, Tile::shared_bytes).
-    let geom = |rows: usize, kmajor: bool| if kmajor { rows * 40 } else { 32 * (rows + 8) };
-    let (name, threads, stages, ak, bk) = match kernel {
-        TcKernel::Large => ("tc_128x128", 256, 4, a_kmajor, b_kmajor),
-        TcKernel::Small => ("tc_64x64", 128, 3, a_kmajor, b_kmajor),
-        TcKernel::Generic => ("tc_generic", 128, 2, true, true),
-        TcKernel::Hopper128 => ("wgmma_128x128", 384, 6, a_kmajor, b_kmajor),
-        TcKernel::Hopper256 => ("wgmma_128x256", 384, 4, a_kmajor, b_kmajor),
-    };
+    // The launch as the wrappers make it (kernels/cuda/matmul_tc.rs, matmul_wgmma.rs): the tile's
+    // threads and shared memory; the generic kernel loads both operands as if K-major.
+    let generic = kernel == TcKernel::Generic;
+    let shared = tile.shared_bytes(a_kmajor || generic, b_kmajor || generic);
+    let threads = tile.threads() as usize;
     let layout = format!("{}{}", if a_kmajor { 'n' } else { 't' }, if b_kmajor { 't' } else { 'n' });
     match kernel {
         TcKernel::Generic => {
-            let shared = stages * (geom(bm, ak) + geom(bn, bk)) * 2;
             s.launch3(
                 &format!("gemm_tc_generic_{}", T::NAME),
                 [tiles_m * tiles_n, 1, batch],
@@ -774,20 +772,12 @@ fn matmul_case<T: Elem, O: Elem>(
             );
         }
         TcKernel::Large | TcKernel::Small => {
-            let shared = stages * (geom(bm, ak) + geom(bn, bk)) * 2;
-            s.launch3(
-                &format!("gemm_{name}_{layout}_{}", T::NAME),
-                [tiles_m * tiles_n, 1, batch],
-                threads,
-                1,
-                shared,
-            );
+            let name = format!("gemm_tc_{}_{layout}_{}", tile.prefix(), T::NAME);
+            s.launch3(&name, [tiles_m * tiles_n, 1, batch], threads, 1, shared);
         }
         TcKernel::Hopper128 | TcKernel::Hopper256 => {
             // Persistent: two blocks walk every tile of every batch entry.
-            let tile = if kernel == TcKernel::Hopper128 { Tile::Hopper128x128 } else { Tile::Hopper128x256 };
-            let shared = matmul_wgmma::shared_bytes(tile).expect("a Hopper tile");
-            s.launch(&format!("gemm_{name}_{layout}_{}", T::NAME), 2, threads, 1, shared);
+            s.launch(&format!("gemm_{}_{layout}_{}", tile.prefix(), T::NAME), 2, threads, 1, shared);
         }
     }
     let got = s.run(emu, &[bc, bpre]);
