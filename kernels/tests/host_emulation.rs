@@ -1189,40 +1189,47 @@ fn flash_hopper_backward_case<T: Elem>(
     check::<T>(&format!("{tag} dv"), &T::values(&got[2]), &want_dv);
 }
 
+/// The attention shapes every flash test runs ((batch × heads, sequence, head dim), causal,
+/// f16 else bf16): ragged lengths over more than one tile of every kernel (64 and 128 rows),
+/// one query, lengths just past a tile, both head dimensions, causal and not.
+const ATTENTION_CASES: [((usize, usize, usize), bool, bool); 7] = [
+    ((2, 150, 64), true, false),
+    ((1, 200, 128), false, false),
+    ((1, 140, 128), true, true),
+    ((2, 70, 64), false, true),
+    ((1, 1, 64), true, false),
+    ((1, 129, 128), true, false),
+    ((1, 65, 64), true, true),
+];
+
+/// Runs `case` (a generic test function) on every [`ATTENTION_CASES`] entry with seeds from
+/// `seed`.
+macro_rules! attention_cases {
+    ($emu:expr, $case:ident, $seed:expr) => {
+        for (i, &(shape, causal, f16)) in ATTENTION_CASES.iter().enumerate() {
+            if f16 {
+                $case::<f16>($emu, shape, causal, $seed + i as u64);
+            } else {
+                $case::<bf16>($emu, shape, causal, $seed + i as u64);
+            }
+        }
+    };
+}
+
 #[test]
 fn hopper_flash_attention_backward_matches_f64_under_emulation() {
     let Some(emu) = flash_hopper_emulator() else { return };
-    // Ragged sequences over more than one key block and query tile, both head dimensions,
-    // causal and not.
-    flash_hopper_backward_case::<bf16>(emu, (2, 150, 64), true, 91);
-    flash_hopper_backward_case::<bf16>(emu, (1, 200, 128), false, 92);
-    flash_hopper_backward_case::<f16>(emu, (1, 140, 128), true, 93);
-    flash_hopper_backward_case::<f16>(emu, (2, 70, 64), false, 94);
-    flash_hopper_backward_case::<bf16>(emu, (1, 1, 64), true, 95);
-    flash_hopper_backward_case::<bf16>(emu, (1, 129, 128), true, 96);
+    attention_cases!(emu, flash_hopper_backward_case, 91);
 }
 
 #[test]
 fn hopper_flash_attention_forward_matches_f64_under_emulation() {
     let Some(emu) = flash_hopper_emulator() else { return };
-    // Ragged sequences over more than one 128-row tile, both head dimensions, causal and not.
-    flash_hopper_case::<bf16>(emu, (2, 150, 64), true, 81);
-    flash_hopper_case::<bf16>(emu, (1, 200, 128), false, 82);
-    flash_hopper_case::<f16>(emu, (1, 140, 128), true, 83);
-    flash_hopper_case::<f16>(emu, (2, 70, 64), false, 84);
-    flash_hopper_case::<bf16>(emu, (1, 1, 128), true, 85);
-    flash_hopper_case::<bf16>(emu, (1, 129, 64), true, 86);
+    attention_cases!(emu, flash_hopper_case, 81);
 }
 
 #[test]
 fn flash_attention_matches_f64_under_emulation() {
     let Some(emu) = flash_emulator() else { return };
-    // A ragged sequence (one full 64-row tile and a tail), both head dimensions, causal and not.
-    flash_case::<bf16>(emu, (2, 70, 64), true, 51);
-    flash_case::<bf16>(emu, (1, 70, 128), false, 52);
-    flash_case::<f16>(emu, (1, 45, 128), true, 53);
-    flash_case::<f16>(emu, (2, 70, 64), false, 54);
-    // One query, and a length just past a tile.
-    flash_case::<bf16>(emu, (1, 1, 64), true, 55);
-    flash_case::<bf16>(emu, (1, 65, 128), true, 56);
+    attention_cases!(emu, flash_case, 51);
 }
