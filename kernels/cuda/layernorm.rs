@@ -49,9 +49,30 @@ impl LayerNormKernel {
     /// the fused residual add (`fused`), or in the backward with or without the residual
     /// stream's gradient (`fused`). `Auto` and `General` take every width.
     pub fn takes<T: FloatElem>(self, cols: usize, backward: bool, fused: bool) -> bool {
+        self.block::<T>(cols, backward, fused).is_some()
+    }
+
+    /// The block this kernel is launched with for rows of `cols` elements of `T` (forward or
+    /// `backward`, with or without the residual, `fused`): its threads and dynamic shared-memory
+    /// bytes, and the suffix of its kernel names (`layernorm_{fwd,bwd}<suffix>_<type>`); `None`
+    /// where it does not take such rows. (The grid depends on the device: the forward's general
+    /// and cached kernels take a warp or a block per row, the others one full wave of blocks.)
+    pub fn block<T: FloatElem>(
+        self,
+        cols: usize,
+        backward: bool,
+        fused: bool,
+    ) -> Option<(u32, u32, &'static str)> {
         let inputs = if backward { 2 } else { 1 } + fused as usize;
         let packs = if backward { BWD_PACKS } else { FWD_PACKS };
-        self.resolve::<T>("layernorm", cols, inputs, packs).is_ok()
+        let plan = self.resolve::<T>("layernorm", cols, inputs, packs).ok()?;
+        let (threads, shared) = match plan {
+            Plan::General if backward => (BWD_THREADS, (2 * cols * 4) as u32),
+            Plan::General => (32 * FWD_WARPS, 0),
+            Plan::Cached(threads) => (threads, 0),
+            Plan::Streamed(threads, ring) => (threads, ring),
+        };
+        Some((threads, shared, plan.suffix()))
     }
 
     /// The kernel that runs rows of `cols` elements of `T` with `inputs` row inputs in the

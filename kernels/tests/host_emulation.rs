@@ -13,8 +13,10 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use half::{bf16, f16};
+use polylm_kernels::cuda::layernorm::LayerNormKernel;
 use polylm_kernels::cuda::matmul_tc::Tile;
 use polylm_kernels::cuda::source::{KernelSource, HOPPER_PRELUDE, PRELUDE};
+use polylm_kernels::cuda::FloatElem;
 use polylm_kernels::cuda::{flash_attention_hopper, matmul_wgmma};
 
 // ---------------------------------------------------------------- building an emulator
@@ -114,8 +116,7 @@ fn build(cxx: &str, source: &KernelSource, kernels: &[String]) -> PathBuf {
 
 /// A storage type of the kernels with its bytes, its rounding and the tolerances of the GPU
 /// tests (`tests/cuda_kernels.rs`).
-trait Elem: Copy {
-    const NAME: &'static str;
+trait Elem: FloatElem {
     const RTOL: f64;
     const ATOL: f64;
     fn round(v: f64) -> f64;
@@ -123,7 +124,6 @@ trait Elem: Copy {
     fn values(bytes: &[u8]) -> Vec<f64>;
 }
 impl Elem for f32 {
-    const NAME: &'static str = "f32";
     const RTOL: f64 = 2e-5;
     const ATOL: f64 = 2e-6;
     fn round(v: f64) -> f64 {
@@ -137,7 +137,6 @@ impl Elem for f32 {
     }
 }
 impl Elem for bf16 {
-    const NAME: &'static str = "bf16";
     const RTOL: f64 = 1.6e-2;
     const ATOL: f64 = 8e-3;
     fn round(v: f64) -> f64 {
@@ -151,7 +150,6 @@ impl Elem for bf16 {
     }
 }
 impl Elem for f16 {
-    const NAME: &'static str = "f16";
     const RTOL: f64 = 3e-3;
     const ATOL: f64 = 1.5e-3;
     fn round(v: f64) -> f64 {
@@ -300,9 +298,6 @@ enum LnKernel {
     Streamed,
 }
 
-const LN_ROWS: usize = 2;
-const LN_STAGES: usize = 3;
-
 fn layernorm_emulator() -> Option<&'static Path> {
     static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -322,7 +317,6 @@ fn layernorm_case<T: Elem>(emu: &Path, kernel: LnKernel, rows: usize, cols: usiz
     let tag = format!("layernorm-{kernel:?}-{}-{rows}x{cols}-{fused}", T::NAME);
     let n = rows * cols;
     let size = std::mem::size_of::<T>();
-    let width = 16 / size;
     let (x, r) = (rng.values::<T>(n, 2.0), rng.values::<T>(n, 2.0));
     let (w, b) = (rng.values::<T>(cols, 1.5), rng.values::<T>(cols, 0.5));
     let eps = 1e-5;
@@ -333,22 +327,24 @@ fn layernorm_case<T: Elem>(emu: &Path, kernel: LnKernel, rows: usize, cols: usiz
         &input, &w, &b, eps, cols, &mut want, &mut wmean, &mut wrstd,
     );
 
-    // The launch shapes the CUDA wrappers use (kernels/cuda/layernorm.rs), with small grids.
-    let packs = cols / width;
-    let (fwd_grid, fwd_threads, fwd_ring, bwd_grid, bwd_threads, bwd_ring) = match kernel {
-        LnKernel::General => (rows.div_ceil(4), 128, 0, 3, 256, 2 * cols * 4),
-        LnKernel::Cached => (rows, packs.div_ceil(4).div_ceil(32) * 32, 0, 3, packs.div_ceil(32) * 32, 0),
-        LnKernel::Streamed => {
-            let threads = packs.div_ceil(32) * 32;
-            let ring = |inputs: usize| LN_STAGES * inputs * LN_ROWS * cols * size;
-            (3, threads, ring(1 + fused as usize), 3, threads, ring(2 + fused as usize))
-        }
+    // The blocks the CUDA wrapper launches (kernels/cuda/layernorm.rs), on small grids: the
+    // forward's general and cached kernels take a warp or a block per row, the others a few
+    // blocks that each take a run of rows.
+    let which = match kernel {
+        LnKernel::General => LayerNormKernel::General,
+        LnKernel::Cached => LayerNormKernel::Cached,
+        LnKernel::Streamed => LayerNormKernel::Streamed,
     };
-    let stem = match kernel {
-        LnKernel::General => "",
-        LnKernel::Cached => "_cached",
-        LnKernel::Streamed => "_streamed",
+    let block = |backward| which.block::<T>(cols, backward, fused).expect("the kernel takes these rows");
+    let ((fwd_threads, fwd_ring, stem), (bwd_threads, bwd_ring, _)) = (block(false), block(true));
+    let fwd_grid = match kernel {
+        LnKernel::General => rows.div_ceil(4),
+        LnKernel::Cached => rows,
+        LnKernel::Streamed => 3,
     };
+    let bwd_grid = 3;
+    let (fwd_threads, fwd_ring, bwd_threads, bwd_ring) =
+        (fwd_threads as usize, fwd_ring as usize, bwd_threads as usize, bwd_ring as usize);
 
     let mut s = Script::new(&tag);
     let (bx, br, bw, bb) =
