@@ -3,7 +3,7 @@
 
 use cudarc::driver::PushKernelArg;
 
-use super::device::{check_len, grid1, rows_of, CudaDevice, DeviceBuf, FloatElem};
+use super::device::{check_len, env_is, grid1, rows_of, CudaDevice, DeviceBuf, FloatElem};
 use super::error::{CudaError, CudaResult};
 use super::source::{kernel_source, KernelSource};
 
@@ -107,7 +107,7 @@ fn launch<T: FloatElem>(
         CrossEntropyKernel::Cluster => Some(plan.ok_or_else(|| {
             CudaError::invalid(OP, format!("the cluster kernel does not take rows of {vocab} on this device"))
         })?),
-        CrossEntropyKernel::Auto => plan.filter(|_| std::env::var(KERNEL_ENV).is_ok_and(|v| v == "cluster")),
+        CrossEntropyKernel::Auto => plan.filter(|_| env_is(KERNEL_ENV, "cluster")),
     };
     let (pl, pt, pls, ploss) = (logits.ptr(), targets.ptr(), out.lse.ptr(), out.loss.ptr());
     let (v, ig, has) = (vocab as i32, ignore_index.unwrap_or(u32::MAX), ignore_index.is_some() as i32);

@@ -67,6 +67,21 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Whether the environment variable `var` is `value`, read once per variable and process: the
+/// kernel choices these variables make are consulted on every launch.
+pub(crate) fn env_is(var: &'static str, value: &str) -> bool {
+    static SEEN: Mutex<Vec<(&'static str, Option<String>)>> = Mutex::new(Vec::new());
+    let mut seen = lock(&SEEN);
+    let at = match seen.iter().position(|(v, _)| *v == var) {
+        Some(at) => at,
+        None => {
+            seen.push((var, std::env::var(var).ok()));
+            seen.len() - 1
+        }
+    };
+    seen[at].1.as_deref() == Some(value)
+}
+
 /// Whether a CUDA driver and at least one device are present.
 pub fn cuda_available() -> bool {
     device_count() > 0

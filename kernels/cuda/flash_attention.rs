@@ -82,6 +82,22 @@ impl FlashShape {
         }
     }
 
+    /// [`FlashShape::validate`], and that every buffer of a forward pass has the length this
+    /// shape needs.
+    pub(crate) fn check_forward<T: FloatElem>(
+        &self,
+        op: &'static str,
+        (q, k, v): (&DeviceBuf<T>, &DeviceBuf<T>, &DeviceBuf<T>),
+        out: &DeviceBuf<T>,
+        lse: &DeviceBuf<f32>,
+    ) -> CudaResult<()> {
+        self.validate::<T>(op)?;
+        for (what, buf) in [("q", q), ("k", k), ("v", v), ("out", out)] {
+            check_len(op, what, buf, self.qkv_len())?;
+        }
+        check_len(op, "lse", lse, self.lse_len())
+    }
+
     /// Checks that the kernels support this shape with storage type `T`, without touching a
     /// device; the error says why not.
     pub fn validate<T: FloatElem>(&self, op: &'static str) -> CudaResult<()> {
@@ -187,7 +203,7 @@ pub enum ForwardKernel {
 /// Whether `POLYLM_GPU_FLASH_HOPPER=1` asks [`forward`] for the Hopper kernel (off by default
 /// until it has passed its tests on a GPU).
 pub fn hopper_requested() -> bool {
-    std::env::var("POLYLM_GPU_FLASH_HOPPER").is_ok_and(|v| v == "1")
+    super::device::env_is("POLYLM_GPU_FLASH_HOPPER", "1")
 }
 
 /// Forward: writes `out = softmax(scale·q·kᵀ + mask)·v` and the per-row log-sum-exp `lse` of the
@@ -227,12 +243,7 @@ pub fn forward_with<T: FloatElem>(
         return super::flash_attention_hopper::forward(q, k, v, shape, out, lse);
     }
     const OP: &str = "flash_attention_forward";
-    shape.validate::<T>(OP)?;
-    let n = shape.qkv_len();
-    for (what, buf) in [("q", q), ("k", k), ("v", v), ("out", &*out)] {
-        check_len(OP, what, buf, n)?;
-    }
-    check_len(OP, "lse", lse, shape.lse_len())?;
+    shape.check_forward(OP, (q, k, v), out, lse)?;
     let dev = out.device().clone();
     let shared = forward_shared_bytes(shape.head_dim);
     let f = dev.function(&SOURCE, &format!("flash_fwd_{}_d{}", T::NAME, shape.head_dim))?;

@@ -23,7 +23,7 @@
 
 use cudarc::driver::{sys, DeviceRepr, LaunchConfig, PushKernelArg};
 
-use super::device::{blocks_for, check_len, CudaDevice, DeviceBuf, FloatElem};
+use super::device::{blocks_for, CudaDevice, DeviceBuf, FloatElem};
 use super::error::{CudaError, CudaResult};
 use super::flash_attention::FlashShape;
 use super::source::{kernel_source, KernelSource};
@@ -152,12 +152,7 @@ pub fn forward<T: FloatElem>(
     lse: &mut DeviceBuf<f32>,
 ) -> CudaResult<()> {
     const OP: &str = "flash_attention_hopper_forward";
-    shape.validate::<T>(OP)?;
-    let n = shape.qkv_len();
-    for (what, buf) in [("q", q), ("k", k), ("v", v), ("out", &*out)] {
-        check_len(OP, what, buf, n)?;
-    }
-    check_len(OP, "lse", lse, shape.lse_len())?;
+    shape.check_forward(OP, (q, k, v), out, lse)?;
     let dev = out.device().clone();
     require_hopper(OP, &dev)?;
     let map = |what, buf| tensor_map(OP, what, buf, shape, BLOCK_M);

@@ -3,7 +3,7 @@
 
 use cudarc::driver::{CudaFunction, PushKernelArg};
 
-use super::device::{blocks_for, check_len, grid1, rows_of, CudaDevice, DeviceBuf, FloatElem};
+use super::device::{blocks_for, check_len, env_is, grid1, rows_of, CudaDevice, DeviceBuf, FloatElem};
 use super::elementwise::column_sum;
 use super::error::{CudaError, CudaResult};
 use super::source::{kernel_source, KernelSource};
@@ -97,9 +97,7 @@ impl LayerNormKernel {
                 None => return Err(unsupported(op, "streamed", cols)),
             },
             Self::Auto => match (streamed, cached) {
-                (Some(threads), _) if std::env::var(KERNEL_ENV).is_ok_and(|v| v == "streamed") => {
-                    Plan::Streamed(threads, ring as u32)
-                }
+                (Some(threads), _) if env_is(KERNEL_ENV, "streamed") => Plan::Streamed(threads, ring as u32),
                 (_, Some(threads)) => Plan::Cached(threads),
                 _ => Plan::General,
             },

@@ -49,7 +49,7 @@ const BK: usize = 64;
 /// Whether `POLYLM_GPU_MATMUL_HOPPER=1` is set: the automatic choice in
 /// [`super::matmul_tc::gemm_tc`] may use this path (default off until it has passed on a GPU).
 pub fn hopper_enabled() -> bool {
-    std::env::var(HOPPER_ENV).is_ok_and(|v| v == "1")
+    super::device::env_is(HOPPER_ENV, "1")
 }
 
 /// Whether `dev` runs this path: compute capability 9.0 (H100, H200), compiled as `sm_90a`.

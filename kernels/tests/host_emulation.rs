@@ -806,76 +806,49 @@ fn matmul_case<T: Elem, O: Elem>(
     }
 }
 
-fn matmul_all<T: Elem>(emu: &Path, seed: u64) {
-    let gelu_pre = GEMM_FLAG_BIAS | GEMM_FLAG_GELU | GEMM_FLAG_PRE | GEMM_FLAG_VEC;
-    for (i, (ak, bk)) in [(true, false), (true, true), (false, false), (false, true)].into_iter().enumerate()
-    {
-        let seed = seed + 10 * i as u64;
-        // Ragged in every dimension (M, N not multiples of the tile, K not of 32), two batches.
-        matmul_case::<T, f32>(
-            emu,
-            TcKernel::Small,
-            (70, 66, 40, 2, false),
-            ak,
-            bk,
-            GEMM_FLAG_VEC,
-            (0.75, 0.5),
-            seed,
-        );
-        matmul_case::<T, T>(
-            emu,
-            TcKernel::Small,
-            (33, 72, 56, 1, false),
-            ak,
-            bk,
-            gelu_pre,
-            (1.0, 0.0),
-            seed + 1,
-        );
-        matmul_case::<T, T>(
-            emu,
-            TcKernel::Large,
-            (130, 72, 40, 1, false),
-            ak,
-            bk,
-            GEMM_FLAG_BIAS | GEMM_FLAG_VEC,
-            (1.0, 1.0),
-            seed + 2,
-        );
+/// bias + GeLU with the pre-activation, stored in pairs.
+const GELU_PRE: i32 = GEMM_FLAG_BIAS | GEMM_FLAG_GELU | GEMM_FLAG_PRE | GEMM_FLAG_VEC;
+
+/// One product of the matmul emulation tests: the kernel, (m, n, k, batch, B broadcast over
+/// the batch), the layouts (A K-major, B K-major; `None`: all four), f32 output (else the input
+/// type), the epilogue flags, and (alpha, beta).
+type GemmCase = (TcKernel, (usize, usize, usize, usize, bool), Option<(bool, bool)>, bool, i32, (f32, f32));
+
+/// Runs every case in `cases` with seeds from `seed`.
+fn run_gemm_cases<T: Elem>(emu: &Path, cases: &[GemmCase], seed: u64) {
+    const LAYOUTS: [(bool, bool); 4] = [(true, false), (true, true), (false, false), (false, true)];
+    for (c, &(kernel, dims, layouts, f32_out, flags, scalars)) in cases.iter().enumerate() {
+        let layouts = layouts.map_or(LAYOUTS.to_vec(), |l| vec![l]);
+        for (i, (ak, bk)) in layouts.into_iter().enumerate() {
+            let seed = seed + 10 * c as u64 + i as u64;
+            if f32_out {
+                matmul_case::<T, f32>(emu, kernel, dims, ak, bk, flags, scalars, seed);
+            } else {
+                matmul_case::<T, T>(emu, kernel, dims, ak, bk, flags, scalars, seed);
+            }
+        }
     }
-    matmul_case::<T, f32>(
-        emu,
-        TcKernel::Generic,
-        (37, 29, 45, 2, false),
-        true,
-        true,
-        GEMM_FLAG_BIAS,
-        (1.0, 0.0),
-        seed + 50,
-    );
-    // A single element, and a B shared by every batch entry.
-    matmul_case::<T, f32>(emu, TcKernel::Small, (1, 1, 1, 1, false), true, false, 0, (1.0, 0.0), seed + 52);
-    matmul_case::<T, f32>(
-        emu,
-        TcKernel::Large,
-        (140, 24, 48, 3, true),
-        false,
-        true,
-        0,
-        (1.0, 0.0),
-        seed + 53,
-    );
-    matmul_case::<T, T>(
-        emu,
+}
+
+/// The portable kernels: ragged in every dimension (M, N not multiples of the tile, K not of
+/// 32), batches, every epilogue, the generic kernel, a single element, a B shared by every
+/// batch entry.
+const TC_CASES: [GemmCase; 7] = [
+    (TcKernel::Small, (70, 66, 40, 2, false), None, true, GEMM_FLAG_VEC, (0.75, 0.5)),
+    (TcKernel::Small, (33, 72, 56, 1, false), None, false, GELU_PRE, (1.0, 0.0)),
+    (TcKernel::Large, (130, 72, 40, 1, false), None, false, GEMM_FLAG_BIAS | GEMM_FLAG_VEC, (1.0, 1.0)),
+    (TcKernel::Generic, (37, 29, 45, 2, false), Some((true, true)), true, GEMM_FLAG_BIAS, (1.0, 0.0)),
+    (TcKernel::Small, (1, 1, 1, 1, false), Some((true, false)), true, 0, (1.0, 0.0)),
+    (TcKernel::Large, (140, 24, 48, 3, true), Some((false, true)), true, 0, (1.0, 0.0)),
+    (
         TcKernel::Generic,
         (20, 70, 17, 1, false),
+        Some((false, false)),
         false,
-        false,
-        gelu_pre & !GEMM_FLAG_VEC,
+        GELU_PRE & !GEMM_FLAG_VEC,
         (0.5, 0.25),
-        seed + 51,
-    );
-}
+    ),
+];
 
 fn wgmma_emulator() -> Option<&'static Path> {
     static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
@@ -894,79 +867,29 @@ fn wgmma_emulator() -> Option<&'static Path> {
     .as_deref()
 }
 
-fn wgmma_all<T: Elem>(emu: &Path, seed: u64) {
-    let gelu_pre = GEMM_FLAG_BIAS | GEMM_FLAG_GELU | GEMM_FLAG_PRE | GEMM_FLAG_VEC;
-    for (i, (ak, bk)) in [(true, false), (true, true), (false, false), (false, true)].into_iter().enumerate()
-    {
-        let seed = seed + 10 * i as u64;
-        // Ragged M, N and K (K = 100: a full 64-deep slice and a zero-filled tail), batches.
-        matmul_case::<T, f32>(
-            emu,
-            TcKernel::Hopper128,
-            (200, 150, 100, 2, false),
-            ak,
-            bk,
-            GEMM_FLAG_VEC,
-            (0.75, 0.5),
-            seed,
-        );
-        matmul_case::<T, T>(
-            emu,
-            TcKernel::Hopper256,
-            (130, 264, 72, 1, false),
-            ak,
-            bk,
-            gelu_pre,
-            (1.0, 0.0),
-            seed + 1,
-        );
-    }
-    // A single element; a B shared by every batch entry; K = 320 (five slices, the 128×256
-    // tile's four-stage ring wraps within one tile).
-    matmul_case::<T, f32>(
-        emu,
-        TcKernel::Hopper128,
-        (1, 1, 1, 1, false),
-        true,
-        true,
-        0,
-        (1.0, 0.0),
-        seed + 52,
-    );
-    matmul_case::<T, f32>(
-        emu,
-        TcKernel::Hopper128,
-        (150, 40, 64, 3, true),
-        false,
-        false,
-        0,
-        (1.0, 0.0),
-        seed + 53,
-    );
-    matmul_case::<T, T>(
-        emu,
-        TcKernel::Hopper256,
-        (64, 200, 320, 1, false),
-        true,
-        false,
-        GEMM_FLAG_VEC,
-        (1.0, 0.0),
-        seed + 54,
-    );
-}
+/// The Hopper kernels: ragged M, N and K (K = 100: a full 64-deep slice and a zero-filled
+/// tail), batches, a single element, a B shared by every batch entry, K = 320 (five slices: the
+/// 128×256 tile's four-stage ring wraps within one tile).
+const WGMMA_CASES: [GemmCase; 5] = [
+    (TcKernel::Hopper128, (200, 150, 100, 2, false), None, true, GEMM_FLAG_VEC, (0.75, 0.5)),
+    (TcKernel::Hopper256, (130, 264, 72, 1, false), None, false, GELU_PRE, (1.0, 0.0)),
+    (TcKernel::Hopper128, (1, 1, 1, 1, false), Some((true, true)), true, 0, (1.0, 0.0)),
+    (TcKernel::Hopper128, (150, 40, 64, 3, true), Some((false, false)), true, 0, (1.0, 0.0)),
+    (TcKernel::Hopper256, (64, 200, 320, 1, false), Some((true, false)), false, GEMM_FLAG_VEC, (1.0, 0.0)),
+];
 
 #[test]
 fn hopper_matmul_matches_f64_under_emulation() {
     let Some(emu) = wgmma_emulator() else { return };
-    wgmma_all::<bf16>(emu, 61);
-    wgmma_all::<f16>(emu, 71);
+    run_gemm_cases::<bf16>(emu, &WGMMA_CASES, 61);
+    run_gemm_cases::<f16>(emu, &WGMMA_CASES, 161);
 }
 
 #[test]
 fn tensor_core_matmul_matches_f64_under_emulation() {
     let Some(emu) = matmul_emulator() else { return };
-    matmul_all::<bf16>(emu, 31);
-    matmul_all::<f16>(emu, 41);
+    run_gemm_cases::<bf16>(emu, &TC_CASES, 31);
+    run_gemm_cases::<f16>(emu, &TC_CASES, 131);
 }
 
 // ---------------------------------------------------------------- flash attention

@@ -111,6 +111,19 @@ fn sass_for(source: &KernelSource, arch: Arch) -> Option<Vec<(String, String)>> 
     Some(functions(&sass))
 }
 
+/// The SASS of kernel `name` in `kernels`, or `None` after recording that it is missing.
+fn kernel_body<'a>(
+    kernels: &'a [(String, String)],
+    name: &str,
+    failures: &mut Vec<String>,
+) -> Option<&'a str> {
+    let body = kernels.iter().find(|(n, _)| n == name).map(|(_, b)| b.as_str());
+    if body.is_none() {
+        failures.push(format!("{name}: not in the cubin"));
+    }
+    body
+}
+
 /// The checks every Hopper kernel shares: TMA loads, mbarrier operations, the setmaxnreg pair,
 /// and no local-memory traffic.
 fn check_pipeline(name: &str, body: &str, failures: &mut Vec<String>) {
@@ -142,10 +155,7 @@ fn hopper_matmul_sass_has_hgmma_and_tma() {
         .collect();
     let mut failures = Vec::new();
     for name in &expected {
-        let Some((_, body)) = kernels.iter().find(|(n, _)| n == name) else {
-            failures.push(format!("{name}: not in the cubin"));
-            continue;
-        };
+        let Some(body) = kernel_body(&kernels, name, &mut failures) else { continue };
         let bn = if name.contains("128x256") { 256 } else { 128 };
         // f16 is HGMMA's default input type and has no suffix.
         let hgmma = if name.ends_with("bf16") {
@@ -194,10 +204,7 @@ fn hopper_flash_attention_sass_has_hgmma_and_tma() {
         .collect();
     let mut failures = Vec::new();
     for name in &expected {
-        let Some((_, body)) = kernels.iter().find(|(n, _)| n == name) else {
-            failures.push(format!("{name}: not in the cubin"));
-            continue;
-        };
+        let Some(body) = kernel_body(&kernels, name, &mut failures) else { continue };
         let count = |needle: &str| body.matches(needle).count();
         let hgmma = body.lines().filter(|l| l.contains("HGMMA.")).count();
         // S = Q·Kᵀ reads K-major operands; O += P·V reads V through an MN-major descriptor.
@@ -216,10 +223,7 @@ fn hopper_flash_attention_sass_has_hgmma_and_tma() {
     // The backward: Sᵀ and dPᵀ read K-major operands, dV/dK an N-major B with A in registers,
     // dQ an M-major A (the dSᵀ rows) and an N-major B.
     for name in ["bf16", "f16"].iter().flat_map(|t| [64, 128].map(|d| format!("flash_bwd_hopper_{t}_d{d}"))) {
-        let Some((_, body)) = kernels.iter().find(|(n, _)| *n == name) else {
-            failures.push(format!("{name}: not in the cubin"));
-            continue;
-        };
+        let Some(body) = kernel_body(&kernels, &name, &mut failures) else { continue };
         let hgmma =
             |needle: &str| body.lines().filter(|l| l.contains("HGMMA.") && l.contains(needle)).count();
         let (all, tnsp_a, tnsp_b) = (hgmma(""), hgmma(".tnspA"), hgmma(".tnspB"));
@@ -241,10 +245,7 @@ fn one_read_cross_entropy_sass_has_bulk_copies_and_remote_stores() {
     let mut failures = Vec::new();
     for t in ["f32", "bf16", "f16"] {
         let name = format!("cross_entropy_cluster_{t}");
-        let Some((_, body)) = kernels.iter().find(|(n, _)| *n == name) else {
-            failures.push(format!("{name}: not in the cubin"));
-            continue;
-        };
+        let Some(body) = kernel_body(&kernels, &name, &mut failures) else { continue };
         let count = |needle: &str| body.matches(needle).count();
         println!(
             "{name:<28} {}× UBLKCP, {}× STAS, {}× SYNCS, {}× UCGABAR_WAIT, {}× MEMBAR.ALL.GPU",
