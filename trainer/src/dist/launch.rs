@@ -149,8 +149,31 @@ fn stop_all(children: &mut [(usize, Child)], grace: Duration) {
     }
 }
 
-/// A TCP port that is free on this machine now.
+/// A TCP port that is free on this machine now, for a rendezvous to listen on a moment later.
+///
+/// It is drawn at random from 20000..32768, below Linux's default range of ephemeral ports
+/// (32768..61000), and checked by binding it on every address: a port the system hands out
+/// itself (binding port 0) is an ephemeral one, which the very next outgoing connection on the
+/// machine may take as its local port before the rendezvous binds it.
 pub fn free_port() -> Result<u16> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static DRAWS: AtomicU64 = AtomicU64::new(0);
+    let seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+            ^ (u64::from(std::process::id()) << 32)
+            ^ DRAWS.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut x = seed;
+    for _ in 0..64 {
+        // SplitMix64 step.
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        let port = 20000 + ((z ^ (z >> 31)) % 12768) as u16;
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(|source| DistError::Io { what: "finding a free port".into(), source })?;
     l.local_addr()
