@@ -16,7 +16,7 @@ build() {
     local json=gpu-bin/cargo-messages.json
     cargo test --release --locked --no-run --message-format=json \
         -p polylm-suite --test cuda_kernels --test cuda_engine --test cuda_optim --test cuda_matmul_tc \
-        --test cuda_flash_attention -p polylm-kernels --test nvrtc_gate >"$json"
+        --test cuda_flash_attention -p polylm-kernels --test nvrtc_gate -p polylm-trainer --test nccl >"$json"
     cargo bench --locked --no-run --message-format=json --bench cuda_kernels --bench gpu_model \
         --bench cuda_matmul --bench cuda_attention >>"$json"
     python3 - "$json" <<'PY'
@@ -88,14 +88,6 @@ run_trainer() {
         echo "## polylm bench"
         echo
     } >>"$out/results.md"
-    # NCCL: the machine has it only inside the Python wheel nvidia-nccl-cu13, as libnccl.so.2;
-    # cudarc looks for libnccl.so, so link that name to it.
-    local nccl_lib
-    nccl_lib="$(python3 -c 'import nvidia.nccl as m; print(list(m.__path__)[0])' 2>/dev/null)/lib/libnccl.so.2"
-    if [ -f "$nccl_lib" ]; then
-        mkdir -p /tmp/polylm-nccl && ln -sf "$nccl_lib" /tmp/polylm-nccl/libnccl.so
-        export LD_LIBRARY_PATH="/tmp/polylm-nccl:$LD_LIBRARY_PATH"
-    fi
     # Each preset twice: on the default (measured) kernels, and on the fast ones still waiting
     # for a GPU run (tensor-core matmul and flash attention with their Hopper paths, streamed
     # layernorm, one-read cross-entropy): the MFU of issue 9 comes from the second.
@@ -139,6 +131,14 @@ run() {
     out="${OUT:-gpu-out}"
     mkdir -p "$out"
     export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    # NCCL: the machine has it only inside the Python wheel nvidia-nccl-cu13, as libnccl.so.2;
+    # cudarc looks for libnccl.so, so link that name to it.
+    local nccl_lib
+    nccl_lib="$(python3 -c 'import nvidia.nccl as m; print(list(m.__path__)[0])' 2>/dev/null)/lib/libnccl.so.2"
+    if [ -f "$nccl_lib" ]; then
+        mkdir -p /tmp/polylm-nccl && ln -sf "$nccl_lib" /tmp/polylm-nccl/libnccl.so
+        export LD_LIBRARY_PATH="/tmp/polylm-nccl:$LD_LIBRARY_PATH"
+    fi
     export POLYLM_KERNEL_CACHE=/tmp/polylm-kernel-cache
     export POLYLM_REQUIRE_NVRTC=1
     local card
@@ -160,7 +160,7 @@ run() {
     # and one-read cross-entropy (POLYLM_GPU_LAYERNORM=streamed,
     # POLYLM_GPU_CROSS_ENTROPY=cluster). All stay off by default until they pass here.
     for test in nvrtc_gate cuda_kernels cuda_engine cuda_optim cuda_matmul_tc cuda_flash_attention \
-        cuda_engine:tc cuda_engine:hopper; do
+        cuda_engine:tc cuda_engine:hopper nccl; do
         local bin=${test%%:*} log=${test/:/-}
         echo "== $test"
         local fast=simple hopper=0

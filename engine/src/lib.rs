@@ -31,13 +31,13 @@ mod storage;
 mod tensor;
 
 pub use autograd::{is_grad_enabled, no_grad, with_no_grad, NoGradGuard};
-pub use cuda::CudaStorage;
+pub use cuda::{cuda_device, CudaStorage};
 pub use device::Device;
 pub use dtype::{CpuFloat, DType, WithDType};
 pub use error::{Error, Result};
 pub use host::tune_host_allocator;
 pub use optim::{global_grad_norm, AdamW, AdamWHyper};
-pub use polylm_kernels::cuda::MemoryReport;
+pub use polylm_kernels::cuda::{CudaDevice, MemoryReport};
 pub use rng::Rng;
 pub use storage::{CpuStorage, Storage};
 pub use tensor::{Tensor, TensorId};

@@ -107,6 +107,52 @@ fn tcp_collectives_are_exact_and_identical_on_every_rank() {
     }
 }
 
+/// The tensor collectives (the gradient buckets' path) give what the host-buffer ones give,
+/// as new 1-D f32 tensors, with ragged counts (a rank with no share included), and refuse a
+/// tensor that is not 1-D f32.
+#[test]
+fn tensor_collectives_match_the_host_ones() {
+    use polylm_engine::{DType, Tensor};
+    let size = 3;
+    let counts = vec![5usize, 0, 1203];
+    let total: usize = counts.iter().sum();
+    let cs = counts.clone();
+    let results = on_ranks(size, Duration::from_secs(20), move |r, c| {
+        let counts = &cs;
+        let t = |v: Vec<f32>| {
+            let n = v.len();
+            Tensor::from_vec(v, &[n]).unwrap()
+        };
+        let mut host_sum = random(400 + r as u64, 777);
+        let sum = c.all_reduce_sum_tensor(&t(host_sum.clone())).unwrap();
+        c.all_reduce_sum(&mut host_sum).unwrap();
+        let input = random(500 + r as u64, total);
+        let share = c.reduce_scatter_sum_tensor(&t(input.clone()), counts).unwrap();
+        let host_share = c.reduce_scatter_sum(&input, counts).unwrap();
+        let own = random(600 + r as u64, counts[r]);
+        let all = c.all_gather_tensor(&t(own.clone()), counts).unwrap();
+        let host_all = c.all_gather(&own, counts).unwrap();
+        let wrong = Tensor::from_vec(vec![1.0f32; 6], &[2, 3]).unwrap();
+        let refused = c.all_reduce_sum_tensor(&wrong).is_err()
+            && c.all_reduce_sum_tensor(&t(vec![1.0; 4]).to_dtype(DType::BF16).unwrap()).is_err();
+        let shapes = [sum.shape().to_vec(), share.shape().to_vec(), all.shape().to_vec()];
+        let dtypes = [sum.dtype(), share.dtype(), all.dtype()];
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let same = [
+            bits(&sum.to_vec::<f32>().unwrap()) == bits(&host_sum),
+            bits(&share.to_vec::<f32>().unwrap()) == bits(&host_share),
+            bits(&all.to_vec::<f32>().unwrap()) == bits(&host_all),
+        ];
+        (same, shapes, dtypes, refused)
+    });
+    for (r, (same, shapes, dtypes, refused)) in results.into_iter().enumerate() {
+        assert_eq!(same, [true; 3], "rank {r}: tensor and host collectives differ");
+        assert_eq!(shapes, [vec![777], vec![counts[r]], vec![total]], "rank {r}");
+        assert!(dtypes.iter().all(|&d| d == DType::F32), "rank {r}");
+        assert!(refused, "rank {r}: a 2-D or bf16 tensor was accepted");
+    }
+}
+
 #[test]
 fn a_missing_rank_is_named_and_a_hung_rank_times_out() {
     // Rank 2 of 3 never arrives: rank 0 names it, rank 1 fails as rank 0 gives up. (3 s, so

@@ -12,6 +12,9 @@ use half::{bf16, f16};
 use polylm_kernels::cuda::elementwise::{self, DeviceStrided};
 use polylm_kernels::cuda::{CudaDevice, CudaError, DeviceBuf, FloatElem};
 
+mod raw;
+pub use raw::cuda_device;
+
 use crate::storage::{CpuStorage, Storage};
 use crate::{DType, Device, Error, Result, Tensor};
 

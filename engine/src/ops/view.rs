@@ -257,14 +257,31 @@ impl Tensor {
         if self.is_contiguous() {
             return Ok(self.clone());
         }
+        self.to_owned_dense()
+    }
+
+    /// A dense row-major copy that owns its storage, always: unlike [`Tensor::contiguous`]
+    /// never a view of another tensor's buffer, so that a narrowed piece of a large tensor
+    /// (one gradient of a data-parallel bucket) neither keeps the rest alive nor reaches
+    /// kernels at an offset.
+    ///
+    /// ```
+    /// use polylm_engine::Tensor;
+    /// let t = Tensor::from_vec((0..12).map(|x| x as f32 * 0.5 + 0.25).collect::<Vec<_>>(), &[12])?;
+    /// let piece = t.narrow(0, 4, 6)?;
+    /// let owned = piece.to_owned_dense()?;
+    /// assert!(piece.shares_storage_with(&t) && !owned.shares_storage_with(&t));
+    /// assert_eq!(owned.to_vec::<f32>()?, piece.to_vec::<f32>()?);
+    /// # Ok::<(), polylm_engine::Error>(())
+    /// ```
+    pub fn to_owned_dense(&self) -> Result<Tensor> {
         let out = if self.device().is_cpu() {
             Tensor::from_storage(self.contiguous_storage(), self.shape())
         } else {
             crate::cuda::with_gpu_type!(self.dtype(), T => {
                 let buf = match crate::cuda::dense::<T>(self)? {
                     crate::cuda::Dense::Owned(b) => b,
-                    // Not reached for a non-contiguous view (it is gathered), but a copy is
-                    // the right answer either way.
+                    // The tensor is its whole buffer: copy it.
                     crate::cuda::Dense::Borrowed(b) => {
                         let mut copy = b.device().alloc::<T>(b.len()).map_err(crate::cuda::cuda_err("contiguous"))?;
                         b.device().copy(b, &mut copy).map_err(crate::cuda::cuda_err("contiguous"))?;
@@ -277,8 +294,9 @@ impl Tensor {
         Ok(Tensor::from_op(out, IdentityBackward, vec![self.clone()]))
     }
 
-    /// Zeros of `shape` with `like`'s dtype, on `like`'s device.
-    pub(crate) fn zeros_like_device(shape: &[usize], like: &Tensor) -> Result<Tensor> {
+    /// Zeros of `shape` with `like`'s dtype, on `like`'s device (filled there: nothing is
+    /// copied from the host).
+    pub fn zeros_like_device(shape: &[usize], like: &Tensor) -> Result<Tensor> {
         if like.device().is_cpu() {
             Tensor::zeros(shape, like.dtype())
         } else {

@@ -5,7 +5,9 @@
 //!   `MASTER_ADDR`, `MASTER_PORT`); with no `WORLD_SIZE` (or `WORLD_SIZE=1`) a run is a plain
 //!   single process and nothing here is used.
 //! - [`Collective`] is the interface the training loop uses: sums, broadcasts, a barrier,
-//!   reduce-scatter and all-gather of f32 buffers on the host. Two backends implement it:
+//!   reduce-scatter and all-gather of f32 buffers on the host, and the sums, reduce-scatter and
+//!   all-gather of f32 tensors (gradient buckets), which NCCL runs on the GPU where they lie
+//!   and the TCP backend through the host ([`tensor`]). Two backends implement it:
 //!   [`tcp::TcpCollective`] (CPU, over TCP; deterministic: every rank gets bit-identical
 //!   sums, added in rank order) and [`nccl::NcclCollective`] (NCCL through cudarc; **compiled
 //!   but not yet run on a GPU**).
@@ -24,6 +26,9 @@ pub mod launch;
 pub mod nccl;
 pub mod rendezvous;
 pub mod tcp;
+pub mod tensor;
+
+use polylm_engine::Tensor;
 
 /// What can go wrong between ranks.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +113,9 @@ pub enum DistError {
     /// Bad arguments to a collective (sizes that do not add up) or to the launcher.
     #[error("{0}")]
     Usage(String),
+    /// A tensor op around a collective failed (moving a bucket between host and device).
+    #[error(transparent)]
+    Tensor(#[from] polylm_engine::Error),
 }
 
 /// The result type of the distributed layer.
@@ -197,8 +205,8 @@ impl World {
     }
 }
 
-/// The collectives data-parallel training needs, on host f32 (and f64) buffers. Every call
-/// is collective: all ranks make the same calls in the same order with the same sizes.
+/// The collectives data-parallel training needs, on host f32 (and f64) buffers and on 1-D f32
+/// tensors (which a device backend reduces where they are). Every call is collective: all ranks make the same calls in the same order with the same sizes.
 ///
 /// A collective may move to another thread (the training loop sums gradients on a
 /// communication thread while the backward pass runs), but it is used by one thread at a time.
@@ -232,6 +240,22 @@ pub trait Collective: Send {
     fn device_all_reduce_seconds(&mut self, elems: usize, iters: usize) -> Option<Result<f64>> {
         let _ = (elems, iters);
         None
+    }
+    /// [`Collective::all_reduce_sum`] of a 1-D f32 tensor on any device: the sums, as a new
+    /// tensor on the same device. By default through a host buffer; a device backend (NCCL)
+    /// reduces GPU tensors where they are, in order with the ops on them.
+    fn all_reduce_sum_tensor(&mut self, t: &Tensor) -> Result<Tensor> {
+        tensor::all_reduce_via_host(self, t)
+    }
+    /// [`Collective::reduce_scatter_sum`] of a 1-D f32 tensor on any device: this rank's
+    /// share of the sums, on the same device.
+    fn reduce_scatter_sum_tensor(&mut self, input: &Tensor, counts: &[usize]) -> Result<Tensor> {
+        tensor::reduce_scatter_via_host(self, input, counts)
+    }
+    /// [`Collective::all_gather`] of a 1-D f32 tensor on any device: every rank's `own`,
+    /// concatenated in rank order, on the same device.
+    fn all_gather_tensor(&mut self, own: &Tensor, counts: &[usize]) -> Result<Tensor> {
+        tensor::all_gather_via_host(self, own, counts)
     }
 }
 

@@ -8,12 +8,16 @@
 //!   messages, [`Collective::broadcast_bytes`]);
 //! - each rank opens CUDA device `LOCAL_RANK` and builds its communicator with
 //!   `ncclCommInitRank` on that device's default stream;
-//! - the collectives of the [`Collective`] interface take host buffers, so each call copies
-//!   the buffer to the device, runs the NCCL collective, and copies the result back. That is
-//!   correct but not the fast path: a device-resident bucket path (gradients reduced where they
-//!   are, overlapping the backward pass) is left to do;
-//! - ragged reduce-scatter and all-gather are padded to the largest share (NCCL needs equal
-//!   counts).
+//! - the communicator runs on the engine's stream of that GPU (the one every tensor op on it
+//!   runs on), so a collective on a GPU tensor is ordered after the ops that made it and before
+//!   the ops that read its result, with no synchronisation and no host copy: the tensor
+//!   collectives ([`Collective::all_reduce_sum_tensor`] and the others, which the training
+//!   loop's gradient buckets go through) reduce GPU tensors where they lie;
+//! - the host-buffer collectives copy the buffer to the device, run the NCCL collective, and
+//!   copy the result back (losses, norms, checkpoint gathers);
+//! - NCCL's reduce-scatter and all-gather need equal shares; ZeRO-1's shares are whole
+//!   tensors and far from equal, so on GPU tensors they run as one grouped reduce (or
+//!   broadcast) per rank of exactly its share, and on host buffers padded to the largest share.
 //!
 //! NCCL sums in its own (ring or tree) order, so unlike the TCP backend the result is not the
 //! sequential sum, but NCCL gives every rank the same bits for a fixed topology.
@@ -29,8 +33,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cudarc::driver::{CudaContext, CudaStream};
-use cudarc::nccl::safe::{Comm, Id, ReduceOp};
+use cudarc::driver::{sys as cuda_sys, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice, SyncOnDrop};
+use cudarc::nccl::safe::{group_end, group_start, Comm, Id, ReduceOp};
+use polylm_engine::{CudaDevice, Tensor};
 
 use super::rendezvous::{self, Rendezvous};
 use super::tcp::TcpCollective;
@@ -83,8 +88,11 @@ impl NcclCollective {
                     .into(),
             ));
         }
-        let ctx = CudaContext::new(world.local_rank).map_err(cuda_err("opening the GPU of LOCAL_RANK"))?;
-        let stream = ctx.default_stream();
+        // The engine's device (and stream) of this GPU: collectives on its tensors then run in
+        // order with the ops on them.
+        let device = polylm_engine::cuda_device(world.local_rank)
+            .map_err(|e| DistError::Nccl(format!("opening the GPU of LOCAL_RANK: {e}")))?;
+        let stream = device.stream().clone();
         let payload: Vec<u8> = if world.is_root() {
             let id = Id::new().map_err(nccl_err("ncclGetUniqueId"))?;
             id.internal().iter().map(|&c| c as u8).collect()
@@ -137,6 +145,93 @@ impl NcclCollective {
     }
 }
 
+impl NcclCollective {
+    /// Runs `op` on a GPU tensor's device address and a new buffer of `out_len` values (see
+    /// [`Tensor::cuda_f32_out_of_place`]).
+    fn on_tensor(
+        &self,
+        input: &Tensor,
+        out_len: usize,
+        what: &'static str,
+        op: impl FnOnce(&Comm, &RawF32, &mut RawF32) -> std::result::Result<(), cudarc::nccl::result::NcclError>,
+    ) -> Result<Tensor> {
+        let comm = &self.comm;
+        let stream = &self.stream;
+        let len = input.numel();
+        let enqueue = |src: u64, dst: u64, dev: &CudaDevice| -> std::result::Result<(), String> {
+            if !Arc::ptr_eq(dev.stream(), stream) {
+                return Err(format!(
+                    "{what}: the tensor is on cuda:{}, the communicator on the GPU of LOCAL_RANK",
+                    dev.ordinal()
+                ));
+            }
+            let send = RawF32 { ptr: src, len, stream: stream.clone() };
+            let mut recv = RawF32 { ptr: dst, len: out_len, stream: stream.clone() };
+            op(comm, &send, &mut recv).map_err(|e| format!("{what}: {e:?}"))
+        };
+        // SAFETY: the NCCL collectives enqueue on the communicator's stream, which `enqueue`
+        // checked is the tensor's device stream; the callers' `op`s read within the `len`
+        // values of the send buffer (ranges of it laid out by counts that add up to `len`) and
+        // write the whole receive buffer of `out_len` (the all-reduce's `len`, this rank's
+        // share, or all the shares).
+        let result = unsafe { input.cuda_f32_out_of_place(out_len, enqueue) };
+        result.map_err(|e| DistError::Nccl(e.to_string()))
+    }
+}
+
+/// Runs `calls` between `ncclGroupStart` and `ncclGroupEnd` (ended even when a call fails,
+/// so no group stays open), so NCCL launches them as one operation.
+fn grouped(
+    calls: impl FnOnce() -> std::result::Result<(), cudarc::nccl::result::NcclError>,
+) -> std::result::Result<(), cudarc::nccl::result::NcclError> {
+    group_start()?;
+    let result = calls();
+    let ended = group_end();
+    result?;
+    ended.map(|_| ())
+}
+
+/// A device range of f32 values on the communicator's stream, as cudarc's NCCL calls take it.
+/// The tensors it points into are owned by the engine, whose ops run on the same stream, so
+/// there is nothing to record or wait for.
+struct RawF32 {
+    ptr: u64,
+    len: usize,
+    stream: Arc<CudaStream>,
+}
+
+impl RawF32 {
+    /// The `len` values from element `start`.
+    fn range(&self, start: usize, len: usize) -> RawF32 {
+        RawF32 {
+            ptr: self.ptr + (start * std::mem::size_of::<f32>()) as u64,
+            len,
+            stream: self.stream.clone(),
+        }
+    }
+}
+
+impl DeviceSlice<f32> for RawF32 {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+}
+
+impl DevicePtr<f32> for RawF32 {
+    fn device_ptr<'a>(&'a self, _stream: &'a CudaStream) -> (cuda_sys::CUdeviceptr, SyncOnDrop<'a>) {
+        (self.ptr, SyncOnDrop::Record(None))
+    }
+}
+
+impl DevicePtrMut<f32> for RawF32 {
+    fn device_ptr_mut<'a>(&'a mut self, _stream: &'a CudaStream) -> (cuda_sys::CUdeviceptr, SyncOnDrop<'a>) {
+        (self.ptr, SyncOnDrop::Record(None))
+    }
+}
+
 impl Collective for NcclCollective {
     fn rank(&self) -> usize {
         self.rank
@@ -175,6 +270,71 @@ impl Collective for NcclCollective {
             Ok(start.elapsed().as_secs_f64() / iters.max(1) as f64)
         };
         Some(run())
+    }
+
+    fn all_reduce_sum_tensor(&mut self, t: &Tensor) -> Result<Tensor> {
+        if t.device().is_cpu() {
+            return super::tensor::all_reduce_via_host(self, t);
+        }
+        let op =
+            |c: &Comm, send: &RawF32, recv: &mut RawF32| c.all_reduce(send, recv, &ReduceOp::Sum).map(|_| ());
+        self.on_tensor(t, t.numel(), "ncclAllReduce", op)
+    }
+
+    fn reduce_scatter_sum_tensor(&mut self, input: &Tensor, counts: &[usize]) -> Result<Tensor> {
+        if input.device().is_cpu() {
+            return super::tensor::reduce_scatter_via_host(self, input, counts);
+        }
+        check_counts(self.rank, self.world, counts, input.numel(), "reduce_scatter")?;
+        // Ragged shares without padding: one reduce to each rank of its share, grouped so NCCL
+        // runs them as one collective.
+        let rank = self.rank;
+        let op = |c: &Comm, send: &RawF32, recv: &mut RawF32| {
+            grouped(|| {
+                let mut at = 0;
+                for (root, &n) in counts.iter().enumerate() {
+                    if n > 0 {
+                        let part = send.range(at, n);
+                        c.reduce(&part, (root == rank).then_some(&mut *recv), &ReduceOp::Sum, root as i32)?;
+                    }
+                    at += n;
+                }
+                Ok(())
+            })
+        };
+        self.on_tensor(input, counts[rank], "ncclReduce (grouped reduce-scatter)", op)
+    }
+
+    fn all_gather_tensor(&mut self, own: &Tensor, counts: &[usize]) -> Result<Tensor> {
+        if own.device().is_cpu() {
+            return super::tensor::all_gather_via_host(self, own, counts);
+        }
+        let total = counts.iter().sum();
+        check_counts(self.rank, self.world, counts, total, "all_gather")?;
+        if own.numel() != counts[self.rank] {
+            return Err(DistError::Usage(format!(
+                "all_gather on rank {}: {} values, counts say {}",
+                self.rank,
+                own.numel(),
+                counts[self.rank]
+            )));
+        }
+        // Ragged shares without padding: one broadcast from each rank, grouped.
+        let rank = self.rank;
+        let op = |c: &Comm, send: &RawF32, recv: &mut RawF32| {
+            grouped(|| {
+                let mut at = 0;
+                for (root, &n) in counts.iter().enumerate() {
+                    if n > 0 {
+                        let mut part = recv.range(at, n);
+                        c.broadcast((root == rank).then_some(send), &mut part, root as i32)?;
+                    }
+                    at += n;
+                }
+                Ok(())
+            })
+        };
+        self.on_tensor(own, total, "ncclBroadcast (grouped all-gather)", op)
     }
 
     fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<()> {

@@ -5,7 +5,7 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use polylm_engine::{AdamW, DType, Device, Tensor};
+use polylm_engine::{global_grad_norm, AdamW, DType, Device, Tensor};
 use polylm_model::Gpt;
 
 use crate::config::RunConfig;
@@ -34,30 +34,31 @@ pub(super) fn values_f32(t: &Tensor) -> Result<Vec<f32>> {
     }
 }
 
-/// `p`'s accumulated gradient as f32 (zeros when it has none).
-pub(super) fn grad_f32(p: &Tensor) -> Result<Vec<f32>> {
-    match p.grad() {
-        Some(g) => values_f32(&g),
-        None => Ok(vec![0.0; p.numel()]),
-    }
+/// `p`'s accumulated gradient as a 1-D f32 tensor on `p`'s device (zeros when it has none).
+fn flat_grad_f32(p: &Tensor) -> Result<Tensor> {
+    let n = p.numel();
+    let g = match p.grad() {
+        Some(g) => g.contiguous()?.reshape(&[n])?,
+        None => Tensor::zeros_like_device(&[n], p)?,
+    };
+    Ok(g.to_dtype(DType::F32)?)
 }
 
-/// Makes `values` the gradient of leaf `p`.
-pub(super) fn set_grad(p: &Tensor, values: Vec<f32>) -> Result<()> {
-    let mut g = Tensor::from_vec(values, p.shape())?;
-    if p.dtype() != DType::F32 {
-        g = g.to_dtype(p.dtype())?;
-    }
-    Ok(p.set_grad(&g.to_device(p.device())?)?)
+/// The `n` values of 1-D f32 `values` from `at`, as a tensor of `p`'s shape and dtype that
+/// owns its storage (on `values`' device, which is `p`'s).
+fn piece_like(p: &Tensor, values: &Tensor, at: usize, n: usize) -> Result<Tensor> {
+    let piece = values.narrow(0, at, n)?.reshape(p.shape())?;
+    Ok(if p.dtype() == DType::F32 { piece.to_owned_dense()? } else { piece.to_dtype(p.dtype())? })
 }
 
-/// A parameter tensor of `p`'s shape, dtype and device holding `values`.
-pub(super) fn param_from(p: &Tensor, values: Vec<f32>) -> Result<Tensor> {
-    let mut t = Tensor::from_vec(values, p.shape())?;
-    if p.dtype() != DType::F32 {
-        t = t.to_dtype(p.dtype())?;
-    }
-    Ok(t.to_device(p.device())?.requires_grad())
+/// The 1-D f32 concatenation of `parts` (one part is passed through; none makes an empty
+/// tensor on `like`'s device).
+fn concat_flat(parts: &[Tensor], like: &Tensor) -> Result<Tensor> {
+    Ok(match parts {
+        [] => Tensor::zeros_like_device(&[0], like)?.to_dtype(DType::F32)?,
+        [one] => one.clone(),
+        many => Tensor::concat(many, 0)?,
+    })
 }
 
 pub(super) fn fnv1a(hash: &mut u64, bytes: &[u8]) {
@@ -153,13 +154,14 @@ impl DataParallel {
         };
         let bucket_elems = self.bucket_elems;
         let comm: &mut (dyn Collective + Send) = self.comm.as_mut();
-        let (loss, reduced, stats) = std::thread::scope(|scope| -> Result<_> {
+        let (loss, kept, stats) = std::thread::scope(|scope| -> Result<_> {
             let (to_comm, comm_inbox) = mpsc::channel::<Bucket>();
-            let (comm_outbox, from_comm) = mpsc::channel::<dist::Result<Bucket>>();
+            let (comm_outbox, from_comm) = mpsc::channel::<Result<Vec<usize>>>();
             let reduction = &reduction;
+            let shared: &[&Tensor] = &params;
             scope.spawn(move || {
-                for mut bucket in comm_inbox {
-                    let result = reduction.apply(comm, &mut bucket).map(|()| bucket);
+                for bucket in comm_inbox {
+                    let result = reduction.apply(comm, bucket, shared);
                     let failed = result.is_err();
                     if comm_outbox.send(result).is_err() || failed {
                         break;
@@ -184,37 +186,35 @@ impl DataParallel {
             let during_backward = if overlap { filler.sent } else { 0 };
             let waited = Instant::now();
             let buckets = filler.finish()?;
-            let mut reduced = Vec::with_capacity(buckets);
+            let mut kept = vec![false; params.len()];
+            let mut received = 0;
             for result in from_comm.iter().take(buckets) {
-                reduced.push(result?);
+                for i in result? {
+                    kept[i] = true;
+                }
+                received += 1;
             }
-            if reduced.len() < buckets {
+            if received < buckets {
                 return Err(TrainError::Usage(
                     "the gradient communication thread stopped early (internal error)".into(),
                 ));
             }
             let stats =
                 OverlapStats { buckets, during_backward, wait_ms: waited.elapsed().as_secs_f64() * 1e3 };
-            Ok((loss, reduced, stats))
+            Ok((loss, kept, stats))
         })?;
-        // Σ g² per parameter, added in parameter order: the same whatever the buckets were.
-        let mut squares: Vec<Option<f64>> = vec![None; params.len()];
-        for bucket in reduced {
-            let mut at = 0;
-            for (i, n) in bucket.kept {
-                let values = &bucket.values[at..at + n];
-                squares[i] = Some(values.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>());
-                set_grad(params[i], values.to_vec())?;
-                at += n;
+        // The parameters this rank did not keep (with ZeRO-1, those another rank owns) have no
+        // gradient here; Σ g² of the kept ones is computed where they lie, in one reduction.
+        let mut own = Vec::with_capacity(params.len());
+        for (p, keep) in params.iter().zip(kept) {
+            if keep {
+                own.push(*p);
+            } else {
+                p.zero_grad();
             }
         }
-        let mut sum_sq = 0.0;
-        for (p, square) in params.iter().zip(squares) {
-            match square {
-                Some(s) => sum_sq += s,
-                None => p.zero_grad(),
-            }
-        }
+        let norm = global_grad_norm(&own)?;
+        let mut sum_sq = norm * norm;
         if self.owner.is_some() {
             let mut v = [sum_sq];
             self.comm.all_reduce_sum_f64(&mut v)?;
@@ -223,24 +223,29 @@ impl DataParallel {
         Ok((loss, sum_sq, stats))
     }
 
-    /// ZeRO-1: every rank gets the updated parameters of every other rank.
+    /// ZeRO-1: every rank gets the updated parameters of every other rank (on the device
+    /// they live on: NCCL gathers GPU parameters there).
     pub(super) fn all_gather_params(&mut self, model: &mut Gpt, owner: &[usize]) -> Result<()> {
         let mut counts = vec![0usize; self.world];
         let mut own = Vec::new();
-        for (i, (_, p)) in model.params().named().iter().enumerate() {
+        let named = model.params().named();
+        let Some(&(_, first)) = named.first() else { return Ok(()) };
+        for (i, (_, p)) in named.iter().enumerate() {
             counts[owner[i]] += p.numel();
             if owner[i] == self.rank {
-                own.extend(values_f32(p)?);
+                own.push(p.detach().contiguous()?.reshape(&[p.numel()])?.to_dtype(DType::F32)?);
             }
         }
-        let all = self.comm.all_gather(&own, &counts)?;
+        let own = concat_flat(&own, first)?;
+        drop(named);
+        let all = self.comm.all_gather_tensor(&own, &counts)?;
         drop(own);
         let mut starts = rank_offsets(&counts);
         for (i, (_, p)) in model.params_mut().named_mut().into_iter().enumerate() {
             let r = owner[i];
             let n = p.numel();
             if r != self.rank {
-                *p = param_from(p, all[starts[r]..starts[r] + n].to_vec())?;
+                *p = piece_like(p, &all, starts[r], n)?.requires_grad();
             }
             starts[r] += n;
         }
@@ -315,12 +320,12 @@ pub(crate) struct OverlapStats {
 /// Some parameters' gradients travelling together.
 #[derive(Debug, Default)]
 struct Bucket {
-    /// `(parameter index, elements)` in the order their values lie in `values`.
+    /// `(parameter index, elements)`, in the order the gradients were reported.
     params: Vec<(usize, usize)>,
-    /// Their gradients, as f32; after the collective, the sums this rank keeps.
-    values: Vec<f32>,
-    /// After the collective: the parameters whose sums `values` holds, in order.
-    kept: Vec<(usize, usize)>,
+    /// Their gradients, flattened to f32 on the parameters' device.
+    parts: Vec<Tensor>,
+    /// Elements in all.
+    len: usize,
 }
 
 /// The collective a bucket goes through.
@@ -332,35 +337,48 @@ enum Reduction<'a> {
 }
 
 impl Reduction<'_> {
-    fn apply(&self, comm: &mut (dyn Collective + Send), bucket: &mut Bucket) -> dist::Result<()> {
-        match self {
+    /// Sums `bucket` over the ranks and makes the sums the gradients of the parameters this
+    /// rank keeps (all of them, or with ZeRO-1 those it owns); returns those parameters'
+    /// indices. The sums stay on the parameters' device.
+    fn apply(
+        &self,
+        comm: &mut (dyn Collective + Send),
+        bucket: Bucket,
+        params: &[&Tensor],
+    ) -> Result<Vec<usize>> {
+        let Some(&(first, _)) = bucket.params.first() else { return Ok(Vec::new()) };
+        let like = params[first];
+        let (sums, kept): (Tensor, Vec<(usize, usize)>) = match self {
             Reduction::AllReduce => {
-                comm.all_reduce_sum(&mut bucket.values)?;
-                bucket.kept = bucket.params.clone();
+                let values = concat_flat(&bucket.parts, like)?;
+                drop(bucket.parts);
+                (comm.all_reduce_sum_tensor(&values)?, bucket.params)
             }
             Reduction::ReduceScatter { owner, rank, world } => {
                 // Lay the bucket out rank by rank, as the reduce-scatter splits it.
-                let mut offsets = Vec::with_capacity(bucket.params.len());
-                let mut at = 0;
-                for &(_, n) in &bucket.params {
-                    offsets.push(at);
-                    at += n;
-                }
                 let mut counts = vec![0usize; *world];
-                let mut input = Vec::with_capacity(bucket.values.len());
+                let mut ordered = Vec::with_capacity(bucket.parts.len());
                 for (r, count) in counts.iter_mut().enumerate() {
-                    for (k, &(i, n)) in bucket.params.iter().enumerate() {
+                    for (&(i, n), part) in bucket.params.iter().zip(&bucket.parts) {
                         if owner[i] == r {
-                            input.extend_from_slice(&bucket.values[offsets[k]..offsets[k] + n]);
+                            ordered.push(part.clone());
                             *count += n;
                         }
                     }
                 }
-                bucket.values = comm.reduce_scatter_sum(&input, &counts)?;
-                bucket.kept = bucket.params.iter().copied().filter(|&(i, _)| owner[i] == *rank).collect();
+                drop(bucket.parts);
+                let input = concat_flat(&ordered, like)?;
+                drop(ordered);
+                let share = comm.reduce_scatter_sum_tensor(&input, &counts)?;
+                (share, bucket.params.into_iter().filter(|&(i, _)| owner[i] == *rank).collect())
             }
+        };
+        let mut at = 0;
+        for &(i, n) in &kept {
+            params[i].set_grad(&piece_like(params[i], &sums, at, n)?)?;
+            at += n;
         }
-        Ok(())
+        Ok(kept.into_iter().map(|(i, _)| i).collect())
     }
 }
 
@@ -383,17 +401,18 @@ impl BucketFiller<'_> {
             return;
         }
         let n = self.params[i].numel();
-        if !self.pending.params.is_empty() && self.pending.values.len() + n > self.bucket_elems {
+        if !self.pending.params.is_empty() && self.pending.len + n > self.bucket_elems {
             self.send();
         }
-        match grad_f32(self.params[i]) {
-            Ok(values) => {
+        match flat_grad_f32(self.params[i]) {
+            Ok(part) => {
                 self.pending.params.push((i, n));
-                self.pending.values.extend(values);
+                self.pending.parts.push(part);
+                self.pending.len += n;
             }
             Err(e) => self.error = Some(e),
         }
-        if self.pending.values.len() >= self.bucket_elems {
+        if self.pending.len >= self.bucket_elems {
             self.send();
         }
     }
