@@ -5,12 +5,16 @@ template <class T>
 __device__ void bias_gelu_fwd(const T* x, const T* bias, T* out, i64 n, int cols) {
     constexpr int P = VecWidth<T>::value;
     const i64 stride = (i64)gridDim.x * blockDim.x;
+    // The bias column of an element: a 32-bit remainder when the indices fit (a 64-bit one
+    // costs dozens of instructions per vector).
+    const bool small = n <= 0x7fffffff;
+    auto column = [&](i64 i) -> int { return small ? (int)((u32)i % (u32)cols) : (int)(i % cols); };
     // 16-byte vectors when rows are whole vectors (a vector never straddles two rows).
     if (cols % P == 0 && aligned16(x) && aligned16(out) && (!bias || aligned16(bias))) {
         for (i64 k = blockIdx.x * (i64)blockDim.x + threadIdx.x; k < n / P; k += stride) {
             float v[P], b[P];
             load_pack<T, P>(x + k * P, v);
-            if (bias) load_pack<T, P>(bias + (k * P) % cols, b);
+            if (bias) load_pack<T, P>(bias + column(k * P), b);
 #pragma unroll
             for (int e = 0; e < P; e++) v[e] = gelu_tanh(v[e] + (bias ? b[e] : 0.0f));
             store_pack<T, P>(out + k * P, v);
@@ -19,38 +23,76 @@ __device__ void bias_gelu_fwd(const T* x, const T* bias, T* out, i64 n, int cols
     }
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += stride) {
         float u = to_f32(x[i]);
-        if (bias) u += to_f32(bias[i % cols]);
+        if (bias) u += to_f32(bias[column(i)]);
         out[i] = from_f32<T>(gelu_tanh(u));
     }
 }
 
-// Block (32, 8): 32 columns by 8 row lanes; blockIdx.y is the row split.
-template <class T>
-__device__ void bias_gelu_bwd(const T* x, const T* bias, const T* dout, T* dx, float* partial, int rows,
-                              int cols) {
-    __shared__ float sums[8][33];
-    const int c = blockIdx.x * 32 + threadIdx.x;
+// One row of the backward for a column lane: dx = dout · gelu'(x + bias) over the `N` columns
+// at element `i`, added into `acc`.
+template <class T, int N>
+__device__ __forceinline__ void gelu_bwd_row(const T* x, const T* dout, T* dx, i64 i, const float* bc, float* acc) {
+    float v[N], d[N];
+    load_pack<T, N>(x + i, v);
+    load_pack<T, N>(dout + i, d);
+#pragma unroll
+    for (int e = 0; e < N; e++) {
+        v[e] = d[e] * gelu_tanh_grad(v[e] + bc[e]);
+        acc[e] += v[e];
+    }
+    store_pack<T, N>(dx + i, v);
+}
+
+// A block of 256 threads: 32 column lanes (threadIdx.x % 32) by 8 row lanes (threadIdx.x / 32);
+// blockIdx.y is the row split. A column lane takes `N` adjacent columns: a 16-byte vector (the
+// rows are whole vectors and every pointer is aligned) or one column, so a block covers 32·N
+// columns and a warp reads 32·N contiguous elements of a row. Two rows per iteration keep four
+// loads in flight per thread. The column partial sums go through shared memory in a fixed order.
+#define GELU_SUMS_ROW (32 * 8 + 1)
+template <class T, int N>
+__device__ void bias_gelu_bwd_lanes(const T* x, const T* bias, const T* dout, T* dx, float* partial, int rows,
+                                    int cols, float (*sums)[GELU_SUMS_ROW]) {
+    const int lane = threadIdx.x & 31, row_lane = threadIdx.x >> 5;
+    const int c0 = (blockIdx.x * 32 + lane) * N;
     const int per_split = (rows + gridDim.y - 1) / gridDim.y;
     const int r0 = blockIdx.y * per_split, r1 = min(rows, r0 + per_split);
-    float acc = 0.0f;
-    if (c < cols) {
-        const float bc = bias ? to_f32(bias[c]) : 0.0f;
-        for (int r = r0 + threadIdx.y; r < r1; r += 8) {
-            const i64 i = (i64)r * cols + c;
-            float g = to_f32(dout[i]) * gelu_tanh_grad(to_f32(x[i]) + bc);
-            dx[i] = from_f32<T>(g);
-            acc += g;
+    float acc[N], bc[N];
+#pragma unroll
+    for (int e = 0; e < N; e++) acc[e] = bc[e] = 0.0f;
+    if (c0 < cols) {
+        if (bias) load_pack<T, N>(bias + c0, bc);
+        int r = r0 + row_lane;
+        for (; r + 8 < r1; r += 16) {
+            const i64 i = (i64)r * cols + c0;
+            gelu_bwd_row<T, N>(x, dout, dx, i, bc, acc);
+            gelu_bwd_row<T, N>(x, dout, dx, i + 8 * (i64)cols, bc, acc);
         }
+        if (r < r1) gelu_bwd_row<T, N>(x, dout, dx, (i64)r * cols + c0, bc, acc);
     }
     if (!partial) return;
-    sums[threadIdx.y][threadIdx.x] = acc;
-    __syncthreads();
-    if (threadIdx.y == 0 && c < cols) {
-        float s = 0.0f;
 #pragma unroll
-        for (int k = 0; k < 8; k++) s += sums[k][threadIdx.x];
-        partial[(i64)blockIdx.y * cols + c] = s;
+    for (int e = 0; e < N; e++) sums[row_lane][lane * N + e] = acc[e];
+    __syncthreads();
+    for (int k = threadIdx.x; k < 32 * N; k += 256) {
+        const int c = blockIdx.x * 32 * N + k;
+        if (c < cols) {
+            float s = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 8; j++) s += sums[j][k];
+            partial[(i64)blockIdx.y * cols + c] = s;
+        }
     }
+}
+
+// The wrapper passes `vector` when the 16-byte path applies (see bias_gelu_bwd_lanes).
+template <class T>
+__device__ void bias_gelu_bwd(const T* x, const T* bias, const T* dout, T* dx, float* partial, int rows,
+                              int cols, int vector) {
+    __shared__ float sums[8][GELU_SUMS_ROW];
+    if (vector)
+        bias_gelu_bwd_lanes<T, VecWidth<T>::value>(x, bias, dout, dx, partial, rows, cols, sums);
+    else
+        bias_gelu_bwd_lanes<T, 1>(x, bias, dout, dx, partial, rows, cols, sums);
 }
 
 #define BIAS_GELU(T, S)                                                                           \
@@ -58,8 +100,9 @@ __device__ void bias_gelu_bwd(const T* x, const T* bias, const T* dout, T* dx, f
                                                  int cols) {                                      \
         bias_gelu_fwd<T>(x, bias, out, n, cols);                                                  \
     }                                                                                             \
-    extern "C" __global__ void bias_gelu_bwd_##S(const T* x, const T* bias, const T* dout, T* dx, \
-                                                 float* partial, int rows, int cols) {            \
-        bias_gelu_bwd<T>(x, bias, dout, dx, partial, rows, cols);                                 \
+    extern "C" __global__ void __launch_bounds__(256)                                             \
+        bias_gelu_bwd_##S(const T* x, const T* bias, const T* dout, T* dx, float* partial, int rows, \
+                          int cols, int vector) {                                                 \
+        bias_gelu_bwd<T>(x, bias, dout, dx, partial, rows, cols, vector);                         \
     }
 FOR_EACH_DTYPE(BIAS_GELU)

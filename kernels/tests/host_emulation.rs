@@ -1,4 +1,5 @@
-//! The CUDA kernels of `layernorm.cu` and `cross_entropy.cu`, run on the CPU by the host
+//! The CUDA kernels of `layernorm.cu`, `cross_entropy.cu`, `gelu.cu`, the
+//! tensor-core matmuls and flash attention, run on the CPU by the host
 //! emulation in `kernels/emu/` (one OS thread per CUDA thread, real barriers, deferred
 //! `cp.async` copies, mbarriers with transaction counts, clusters with distributed shared
 //! memory) and checked against the f64 CPU kernels. This tests the kernels' own text (indexing,
@@ -595,6 +596,93 @@ fn shared_declarations_are_rewritten_for_the_arena() {
         out,
         "    auto& scratch = ::emu::shared<float[32 * LN_ROWS]>(__func__, \"scratch\");\n    unsigned char* ring = reinterpret_cast<unsigned char*>(::emu::dynamic_shared());\n    auto& partials = ::emu::shared<float2[2][CE_CLUSTER]>(__func__, \"partials\");\nint x;\n"
     );
+}
+
+// ---------------------------------------------------------------- bias + GeLU
+
+fn gelu_emulator() -> Option<&'static Path> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cxx = compiler("host_emulation")?;
+        let names: Vec<String> = ["fwd", "bwd"]
+            .iter()
+            .flat_map(|d| ["f32", "bf16", "f16"].map(move |t| format!("bias_gelu_{d}_{t}")))
+            .collect();
+        Some(build(&cxx, &polylm_kernels::cuda::gelu::SOURCE, &names))
+    })
+    .as_deref()
+}
+
+/// The backward on the grid the wrapper launches for `multiprocessors` SMs: dx against the CPU
+/// kernel, and the column partial sums of every split, added up, against its bias gradient.
+fn gelu_backward_case<T: Elem>(emu: &Path, rows: usize, cols: usize, multiprocessors: usize, seed: u64) {
+    use polylm_kernels::cuda::gelu::{backward_grid, BACKWARD_THREADS};
+    let mut rng = Rng(seed);
+    let n = rows * cols;
+    let (x, dout, bias) = (rng.values::<T>(n, 3.0), rng.values::<T>(n, 1.0), rng.values::<T>(cols, 1.0));
+    let (mut wdx, mut wdb) = (vec![0.0; n], vec![0.0; cols]);
+    polylm_kernels::gelu::bias_gelu_backward(&x, Some(&bias), &dout, cols, &mut wdx, Some(&mut wdb));
+    let wdx: Vec<f64> = wdx.into_iter().map(T::round).collect();
+    // The wrapper's choice: vectors when the rows are whole 16-byte vectors (the emulator's
+    // buffers are aligned).
+    let vector = cols.is_multiple_of(16 / std::mem::size_of::<T>());
+    let grid = backward_grid::<T>(rows, cols, vector, multiprocessors);
+    let tag = format!("gelu-bwd-{}-{rows}x{cols}-{multiprocessors}", T::NAME);
+    let mut script = Script::new(&tag);
+    let (bx, bb, bd) =
+        (script.input(&T::bytes(&x)), script.input(&T::bytes(&bias)), script.input(&T::bytes(&dout)));
+    let size = std::mem::size_of::<T>();
+    let (bdx, bp) = (script.output(n * size), script.output(grid.splits * cols * 4));
+    script.ptr(bx).ptr(bb).ptr(bd).ptr(bdx).ptr(bp);
+    script.arg(&format!("i32 {rows}")).arg(&format!("i32 {cols}")).arg(&format!("i32 {}", i32::from(vector)));
+    let kernel = format!("bias_gelu_bwd_{}", T::NAME);
+    script.launch3(&kernel, [grid.col_blocks, grid.splits, 1], BACKWARD_THREADS as usize, 1, 0);
+    let got = script.run(emu, &[bdx, bp]);
+    check::<T>(&format!("{tag} dx"), &T::values(&got[0]), &wdx);
+    let partial = <f32 as Elem>::values(&got[1]);
+    let dbias: Vec<f64> = (0..cols).map(|c| (0..grid.splits).map(|s| partial[s * cols + c]).sum()).collect();
+    check::<f32>(&format!("{tag} dbias (splits {})", grid.splits), &dbias, &wdb);
+}
+
+/// The forward on two blocks of 256 threads (so the grid-stride loop takes several steps).
+fn gelu_forward_case<T: Elem>(emu: &Path, rows: usize, cols: usize, seed: u64) {
+    let mut rng = Rng(seed);
+    let n = rows * cols;
+    let (x, bias) = (rng.values::<T>(n, 3.0), rng.values::<T>(cols, 1.0));
+    let mut want = vec![0.0; n];
+    polylm_kernels::gelu::bias_gelu_forward(&x, Some(&bias), cols, &mut want);
+    let want: Vec<f64> = want.into_iter().map(T::round).collect();
+    let tag = format!("gelu-fwd-{}-{rows}x{cols}", T::NAME);
+    let mut script = Script::new(&tag);
+    let (bx, bb) = (script.input(&T::bytes(&x)), script.input(&T::bytes(&bias)));
+    let bo = script.output(n * std::mem::size_of::<T>());
+    script.ptr(bx).ptr(bb).ptr(bo).arg(&format!("i64 {n}")).arg(&format!("i32 {cols}"));
+    script.launch(&format!("bias_gelu_fwd_{}", T::NAME), 2, 256, 1, 0);
+    let got = script.run(emu, &[bo]);
+    check::<T>(&format!("{tag} out"), &T::values(&got[0]), &want);
+}
+
+fn gelu_all<T: Elem>(emu: &Path, seed: u64) {
+    let width = 16 / std::mem::size_of::<T>();
+    // Forward: the vector path (whole-vector rows) and the scalar one.
+    gelu_forward_case::<T>(emu, 29, 24 * width, seed);
+    gelu_forward_case::<T>(emu, 29, 24 * width + 3, seed + 1);
+    let width = 16 / std::mem::size_of::<T>();
+    // The vector path with a partial last block of columns, the scalar path on ragged widths,
+    // one row, and row splits that leave the last split short or empty.
+    for (rows, cols, sms) in
+        [(37, 40 * width, 4), (37, 40 * width + 1, 4), (1, 5, 1), (61, 3 * width, 132), (20, 257, 2)]
+    {
+        gelu_backward_case::<T>(emu, rows, cols, sms, seed + rows as u64 + cols as u64);
+    }
+}
+
+#[test]
+fn bias_gelu_matches_the_cpu_under_emulation() {
+    let Some(emu) = gelu_emulator() else { return };
+    gelu_all::<f32>(emu, 31);
+    gelu_all::<bf16>(emu, 32);
+    gelu_all::<f16>(emu, 33);
 }
 
 // ---------------------------------------------------------------- tensor-core matmul
