@@ -27,6 +27,7 @@ pub mod nccl;
 pub mod rendezvous;
 pub mod tcp;
 pub mod tensor;
+pub mod watchdog;
 
 use polylm_engine::Tensor;
 

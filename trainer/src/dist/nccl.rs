@@ -22,9 +22,11 @@
 //! NCCL sums in its own (ring or tree) order, so unlike the TCP backend the result is not the
 //! sequential sum, but NCCL gives every rank the same bits for a fixed topology.
 //!
-//! Hangs: the rendezvous and control messages have the timeout; an NCCL collective waiting on
-//! a dead peer is not yet aborted by a watchdog (`ncclCommGetAsyncError` + abort is left to
-//! do), so a run relies on the launcher stopping the other ranks when one exits.
+//! Hangs: the rendezvous and control messages have the timeout. An NCCL collective waiting on
+//! a hung or dead peer blocks the GPU stream, which no socket timeout reaches, so every
+//! collective is put under a [`Watchdog`] (an event recorded after it, queried by a thread):
+//! one still incomplete after `[dist] timeout_s` ends the process with a message naming the
+//! collective, and the launcher stops the other ranks.
 //!
 //! How the library is found: cudarc loads `libnccl.so` (and `.so.2x`) by name through
 //! `dlopen`; the pip wheel `nvidia-nccl-cu13` ships only `libnccl.so.2`, so put a symlink named
@@ -39,6 +41,7 @@ use polylm_engine::{CudaDevice, Tensor};
 
 use super::rendezvous::{self, Rendezvous};
 use super::tcp::TcpCollective;
+use super::watchdog::Watchdog;
 use super::{check_counts, Collective, DistError, Result, World};
 
 /// Whether the CUDA driver and NCCL libraries can be loaded.
@@ -54,6 +57,10 @@ pub struct NcclCollective {
     comm: Comm,
     stream: Arc<CudaStream>,
     control: TcpCollective,
+    /// Ends the process when a collective has not completed within the timeout.
+    watchdog: Watchdog,
+    /// Collectives enqueued so far (named in the watchdog's message).
+    issued: u64,
 }
 
 // SAFETY: the communicator is owned, never shared: it moves between threads (the training loop
@@ -118,7 +125,23 @@ impl NcclCollective {
             comm,
             stream,
             control: TcpCollective::from_rendezvous(r),
+            watchdog: Watchdog::exiting(world.rank, timeout),
+            issued: 0,
         })
+    }
+
+    /// Puts the collective just enqueued, `what` of `values` values, under the watchdog: an
+    /// event recorded after it on the stream, which the watchdog queries.
+    fn watch(&mut self, what: &str, values: usize) -> Result<()> {
+        self.issued += 1;
+        let event =
+            self.stream.record_event(None).map_err(cuda_err("recording an event after a collective"))?;
+        let probe = move || -> std::result::Result<bool, String> {
+            event.context().bind_to_thread().map_err(|e| format!("{e:?}"))?;
+            event.try_is_complete().map_err(|e| format!("{e:?}"))
+        };
+        self.watchdog.watch(format!("#{} ({what} of {values} values)", self.issued), Box::new(probe));
+        Ok(())
     }
 
     /// Copies `buf` to the device, runs `op` on it in place, copies it back.
@@ -139,6 +162,7 @@ impl NcclCollective {
         }
         let mut dev = self.stream.clone_htod(&*buf).map_err(cuda_err("host to device copy"))?;
         op(&self.comm, &mut dev).map_err(nccl_err(what))?;
+        self.watch(what, buf.len())?;
         let host = self.stream.clone_dtoh(&dev).map_err(cuda_err("device to host copy"))?;
         buf.copy_from_slice(&host);
         Ok(())
@@ -149,7 +173,7 @@ impl NcclCollective {
     /// Runs `op` on a GPU tensor's device address and a new buffer of `out_len` values (see
     /// [`Tensor::cuda_f32_out_of_place`]).
     fn on_tensor(
-        &self,
+        &mut self,
         input: &Tensor,
         out_len: usize,
         what: &'static str,
@@ -175,7 +199,9 @@ impl NcclCollective {
         // write the whole receive buffer of `out_len` (the all-reduce's `len`, this rank's
         // share, or all the shares).
         let result = unsafe { input.cuda_f32_out_of_place(out_len, enqueue) };
-        result.map_err(|e| DistError::Nccl(e.to_string()))
+        let out = result.map_err(|e| DistError::Nccl(e.to_string()))?;
+        self.watch(what, len)?;
+        Ok(out)
     }
 }
 
@@ -254,20 +280,23 @@ impl Collective for NcclCollective {
     }
 
     fn device_all_reduce_seconds(&mut self, elems: usize, iters: usize) -> Option<Result<f64>> {
-        let run = || -> Result<f64> {
+        let mut run = || -> Result<f64> {
             let mut buf = self.stream.alloc_zeros::<f32>(elems.max(1)).map_err(cuda_err("allocation"))?;
-            let mut once = || -> Result<()> {
-                self.comm.all_reduce_in_place(&mut buf, &ReduceOp::Sum).map_err(nccl_err("ncclAllReduce"))?;
-                Ok(())
+            // Enqueues `times` all-reduces, puts the last under the watchdog (not each one: the
+            // event would be timed too) and waits for them.
+            let mut timed = |times: usize| -> Result<f64> {
+                let start = std::time::Instant::now();
+                for _ in 0..times {
+                    self.comm
+                        .all_reduce_in_place(&mut buf, &ReduceOp::Sum)
+                        .map_err(nccl_err("ncclAllReduce"))?;
+                }
+                self.watch("ncclAllReduce (benchmark)", elems)?;
+                self.stream.synchronize().map_err(cuda_err("synchronising the stream"))?;
+                Ok(start.elapsed().as_secs_f64())
             };
-            once()?;
-            self.stream.synchronize().map_err(cuda_err("synchronising the stream"))?;
-            let start = std::time::Instant::now();
-            for _ in 0..iters.max(1) {
-                once()?;
-            }
-            self.stream.synchronize().map_err(cuda_err("synchronising the stream"))?;
-            Ok(start.elapsed().as_secs_f64() / iters.max(1) as f64)
+            timed(1)?;
+            Ok(timed(iters.max(1))? / iters.max(1) as f64)
         };
         Some(run())
     }
@@ -369,6 +398,7 @@ impl Collective for NcclCollective {
         let send = self.stream.clone_htod(&padded).map_err(cuda_err("host to device copy"))?;
         let mut recv = self.stream.alloc_zeros::<f32>(m).map_err(cuda_err("allocation"))?;
         self.comm.reduce_scatter(&send, &mut recv, &ReduceOp::Sum).map_err(nccl_err("ncclReduceScatter"))?;
+        self.watch("ncclReduceScatter", padded.len())?;
         let mut out = self.stream.clone_dtoh(&recv).map_err(cuda_err("device to host copy"))?;
         out.truncate(counts[self.rank]);
         Ok(out)
@@ -393,6 +423,7 @@ impl Collective for NcclCollective {
         let send = self.stream.clone_htod(&mine).map_err(cuda_err("host to device copy"))?;
         let mut recv = self.stream.alloc_zeros::<f32>(m * self.world).map_err(cuda_err("allocation"))?;
         self.comm.all_gather(&send, &mut recv).map_err(nccl_err("ncclAllGather"))?;
+        self.watch("ncclAllGather", m * self.world)?;
         let padded = self.stream.clone_dtoh(&recv).map_err(cuda_err("device to host copy"))?;
         let mut out = Vec::with_capacity(counts.iter().sum());
         for (r, &c) in counts.iter().enumerate() {
