@@ -96,12 +96,15 @@ run_trainer() {
     for kernels in default fast; do
         for args in "--preset small --batch 16 --seq 256 --ddp nccl" \
             "--preset polylm-1.7b --batch 4 --seq 2048 --steps 3 --ddp nccl" \
-            "--preset polylm-1.7b --batch 4 --seq 2048 --recompute --steps 2"; do
+            "--preset polylm-1.7b --batch 4 --seq 2048 --recompute --steps 2 --profile"; do
             local envs=""
             [ "$kernels" = fast ] && envs=$fast
             # shellcheck disable=SC2086
             if env $envs timeout 240 gpu-bin/polylm bench $args --device cuda >"$out/bench.log" 2>&1; then
-                echo "- $kernels kernels, \`polylm bench $args\`: $(tr '\n' ';' <"$out/bench.log")" >>"$out/results.md"
+                echo "- $kernels kernels, \`polylm bench $args\`: $(sed '/^profile (/,$d' "$out/bench.log" | tr '\n' ';')" >>"$out/results.md"
+                if grep -q "^profile (" "$out/bench.log"; then
+                    { echo; echo '```'; sed -n '/^profile (/,$p' "$out/bench.log"; echo '```'; } >>"$out/results.md"
+                fi
             else
                 echo "- $kernels kernels, \`polylm bench $args\`: FAILED $(tail -3 "$out/bench.log")" >>"$out/results.md"
                 ok=1

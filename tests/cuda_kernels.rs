@@ -844,6 +844,32 @@ fn allocator_reuses_blocks_in_the_steady_state() {
 }
 
 #[test]
+fn the_profiler_times_every_launch_copy_and_fill_while_on() {
+    let Some(dev) = device("profiler") else { return };
+    let n = 1 << 22;
+    let x = dev.alloc_filled_bytes::<f32>(n, 0x3f).expect("alloc");
+    let mut y = dev.alloc::<f32>(n).expect("alloc");
+    // Before profiling: not counted.
+    elementwise::map(UnaryOp::Square, &x, &mut y).expect("map");
+    dev.set_profiling(true);
+    for _ in 0..3 {
+        elementwise::map(UnaryOp::Square, &x, &mut y).expect("map");
+    }
+    dev.copy(&x, &mut y).expect("copy");
+    dev.fill_bytes(&y, 0).expect("fill");
+    let rows = dev.profile().expect("profile");
+    dev.set_profiling(false);
+    elementwise::map(UnaryOp::Square, &x, &mut y).expect("map");
+    let calls = |name: &str| rows.iter().find(|r| r.name == name).map_or(0, |r| r.calls);
+    assert_eq!((calls("map"), calls("memcpy"), calls("memset")), (3, 1, 1), "{rows:?}");
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(rows.iter().all(|r| r.ms.is_finite() && r.ms > 0.0), "{rows:?}");
+    assert!(rows.windows(2).all(|w| w[0].ms >= w[1].ms), "not longest first: {rows:?}");
+    // Switching it off forgets the totals and stops timing.
+    assert!(dev.profile().expect("profile").is_empty());
+}
+
+#[test]
 fn large_uploads_and_downloads_round_trip_through_pinned_chunks() {
     let Some(dev) = device("transfer") else { return };
     // 80 MiB: more than one staging chunk.

@@ -15,6 +15,7 @@ use super::alloc::{CachingAllocator, MemoryReport};
 use super::error::{CudaError, CudaResult};
 use super::nvrtc::{compile_cached, Arch, CompileOptions};
 use super::pinned::PinnedStaging;
+use super::profile::{family, KernelTime, Profiler};
 use super::source::KernelSource;
 
 /// Element types that device buffers hold.
@@ -45,6 +46,7 @@ impl FloatElem for f16 {}
 ///
 /// Fields drop in order, so the context, which everything else needs, comes last.
 pub struct CudaDevice {
+    profiler: Mutex<Profiler>,
     functions: Mutex<HashMap<String, CudaFunction>>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     staging: Mutex<PinnedStaging>,
@@ -131,6 +133,7 @@ impl CudaDevice {
             staging: Mutex::new(PinnedStaging::default()),
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
+            profiler: Mutex::new(Profiler::default()),
         }))
     }
 
@@ -208,9 +211,11 @@ impl CudaDevice {
     /// Sets every byte of `buf` to `byte`.
     pub fn fill_bytes<T: DeviceElem>(&self, buf: &DeviceBuf<T>, byte: u8) -> CudaResult<()> {
         self.bind()?;
-        // SAFETY: the range lies inside the buffer's allocation.
-        unsafe { driver::memset_d8_async(buf.ptr, byte, buf.bytes(), self.stream.cu_stream()) }
-            .map_err(CudaError::driver("filling a buffer"))
+        self.timed("memset", || {
+            // SAFETY: the range lies inside the buffer's allocation.
+            unsafe { driver::memset_d8_async(buf.ptr, byte, buf.bytes(), self.stream.cu_stream()) }
+                .map_err(CudaError::driver("filling a buffer"))
+        })
     }
 
     /// Copies `data` to a new device buffer, through pinned memory.
@@ -246,9 +251,11 @@ impl CudaDevice {
             return Err(CudaError::invalid("copy", format!("{} elements into {}", src.len, dst.len)));
         }
         self.bind()?;
-        // SAFETY: both ranges lie inside their allocations.
-        unsafe { driver::memcpy_dtod_async(dst.ptr, src.ptr, src.bytes(), self.stream.cu_stream()) }
-            .map_err(CudaError::driver("copying device to device"))
+        self.timed("memcpy", || {
+            // SAFETY: both ranges lie inside their allocations.
+            unsafe { driver::memcpy_dtod_async(dst.ptr, src.ptr, src.bytes(), self.stream.cu_stream()) }
+                .map_err(CudaError::driver("copying device to device"))
+        })
     }
 
     /// The compiled function `name` from kernel file `source` (compiled once, then cached in
@@ -299,8 +306,37 @@ impl CudaDevice {
         if cfg.grid_dim.0 == 0 || cfg.grid_dim.1 == 0 || cfg.grid_dim.2 == 0 {
             return Ok(());
         }
-        // SAFETY: every wrapper checks that buffer lengths cover what the kernel touches.
-        unsafe { args.launch(cfg) }.map(|_| ()).map_err(CudaError::driver(what))
+        self.timed(family(what), || {
+            // SAFETY: every wrapper checks that buffer lengths cover what the kernel touches.
+            unsafe { args.launch(cfg) }.map(|_| ()).map_err(CudaError::driver(what))
+        })
+    }
+
+    /// Runs `enqueue` (which queues work on the stream), bracketed by timing events when
+    /// profiling is on.
+    fn timed(&self, name: &'static str, enqueue: impl FnOnce() -> CudaResult<()>) -> CudaResult<()> {
+        if !lock(&self.profiler).on {
+            return enqueue();
+        }
+        let start = Profiler::mark(&self.stream)?;
+        enqueue()?;
+        let end = Profiler::mark(&self.stream)?;
+        lock(&self.profiler).record(name, start, end)
+    }
+
+    /// Starts (or stops) timing every launch, copy and fill on this device, forgetting what was
+    /// timed before; see [`CudaDevice::profile`].
+    pub fn set_profiling(&self, on: bool) {
+        lock(&self.profiler).reset(on);
+    }
+
+    /// The device time per kernel family since profiling was switched on, longest first
+    /// (waits for the queued work).
+    pub fn profile(&self) -> CudaResult<Vec<KernelTime>> {
+        self.bind()?;
+        let mut p = lock(&self.profiler);
+        p.fold()?;
+        Ok(p.rows())
     }
 
     /// Sets the dynamic shared memory a kernel may use above the default 48 KiB.

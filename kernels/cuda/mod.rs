@@ -15,6 +15,7 @@ mod device;
 mod error;
 pub mod nvrtc;
 mod pinned;
+pub mod profile;
 pub mod source;
 
 pub mod attention;

@@ -11,6 +11,7 @@
 use std::time::Instant;
 
 use polylm_engine::{global_grad_norm, AdamW, AdamWHyper, DType, Device, Rng, Tensor};
+use polylm_kernels::cuda::profile::KernelTime;
 use polylm_model::{Batch, Gpt, ModelConfig};
 
 use crate::dist::Collective;
@@ -38,6 +39,8 @@ pub struct BenchOptions {
     /// Also time the data-parallel path over this collective, with gradient buckets of this
     /// many f32 values.
     pub data_parallel: Option<(Box<dyn Collective>, usize)>,
+    /// After the timed steps, one more plain step with every GPU kernel timed (GPU only).
+    pub profile: bool,
 }
 
 impl std::fmt::Debug for BenchOptions {
@@ -50,6 +53,7 @@ impl std::fmt::Debug for BenchOptions {
             .field("device", &self.device)
             .field("dtype", &self.dtype)
             .field("recompute", &self.recompute)
+            .field("profile", &self.profile)
             .field("peak_tflops", &self.peak_tflops)
             .field(
                 "data_parallel",
@@ -76,6 +80,8 @@ pub struct BenchReport {
     pub peak_memory: Option<usize>,
     /// The data-parallel path's figures, when asked for.
     pub data_parallel: Option<DataParallelReport>,
+    /// Device time per kernel family over one plain step, when asked for.
+    pub profile: Option<Vec<KernelTime>>,
 }
 
 /// The same steps through the data-parallel path.
@@ -153,7 +159,10 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport> {
         opt.step(&mut ps, 1e-4, clip)?;
         Ok(())
     };
-    let mut time_steps = |model: &mut Gpt, data_parallel: bool| -> Result<f64> {
+    let time_steps = |step: &mut dyn FnMut(&mut Gpt, bool) -> Result<()>,
+                      model: &mut Gpt,
+                      data_parallel: bool|
+     -> Result<f64> {
         step(model, data_parallel)?;
         opts.device.synchronize()?;
         let start = Instant::now();
@@ -164,9 +173,21 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport> {
         Ok(start.elapsed().as_secs_f64() / opts.steps.max(1) as f64)
     };
     opts.device.reset_peak_memory();
-    let step_s = time_steps(&mut model, false)?;
+    let step_s = time_steps(&mut step, &mut model, false)?;
     let peak_memory = opts.device.memory_report().map(|r| r.peak_in_use);
-    let dp_step_s = if with_dp { Some(time_steps(&mut model, true)?) } else { None };
+    let profile = match opts.device {
+        Device::Cuda(ordinal) if opts.profile => {
+            let dev = polylm_engine::cuda_device(ordinal)?;
+            dev.set_profiling(true);
+            let stepped = step(&mut model, false);
+            let rows = dev.profile();
+            dev.set_profiling(false);
+            stepped?;
+            Some(rows.map_err(|e| polylm_engine::Error::Cuda { op: "profile", message: e.to_string() })?)
+        }
+        _ => None,
+    };
+    let dp_step_s = if with_dp { Some(time_steps(&mut step, &mut model, true)?) } else { None };
     let tokens_per_s = n as f64 / step_s;
     let fpt = flops_per_token(&opts.config, opts.seq);
     let tflops = tokens_per_s * fpt / 1e12;
@@ -177,6 +198,7 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport> {
         tflops,
         mfu: opts.peak_tflops.map(|p| tflops / p),
         peak_memory,
+        profile,
         data_parallel: dp_step_s.zip(dp.as_ref()).map(|(s, d)| DataParallelReport {
             backend: d.backend(),
             world: d.world_size(),
@@ -186,6 +208,28 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport> {
             buckets,
         }),
     })
+}
+
+/// The profile as a table: each kernel family's launches, device milliseconds and share of the
+/// summed kernel time, then the sum against `step_s` (the unprofiled step: the difference is
+/// time the device spent idle or in work not launched through the kernels' wrappers).
+pub fn profile_table(rows: &[KernelTime], step_s: f64) -> String {
+    let total: f64 = rows.iter().map(|r| r.ms).sum();
+    let mut out = String::from("profile (one step, device time per kernel family, CUDA events):\n");
+    out += &format!("  {:<28} {:>7} {:>10} {:>7}\n", "family", "calls", "ms", "share");
+    for r in rows {
+        let share = if total > 0.0 { 100.0 * r.ms / total } else { 0.0 };
+        out += &format!("  {:<28} {:>7} {:>10.3} {:>6.1}%\n", r.name, r.calls, r.ms, share);
+    }
+    out += &format!(
+        "  {:<28} {:>7} {:>10.3}   ({:.1}% of the {:.3} ms step)\n",
+        "kernels in all",
+        rows.iter().map(|r| r.calls).sum::<usize>(),
+        total,
+        if step_s > 0.0 { total / (step_s * 1e3) * 100.0 } else { 0.0 },
+        step_s * 1e3
+    );
+    out
 }
 
 /// One size of [`all_reduce`]: seconds per all-reduce through the backend's host-buffer path
@@ -239,6 +283,30 @@ pub fn all_reduce(comm: &mut dyn Collective, sizes: &[usize], iters: usize) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_profile_table_shares_add_up_and_compare_with_the_step() {
+        let rows = vec![
+            KernelTime { name: "gemm_tc", calls: 96, ms: 150.0 },
+            KernelTime { name: "flash_fwd_hopper", calls: 24, ms: 30.0 },
+            KernelTime { name: "memset", calls: 3, ms: 20.0 },
+        ];
+        let table = profile_table(&rows, 0.25);
+        let line = |name: &str| table.lines().find(|l| l.trim_start().starts_with(name)).unwrap().to_string();
+        assert!(
+            line("gemm_tc").contains("96")
+                && line("gemm_tc").contains("150.000")
+                && line("gemm_tc").contains("75.0%")
+        );
+        assert!(line("memset").contains("10.0%"), "{table}");
+        let all = line("kernels in all");
+        assert!(
+            all.contains("123") && all.contains("200.000") && all.contains("80.0% of the 250.000 ms step"),
+            "{all}"
+        );
+        // An empty profile prints zeros, not NaN.
+        assert!(!profile_table(&[], 0.0).contains("NaN"));
+    }
 
     #[test]
     fn flops_match_the_spec_for_polylm_1_7b() {

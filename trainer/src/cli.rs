@@ -287,6 +287,10 @@ struct BenchArgs {
     /// Gradient bucket size of --ddp, in MiB.
     #[arg(long, default_value_t = 25.0)]
     bucket_mb: f64,
+    /// After the timed steps, run one more with every GPU kernel timed by CUDA events and print
+    /// the device time per kernel family (GPU only).
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(Args, Debug)]
@@ -494,6 +498,11 @@ fn run_bench(a: BenchArgs) -> Result<()> {
         )));
     }
     let peak = a.peak_tflops.or(if device.is_cpu() { None } else { Some(989.0) });
+    if a.profile && device.is_cpu() {
+        return Err(TrainError::Usage(
+            "--profile times GPU kernels with CUDA events; this run is on the CPU (use --device cuda)".into(),
+        ));
+    }
     let data_parallel = match &a.ddp {
         Some(backend) => {
             if a.bucket_mb.is_nan() || a.bucket_mb <= 0.0 {
@@ -516,6 +525,7 @@ fn run_bench(a: BenchArgs) -> Result<()> {
         recompute: a.recompute,
         peak_tflops: peak,
         data_parallel,
+        profile: a.profile,
     };
     eprintln!(
         "bench: {} ({} parameters), batch {} × seq {}, {:?} on {:?}{}, {} steps after one warm-up",
@@ -552,6 +562,9 @@ fn run_bench(a: BenchArgs) -> Result<()> {
             d.buckets.0,
             d.buckets.1
         );
+    }
+    if let Some(rows) = &r.profile {
+        print!("{}", bench::profile_table(rows, r.step_s));
     }
     Ok(())
 }

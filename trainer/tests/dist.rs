@@ -528,6 +528,9 @@ fn bench_times_the_data_parallel_path_beside_the_plain_one() {
     let o =
         polylm(&["bench", "--preset", "tiny", "--steps", "1", "--device", "cpu", "--ddp", "carrier-pigeon"]);
     assert!(!o.status.success() && text(&o).contains("carrier-pigeon"), "{}", text(&o));
+    // The kernel profile times GPU kernels: on the CPU it is a usage error that says so.
+    let o = polylm(&["bench", "--preset", "tiny", "--steps", "1", "--device", "cpu", "--profile"]);
+    assert!(!o.status.success() && text(&o).contains("--profile times GPU kernels"), "{}", text(&o));
 }
 
 #[test]
