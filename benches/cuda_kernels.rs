@@ -266,6 +266,18 @@ fn run(dev: &Arc<CudaDevice>) -> CudaResult<String> {
         let mut acc = ramp::<bf16>(dev, n)?;
         let ms = dev.time_ms(ITERS, || elementwise::add_assign(&mut acc, &x))?;
         t.add("add_assign (gradient accumulation)", &shape, ms, 3.0 * e2 * n as f64);
+        // A bias gradient: the sum over every token of a 3·hidden-wide QKV gradient (the
+        // engine's broadcast-add backward), which took a thread per column before row splits.
+        let qkv = 3 * HIDDEN;
+        let dqkv = ramp::<bf16>(dev, TOKENS * qkv)?;
+        let mut bias_grad = dev.alloc::<bf16>(qkv)?;
+        let ms = dev.time_ms(ITERS, || elementwise::sum_axis(&dqkv, 1, TOKENS, qkv, &mut bias_grad))?;
+        t.add(
+            "sum over rows (QKV bias gradient)",
+            &format!("{TOKENS}×{qkv} bf16"),
+            ms,
+            e2 * (TOKENS * qkv) as f64,
+        );
         let rows = 16 * 2048;
         let sm_in = ramp::<bf16>(dev, rows * 2048)?;
         let mut sm_out = dev.alloc::<bf16>(rows * 2048)?;

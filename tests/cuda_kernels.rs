@@ -174,6 +174,48 @@ fn unary_maps_accumulate_and_fill() {
     });
 }
 
+fn sum_axis_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
+    let mut rng = Rng::new(seed);
+    // Short axes (one thread per output) and long ones (row splits, then their sum), vector
+    // and ragged inner widths, one and several outer entries; the last is a bias gradient of
+    // 8192 rows by 768 columns.
+    let (outer, len, inner) = match seed % 4 {
+        0 => (size(&mut rng, 1, 5), size(&mut rng, 1, 63), size(&mut rng, 1, 300)),
+        1 => (size(&mut rng, 1, 4), size(&mut rng, 64, 3000), size(&mut rng, 1, 200) | 1),
+        2 => (size(&mut rng, 1, 3), size(&mut rng, 64, 2000), 8 * size(&mut rng, 1, 40)),
+        _ => (1, 8192, 768),
+    };
+    let (x, xv) = random_on::<T>(dev, &mut rng, outer * len * inner, 1.0);
+    let mut out = poisoned::<T>(dev, outer * inner);
+    elementwise::sum_axis(&x, outer, len, inner, &mut out).expect("sum_axis");
+    let want: Vec<f64> = (0..outer * inner)
+        .map(|j| {
+            let (o, i) = (j / inner, j % inner);
+            T::round_from((0..len).map(|l| xv[(o * len + l) * inner + i]).sum::<f64>()).widen()
+        })
+        .collect();
+    // f32 accumulation over `len` values of order 1: a random walk of roundings of partial sums
+    // up to √len in size, about len · 1e-7 in all, on top of the storage type's tolerance.
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-6);
+    let atol = T::ATOL * scale + len as f64 * 1e-7;
+    assert_close(
+        &format!("sum_axis {outer}×{len}×{inner}<{}>", T::NAME),
+        &read("sum_axis", &out),
+        &want,
+        T::RTOL,
+        atol,
+    );
+}
+
+#[test]
+fn sums_over_short_and_long_axes_match_f64() {
+    for_each_precision("sum_axis", &|dev, dtype| {
+        for seed in 60..68 {
+            dispatch!(dtype, sum_axis_case(dev, seed));
+        }
+    });
+}
+
 fn gather_case<T: Precision>(dev: &Arc<CudaDevice>, seed: u64) {
     let mut rng = Rng::new(seed);
     let dims = [size(&mut rng, 1, 7), size(&mut rng, 1, 13), size(&mut rng, 1, 50), size(&mut rng, 1, 9)];

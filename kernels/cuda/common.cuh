@@ -152,6 +152,33 @@ template <class T> struct VecWidth { static constexpr int value = 16 / sizeof(T)
 /// True when `p` is aligned to 16 bytes.
 __device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<u64>(p) & 15) == 0; }
 
+/// Column partial sums over row splits (the reductions along a long axis: `sum_axis`, the bias
+/// gradient of bias + GeLU) run as blocks of 256 threads: 32 column lanes (threadIdx.x % 32),
+/// each taking `N` adjacent columns, by 8 row lanes (threadIdx.x / 32). A row of `sums` holds one
+/// row lane's sums of the block's 32·N columns.
+#define COLUMN_SUMS_ROW (32 * 8 + 1)
+
+/// The end of such a block: each thread's sums `acc` of its `N` columns go through `sums`, and
+/// the block writes, for each of its 32·N columns (from `col0`) below `cols`, the sum over the
+/// 8 row lanes in order to `partial[column]`.
+template <int N>
+__device__ __forceinline__ void write_column_partials(const float (&acc)[N], float (*sums)[COLUMN_SUMS_ROW],
+                                                      float* partial, i64 col0, i64 cols) {
+    const int lane = threadIdx.x & 31, row_lane = threadIdx.x >> 5;
+#pragma unroll
+    for (int e = 0; e < N; e++) sums[row_lane][lane * N + e] = acc[e];
+    __syncthreads();
+    for (int k = threadIdx.x; k < 32 * N; k += 256) {
+        const i64 c = col0 + k;
+        if (c < cols) {
+            float s = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 8; j++) s += sums[j][k];
+            partial[c] = s;
+        }
+    }
+}
+
 /// Loads 4 consecutive elements (16 bytes of f32, 8 of bf16/f16) as f32; `p` aligned to that.
 template <class T>
 __device__ __forceinline__ void load4(const T* p, float* out) {

@@ -1,7 +1,8 @@
 // Elementwise kernels: broadcasting binary ops over strided operands, unary maps, casts,
 // strided gathers (making a view contiguous), accumulation and fill.
 //
-// Every kernel is a grid-stride loop over the contiguous output, so any grid size is correct.
+// Every kernel but the column reductions (sum_rows_partial, column_sum) is a grid-stride loop
+// over the contiguous output, so any grid size is correct.
 
 #define MAX_DIMS 6
 
@@ -105,7 +106,8 @@ __device__ void scatter(const StridedShape& s, const T* src, T* out, i64 n) {
     }
 }
 
-// out[o, i] = Σ_l x[o, l, i] over a dense [outer, len, inner] tensor, summed in f32 in order.
+// out[o, i] = Σ_l x[o, l, i] over a dense [outer, len, inner] tensor, summed in f32 in order, one
+// thread per output: for short axes (the wrapper takes sum_rows_partial over long ones).
 template <class T>
 __device__ void sum_axis(const T* x, T* out, i64 outer, i64 len, i64 inner) {
     GRID_STRIDE_LOOP(j, outer * inner) {
@@ -115,6 +117,55 @@ __device__ void sum_axis(const T* x, T* out, i64 outer, i64 len, i64 inner) {
         for (i64 l = 0; l < len; l++) s += to_f32(p[l * inner]);
         out[j] = from_f32<T>(s);
     }
+}
+
+// The first pass of sum_axis over a long axis: x is [outer, len, inner]; a block of 256 threads
+// is 32 column lanes of `N` columns (a 16-byte vector or one column) by 8 row lanes (see
+// COLUMN_SUMS_ROW in common.cuh); blockIdx.x covers 32·N columns of `inner`, blockIdx.y is the
+// row split of `len`, blockIdx.z the outer index. Each row lane adds every 8th row of the split,
+// four at a time (four loads in flight), and the block writes the split's column sums to
+// partial[(split · outer + o) · inner + column]; column_sum then adds the splits in order.
+template <class T, int N>
+__device__ void sum_rows_partial_lanes(const T* x, float* partial, i64 len, i64 inner,
+                                       float (*sums)[COLUMN_SUMS_ROW]) {
+    const int lane = threadIdx.x & 31, row_lane = threadIdx.x >> 5;
+    const i64 c0 = ((i64)blockIdx.x * 32 + lane) * N;
+    const i64 o = blockIdx.z, outer = gridDim.z;
+    const i64 per_split = (len + gridDim.y - 1) / gridDim.y;
+    const i64 r0 = blockIdx.y * per_split, r1 = min(len, r0 + per_split);
+    float acc[N];
+#pragma unroll
+    for (int e = 0; e < N; e++) acc[e] = 0.0f;
+    if (c0 < inner) {
+        const T* base = x + o * len * inner + c0;
+        i64 r = r0 + row_lane;
+        for (; r + 24 < r1; r += 32) {
+            float a[N], b[N], c[N], d[N];
+            load_pack<T, N>(base + r * inner, a);
+            load_pack<T, N>(base + (r + 8) * inner, b);
+            load_pack<T, N>(base + (r + 16) * inner, c);
+            load_pack<T, N>(base + (r + 24) * inner, d);
+#pragma unroll
+            for (int e = 0; e < N; e++) acc[e] += (a[e] + b[e]) + (c[e] + d[e]);
+        }
+        for (; r < r1; r += 8) {
+            float a[N];
+            load_pack<T, N>(base + r * inner, a);
+#pragma unroll
+            for (int e = 0; e < N; e++) acc[e] += a[e];
+        }
+    }
+    write_column_partials<N>(acc, sums, partial + ((i64)blockIdx.y * outer + o) * inner,
+                             (i64)blockIdx.x * 32 * N, inner);
+}
+
+template <class T>
+__device__ void sum_rows_partial(const T* x, float* partial, i64 len, i64 inner, int vector) {
+    __shared__ float sums[8][COLUMN_SUMS_ROW];
+    if (vector)
+        sum_rows_partial_lanes<T, VecWidth<T>::value>(x, partial, len, inner, sums);
+    else
+        sum_rows_partial_lanes<T, 1>(x, partial, len, inner, sums);
 }
 
 template <class T>
@@ -157,6 +208,10 @@ __device__ void fill(T* out, i64 n, float v) {
     }                                                                                           \
     extern "C" __global__ void sum_axis_##S(const T* x, T* out, i64 outer, i64 len, i64 inner) { \
         sum_axis<T>(x, out, outer, len, inner);                                                 \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(256)                                           \
+        sum_rows_partial_##S(const T* x, float* partial, i64 len, i64 inner, int vector) {      \
+        sum_rows_partial<T>(x, partial, len, inner, vector);                                    \
     }                                                                                           \
     extern "C" __global__ void add_assign_##S(T* acc, const T* x, i64 n) { add_assign<T>(acc, x, n); } \
     extern "C" __global__ void fill_##S(T* out, i64 n, float v) { fill<T>(out, n, v); }

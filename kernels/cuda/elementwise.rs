@@ -234,7 +234,10 @@ pub(crate) fn dense_strides(shape: &[usize]) -> Vec<usize> {
     strides
 }
 
-/// `out[o, i] = Σ_l x[o, l, i]` over a dense `[outer, len, inner]` `x`, in order, in f32.
+/// `out[o, i] = Σ_l x[o, l, i]` over a dense `[outer, len, inner]` `x`, in f32, in a fixed order
+/// for a given shape. An axis of at least [`LONG_AXIS`] elements is cut into row splits summed
+/// side by side ([`sum_axis_plan`]), the splits then added in order; a shorter one is summed in
+/// order by one thread per output.
 pub fn sum_axis<T: FloatElem>(
     x: &DeviceBuf<T>,
     outer: usize,
@@ -245,11 +248,62 @@ pub fn sum_axis<T: FloatElem>(
     check_len("sum_axis", "x", x, outer * len * inner)?;
     check_len("sum_axis", "out", out, outer * inner)?;
     let dev = out.device().clone();
+    let vector = x.ptr().is_multiple_of(16) && inner.is_multiple_of(16 / std::mem::size_of::<T>());
+    if let Some(plan) = sum_axis_plan::<T>(outer, len, inner, vector, dev.multiprocessors()) {
+        let partial = dev.alloc::<f32>(plan.splits * outer * inner)?;
+        let f = dev.function(&SOURCE, &format!("sum_rows_partial_{}", T::NAME))?;
+        let (px, pp, l, i, v) = (x.ptr(), partial.ptr(), len as i64, inner as i64, i32::from(vector));
+        let mut args = dev.launcher(&f)?;
+        args.arg(&px).arg(&pp).arg(&l).arg(&i).arg(&v);
+        let cfg = cudarc::driver::LaunchConfig {
+            grid_dim: (blocks_for("sum_axis", plan.col_blocks, 1)?, plan.splits as u32, outer as u32),
+            block_dim: (SUM_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        dev.launch(args, cfg, "launching sum_rows_partial")?;
+        return column_sum(&partial, outer * inner, plan.splits, outer * inner, out, None, false);
+    }
     let f = dev.function(&SOURCE, &format!("sum_axis_{}", T::NAME))?;
     let (px, po, o, l, i) = (x.ptr(), out.ptr(), outer as i64, len as i64, inner as i64);
     let mut args = dev.launcher(&f)?;
     args.arg(&px).arg(&po).arg(&o).arg(&l).arg(&i);
     dev.launch(args, grid_for("sum_axis", outer * inner)?, "launching sum_axis")
+}
+
+/// The length from which [`sum_axis`] splits the summed axis across blocks.
+pub const LONG_AXIS: usize = 64;
+
+/// Threads per block of `sum_rows_partial`: 32 column lanes × 8 row lanes.
+pub const SUM_THREADS: u32 = 256;
+
+/// How [`sum_axis`] splits a long axis: blocks across `inner`, and row splits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SumAxisPlan {
+    /// Blocks across the inner columns (32 column lanes of one column or one 16-byte vector).
+    pub col_blocks: usize,
+    /// Row splits of the summed axis (`gridDim.y`).
+    pub splits: usize,
+}
+
+/// The split of [`sum_axis`] over `[outer, len, inner]` of `T` on `multiprocessors` SMs, or
+/// `None` when the axis is short (below [`LONG_AXIS`]), the outer count exceeds a grid's z
+/// (65,535) or the outputs exceed i32 (the per-output kernel takes those): enough splits, of at
+/// least 32 rows, to give every SM about eight blocks.
+pub fn sum_axis_plan<T: FloatElem>(
+    outer: usize,
+    len: usize,
+    inner: usize,
+    vector: bool,
+    multiprocessors: usize,
+) -> Option<SumAxisPlan> {
+    if len < LONG_AXIS || outer == 0 || inner == 0 || outer > 65_535 || outer * inner > i32::MAX as usize {
+        return None;
+    }
+    let lanes = if vector { 16 / std::mem::size_of::<T>() } else { 1 };
+    let col_blocks = inner.div_ceil(32 * lanes);
+    let want = (8 * multiprocessors.max(1)).div_ceil(col_blocks * outer);
+    let splits = want.clamp(1, len.div_ceil(32)).min(65_535);
+    Some(SumAxisPlan { col_blocks, splits })
 }
 
 /// `acc += x`, elementwise, over `x.len()` elements.

@@ -28,30 +28,27 @@ __device__ void bias_gelu_fwd(const T* x, const T* bias, T* out, i64 n, int cols
     }
 }
 
-// One row of the backward for a column lane: dx = dout · gelu'(x + bias) over the `N` columns
-// at element `i`, added into `acc`.
-template <class T, int N>
-__device__ __forceinline__ void gelu_bwd_row(const T* x, const T* dout, T* dx, i64 i, const float* bc, float* acc) {
-    float v[N], d[N];
-    load_pack<T, N>(x + i, v);
-    load_pack<T, N>(dout + i, d);
+// dx = dout · gelu'(x + bias) for `N` columns of one row, from loaded x (`v`, overwritten
+// with dx) and dout (`d`), added into `acc`.
+template <int N>
+__device__ __forceinline__ void gelu_bwd_values(float (&v)[N], const float (&d)[N], const float (&bc)[N],
+                                                float (&acc)[N]) {
 #pragma unroll
     for (int e = 0; e < N; e++) {
         v[e] = d[e] * gelu_tanh_grad(v[e] + bc[e]);
         acc[e] += v[e];
     }
-    store_pack<T, N>(dx + i, v);
 }
 
-// A block of 256 threads: 32 column lanes (threadIdx.x % 32) by 8 row lanes (threadIdx.x / 32);
+// A block of 256 threads: 32 column lanes by 8 row lanes (see COLUMN_SUMS_ROW in common.cuh);
 // blockIdx.y is the row split. A column lane takes `N` adjacent columns: a 16-byte vector (the
 // rows are whole vectors and every pointer is aligned) or one column, so a block covers 32·N
-// columns and a warp reads 32·N contiguous elements of a row. Two rows per iteration keep four
-// loads in flight per thread. The column partial sums go through shared memory in a fixed order.
-#define GELU_SUMS_ROW (32 * 8 + 1)
+// columns and a warp reads 32·N contiguous elements of a row. Two rows per iteration, both
+// loaded before either is stored, keep four loads in flight per thread. The column partial
+// sums go through shared memory in a fixed order.
 template <class T, int N>
 __device__ void bias_gelu_bwd_lanes(const T* x, const T* bias, const T* dout, T* dx, float* partial, int rows,
-                                    int cols, float (*sums)[GELU_SUMS_ROW]) {
+                                    int cols, float (*sums)[COLUMN_SUMS_ROW]) {
     const int lane = threadIdx.x & 31, row_lane = threadIdx.x >> 5;
     const int c0 = (blockIdx.x * 32 + lane) * N;
     const int per_split = (rows + gridDim.y - 1) / gridDim.y;
@@ -63,32 +60,35 @@ __device__ void bias_gelu_bwd_lanes(const T* x, const T* bias, const T* dout, T*
         if (bias) load_pack<T, N>(bias + c0, bc);
         int r = r0 + row_lane;
         for (; r + 8 < r1; r += 16) {
-            const i64 i = (i64)r * cols + c0;
-            gelu_bwd_row<T, N>(x, dout, dx, i, bc, acc);
-            gelu_bwd_row<T, N>(x, dout, dx, i + 8 * (i64)cols, bc, acc);
+            const i64 i = (i64)r * cols + c0, j = i + 8 * (i64)cols;
+            float va[N], da[N], vb[N], db[N];
+            load_pack<T, N>(x + i, va);
+            load_pack<T, N>(dout + i, da);
+            load_pack<T, N>(x + j, vb);
+            load_pack<T, N>(dout + j, db);
+            gelu_bwd_values<N>(va, da, bc, acc);
+            gelu_bwd_values<N>(vb, db, bc, acc);
+            store_pack<T, N>(dx + i, va);
+            store_pack<T, N>(dx + j, vb);
         }
-        if (r < r1) gelu_bwd_row<T, N>(x, dout, dx, (i64)r * cols + c0, bc, acc);
+        if (r < r1) {
+            const i64 i = (i64)r * cols + c0;
+            float v[N], d[N];
+            load_pack<T, N>(x + i, v);
+            load_pack<T, N>(dout + i, d);
+            gelu_bwd_values<N>(v, d, bc, acc);
+            store_pack<T, N>(dx + i, v);
+        }
     }
     if (!partial) return;
-#pragma unroll
-    for (int e = 0; e < N; e++) sums[row_lane][lane * N + e] = acc[e];
-    __syncthreads();
-    for (int k = threadIdx.x; k < 32 * N; k += 256) {
-        const int c = blockIdx.x * 32 * N + k;
-        if (c < cols) {
-            float s = 0.0f;
-#pragma unroll
-            for (int j = 0; j < 8; j++) s += sums[j][k];
-            partial[(i64)blockIdx.y * cols + c] = s;
-        }
-    }
+    write_column_partials<N>(acc, sums, partial + (i64)blockIdx.y * cols, (i64)blockIdx.x * 32 * N, cols);
 }
 
 // The wrapper passes `vector` when the 16-byte path applies (see bias_gelu_bwd_lanes).
 template <class T>
 __device__ void bias_gelu_bwd(const T* x, const T* bias, const T* dout, T* dx, float* partial, int rows,
                               int cols, int vector) {
-    __shared__ float sums[8][GELU_SUMS_ROW];
+    __shared__ float sums[8][COLUMN_SUMS_ROW];
     if (vector)
         bias_gelu_bwd_lanes<T, VecWidth<T>::value>(x, bias, dout, dx, partial, rows, cols, sums);
     else

@@ -1,4 +1,5 @@
-//! The CUDA kernels of `layernorm.cu`, `cross_entropy.cu`, `gelu.cu`, the
+//! The CUDA kernels of `layernorm.cu`, `cross_entropy.cu`, `gelu.cu`, the long-axis sums of
+//! `elementwise.cu`, the
 //! tensor-core matmuls and flash attention, run on the CPU by the host
 //! emulation in `kernels/emu/` (one OS thread per CUDA thread, real barriers, deferred
 //! `cp.async` copies, mbarriers with transaction counts, clusters with distributed shared
@@ -683,6 +684,74 @@ fn bias_gelu_matches_the_cpu_under_emulation() {
     gelu_all::<f32>(emu, 31);
     gelu_all::<bf16>(emu, 32);
     gelu_all::<f16>(emu, 33);
+}
+
+// ---------------------------------------------------------------- sums along a long axis
+
+fn sum_emulator() -> Option<&'static Path> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cxx = compiler("host_emulation")?;
+        let names: Vec<String> =
+            ["f32", "bf16", "f16"].iter().map(|t| format!("sum_rows_partial_{t}")).collect();
+        Some(build(&cxx, &polylm_kernels::cuda::elementwise::SOURCE, &names))
+    })
+    .as_deref()
+}
+
+/// `sum_rows_partial` on the plan `sum_axis` launches for `multiprocessors` SMs: the splits'
+/// partial sums, added up (as `column_sum` adds them), against f64 sums.
+fn sum_axis_case<T: Elem>(
+    emu: &Path,
+    outer: usize,
+    len: usize,
+    inner: usize,
+    multiprocessors: usize,
+    seed: u64,
+) {
+    use polylm_kernels::cuda::elementwise::{sum_axis_plan, SUM_THREADS};
+    let mut rng = Rng(seed);
+    let x = rng.values::<T>(outer * len * inner, 2.0);
+    let vector = inner.is_multiple_of(16 / std::mem::size_of::<T>());
+    let plan = sum_axis_plan::<T>(outer, len, inner, vector, multiprocessors).expect("a long axis");
+    let tag = format!("sum-axis-{}-{outer}x{len}x{inner}-{multiprocessors}", T::NAME);
+    let mut script = Script::new(&tag);
+    let bx = script.input(&T::bytes(&x));
+    let bp = script.output(plan.splits * outer * inner * 4);
+    script.ptr(bx).ptr(bp).arg(&format!("i64 {len}")).arg(&format!("i64 {inner}"));
+    script.arg(&format!("i32 {}", i32::from(vector)));
+    let kernel = format!("sum_rows_partial_{}", T::NAME);
+    script.launch3(&kernel, [plan.col_blocks, plan.splits, outer], SUM_THREADS as usize, 1, 0);
+    let partial = <f32 as Elem>::values(&script.run(emu, &[bp])[0]);
+    let width = outer * inner;
+    let got: Vec<f64> = (0..width).map(|c| (0..plan.splits).map(|s| partial[s * width + c]).sum()).collect();
+    let want: Vec<f64> = (0..width)
+        .map(|j| {
+            let (o, i) = (j / inner, j % inner);
+            (0..len).map(|l| x[(o * len + l) * inner + i]).sum()
+        })
+        .collect();
+    // Sums of `len` f32 values of order 1: the tolerance of f32 accumulation.
+    check_with(&format!("{tag} (splits {})", plan.splits), &got, &want, 1e-5, 1e-5);
+}
+
+fn sum_axis_all<T: Elem>(emu: &Path, seed: u64) {
+    let width = 16 / std::mem::size_of::<T>();
+    // Vector and scalar columns, a partial last column block, several outer entries, splits
+    // whose rows are not a multiple of the four-row step, and a short last split.
+    for (outer, len, inner, sms) in
+        [(1, 300, 40 * width, 4), (1, 300, 37, 4), (3, 97, 2 * width, 8), (2, 64, 300, 1), (1, 1000, 3, 132)]
+    {
+        sum_axis_case::<T>(emu, outer, len, inner, sms, seed + (outer * len + inner) as u64);
+    }
+}
+
+#[test]
+fn long_axis_sums_match_f64_under_emulation() {
+    let Some(emu) = sum_emulator() else { return };
+    sum_axis_all::<f32>(emu, 41);
+    sum_axis_all::<bf16>(emu, 42);
+    sum_axis_all::<f16>(emu, 43);
 }
 
 // ---------------------------------------------------------------- tensor-core matmul

@@ -25,15 +25,24 @@ impl BackwardOp for SumBackward {
 }
 
 /// The single-axis reductions `(outer, len, inner)` that sum `shape` over the masked axes one
-/// after another, and the kept-dims shape at the end.
+/// after another (each run of adjacent masked axes as one axis: summing a bias gradient over
+/// batch and time is one pass over `batch·time` rows), and the kept-dims shape at the end.
 fn reduction_steps(shape: &[usize], axes: &[bool]) -> (Vec<(usize, usize, usize)>, Vec<usize>) {
     let mut shape = shape.to_vec();
     let mut steps = Vec::new();
-    for (ax, _) in axes.iter().enumerate().filter(|(_, &r)| r) {
+    let mut ax = 0;
+    while ax < shape.len() {
+        if !axes.get(ax).copied().unwrap_or(false) {
+            ax += 1;
+            continue;
+        }
+        let end = (ax..shape.len()).find(|&a| !axes.get(a).copied().unwrap_or(false)).unwrap_or(shape.len());
         let outer: usize = shape[..ax].iter().product();
-        let inner: usize = shape[ax + 1..].iter().product();
-        steps.push((outer, shape[ax], inner));
-        shape[ax] = 1;
+        let len: usize = shape[ax..end].iter().product();
+        let inner: usize = shape[end..].iter().product();
+        steps.push((outer, len, inner));
+        shape[ax..end].iter_mut().for_each(|d| *d = 1);
+        ax = end;
     }
     (steps, shape)
 }
@@ -132,5 +141,26 @@ impl Tensor {
     pub fn mean_all(&self) -> Result<Tensor> {
         let axes: Vec<usize> = (0..self.rank()).collect();
         self.mean(&axes, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reduction_steps;
+
+    #[test]
+    fn adjacent_axes_are_summed_in_one_step() {
+        // A bias gradient: [batch, time, channels] over batch and time is one pass.
+        assert_eq!(
+            reduction_steps(&[4, 2048, 6144], &[true, true, false]),
+            (vec![(1, 8192, 6144)], vec![1, 1, 6144])
+        );
+        // Separated axes take a step each; the second sees the first already summed.
+        assert_eq!(
+            reduction_steps(&[2, 3, 5, 7], &[true, false, true, true]),
+            (vec![(1, 2, 105), (3, 35, 1)], vec![1, 3, 1, 1])
+        );
+        assert_eq!(reduction_steps(&[2, 3], &[false, false]), (vec![], vec![2, 3]));
+        assert_eq!(reduction_steps(&[6], &[true]), (vec![(1, 6, 1)], vec![1]));
     }
 }
