@@ -21,7 +21,7 @@ use polylm_kernels::cuda::attention::{
 use polylm_kernels::cuda::cross_entropy::{
     cross_entropy_in_place_with, CrossEntropyKernel, CrossEntropyOutputs, GradScale,
 };
-use polylm_kernels::cuda::elementwise::{self, UnaryOp};
+use polylm_kernels::cuda::elementwise::{self, BinaryOp, DeviceStrided, UnaryOp};
 use polylm_kernels::cuda::embedding::embedding_forward;
 use polylm_kernels::cuda::gelu::{bias_gelu_backward, bias_gelu_forward};
 use polylm_kernels::cuda::layernorm::{
@@ -266,6 +266,46 @@ fn run(dev: &Arc<CudaDevice>) -> CudaResult<String> {
         let mut acc = ramp::<bf16>(dev, n)?;
         let ms = dev.time_ms(ITERS, || elementwise::add_assign(&mut acc, &x))?;
         t.add("add_assign (gradient accumulation)", &shape, ms, 3.0 * e2 * n as f64);
+        // The strided kernels the model's forward runs every layer: a residual add (dense, the
+        // vector path), a bias add broadcast over the rows, and the QKV permutation
+        // [B, T, 3, H, D] → [3, B, H, T, D] (index split by the fast division).
+        let (res, rows_c) = (TOKENS * HIDDEN, [TOKENS, HIDDEN]);
+        let (ra, rb) = (ramp::<bf16>(dev, res)?, ramp::<bf16>(dev, res)?);
+        let mut rout = dev.alloc::<bf16>(res)?;
+        let dense2 = [HIDDEN, 1];
+        let ms = dev.time_ms(ITERS, || {
+            let a = DeviceStrided { buf: &ra, offset: 0, strides: &dense2 };
+            let b = DeviceStrided { buf: &rb, offset: 0, strides: &dense2 };
+            elementwise::binary(BinaryOp::Add, &rows_c, a, b, &mut rout)
+        })?;
+        t.add("add (residual, dense)", &format!("{TOKENS}×{HIDDEN} bf16"), ms, 3.0 * e2 * res as f64);
+        let qkv_w = 3 * HIDDEN;
+        let (qa, qbias) = (ramp::<bf16>(dev, TOKENS * qkv_w)?, filled::<bf16>(dev, qkv_w, 0.1)?);
+        let mut qout = dev.alloc::<bf16>(TOKENS * qkv_w)?;
+        let (dense_q, bcast) = ([qkv_w, 1], [0, 1]);
+        let ms = dev.time_ms(ITERS, || {
+            let a = DeviceStrided { buf: &qa, offset: 0, strides: &dense_q };
+            let b = DeviceStrided { buf: &qbias, offset: 0, strides: &bcast };
+            elementwise::binary(BinaryOp::Add, &[TOKENS, qkv_w], a, b, &mut qout)
+        })?;
+        t.add(
+            "add bias (broadcast over rows)",
+            &format!("{TOKENS}×{qkv_w} bf16"),
+            ms,
+            2.0 * e2 * (TOKENS * qkv_w) as f64,
+        );
+        let (bsz, heads, hd) = (TOKENS / 2048, HIDDEN / 128, 128);
+        let permuted = [heads * hd, 2048 * qkv_w, hd, qkv_w, 1];
+        let ms = dev.time_ms(ITERS, || {
+            let a = DeviceStrided { buf: &qa, offset: 0, strides: &permuted };
+            elementwise::gather(&[3, bsz, heads, 2048, hd], a, &mut qout)
+        })?;
+        t.add(
+            "gather (QKV permutation)",
+            &format!("{bsz}×2048×3×{heads}×{hd} bf16"),
+            ms,
+            2.0 * e2 * (TOKENS * qkv_w) as f64,
+        );
         // A bias gradient: the sum over every token of a 3·hidden-wide QKV gradient (the
         // engine's broadcast-add backward), which took a thread per column before row splits.
         let qkv = 3 * HIDDEN;

@@ -7,18 +7,42 @@
 #define MAX_DIMS 6
 
 // Shape of the output and the strides (in elements) of up to two operands over it; a stride
-// of 0 broadcasts that axis.
+// of 0 broadcasts that axis. When `small` (fewer than 2^31 elements), the index is split into
+// coordinates with 32-bit division by multiplication: q = umulhi(i, div_mul[d]) >> div_shr[d]
+// (div_mul 0 for an axis of 1: q = i), exact for i < 2^31; a 64-bit division per axis and
+// element would cost dozens of instructions.
 struct StridedShape {
     int ndim;
-    int pad;
+    int small;
     i64 shape[MAX_DIMS];
     i64 a_stride[MAX_DIMS];
     i64 b_stride[MAX_DIMS];
+    u32 div_mul[MAX_DIMS];
+    u32 div_shr[MAX_DIMS];
 };
 
 __device__ __forceinline__ void strided_offsets(const StridedShape& s, i64 i, i64& oa, i64& ob) {
+    if (s.ndim == 1) {
+        oa = i * s.a_stride[0];
+        ob = i * s.b_stride[0];
+        return;
+    }
     oa = 0;
     ob = 0;
+    if (s.small) {
+        u32 j = (u32)i;
+#pragma unroll
+        for (int d = MAX_DIMS - 1; d >= 0; d--) {
+            if (d < s.ndim) {
+                const u32 q = s.div_mul[d] ? __umulhi(j, s.div_mul[d]) >> s.div_shr[d] : j;
+                const u32 c = j - q * (u32)s.shape[d];
+                j = q;
+                oa += (i64)c * s.a_stride[d];
+                ob += (i64)c * s.b_stride[d];
+            }
+        }
+        return;
+    }
 #pragma unroll
     for (int d = MAX_DIMS - 1; d >= 0; d--) {
         if (d < s.ndim) {
@@ -33,6 +57,12 @@ __device__ __forceinline__ void strided_offsets(const StridedShape& s, i64 i, i6
 #define GRID_STRIDE_LOOP(i, n) \
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
 
+// The elementwise kernels below read and write 16-byte vectors when their pointers allow it
+// (every device buffer starts aligned), then finish the last partial vector element by element.
+#define VECTOR_LOOP(k, n, P) GRID_STRIDE_LOOP(k, (n) / (P))
+#define TAIL_LOOP(i, n, P) \
+    for (i64 i = (n) / (P) * (P) + blockIdx.x * (i64)blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
+
 // op: 0 add, 1 sub, 2 mul, 3 div.
 __device__ __forceinline__ float apply_binary(int op, float x, float y) {
     switch (op) {
@@ -43,8 +73,22 @@ __device__ __forceinline__ float apply_binary(int op, float x, float y) {
     }
 }
 
+// Dense operands of the output's shape (a residual add) take 16-byte vectors; see VECTOR_LOOP.
 template <class T>
 __device__ void binary(const StridedShape& s, const T* a, const T* b, T* out, i64 n, int op) {
+    constexpr int P = VecWidth<T>::value;
+    if (s.ndim == 1 && s.a_stride[0] == 1 && s.b_stride[0] == 1 && aligned16(a) && aligned16(b) && aligned16(out)) {
+        VECTOR_LOOP(k, n, P) {
+            float x[P], y[P];
+            load_pack<T, P>(a + k * P, x);
+            load_pack<T, P>(b + k * P, y);
+#pragma unroll
+            for (int e = 0; e < P; e++) x[e] = apply_binary(op, x[e], y[e]);
+            store_pack<T, P>(out + k * P, x);
+        }
+        TAIL_LOOP(i, n, P) { out[i] = from_f32<T>(apply_binary(op, to_f32(a[i]), to_f32(b[i]))); }
+        return;
+    }
     GRID_STRIDE_LOOP(i, n) {
         i64 oa, ob;
         strided_offsets(s, i, oa, ob);
@@ -61,12 +105,6 @@ __device__ __forceinline__ float apply_map(int op, float alpha, float beta, floa
         default: return gelu_tanh(v);
     }
 }
-
-// The elementwise kernels below read and write 16-byte vectors when their pointers allow it
-// (every device buffer starts aligned), then finish the last partial vector element by element.
-#define VECTOR_LOOP(k, n, P) GRID_STRIDE_LOOP(k, (n) / (P))
-#define TAIL_LOOP(i, n, P) \
-    for (i64 i = (n) / (P) * (P) + blockIdx.x * (i64)blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
 
 // op: 0 affine (alpha·x + beta), 1 square, 2 power alpha, 3 GeLU (tanh form).
 template <class T>

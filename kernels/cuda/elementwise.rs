@@ -63,10 +63,35 @@ pub struct DeviceStrided<'a, T: FloatElem> {
 #[derive(Clone, Copy, Debug, Default)]
 struct StridedShape {
     ndim: i32,
-    pad: i32,
+    small: i32,
     shape: [i64; MAX_DIMS],
     a_stride: [i64; MAX_DIMS],
     b_stride: [i64; MAX_DIMS],
+    div_mul: [u32; MAX_DIMS],
+    div_shr: [u32; MAX_DIMS],
+}
+
+/// The multiplier and shift that divide any `n < 2³¹` by `d` (`1 ≤ d < 2³¹`) as
+/// `umulhi(n, mul) >> shr` (the kernels' `strided_offsets`): with `l = ⌈log₂ d⌉`,
+/// `mul = ⌈2^(31+l) / d⌉` and `shr = l − 1`, exact because `n·(mul·d − 2^(31+l)) < 2^(31+l)`.
+/// `d = 1` gives `mul = 0`, which the kernel reads as "the quotient is `n`".
+pub fn fast_divisor(d: u32) -> (u32, u32) {
+    if d <= 1 {
+        return (0, 0);
+    }
+    let l = 32 - (d - 1).leading_zeros();
+    let p = 31 + l;
+    let mul = (1u64 << p).div_ceil(u64::from(d));
+    (mul as u32, l - 1)
+}
+
+/// `n / d` as the kernels compute it from [`fast_divisor`]'s pair.
+pub fn fast_div(n: u32, (mul, shr): (u32, u32)) -> u32 {
+    if mul == 0 {
+        n
+    } else {
+        ((u64::from(n) * u64::from(mul)) >> 32) as u32 >> shr
+    }
 }
 // SAFETY: `#[repr(C)]` plain data matching `struct StridedShape` in elementwise.cu.
 unsafe impl DeviceRepr for StridedShape {}
@@ -133,13 +158,37 @@ fn strided_shape(
             format!("{} non-mergeable axes (at most {MAX_DIMS})", merged.len()),
         ));
     }
-    let mut s = StridedShape { ndim: merged.len() as i32, ..Default::default() };
+    let total: usize = shape.iter().product();
+    let small = total < (1 << 31);
+    let mut s = StridedShape { ndim: merged.len() as i32, small: i32::from(small), ..Default::default() };
     for (d, &n) in merged.iter().enumerate() {
         s.shape[d] = n as i64;
         s.a_stride[d] = merged_strides[0][d] as i64;
         s.b_stride[d] = merged_strides.get(1).map_or(0, |b| b[d] as i64);
+        if small {
+            (s.div_mul[d], s.div_shr[d]) = fast_divisor(n as u32);
+        }
     }
     Ok(s)
+}
+
+/// The bytes of the `StridedShape` argument that [`binary`] (two operands), [`gather`] (one)
+/// and [`scatter`] pass for `shape` and `operands` (strides, offset, buffer length): for the
+/// host emulation test, which launches those kernels itself.
+#[doc(hidden)]
+pub fn strided_shape_bytes(shape: &[usize], operands: &[(&[usize], usize, usize)]) -> CudaResult<Vec<u8>> {
+    let s = strided_shape("strided_shape_bytes", shape, operands)?;
+    let mut out = Vec::with_capacity(std::mem::size_of::<StridedShape>());
+    out.extend(s.ndim.to_le_bytes());
+    out.extend(s.small.to_le_bytes());
+    for v in s.shape.iter().chain(&s.a_stride).chain(&s.b_stride) {
+        out.extend(v.to_le_bytes());
+    }
+    for v in s.div_mul.iter().chain(&s.div_shr) {
+        out.extend(v.to_le_bytes());
+    }
+    debug_assert_eq!(out.len(), std::mem::size_of::<StridedShape>());
+    Ok(out)
 }
 
 fn grid_for(op: &'static str, n: usize) -> CudaResult<cudarc::driver::LaunchConfig> {
@@ -381,7 +430,33 @@ pub(crate) fn column_sum<T: FloatElem>(
 
 #[cfg(test)]
 mod tests {
-    use super::merge_axes;
+    use super::{fast_div, fast_divisor, merge_axes};
+
+    #[test]
+    fn fast_division_is_exact_below_two_to_the_31() {
+        let max = (1u32 << 31) - 1;
+        let mut divisors: Vec<u32> = (1..=4096).collect();
+        for k in 1..31 {
+            let p = 1u32 << k;
+            divisors.extend([p - 1, p, p + 1]);
+        }
+        divisors.extend([6144, 8192 * 3, 65_535, 1_000_003, max - 1, max]);
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for &d in &divisors {
+            let pair = fast_divisor(d);
+            let mut numerators =
+                vec![0, 1, d - 1, d, d.saturating_add(1).min(max), max, max - 1, max / d * d];
+            for _ in 0..64 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                numerators.push((x % (u64::from(max) + 1)) as u32);
+            }
+            for n in numerators {
+                assert_eq!(fast_div(n, pair), n / d, "{n} / {d} with {pair:?}");
+            }
+        }
+    }
 
     #[test]
     fn contiguous_axes_merge_and_broadcast_axes_stay() {

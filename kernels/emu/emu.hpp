@@ -69,6 +69,10 @@ inline float __int_as_float(int i) {
     std::memcpy(&f, &i, 4);
     return f;
 }
+/// The high 32 bits of the 64-bit product of two unsigned 32-bit integers.
+inline unsigned __umulhi(unsigned a, unsigned b) {
+    return (unsigned)(((unsigned long long)a * (unsigned long long)b) >> 32);
+}
 inline float __uint_as_float(unsigned i) {
     float f;
     std::memcpy(&f, &i, 4);

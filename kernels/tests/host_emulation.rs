@@ -688,12 +688,14 @@ fn bias_gelu_matches_the_cpu_under_emulation() {
 
 // ---------------------------------------------------------------- sums along a long axis
 
-fn sum_emulator() -> Option<&'static Path> {
+fn elementwise_emulator() -> Option<&'static Path> {
     static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
     BIN.get_or_init(|| {
         let cxx = compiler("host_emulation")?;
-        let names: Vec<String> =
-            ["f32", "bf16", "f16"].iter().map(|t| format!("sum_rows_partial_{t}")).collect();
+        let names: Vec<String> = ["sum_rows_partial", "binary", "gather"]
+            .iter()
+            .flat_map(|k| ["f32", "bf16", "f16"].map(move |t| format!("{k}_{t}")))
+            .collect();
         Some(build(&cxx, &polylm_kernels::cuda::elementwise::SOURCE, &names))
     })
     .as_deref()
@@ -748,10 +750,90 @@ fn sum_axis_all<T: Elem>(emu: &Path, seed: u64) {
 
 #[test]
 fn long_axis_sums_match_f64_under_emulation() {
-    let Some(emu) = sum_emulator() else { return };
+    let Some(emu) = elementwise_emulator() else { return };
     sum_axis_all::<f32>(emu, 41);
     sum_axis_all::<bf16>(emu, 42);
     sum_axis_all::<f16>(emu, 43);
+}
+
+// ---------------------------------------------------------------- strided elementwise
+
+/// `binary` (add, then mul) over strided operands against f64, and `gather` of the first
+/// operand bit for bit: a view of `shape` with strides `a_strides` over buffer `a` and
+/// `b_strides` over `b` (the index split into coordinates by the kernels' fast division).
+fn binary_case<T: Elem>(emu: &Path, shape: &[usize], a_strides: &[usize], b_strides: &[usize], seed: u64) {
+    use polylm_kernels::cuda::elementwise::strided_shape_bytes;
+    let mut rng = Rng(seed);
+    let n: usize = shape.iter().product();
+    let span = |strides: &[usize]| 1 + shape.iter().zip(strides).map(|(&d, &s)| (d - 1) * s).sum::<usize>();
+    let (a, b) = (rng.values::<T>(span(a_strides), 2.0), rng.values::<T>(span(b_strides), 2.0));
+    let at = |strides: &[usize], mut i: usize| {
+        let mut off = 0;
+        for d in (0..shape.len()).rev() {
+            off += (i % shape[d]) * strides[d];
+            i /= shape[d];
+        }
+        off
+    };
+    let shape_bytes = strided_shape_bytes(shape, &[(a_strides, 0, a.len()), (b_strides, 0, b.len())])
+        .expect("a valid view");
+    for (code, f) in [(0, BinaryFn::from(|x, y| x + y)), (2, BinaryFn::from(|x, y| x * y))] {
+        let tag = file_tag(&format!("binary{code}-{}-{shape:?}-{a_strides:?}-{b_strides:?}", T::NAME));
+        let mut script = Script::new(&tag);
+        let (ba, bb) = (script.input(&T::bytes(&a)), script.input(&T::bytes(&b)));
+        let bo = script.output(n * std::mem::size_of::<T>());
+        script
+            .bytes(&shape_bytes)
+            .ptr(ba)
+            .ptr(bb)
+            .ptr(bo)
+            .arg(&format!("i64 {n}"))
+            .arg(&format!("i32 {code}"));
+        script.launch(&format!("binary_{}", T::NAME), 3, 128, 1, 0);
+        let got = T::values(&script.run(emu, &[bo])[0]);
+        let want: Vec<f64> = (0..n).map(|i| T::round(f(a[at(a_strides, i)], b[at(b_strides, i)]))).collect();
+        check::<T>(&tag, &got, &want);
+    }
+    let tag = file_tag(&format!("gather-{}-{shape:?}-{a_strides:?}", T::NAME));
+    let mut script = Script::new(&tag);
+    let ba = script.input(&T::bytes(&a));
+    let bo = script.output(n * std::mem::size_of::<T>());
+    let gather_bytes = strided_shape_bytes(shape, &[(a_strides, 0, a.len())]).expect("a valid view");
+    script.bytes(&gather_bytes).ptr(ba).ptr(bo).arg(&format!("i64 {n}"));
+    script.launch(&format!("gather_{}", T::NAME), 2, 128, 1, 0);
+    let got = T::values(&script.run(emu, &[bo])[0]);
+    let want: Vec<f64> = (0..n).map(|i| a[at(a_strides, i)]).collect();
+    assert_eq!(got, want, "{tag}");
+}
+
+/// An f64 binary op (the reference of one `binary` op code).
+type BinaryFn = fn(f64, f64) -> f64;
+
+/// `text` with every character but letters, digits and `-` made `_` (a directory name).
+fn file_tag(text: &str) -> String {
+    text.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
+}
+
+fn strided_all<T: Elem>(emu: &Path, seed: u64) {
+    // Dense (one merged axis: the vector path, with a ragged tail), a bias broadcast over rows,
+    // a transposed operand, and the model's [B, T, 3, H, D] → [3, B, H, T, D] permutation
+    // (element (s, b, h, t, d) of the view at b·T·3HD + t·3HD + s·HD + h·D + d) against a
+    // dense operand.
+    binary_case::<T>(emu, &[7, 37], &[37, 1], &[37, 1], seed);
+    binary_case::<T>(emu, &[13, 24], &[24, 1], &[0, 1], seed + 1);
+    binary_case::<T>(emu, &[9, 11], &[1, 9], &[11, 1], seed + 2);
+    let (b, t, h, d) = (2, 5, 3, 8);
+    let permuted = [h * d, t * 3 * h * d, d, 3 * h * d, 1];
+    let dense = [b * h * t * d, h * t * d, t * d, d, 1];
+    binary_case::<T>(emu, &[3, b, h, t, d], &permuted, &dense, seed + 3);
+}
+
+#[test]
+fn strided_elementwise_kernels_match_f64_under_emulation() {
+    let Some(emu) = elementwise_emulator() else { return };
+    strided_all::<f32>(emu, 51);
+    strided_all::<bf16>(emu, 52);
+    strided_all::<f16>(emu, 53);
 }
 
 // ---------------------------------------------------------------- tensor-core matmul
