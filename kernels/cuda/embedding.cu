@@ -5,12 +5,22 @@
 // rows of `dout` for id `unique_ids[u]` in position order, then adds the sum to the weight
 // gradient.
 
+// Block per token (grid-stride over the tokens): the block copies row ids[t] of the table,
+// 16-byte vectors when the rows are whole vectors and both pointers are aligned.
 template <class T>
 __device__ void embedding_fwd(const T* weight, const u32* ids, T* out, i64 n, int dim) {
-    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
-        const i64 token = i / dim;
-        const int c = (int)(i - token * dim);
-        out[i] = weight[(i64)ids[token] * dim + c];
+    constexpr int P = VecWidth<T>::value;
+    const i64 tokens = n / dim;
+    const bool vector = dim % P == 0 && aligned16(weight) && aligned16(out);
+    for (i64 t = blockIdx.x; t < tokens; t += gridDim.x) {
+        const T* src = weight + (i64)ids[t] * dim;
+        T* dst = out + t * dim;
+        if (vector) {
+            for (int k = threadIdx.x; k < dim / P; k += blockDim.x)
+                *reinterpret_cast<uint4*>(dst + k * P) = *reinterpret_cast<const uint4*>(src + k * P);
+        } else {
+            for (int c = threadIdx.x; c < dim; c += blockDim.x) dst[c] = src[c];
+        }
     }
 }
 

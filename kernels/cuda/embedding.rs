@@ -36,7 +36,9 @@ pub fn embedding_forward<T: FloatElem>(
     let (pw, pi, po, n64, d32) = (weight.ptr(), d_ids.ptr(), out.ptr(), n as i64, dim as i32);
     let mut args = dev.launcher(&f)?;
     args.arg(&pw).arg(&pi).arg(&po).arg(&n64).arg(&d32);
-    dev.launch(args, grid1(blocks_for(OP, n.min(65_536 * 256), 256)?, 256, 0), "launching embedding_fwd")
+    // A block per token (the kernel strides over the tokens beyond the grid).
+    let blocks = blocks_for(OP, ids.len().min(1 << 20), 1)?;
+    dev.launch(args, grid1(blocks, 256, 0), "launching embedding_fwd")
 }
 
 /// `dweight[ids[t]] += dout[t]` for every position `t`, summed per id in position order

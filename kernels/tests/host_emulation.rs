@@ -1,5 +1,5 @@
-//! The CUDA kernels of `layernorm.cu`, `cross_entropy.cu`, `gelu.cu`, the long-axis sums of
-//! `elementwise.cu`, the
+//! The CUDA kernels of `layernorm.cu`, `cross_entropy.cu`, `gelu.cu`, `embedding.cu` (the
+//! lookup), the strided ops and long-axis sums of `elementwise.cu`, the
 //! tensor-core matmuls and flash attention, run on the CPU by the host
 //! emulation in `kernels/emu/` (one OS thread per CUDA thread, real barriers, deferred
 //! `cp.async` copies, mbarriers with transaction counts, clusters with distributed shared
@@ -834,6 +834,47 @@ fn strided_elementwise_kernels_match_f64_under_emulation() {
     strided_all::<f32>(emu, 51);
     strided_all::<bf16>(emu, 52);
     strided_all::<f16>(emu, 53);
+}
+
+// ---------------------------------------------------------------- embedding lookup
+
+fn embedding_emulator() -> Option<&'static Path> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cxx = compiler("host_emulation")?;
+        let names: Vec<String> =
+            ["f32", "bf16", "f16"].iter().map(|t| format!("embedding_fwd_{t}")).collect();
+        Some(build(&cxx, &polylm_kernels::cuda::embedding::SOURCE, &names))
+    })
+    .as_deref()
+}
+
+/// The lookup on a grid smaller than the tokens (so blocks stride over them), bit for bit.
+fn embedding_case<T: Elem>(emu: &Path, vocab: usize, dim: usize, tokens: usize, seed: u64) {
+    let mut rng = Rng(seed);
+    let table = rng.values::<T>(vocab * dim, 1.0);
+    let ids: Vec<u32> = (0..tokens).map(|_| rng.below(vocab as u64) as u32).collect();
+    let tag = format!("embedding-{}-{vocab}x{dim}-{tokens}", T::NAME);
+    let mut script = Script::new(&tag);
+    let bt = script.input(&T::bytes(&table));
+    let bi = script.input(&ids.iter().flat_map(|i| i.to_le_bytes()).collect::<Vec<u8>>());
+    let bo = script.output(tokens * dim * std::mem::size_of::<T>());
+    script.ptr(bt).ptr(bi).ptr(bo).arg(&format!("i64 {}", tokens * dim)).arg(&format!("i32 {dim}"));
+    script.launch(&format!("embedding_fwd_{}", T::NAME), 3, 64, 1, 0);
+    let got = T::values(&script.run(emu, &[bo])[0]);
+    let want: Vec<f64> =
+        ids.iter().flat_map(|&i| table[i as usize * dim..(i as usize + 1) * dim].to_vec()).collect();
+    assert_eq!(got, want, "{tag}");
+}
+
+#[test]
+fn embedding_lookup_matches_under_emulation() {
+    let Some(emu) = embedding_emulator() else { return };
+    // Whole 16-byte rows (more vectors than threads) and ragged rows.
+    embedding_case::<f32>(emu, 11, 4 * 70, 7, 61);
+    embedding_case::<f32>(emu, 11, 37, 7, 62);
+    embedding_case::<bf16>(emu, 13, 8 * 9, 5, 63);
+    embedding_case::<f16>(emu, 13, 19, 5, 64);
 }
 
 // ---------------------------------------------------------------- tensor-core matmul
