@@ -102,6 +102,46 @@ fn every_model_op_matches_the_cpu_on_the_gpu() {
     });
 }
 
+/// The fully connected layers in bf16 on the GPU against f32 on the CPU: with
+/// `POLYLM_GPU_MATMUL=tc` (gpu-check's second and third runs) the bias and GeLU are fused into
+/// the tensor-core product and the backward starts from the saved pre-activation; without it
+/// this is the composition of matmul, add and bias_gelu. Outputs and all three gradients
+/// within bf16 tolerance.
+#[test]
+fn linear_layers_in_bf16_match_the_cpu() {
+    let Some(dev) = gpu("linear") else { return };
+    let mut rng = Rng::new(7);
+    // Ragged sizes (not multiples of any tile), rows folded from a [2, 37] batch.
+    let (b, s, k, n) = (2, 37, 72, 136);
+    let inputs = [t(&mut rng, &[b, s, k]), t(&mut rng, &[k, n]).affine(0.2, 0.0).unwrap(), t(&mut rng, &[n])];
+    for gelu in [false, true] {
+        let layer =
+            |x: &[Tensor]| if gelu { x[0].linear_gelu(&x[1], &x[2]) } else { x[0].linear(&x[1], &x[2]) };
+        // Both sides start from the same bf16-rounded values.
+        let bf16_f32 = |t: &Tensor| t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+        let cpu: Vec<Tensor> = inputs.iter().map(|t| bf16_f32(t).requires_grad()).collect();
+        let out = layer(&cpu).expect("cpu forward");
+        let weights = bf16_f32(&random_tensor(&mut rng, out.shape(), 1.0));
+        out.mul(&weights).unwrap().sum_all().unwrap().backward().expect("cpu backward");
+        let gpu_in: Vec<Tensor> = cpu
+            .iter()
+            .map(|t| t.detach().to_dtype(DType::BF16).unwrap().to_device(dev).unwrap().requires_grad())
+            .collect();
+        let out_g = layer(&gpu_in).expect("gpu forward");
+        let wg = weights.to_dtype(DType::BF16).unwrap().to_device(dev).unwrap();
+        out_g.mul(&wg).unwrap().sum_all().unwrap().backward().expect("gpu backward");
+        let scale = |v: &[f64]| v.iter().fold(1e-6f64, |m, x| m.max(x.abs()));
+        let want = out.to_vec_f64();
+        let what = if gelu { "linear_gelu" } else { "linear" };
+        assert_close(&format!("{what} forward"), &out_g.to_vec_f64(), &want, 2e-2, 1e-2 * scale(&want));
+        for (i, (c, g)) in cpu.iter().zip(&gpu_in).enumerate() {
+            let want = c.grad().expect("cpu grad").to_vec_f64();
+            let got = g.grad().unwrap_or_else(|| panic!("{what}: input {i} got no gradient")).to_vec_f64();
+            assert_close(&format!("{what} d/dinput{i}"), &got, &want, 3e-2, 2e-2 * scale(&want));
+        }
+    }
+}
+
 fn tiny_batch() -> (Vec<u32>, Vec<u32>, usize, usize) {
     let (batch, seq) = (2, 32);
     let ids: Vec<u32> = (0..batch * seq).map(|i| ((i * 131 + 7) % 8192) as u32).collect();

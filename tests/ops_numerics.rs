@@ -204,6 +204,31 @@ proptest! {
     }
 
     #[test]
+    fn linear_layers_match_the_reference(batch in 1usize..3, rows in 1usize..5, k in 1usize..9, n in 1usize..9, seed: u64) {
+        let mut rng = Rng::new(seed);
+        let x = random_tensor(&mut rng, &[batch, rows, k], 1.5);
+        let w = random_tensor(&mut rng, &[k, n], 1.0);
+        let b = random_tensor(&mut rng, &[n], 1.0);
+        let (xv, wv, bv) = (x.to_vec_f64(), w.to_vec_f64(), b.to_vec_f64());
+        let pre: Vec<f64> = (0..batch * rows * n)
+            .map(|i| {
+                let (r, c) = (i / n, i % n);
+                (0..k).map(|j| xv[r * k + j] * wv[j * n + c]).sum::<f64>() + bv[c]
+            })
+            .collect();
+        let lin = |t: &[Tensor]| t[0].linear(&t[1], &t[2]);
+        check_forward("linear", &[x.clone(), w.clone(), b.clone()], &lin, &pre);
+        gradcheck("linear", &[x.clone(), w.clone(), b.clone()], &lin, &mut rng, 16);
+        let act: Vec<f64> = pre.iter().map(|&v| r::gelu(v)).collect();
+        let lin_gelu = |t: &[Tensor]| t[0].linear_gelu(&t[1], &t[2]);
+        check_forward("linear_gelu", &[x.clone(), w.clone(), b.clone()], &lin_gelu, &act);
+        gradcheck("linear_gelu", &[x.clone(), w.clone(), b.clone()], &lin_gelu, &mut rng, 16);
+        // A bias of the wrong width, or a weight whose rows are not x's last axis, is an error.
+        prop_assert!(x.linear(&w, &random_tensor(&mut rng, &[n + 1], 1.0)).is_err());
+        prop_assert!(x.linear_gelu(&random_tensor(&mut rng, &[k + 1, n], 1.0), &b).is_err());
+    }
+
+    #[test]
     fn softmax_matches_reference_and_sums_to_one(shape in prop::collection::vec(1usize..9, 1..4), big in prop::sample::select(vec![1.0f64, 30.0]), seed: u64) {
         let mut rng = Rng::new(seed);
         let x = random_tensor(&mut rng, &shape, big);

@@ -118,16 +118,16 @@ impl Gpt {
         let (h, d) = (self.config.heads, self.config.head_dim());
         let eps = self.config.layer_norm_eps;
         let ln1 = x.layer_norm(&p.ln_1_weight, &p.ln_1_bias, eps)?;
-        let qkv = ln1.matmul(&p.attn_weight)?.add(&p.attn_bias)?;
+        let qkv = ln1.linear(&p.attn_weight, &p.attn_bias)?;
         // [B, T, 3, H, D] → [3, B, H, T, D]: one copy, then Q, K, V are contiguous slices.
         let qkv = qkv.reshape(&[bsz, t, 3, h, d])?.permute(&[2, 0, 3, 1, 4])?.contiguous()?;
         let part = |i: usize| -> Result<Tensor> { Ok(qkv.narrow(0, i, 1)?.reshape(&[bsz, h, t, d])?) };
         let att = Tensor::causal_attention(&part(0)?, &part(1)?, &part(2)?)?;
         let att = att.permute(&[0, 2, 1, 3])?.reshape(&[bsz, t, c])?;
-        let x = x.add(&att.matmul(&p.attn_proj_weight)?.add(&p.attn_proj_bias)?)?;
+        let x = x.add(&att.linear(&p.attn_proj_weight, &p.attn_proj_bias)?)?;
         let ln2 = x.layer_norm(&p.ln_2_weight, &p.ln_2_bias, eps)?;
-        let up = ln2.matmul(&p.fc_weight)?.bias_gelu(&p.fc_bias)?;
-        Ok(x.add(&up.matmul(&p.mlp_proj_weight)?.add(&p.mlp_proj_bias)?)?)
+        let up = ln2.linear_gelu(&p.fc_weight, &p.fc_bias)?;
+        Ok(x.add(&up.linear(&p.mlp_proj_weight, &p.mlp_proj_bias)?)?)
     }
 
     /// Final LayerNorm and the tied LM head: `[B, T, C]` → logits `[B, T, V]`.

@@ -65,8 +65,7 @@ impl Gpt {
         let mut x = gather_rows(&p.wte, &ids)?.add(&gather_rows(&p.wpe, &pos)?)?;
         for (layer, bp) in p.blocks.iter().enumerate() {
             let ln1 = x.layer_norm(&bp.ln_1_weight, &bp.ln_1_bias, eps)?;
-            let qkv =
-                ln1.matmul(&bp.attn_weight)?.add(&bp.attn_bias)?.to_dtype(DType::F32)?.to_vec::<f32>()?;
+            let qkv = ln1.linear(&bp.attn_weight, &bp.attn_bias)?.to_dtype(DType::F32)?.to_vec::<f32>()?;
             for (row, &(b, p)) in meta.iter().enumerate() {
                 let r = &qkv[row * 3 * c..(row + 1) * 3 * c];
                 cache.write(b, layer, p, &r[c..2 * c], &r[2 * c..]);
@@ -78,10 +77,10 @@ impl Gpt {
                 attend_row(cache_ref, layer, b, p, q, out);
             });
             let att = Tensor::from_vec(att, &[n, c])?.to_dtype(dtype)?;
-            x = x.add(&att.matmul(&bp.attn_proj_weight)?.add(&bp.attn_proj_bias)?)?;
+            x = x.add(&att.linear(&bp.attn_proj_weight, &bp.attn_proj_bias)?)?;
             let ln2 = x.layer_norm(&bp.ln_2_weight, &bp.ln_2_bias, eps)?;
-            let up = ln2.matmul(&bp.fc_weight)?.bias_gelu(&bp.fc_bias)?;
-            x = x.add(&up.matmul(&bp.mlp_proj_weight)?.add(&bp.mlp_proj_bias)?)?;
+            let up = ln2.linear_gelu(&bp.fc_weight, &bp.fc_bias)?;
+            x = x.add(&up.linear(&bp.mlp_proj_weight, &bp.mlp_proj_bias)?)?;
         }
         for (b, chunk) in chunks.iter().enumerate() {
             cache.advance(b, chunk.len());

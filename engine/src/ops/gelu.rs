@@ -56,6 +56,18 @@ fn forward_impl<T: CpuFloat>(x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor
     Tensor::from_compute(out, x.shape(), x.dtype())
 }
 
+/// The gradients of `gelu(pre)` with respect to `pre` and to the bias already inside `pre`
+/// (the column sums of the first): the backward of a fused `linear_gelu`.
+pub(super) fn gelu_backward_with_bias_grad(pre: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
+    let cols = *pre.shape().last().unwrap_or(&1);
+    if pre.device().is_cpu() {
+        let (dpre, _) = with_compute_type!(pre.dtype(), T => backward_impl::<T>(pre, None, g))?;
+        let db = dpre.sum_to_shape(&[cols])?;
+        return Ok((dpre, db));
+    }
+    crate::cuda::with_gpu_type!(pre.dtype(), T => gpu::backward_from_pre::<T>(pre, g))
+}
+
 impl Tensor {
     fn bias_gelu_forward(&self, bias: Option<&Tensor>) -> Result<Tensor> {
         if self.device().is_cpu() {
@@ -106,6 +118,22 @@ mod gpu {
             bias_gelu_forward(&xv, bv.as_deref(), cols_of(x), &mut out).map_err(cuda_err("bias_gelu"))?;
         }
         Ok(Tensor::from_gpu(out, x.shape()))
+    }
+
+    /// dpre and the bias gradient (column sums of dpre) from the pre-activation, in one pass.
+    pub(super) fn backward_from_pre<T: GpuElem>(pre: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
+        let cols = cols_of(pre);
+        let (pv, gv) = (dense::<T>(pre)?, dense::<T>(g)?);
+        let mut dpre = alloc_like::<T>(pre, pv.len())?;
+        let mut db = alloc_like::<T>(pre, cols)?;
+        if pv.is_empty() {
+            polylm_kernels::cuda::elementwise::fill(&mut db, 0.0)
+                .map_err(cuda_err("linear_gelu backward"))?;
+        } else {
+            bias_gelu_backward(&pv, None, &gv, cols, &mut dpre, Some(&mut db), false)
+                .map_err(cuda_err("linear_gelu backward"))?;
+        }
+        Ok((Tensor::from_gpu(dpre, pre.shape()), Tensor::from_gpu(db, &[cols])))
     }
 
     pub(super) fn backward<T: GpuElem>(

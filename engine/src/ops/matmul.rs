@@ -11,7 +11,8 @@ use crate::{DType, Error, Result, Tensor};
 
 use super::check_same;
 
-struct MatmulBackward;
+/// The backward of a product (also that of the fused layers in `linear`).
+pub(super) struct MatmulBackward;
 
 impl BackwardOp for MatmulBackward {
     fn name(&self) -> &'static str {
@@ -194,6 +195,11 @@ impl Tensor {
     }
 }
 
+/// Whether bf16/f16 products on a GPU run on the tensor-core kernel (`POLYLM_GPU_MATMUL=tc`).
+pub(super) fn tensor_cores() -> bool {
+    gpu::tensor_cores()
+}
+
 /// The GPU path: one launch of the tiled product when each operand's batch elements are
 /// evenly spaced in its storage (always true after making it dense), with strided matrices.
 mod gpu {
@@ -212,7 +218,7 @@ mod gpu {
     /// Whether bf16/f16 products run on the tensor-core kernel (`matmul_tc`) rather than the
     /// simple tiled one: `POLYLM_GPU_MATMUL=tc` turns it on. It stays off by default until
     /// the tensor-core kernel has passed its GPU tests (see docs/gpu-results.md).
-    fn tensor_cores() -> bool {
+    pub(crate) fn tensor_cores() -> bool {
         static ON: OnceLock<bool> = OnceLock::new();
         *ON.get_or_init(|| std::env::var("POLYLM_GPU_MATMUL").is_ok_and(|v| v == "tc"))
     }

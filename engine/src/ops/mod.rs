@@ -11,6 +11,7 @@ mod cross_entropy;
 mod embedding;
 mod gelu;
 mod layernorm;
+mod linear;
 mod matmul;
 mod reduce;
 mod scalar;
