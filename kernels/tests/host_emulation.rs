@@ -114,6 +114,25 @@ fn build(cxx: &str, source: &KernelSource, kernels: &[String]) -> PathBuf {
     bin
 }
 
+/// `{stem}_{type}` for each stem and each float element type: the kernels of one family.
+fn typed<S: AsRef<str>>(stems: &[S]) -> Vec<String> {
+    stems.iter().flat_map(|k| ["f32", "bf16", "f16"].map(|t| format!("{}_{t}", k.as_ref()))).collect()
+}
+
+/// The emulator in `cell` (built on first use, `None` without a compiler) of `source`,
+/// able to launch the kernels `names` lists.
+fn emulator(
+    cell: &'static OnceLock<Option<PathBuf>>,
+    source: &KernelSource,
+    names: impl FnOnce() -> Vec<String>,
+) -> Option<&'static Path> {
+    cell.get_or_init(|| {
+        let cxx = compiler("host_emulation")?;
+        Some(build(&cxx, source, &names()))
+    })
+    .as_deref()
+}
+
 // ---------------------------------------------------------------- element types and scripts
 
 /// A storage type of the kernels with its bytes, its rounding and the tolerances of the GPU
@@ -302,16 +321,13 @@ enum LnKernel {
 
 fn layernorm_emulator() -> Option<&'static Path> {
     static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cxx = compiler("host_emulation")?;
-        let names: Vec<String> = ["fwd", "bwd"]
+    emulator(&BIN, &polylm_kernels::cuda::layernorm::SOURCE, || {
+        let stems: Vec<String> = ["fwd", "bwd"]
             .iter()
             .flat_map(|d| ["", "_cached", "_streamed"].map(move |v| format!("layernorm_{d}{v}")))
-            .flat_map(|k| ["f32", "bf16", "f16"].map(move |t| format!("{k}_{t}")))
             .collect();
-        Some(build(&cxx, &polylm_kernels::cuda::layernorm::SOURCE, &names))
+        typed(&stems)
     })
-    .as_deref()
 }
 
 fn layernorm_case<T: Elem>(emu: &Path, kernel: LnKernel, rows: usize, cols: usize, fused: bool, seed: u64) {
@@ -443,15 +459,9 @@ const CE_THREADS: usize = 64;
 
 fn cross_entropy_emulator() -> Option<&'static Path> {
     static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cxx = compiler("host_emulation")?;
-        let names: Vec<String> = ["cross_entropy", "cross_entropy_cluster"]
-            .iter()
-            .flat_map(|k| ["f32", "bf16", "f16"].map(move |t| format!("{k}_{t}")))
-            .collect();
-        Some(build(&cxx, &polylm_kernels::cuda::cross_entropy::SOURCE, &names))
+    emulator(&BIN, &polylm_kernels::cuda::cross_entropy::SOURCE, || {
+        typed(&["cross_entropy", "cross_entropy_cluster"])
     })
-    .as_deref()
 }
 
 /// Where the gradient goes in a cross-entropy launch.
@@ -603,15 +613,7 @@ fn shared_declarations_are_rewritten_for_the_arena() {
 
 fn gelu_emulator() -> Option<&'static Path> {
     static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cxx = compiler("host_emulation")?;
-        let names: Vec<String> = ["fwd", "bwd"]
-            .iter()
-            .flat_map(|d| ["f32", "bf16", "f16"].map(move |t| format!("bias_gelu_{d}_{t}")))
-            .collect();
-        Some(build(&cxx, &polylm_kernels::cuda::gelu::SOURCE, &names))
-    })
-    .as_deref()
+    emulator(&BIN, &polylm_kernels::cuda::gelu::SOURCE, || typed(&["bias_gelu_fwd", "bias_gelu_bwd"]))
 }
 
 /// The backward on the grid the wrapper launches for `multiprocessors` SMs: dx against the CPU
@@ -690,15 +692,9 @@ fn bias_gelu_matches_the_cpu_under_emulation() {
 
 fn elementwise_emulator() -> Option<&'static Path> {
     static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cxx = compiler("host_emulation")?;
-        let names: Vec<String> = ["sum_rows_partial", "binary", "gather"]
-            .iter()
-            .flat_map(|k| ["f32", "bf16", "f16"].map(move |t| format!("{k}_{t}")))
-            .collect();
-        Some(build(&cxx, &polylm_kernels::cuda::elementwise::SOURCE, &names))
+    emulator(&BIN, &polylm_kernels::cuda::elementwise::SOURCE, || {
+        typed(&["sum_rows_partial", "binary", "gather"])
     })
-    .as_deref()
 }
 
 /// `sum_rows_partial` on the plan `sum_axis` launches for `multiprocessors` SMs: the splits'
@@ -840,13 +836,7 @@ fn strided_elementwise_kernels_match_f64_under_emulation() {
 
 fn embedding_emulator() -> Option<&'static Path> {
     static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cxx = compiler("host_emulation")?;
-        let names: Vec<String> =
-            ["f32", "bf16", "f16"].iter().map(|t| format!("embedding_fwd_{t}")).collect();
-        Some(build(&cxx, &polylm_kernels::cuda::embedding::SOURCE, &names))
-    })
-    .as_deref()
+    emulator(&BIN, &polylm_kernels::cuda::embedding::SOURCE, || typed(&["embedding_fwd"]))
 }
 
 /// The lookup on a grid smaller than the tokens (so blocks stride over them), bit for bit.
@@ -886,8 +876,7 @@ const GEMM_FLAG_VEC: i32 = 8;
 
 fn matmul_emulator() -> Option<&'static Path> {
     static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cxx = compiler("host_emulation")?;
+    emulator(&BIN, &polylm_kernels::cuda::matmul_tc::SOURCE, || {
         let mut names = Vec::new();
         for t in ["bf16", "f16"] {
             for tile in ["128x128", "64x64"] {
@@ -897,9 +886,8 @@ fn matmul_emulator() -> Option<&'static Path> {
             }
             names.push(format!("gemm_tc_generic_{t}"));
         }
-        Some(build(&cxx, &polylm_kernels::cuda::matmul_tc::SOURCE, &names))
+        names
     })
-    .as_deref()
 }
 
 /// Which kernel of `matmul_tc.cu` a case runs.
@@ -1132,8 +1120,7 @@ const TC_CASES: [GemmCase; 7] = [
 
 fn wgmma_emulator() -> Option<&'static Path> {
     static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cxx = compiler("host_emulation")?;
+    emulator(&BIN, &matmul_wgmma::SOURCE, || {
         let mut names = Vec::new();
         for t in ["bf16", "f16"] {
             for tile in ["128x128", "128x256"] {
@@ -1142,9 +1129,8 @@ fn wgmma_emulator() -> Option<&'static Path> {
                 }
             }
         }
-        Some(build(&cxx, &matmul_wgmma::SOURCE, &names))
+        names
     })
-    .as_deref()
 }
 
 /// The Hopper kernels: ragged M, N and K (K = 100: a full 64-deep slice and a zero-filled
@@ -1176,8 +1162,7 @@ fn tensor_core_matmul_matches_f64_under_emulation() {
 
 fn flash_emulator() -> Option<&'static Path> {
     static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cxx = compiler("host_emulation")?;
+    emulator(&BIN, &polylm_kernels::cuda::flash_attention::SOURCE, || {
         let mut names = Vec::new();
         for t in ["bf16", "f16"] {
             for d in [64, 128] {
@@ -1187,9 +1172,8 @@ fn flash_emulator() -> Option<&'static Path> {
             names.push(format!("flash_bwd_prep_{t}"));
             names.push(format!("flash_bwd_dq_{t}"));
         }
-        Some(build(&cxx, &polylm_kernels::cuda::flash_attention::SOURCE, &names))
+        names
     })
-    .as_deref()
 }
 
 /// Attention in f64 over [bh, seq, d]: the output, the log-sum-exp, and the gradients of q, k, v
@@ -1286,8 +1270,7 @@ fn flash_case<T: Elem>(emu: &Path, (bh, seq, d): (usize, usize, usize), causal: 
 
 fn flash_hopper_emulator() -> Option<&'static Path> {
     static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cxx = compiler("host_emulation")?;
+    emulator(&BIN, &flash_attention_hopper::SOURCE, || {
         let names: Vec<String> = ["bf16", "f16"]
             .iter()
             .flat_map(|t| {
@@ -1296,9 +1279,8 @@ fn flash_hopper_emulator() -> Option<&'static Path> {
             })
             .flatten()
             .collect();
-        Some(build(&cxx, &flash_attention_hopper::SOURCE, &names))
+        names
     })
-    .as_deref()
 }
 
 /// The Hopper forward (flash_attention_hopper.cu): output and log-sum-exp against f64.

@@ -260,6 +260,18 @@ pub trait Collective: Send {
     }
 }
 
+/// Checks the `counts` of an all-gather and that this rank's contribution has `own` values.
+pub(crate) fn check_gather(rank: usize, world: usize, counts: &[usize], own: usize) -> Result<()> {
+    check_counts(rank, world, counts, counts.iter().sum(), "all_gather")?;
+    if own != counts[rank] {
+        return Err(DistError::Usage(format!(
+            "all_gather on rank {rank}: {own} values, counts say {}",
+            counts[rank]
+        )));
+    }
+    Ok(())
+}
+
 /// Checks the `counts` of a reduce-scatter or all-gather.
 pub(crate) fn check_counts(rank: usize, world: usize, counts: &[usize], len: usize, op: &str) -> Result<()> {
     if counts.len() != world {

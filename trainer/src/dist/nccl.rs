@@ -42,7 +42,7 @@ use polylm_engine::{CudaDevice, Tensor};
 use super::rendezvous::{self, Rendezvous};
 use super::tcp::TcpCollective;
 use super::watchdog::Watchdog;
-use super::{check_counts, Collective, DistError, Result, World};
+use super::{check_counts, check_gather, Collective, DistError, Result, World};
 
 /// Whether the CUDA driver and NCCL libraries can be loaded.
 pub fn available() -> bool {
@@ -217,6 +217,24 @@ fn grouped(
     ended.map(|_| ())
 }
 
+/// Calls `call(root, start, len)` for each rank's non-empty share of a buffer laid out by
+/// `counts`, all in one NCCL group (one collective per rank, launched together).
+fn per_share(
+    counts: &[usize],
+    mut call: impl FnMut(usize, usize, usize) -> std::result::Result<(), cudarc::nccl::result::NcclError>,
+) -> std::result::Result<(), cudarc::nccl::result::NcclError> {
+    grouped(|| {
+        let mut at = 0;
+        for (root, &n) in counts.iter().enumerate() {
+            if n > 0 {
+                call(root, at, n)?;
+            }
+            at += n;
+        }
+        Ok(())
+    })
+}
+
 /// A device range of f32 values on the communicator's stream, as cudarc's NCCL calls take it.
 /// The tensors it points into are owned by the engine, whose ops run on the same stream, so
 /// there is nothing to record or wait for.
@@ -319,16 +337,9 @@ impl Collective for NcclCollective {
         // runs them as one collective.
         let rank = self.rank;
         let op = |c: &Comm, send: &RawF32, recv: &mut RawF32| {
-            grouped(|| {
-                let mut at = 0;
-                for (root, &n) in counts.iter().enumerate() {
-                    if n > 0 {
-                        let part = send.range(at, n);
-                        c.reduce(&part, (root == rank).then_some(&mut *recv), &ReduceOp::Sum, root as i32)?;
-                    }
-                    at += n;
-                }
-                Ok(())
+            per_share(counts, |root, at, n| {
+                let to = (root == rank).then_some(&mut *recv);
+                c.reduce(&send.range(at, n), to, &ReduceOp::Sum, root as i32).map(|_| ())
             })
         };
         self.on_tensor(input, counts[rank], "ncclReduce (grouped reduce-scatter)", op)
@@ -338,29 +349,13 @@ impl Collective for NcclCollective {
         if own.device().is_cpu() {
             return super::tensor::all_gather_via_host(self, own, counts);
         }
+        check_gather(self.rank, self.world, counts, own.numel())?;
         let total = counts.iter().sum();
-        check_counts(self.rank, self.world, counts, total, "all_gather")?;
-        if own.numel() != counts[self.rank] {
-            return Err(DistError::Usage(format!(
-                "all_gather on rank {}: {} values, counts say {}",
-                self.rank,
-                own.numel(),
-                counts[self.rank]
-            )));
-        }
         // Ragged shares without padding: one broadcast from each rank, grouped.
         let rank = self.rank;
         let op = |c: &Comm, send: &RawF32, recv: &mut RawF32| {
-            grouped(|| {
-                let mut at = 0;
-                for (root, &n) in counts.iter().enumerate() {
-                    if n > 0 {
-                        let mut part = recv.range(at, n);
-                        c.broadcast((root == rank).then_some(send), &mut part, root as i32)?;
-                    }
-                    at += n;
-                }
-                Ok(())
+            per_share(counts, |root, at, n| {
+                c.broadcast((root == rank).then_some(send), &mut recv.range(at, n), root as i32).map(|_| ())
             })
         };
         self.on_tensor(own, total, "ncclBroadcast (grouped all-gather)", op)
@@ -405,15 +400,7 @@ impl Collective for NcclCollective {
     }
 
     fn all_gather(&mut self, own: &[f32], counts: &[usize]) -> Result<Vec<f32>> {
-        check_counts(self.rank, self.world, counts, counts.iter().sum(), "all_gather")?;
-        if own.len() != counts[self.rank] {
-            return Err(DistError::Usage(format!(
-                "all_gather on rank {}: {} values, counts say {}",
-                self.rank,
-                own.len(),
-                counts[self.rank]
-            )));
-        }
+        check_gather(self.rank, self.world, counts, own.len())?;
         let m = counts.iter().copied().max().unwrap_or(0);
         if m == 0 {
             return Ok(Vec::new());

@@ -19,7 +19,7 @@ use std::time::Duration;
 use super::rendezvous::{
     self, link_error, read_message, read_message_into, write_message, Links, Rendezvous,
 };
-use super::{check_counts, Collective, DistError, Result, World};
+use super::{check_counts, check_gather, Collective, DistError, Result, World};
 
 /// The TCP collective backend (see the module documentation).
 #[derive(Debug)]
@@ -290,15 +290,7 @@ impl Collective for TcpCollective {
     }
 
     fn all_gather(&mut self, own: &[f32], counts: &[usize]) -> Result<Vec<f32>> {
-        check_counts(self.rank, self.world, counts, counts.iter().sum(), "all_gather")?;
-        if own.len() != counts[self.rank] {
-            return Err(DistError::Usage(format!(
-                "all_gather on rank {}: {} values, counts say {}",
-                self.rank,
-                own.len(),
-                counts[self.rank]
-            )));
-        }
+        check_gather(self.rank, self.world, counts, own.len())?;
         if self.world == 1 {
             return Ok(own.to_vec());
         }
