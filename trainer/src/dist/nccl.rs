@@ -117,6 +117,8 @@ impl NcclCollective {
         for (d, &s) in internal.iter_mut().zip(&r.payload) {
             *d = s as std::ffi::c_char;
         }
+        // ncclCommInitRank takes the calling thread's current device: make it this GPU's.
+        stream.context().bind_to_thread().map_err(cuda_err("making the GPU of LOCAL_RANK current"))?;
         let comm = Comm::from_rank(stream.clone(), world.rank, world.world_size, Id::uninit(internal))
             .map_err(nccl_err("ncclCommInitRank"))?;
         Ok(NcclCollective {
