@@ -86,6 +86,9 @@ fn every_model_op_matches_the_cpu_on_the_gpu() {
         &[t(&mut rng, &[b, 3, s, 16]), t(&mut rng, &[b, 3, s, 16]), t(&mut rng, &[b, 3, s, 16])],
         &|x| Tensor::causal_attention(&x[0], &x[1], &x[2]),
     );
+    compare("causal_attention_packed", dev, &[t(&mut rng, &[3, b, 2, s, 16])], &|x| {
+        Tensor::causal_attention_packed(&x[0])
+    });
     let ids: Vec<u32> = (0..b * s).map(|i| (i * 7 % 13) as u32).collect();
     compare("embedding", dev, &[t(&mut rng, &[13, c])], &|x| x[0].embedding(&ids, &[b, s]));
     let targets: Vec<u32> = (0..b * s).map(|i| if i % 5 == 1 { 99 } else { (i * 3 % c) as u32 }).collect();

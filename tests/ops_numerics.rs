@@ -256,7 +256,15 @@ proptest! {
         let want = r::causal_attention(&q.to_vec_f64(), &k.to_vec_f64(), &v.to_vec_f64(), batch * heads, seq, d);
         let f = |t: &[Tensor]| Tensor::causal_attention(&t[0], &t[1], &t[2]);
         check_forward("attention", &[q.clone(), k.clone(), v.clone()], &f, &want);
-        gradcheck("attention", &[q, k, v], &f, &mut rng, 16);
+        gradcheck("attention", &[q.clone(), k.clone(), v.clone()], &f, &mut rng, 16);
+        // Packed [3, ...]: the same values, and one gradient for the stack.
+        let stack = |t: &Tensor| t.reshape(&[&[1], t.shape()].concat()).unwrap();
+        let qkv = Tensor::concat(&[stack(&q), stack(&k), stack(&v)], 0).unwrap();
+        let packed = |t: &[Tensor]| Tensor::causal_attention_packed(&t[0]);
+        check_forward("attention (packed)", std::slice::from_ref(&qkv), &packed, &want);
+        gradcheck("attention (packed)", &[qkv], &packed, &mut rng, 16);
+        // q's first axis is the batch (1 or 2), not the stack of three.
+        prop_assert!(Tensor::causal_attention_packed(&q).is_err(), "a [B, ...] tensor is not [3, ...]");
     }
 
     #[test]

@@ -119,10 +119,10 @@ impl Gpt {
         let eps = self.config.layer_norm_eps;
         let ln1 = x.layer_norm(&p.ln_1_weight, &p.ln_1_bias, eps)?;
         let qkv = ln1.linear(&p.attn_weight, &p.attn_bias)?;
-        // [B, T, 3, H, D] → [3, B, H, T, D]: one copy, then Q, K, V are contiguous slices.
+        // [B, T, 3, H, D] → [3, B, H, T, D]: one copy, then Q, K, V are contiguous slices and
+        // their gradients come back as one tensor.
         let qkv = qkv.reshape(&[bsz, t, 3, h, d])?.permute(&[2, 0, 3, 1, 4])?.contiguous()?;
-        let part = |i: usize| -> Result<Tensor> { Ok(qkv.narrow(0, i, 1)?.reshape(&[bsz, h, t, d])?) };
-        let att = Tensor::causal_attention(&part(0)?, &part(1)?, &part(2)?)?;
+        let att = Tensor::causal_attention_packed(&qkv)?;
         let att = att.permute(&[0, 2, 1, 3])?.reshape(&[bsz, t, c])?;
         let x = x.add(&att.linear(&p.attn_proj_weight, &p.attn_proj_bias)?)?;
         let ln2 = x.layer_norm(&p.ln_2_weight, &p.ln_2_bias, eps)?;

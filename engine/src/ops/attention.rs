@@ -74,45 +74,106 @@ fn forward_impl<T: CpuFloat>(
     Ok((Tensor::from_compute(out, q.shape(), q.dtype())?, lse))
 }
 
+/// The forward of causal attention on checked `q`, `k`, `v`: the output and what its backward
+/// needs.
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, AttentionBackward)> {
+    check_same("causal_attention", q, k)?;
+    check_same("causal_attention", q, v)?;
+    for other in [k, v] {
+        if other.shape() != q.shape() {
+            return Err(Error::ShapeMismatch {
+                op: "causal_attention",
+                lhs: q.shape().to_vec(),
+                rhs: other.shape().to_vec(),
+            });
+        }
+    }
+    let r = q.rank();
+    if r < 2 {
+        return Err(Error::BadShape {
+            op: "causal_attention",
+            shape: q.shape().to_vec(),
+            reason: "needs [..., seq, head_dim]".into(),
+        });
+    }
+    let (seq, head_dim) = (q.shape()[r - 2], q.shape()[r - 1]);
+    let heads: usize = q.shape()[..r - 2].iter().product();
+    let dims = AttentionDims { heads, seq, head_dim };
+    let scale = 1.0 / (head_dim.max(1) as f64).sqrt();
+    let (out, lse) = if q.device().is_cpu() {
+        with_compute_type!(q.dtype(), T => {
+            let (out, lse) = forward_impl::<T>(q, k, v, dims, scale)?;
+            (out, T::save(lse))
+        })
+    } else {
+        let (out, lse) =
+            crate::cuda::with_gpu_type!(q.dtype(), T => gpu::forward::<T>(q, k, v, dims, scale))?;
+        (out, SavedValues::Gpu(lse))
+    };
+    let back = AttentionBackward { output: out.detach(), lse, dims, scale };
+    Ok((out, back))
+}
+
+/// The backward of [`Tensor::causal_attention_packed`]: that of attention on the three slices,
+/// its gradients concatenated into one `[3, ...]` gradient (one copy, where three separate
+/// slices would each be padded with zeros to the whole and then added).
+struct PackedAttentionBackward(AttentionBackward);
+
+impl BackwardOp for PackedAttentionBackward {
+    fn name(&self) -> &'static str {
+        "causal_attention_packed"
+    }
+    fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+        let parts = unpack(&inputs[0])?;
+        let grads = self.0.backward(g, &parts)?;
+        let mut stacked = Vec::with_capacity(3);
+        for grad in grads.into_iter().flatten() {
+            stacked.push(grad.reshape(&[&[1], grad.shape()].concat())?);
+        }
+        if stacked.len() != 3 {
+            return Err(Error::InvalidArgument {
+                op: "causal_attention_packed",
+                reason: format!(
+                    "attention's backward gave {} gradients, not 3 (internal error)",
+                    stacked.len()
+                ),
+            });
+        }
+        Ok(vec![Some(Tensor::concat(&stacked, 0)?)])
+    }
+}
+
+/// The slices q, k, v of a packed `[3, ...]` tensor (views, outside the graph).
+fn unpack(qkv: &Tensor) -> Result<[Tensor; 3]> {
+    if qkv.rank() < 3 || qkv.shape()[0] != 3 {
+        return Err(Error::BadShape {
+            op: "causal_attention_packed",
+            shape: qkv.shape().to_vec(),
+            reason: "needs [3, ..., seq, head_dim]: q, k and v stacked on the first axis".into(),
+        });
+    }
+    let rest = &qkv.shape()[1..];
+    crate::autograd::with_no_grad(|| {
+        let part = |i: usize| qkv.detach().narrow(0, i, 1)?.reshape(rest);
+        Ok([part(0)?, part(1)?, part(2)?])
+    })
+}
+
 impl Tensor {
     /// Causal attention `softmax(q·kᵀ/√d + causal mask)·v` over `[..., seq, head_dim]`
     /// tensors (typically `[batch, heads, seq, head_dim]`); all three shapes must be equal.
     pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        check_same("causal_attention", q, k)?;
-        check_same("causal_attention", q, v)?;
-        for other in [k, v] {
-            if other.shape() != q.shape() {
-                return Err(Error::ShapeMismatch {
-                    op: "causal_attention",
-                    lhs: q.shape().to_vec(),
-                    rhs: other.shape().to_vec(),
-                });
-            }
-        }
-        let r = q.rank();
-        if r < 2 {
-            return Err(Error::BadShape {
-                op: "causal_attention",
-                shape: q.shape().to_vec(),
-                reason: "needs [..., seq, head_dim]".into(),
-            });
-        }
-        let (seq, head_dim) = (q.shape()[r - 2], q.shape()[r - 1]);
-        let heads: usize = q.shape()[..r - 2].iter().product();
-        let dims = AttentionDims { heads, seq, head_dim };
-        let scale = 1.0 / (head_dim.max(1) as f64).sqrt();
-        let (out, lse) = if q.device().is_cpu() {
-            with_compute_type!(q.dtype(), T => {
-                let (out, lse) = forward_impl::<T>(q, k, v, dims, scale)?;
-                (out, T::save(lse))
-            })
-        } else {
-            let (out, lse) =
-                crate::cuda::with_gpu_type!(q.dtype(), T => gpu::forward::<T>(q, k, v, dims, scale))?;
-            (out, SavedValues::Gpu(lse))
-        };
-        let back = AttentionBackward { output: out.detach(), lse, dims, scale };
+        let (out, back) = attend(q, k, v)?;
         Ok(Tensor::from_op(out, back, vec![q.clone(), k.clone(), v.clone()]))
+    }
+
+    /// [`Tensor::causal_attention`] of q, k and v stacked as `qkv: [3, ..., seq, head_dim]`
+    /// (a fused QKV projection's output): the same values, with one gradient for `qkv`
+    /// assembled by a single concatenation.
+    pub fn causal_attention_packed(qkv: &Tensor) -> Result<Tensor> {
+        let [q, k, v] = unpack(qkv)?;
+        let (out, back) = attend(&q, &k, &v)?;
+        Ok(Tensor::from_op(out, PackedAttentionBackward(back), vec![qkv.clone()]))
     }
 }
 
