@@ -22,8 +22,10 @@ use crate::train::DataParallel;
 pub struct BenchOptions {
     /// The model config.
     pub config: ModelConfig,
-    /// Sequences per step.
+    /// Sequences per micro-batch.
     pub batch: usize,
+    /// Micro-batches per optimiser step (their gradients accumulate; at least 1).
+    pub accum: usize,
     /// Tokens per sequence.
     pub seq: usize,
     /// Timed steps (after one warm-up step).
@@ -48,6 +50,7 @@ impl std::fmt::Debug for BenchOptions {
         f.debug_struct("BenchOptions")
             .field("config", &self.config)
             .field("batch", &self.batch)
+            .field("accum", &self.accum)
             .field("seq", &self.seq)
             .field("steps", &self.steps)
             .field("device", &self.device)
@@ -124,6 +127,7 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport> {
         }
     }
     let mut rng = Rng::new(3);
+    let accum = opts.accum.max(1);
     let n = opts.batch * opts.seq;
     let vocab = opts.config.vocab_size as u64;
     let ids: Vec<u32> = (0..n).map(|_| (rng.next_u64() % vocab) as u32).collect();
@@ -137,6 +141,11 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport> {
     // backward pass, as the training loop does.
     let mut step = |model: &mut Gpt, data_parallel: bool| -> Result<()> {
         model.params().zero_grad();
+        // All micro-batches but the last accumulate their gradients; the last one's backward
+        // pass is where the data-parallel path sums them, as in the training loop.
+        for _ in 1..accum {
+            model.forward_backward(&batch, &targets, None, recompute)?;
+        }
         let norm = match dp.as_mut().filter(|_| data_parallel) {
             Some(d) => {
                 let model = &*model;
@@ -188,7 +197,7 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport> {
         _ => None,
     };
     let dp_step_s = if with_dp { Some(time_steps(&mut step, &mut model, true)?) } else { None };
-    let tokens_per_s = n as f64 / step_s;
+    let tokens_per_s = (accum * n) as f64 / step_s;
     let fpt = flops_per_token(&opts.config, opts.seq);
     let tflops = tokens_per_s * fpt / 1e12;
     Ok(BenchReport {
@@ -203,7 +212,7 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport> {
             backend: d.backend(),
             world: d.world_size(),
             step_s: s,
-            tokens_per_s: n as f64 / s,
+            tokens_per_s: (accum * n) as f64 / s,
             overhead: s / step_s - 1.0,
             buckets,
         }),

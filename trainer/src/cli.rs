@@ -258,9 +258,12 @@ struct BenchArgs {
     /// A model preset (tiny, small, polylm-1.7b, polylm-13b).
     #[arg(long, default_value = "small")]
     preset: String,
-    /// Sequences per step.
+    /// Sequences per micro-batch.
     #[arg(long, default_value_t = 8)]
     batch: usize,
+    /// Micro-batches per optimiser step (gradients accumulate, then one clip and AdamW step).
+    #[arg(long, default_value_t = 1)]
+    accum: usize,
     /// Tokens per sequence (default: the preset's context).
     #[arg(long)]
     seq: Option<usize>,
@@ -491,9 +494,9 @@ fn run_bench(a: BenchArgs) -> Result<()> {
     let device = setup::resolve_device(&a.device)?;
     let dtype = setup::resolve_dtype(&a.dtype, device)?;
     let seq = a.seq.unwrap_or(config.context);
-    if seq > config.context || seq == 0 || a.batch == 0 {
+    if seq > config.context || seq == 0 || a.batch == 0 || a.accum == 0 {
         return Err(TrainError::Usage(format!(
-            "--seq must be in 1..={} and --batch at least 1",
+            "--seq must be in 1..={} and --batch and --accum at least 1",
             config.context
         )));
     }
@@ -518,6 +521,7 @@ fn run_bench(a: BenchArgs) -> Result<()> {
     let opts = BenchOptions {
         config: config.clone(),
         batch: a.batch,
+        accum: a.accum,
         seq,
         steps: a.steps.max(1),
         device,
@@ -528,11 +532,12 @@ fn run_bench(a: BenchArgs) -> Result<()> {
         profile: a.profile,
     };
     eprintln!(
-        "bench: {} ({} parameters), batch {} × seq {}, {:?} on {:?}{}, {} steps after one warm-up",
+        "bench: {} ({} parameters), batch {} × seq {}{}, {:?} on {:?}{}, {} steps after one warm-up",
         a.preset,
         config.param_count(),
         a.batch,
         seq,
+        if a.accum > 1 { format!(" × {} micro-batches per step", a.accum) } else { String::new() },
         dtype,
         device,
         if a.recompute { ", recompute" } else { "" },

@@ -528,6 +528,21 @@ fn bench_times_the_data_parallel_path_beside_the_plain_one() {
     let o =
         polylm(&["bench", "--preset", "tiny", "--steps", "1", "--device", "cpu", "--ddp", "carrier-pigeon"]);
     assert!(!o.status.success() && text(&o).contains("carrier-pigeon"), "{}", text(&o));
+    // Micro-batches per step: the step covers all of them (and the data-parallel path sums on
+    // the last); zero is a usage error.
+    let o = polylm(&[
+        "bench", "--preset", "tiny", "--batch", "2", "--seq", "16", "--steps", "1", "--device", "cpu",
+        "--accum", "3", "--ddp", "tcp",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("batch 2 × seq 16 × 3 micro-batches per step"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with("data parallel")),
+        "{}",
+        text(&o)
+    );
+    let o = polylm(&["bench", "--preset", "tiny", "--steps", "1", "--device", "cpu", "--accum", "0"]);
+    assert!(!o.status.success() && text(&o).contains("--accum at least 1"), "{}", text(&o));
     // The kernel profile times GPU kernels: on the CPU it is a usage error that says so.
     let o = polylm(&["bench", "--preset", "tiny", "--steps", "1", "--device", "cpu", "--profile"]);
     assert!(!o.status.success() && text(&o).contains("--profile times GPU kernels"), "{}", text(&o));
