@@ -306,6 +306,12 @@ fn run(dev: &Arc<CudaDevice>) -> CudaResult<String> {
             ms,
             2.0 * e2 * (TOKENS * qkv_w) as f64,
         );
+        // The data-parallel bucket's casts: bf16 gradients to f32 and the sums back.
+        let mut wide = dev.alloc::<f32>(n)?;
+        let ms = dev.time_ms(ITERS, || elementwise::cast(&x, &mut wide))?;
+        t.add("cast bf16 → f32", &shape, ms, 6.0 * n as f64);
+        let ms = dev.time_ms(ITERS, || elementwise::cast(&wide, &mut out))?;
+        t.add("cast f32 → bf16", &shape, ms, 6.0 * n as f64);
         // A bias gradient: the sum over every token of a 3·hidden-wide QKV gradient (the
         // engine's broadcast-add backward), which took a thread per column before row splits.
         let qkv = 3 * HIDDEN;

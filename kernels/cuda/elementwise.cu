@@ -255,8 +255,38 @@ __device__ void fill(T* out, i64 n, float v) {
     extern "C" __global__ void fill_##S(T* out, i64 n, float v) { fill<T>(out, n, v); }
 FOR_EACH_DTYPE(ELEMENTWISE)
 
+// Eight consecutive elements as f32 (one 16-byte load of a 2-byte type, two of f32), and back.
+template <class T>
+__device__ __forceinline__ void load8(const T* p, float* v) {
+    if constexpr (sizeof(T) == 2) {
+        load_pack<T, 8>(p, v);
+    } else {
+        load_pack<T, 4>(p, v);
+        load_pack<T, 4>(p + 4, v + 4);
+    }
+}
+template <class T>
+__device__ __forceinline__ void store8(T* p, const float* v) {
+    if constexpr (sizeof(T) == 2) {
+        store_pack<T, 8>(p, v);
+    } else {
+        store_pack<T, 4>(p, v);
+        store_pack<T, 4>(p + 4, v + 4);
+    }
+}
+
+// Groups of eight elements through 16-byte accesses when both pointers are aligned.
 template <class S, class D>
 __device__ void cast(const S* x, D* out, i64 n) {
+    if (aligned16(x) && aligned16(out)) {
+        VECTOR_LOOP(k, n, 8) {
+            float v[8];
+            load8<S>(x + k * 8, v);
+            store8<D>(out + k * 8, v);
+        }
+        TAIL_LOOP(i, n, 8) { out[i] = from_f32<D>(to_f32(x[i])); }
+        return;
+    }
     GRID_STRIDE_LOOP(i, n) { out[i] = from_f32<D>(to_f32(x[i])); }
 }
 #define CAST(S, SN, D, DN) \

@@ -693,7 +693,11 @@ fn bias_gelu_matches_the_cpu_under_emulation() {
 fn elementwise_emulator() -> Option<&'static Path> {
     static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
     emulator(&BIN, &polylm_kernels::cuda::elementwise::SOURCE, || {
-        typed(&["sum_rows_partial", "binary", "gather"])
+        let mut names = typed(&["sum_rows_partial", "binary", "gather"]);
+        for from in ["f32", "bf16", "f16"] {
+            names.extend(["f32", "bf16", "f16"].map(|to| format!("cast_{from}_to_{to}")));
+        }
+        names
     })
 }
 
@@ -830,6 +834,36 @@ fn strided_elementwise_kernels_match_f64_under_emulation() {
     strided_all::<f32>(emu, 51);
     strided_all::<bf16>(emu, 52);
     strided_all::<f16>(emu, 53);
+}
+
+/// `cast` from `S` to `D` on a ragged length (the vector groups and the tail), bit for bit.
+fn cast_case<S: Elem, D: Elem>(emu: &Path, n: usize, seed: u64) {
+    let mut rng = Rng(seed);
+    let x = rng.values::<S>(n, 3.0);
+    let tag = format!("cast-{}-{}-{n}", S::NAME, D::NAME);
+    let mut script = Script::new(&tag);
+    let bx = script.input(&S::bytes(&x));
+    let bo = script.output(n * std::mem::size_of::<D>());
+    script.ptr(bx).ptr(bo).arg(&format!("i64 {n}"));
+    script.launch(&format!("cast_{}_to_{}", S::NAME, D::NAME), 2, 32, 1, 0);
+    let got = D::values(&script.run(emu, &[bo])[0]);
+    let want: Vec<f64> = x.iter().map(|&v| D::round(v)).collect();
+    assert_eq!(got, want, "{tag}");
+}
+
+#[test]
+fn casts_round_to_nearest_even_under_emulation() {
+    let Some(emu) = elementwise_emulator() else { return };
+    macro_rules! to_all {
+        ($s:ty, $seed:expr) => {
+            cast_case::<$s, f32>(emu, 203, $seed);
+            cast_case::<$s, bf16>(emu, 203, $seed + 1);
+            cast_case::<$s, f16>(emu, 203, $seed + 2);
+        };
+    }
+    to_all!(f32, 71);
+    to_all!(bf16, 74);
+    to_all!(f16, 77);
 }
 
 // ---------------------------------------------------------------- embedding lookup
