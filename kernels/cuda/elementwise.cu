@@ -124,8 +124,29 @@ __device__ void map(const T* x, T* out, i64 n, int op, float alpha, float beta) 
     GRID_STRIDE_LOOP(i, n) { out[i] = from_f32<T>(apply_map(op, alpha, beta, to_f32(x[i]))); }
 }
 
+// Whether the strided side (strides `stride`) of a gather or scatter moves whole 16-byte vectors
+// of `P` elements: its last axis is contiguous and a whole number of vectors, and every other
+// stride too, so each vector of the dense side is one aligned vector there.
+__device__ __forceinline__ bool vector_view(const StridedShape& s, const i64* stride, int P) {
+    if (s.ndim == 0 || stride[s.ndim - 1] != 1 || s.shape[s.ndim - 1] % P != 0) return false;
+    for (int d = 0; d < s.ndim - 1; d++)
+        if (stride[d] % P != 0) return false;
+    return true;
+}
+
+// Dense `out` from the strided view `a`; 16-byte vectors when vector_view allows (the length is
+// then a whole number of vectors).
 template <class T>
 __device__ void gather(const StridedShape& s, const T* a, T* out, i64 n) {
+    constexpr int P = VecWidth<T>::value;
+    if (aligned16(a) && aligned16(out) && vector_view(s, s.a_stride, P)) {
+        VECTOR_LOOP(k, n, P) {
+            i64 oa, ob;
+            strided_offsets(s, k * P, oa, ob);
+            *reinterpret_cast<uint4*>(out + k * P) = *reinterpret_cast<const uint4*>(a + oa);
+        }
+        return;
+    }
     GRID_STRIDE_LOOP(i, n) {
         i64 oa, ob;
         strided_offsets(s, i, oa, ob);
@@ -137,6 +158,15 @@ __device__ void gather(const StridedShape& s, const T* a, T* out, i64 n) {
 // destination view given by the `b` strides (used to write into a slice of a larger tensor).
 template <class T>
 __device__ void scatter(const StridedShape& s, const T* src, T* out, i64 n) {
+    constexpr int P = VecWidth<T>::value;
+    if (aligned16(src) && aligned16(out) && vector_view(s, s.b_stride, P)) {
+        VECTOR_LOOP(k, n, P) {
+            i64 oa, ob;
+            strided_offsets(s, k * P, oa, ob);
+            *reinterpret_cast<uint4*>(out + ob) = *reinterpret_cast<const uint4*>(src + k * P);
+        }
+        return;
+    }
     GRID_STRIDE_LOOP(i, n) {
         i64 oa, ob;
         strided_offsets(s, i, oa, ob);

@@ -693,7 +693,7 @@ fn bias_gelu_matches_the_cpu_under_emulation() {
 fn elementwise_emulator() -> Option<&'static Path> {
     static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
     emulator(&BIN, &polylm_kernels::cuda::elementwise::SOURCE, || {
-        let mut names = typed(&["sum_rows_partial", "binary", "gather"]);
+        let mut names = typed(&["sum_rows_partial", "binary", "gather", "scatter"]);
         for from in ["f32", "bf16", "f16"] {
             names.extend(["f32", "bf16", "f16"].map(|to| format!("cast_{from}_to_{to}")));
         }
@@ -804,6 +804,21 @@ fn binary_case<T: Elem>(emu: &Path, shape: &[usize], a_strides: &[usize], b_stri
     let got = T::values(&script.run(emu, &[bo])[0]);
     let want: Vec<f64> = (0..n).map(|i| a[at(a_strides, i)]).collect();
     assert_eq!(got, want, "{tag}");
+    // And back: the dense values scattered into the first operand's view, bit for bit.
+    let tag = file_tag(&format!("scatter-{}-{shape:?}-{a_strides:?}", T::NAME));
+    let dense: Vec<usize> = (0..shape.len()).map(|d| shape[d + 1..].iter().product()).collect();
+    let src = rng.values::<T>(n, 2.0);
+    let mut script = Script::new(&tag);
+    let bs = script.input(&T::bytes(&src));
+    let bo = script.output(a.len() * std::mem::size_of::<T>());
+    let scatter_bytes =
+        strided_shape_bytes(shape, &[(&dense, 0, n), (a_strides, 0, a.len())]).expect("a valid view");
+    script.bytes(&scatter_bytes).ptr(bs).ptr(bo).arg(&format!("i64 {n}"));
+    script.launch(&format!("scatter_{}", T::NAME), 2, 128, 1, 0);
+    let got = T::values(&script.run(emu, &[bo])[0]);
+    for (i, &v) in src.iter().enumerate() {
+        assert_eq!(got[at(a_strides, i)], v, "{tag}: element {i}");
+    }
 }
 
 /// An f64 binary op (the reference of one `binary` op code).
@@ -826,6 +841,10 @@ fn strided_all<T: Elem>(emu: &Path, seed: u64) {
     let permuted = [h * d, t * 3 * h * d, d, 3 * h * d, 1];
     let dense = [b * h * t * d, h * t * d, t * d, d, 1];
     binary_case::<T>(emu, &[3, b, h, t, d], &permuted, &dense, seed + 3);
+    // A contiguous last axis of whole vectors whose other strides are not (the scalar path), and
+    // the attention output's [B, H, T, D] → [B, T, H, D] permutation (the vector path).
+    binary_case::<T>(emu, &[5, 16], &[17, 1], &[16, 1], seed + 4);
+    binary_case::<T>(emu, &[b, t, h, d], &[h * t * d, d, t * d, 1], &[t * h * d, h * d, d, 1], seed + 5);
 }
 
 #[test]
