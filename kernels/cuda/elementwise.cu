@@ -134,44 +134,37 @@ __device__ __forceinline__ bool vector_view(const StridedShape& s, const i64* st
     return true;
 }
 
-// Dense `out` from the strided view `a`; 16-byte vectors when vector_view allows (the length is
-// then a whole number of vectors).
-template <class T>
-__device__ void gather(const StridedShape& s, const T* a, T* out, i64 n) {
+// A copy between a dense buffer and a strided view: a gather (the view `a` into the dense `to`)
+// or, with `Scatter`, its inverse (the dense `from` into the view `b` of `to`, used to write into
+// a slice of a larger tensor). 16-byte vectors when vector_view allows (the length is then a
+// whole number of vectors).
+template <class T, bool Scatter>
+__device__ void strided_copy(const StridedShape& s, const T* from, T* to, i64 n) {
     constexpr int P = VecWidth<T>::value;
-    if (aligned16(a) && aligned16(out) && vector_view(s, s.a_stride, P)) {
+    if (aligned16(from) && aligned16(to) && vector_view(s, Scatter ? s.b_stride : s.a_stride, P)) {
         VECTOR_LOOP(k, n, P) {
             i64 oa, ob;
             strided_offsets(s, k * P, oa, ob);
-            *reinterpret_cast<uint4*>(out + k * P) = *reinterpret_cast<const uint4*>(a + oa);
+            const i64 src = Scatter ? k * P : oa, dst = Scatter ? ob : k * P;
+            *reinterpret_cast<uint4*>(to + dst) = *reinterpret_cast<const uint4*>(from + src);
         }
         return;
     }
     GRID_STRIDE_LOOP(i, n) {
         i64 oa, ob;
         strided_offsets(s, i, oa, ob);
-        out[i] = a[oa];
+        to[Scatter ? ob : i] = from[Scatter ? i : oa];
     }
 }
 
-// The inverse of `gather`: element i of the dense `src` goes to `out[b_offset(i)]`, the
-// destination view given by the `b` strides (used to write into a slice of a larger tensor).
+template <class T>
+__device__ void gather(const StridedShape& s, const T* a, T* out, i64 n) {
+    strided_copy<T, false>(s, a, out, n);
+}
+
 template <class T>
 __device__ void scatter(const StridedShape& s, const T* src, T* out, i64 n) {
-    constexpr int P = VecWidth<T>::value;
-    if (aligned16(src) && aligned16(out) && vector_view(s, s.b_stride, P)) {
-        VECTOR_LOOP(k, n, P) {
-            i64 oa, ob;
-            strided_offsets(s, k * P, oa, ob);
-            *reinterpret_cast<uint4*>(out + ob) = *reinterpret_cast<const uint4*>(src + k * P);
-        }
-        return;
-    }
-    GRID_STRIDE_LOOP(i, n) {
-        i64 oa, ob;
-        strided_offsets(s, i, oa, ob);
-        out[ob] = src[i];
-    }
+    strided_copy<T, true>(s, src, out, n);
 }
 
 // out[o, i] = Σ_l x[o, l, i] over a dense [outer, len, inner] tensor, summed in f32 in order, one
