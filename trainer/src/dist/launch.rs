@@ -162,6 +162,9 @@ pub fn free_port() -> Result<u16> {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
             ^ (u64::from(std::process::id()) << 32)
             ^ DRAWS.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    // Never the same port twice in one process: tests start many worlds side by side.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     let mut x = seed;
     for _ in 0..64 {
         // SplitMix64 step.
@@ -170,7 +173,8 @@ pub fn free_port() -> Result<u16> {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         let port = 20000 + ((z ^ (z >> 31)) % 12768) as u16;
-        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+        if !given.contains(&port) && std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            given.push(port);
             return Ok(port);
         }
     }

@@ -78,8 +78,7 @@ pub fn rendezvous(world: &World, payload: &[u8], timeout: Duration) -> Result<Re
 /// Rank 0's side: accepts a connection from every other rank, then answers all of them.
 fn serve(world: &World, payload: &[u8], timeout: Duration) -> Result<Vec<TcpStream>> {
     let bind = format!("0.0.0.0:{}", world.master_port);
-    let listener = TcpListener::bind(&bind)
-        .map_err(|source| DistError::Io { what: format!("listening on {bind}"), source })?;
+    let listener = listen(&bind, timeout.min(Duration::from_secs(2)))?;
     listener
         .set_nonblocking(true)
         .map_err(|source| DistError::Io { what: "a non-blocking listener".into(), source })?;
@@ -123,6 +122,21 @@ fn serve(world: &World, payload: &[u8], timeout: Duration) -> Result<Vec<TcpStre
         out.push(s);
     }
     Ok(out)
+}
+
+/// Binds `bind`, retrying for up to `patience` while the port is in use: another process's
+/// check that a port is free (`launch::free_port` binds it for an instant) may hold it briefly.
+fn listen(bind: &str, patience: Duration) -> Result<TcpListener> {
+    let deadline = Instant::now() + patience;
+    loop {
+        match TcpListener::bind(bind) {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(source) => return Err(DistError::Io { what: format!("listening on {bind}"), source }),
+        }
+    }
 }
 
 /// Reads a hello from a freshly accepted connection; returns the rank it announces.
