@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cudarc::driver::{
@@ -46,6 +47,7 @@ impl FloatElem for f16 {}
 ///
 /// Fields drop in order, so the context, which everything else needs, comes last.
 pub struct CudaDevice {
+    profiling: AtomicBool,
     profiler: Mutex<Profiler>,
     functions: Mutex<HashMap<String, CudaFunction>>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
@@ -133,6 +135,7 @@ impl CudaDevice {
             staging: Mutex::new(PinnedStaging::default()),
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
+            profiling: AtomicBool::new(false),
             profiler: Mutex::new(Profiler::default()),
         }))
     }
@@ -315,7 +318,7 @@ impl CudaDevice {
     /// Runs `enqueue` (which queues work on the stream), bracketed by timing events when
     /// profiling is on.
     fn timed(&self, name: &'static str, enqueue: impl FnOnce() -> CudaResult<()>) -> CudaResult<()> {
-        if !lock(&self.profiler).on {
+        if !self.profiling.load(Ordering::Relaxed) {
             return enqueue();
         }
         let start = Profiler::mark(&self.stream)?;
@@ -327,7 +330,9 @@ impl CudaDevice {
     /// Starts (or stops) timing every launch, copy and fill on this device, forgetting what was
     /// timed before; see [`CudaDevice::profile`].
     pub fn set_profiling(&self, on: bool) {
-        lock(&self.profiler).reset(on);
+        let mut p = lock(&self.profiler);
+        p.reset();
+        self.profiling.store(on, Ordering::Relaxed);
     }
 
     /// The device time per kernel family since profiling was switched on, longest first

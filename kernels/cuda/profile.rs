@@ -47,19 +47,17 @@ impl Totals {
     }
 }
 
-/// The profiler of one device: whether it is on, the launches whose events are not yet read,
-/// and the totals.
+/// The profiler of one device: the launches whose events are not yet read, and the totals
+/// (whether it is on is the device's flag, read without a lock on every launch).
 #[derive(Debug, Default)]
 pub(crate) struct Profiler {
-    pub(crate) on: bool,
     pending: Vec<(&'static str, CudaEvent, CudaEvent)>,
     totals: Totals,
 }
 
 impl Profiler {
-    /// Starts afresh, profiling or not.
-    pub(crate) fn reset(&mut self, on: bool) {
-        self.on = on;
+    /// Starts afresh.
+    pub(crate) fn reset(&mut self) {
         self.pending.clear();
         self.totals = Totals::default();
     }

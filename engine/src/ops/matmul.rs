@@ -218,7 +218,7 @@ mod gpu {
     /// Whether bf16/f16 products run on the tensor-core kernel (`matmul_tc`) rather than the
     /// simple tiled one: `POLYLM_GPU_MATMUL=tc` turns it on. It stays off by default until
     /// the tensor-core kernel has passed its GPU tests (see docs/gpu-results.md).
-    pub(crate) fn tensor_cores() -> bool {
+    pub(super) fn tensor_cores() -> bool {
         static ON: OnceLock<bool> = OnceLock::new();
         *ON.get_or_init(|| std::env::var("POLYLM_GPU_MATMUL").is_ok_and(|v| v == "tc"))
     }

@@ -14,10 +14,11 @@
 //!   collectives ([`Collective::all_reduce_sum_tensor`] and the others, which the training
 //!   loop's gradient buckets go through) reduce GPU tensors where they lie;
 //! - the host-buffer collectives copy the buffer to the device, run the NCCL collective, and
-//!   copy the result back (losses, norms, checkpoint gathers);
+//!   copy the result back (losses, norms, checkpoint gathers); reduce-scatter and all-gather
+//!   do so through the tensor ones;
 //! - NCCL's reduce-scatter and all-gather need equal shares; ZeRO-1's shares are whole
-//!   tensors and far from equal, so on GPU tensors they run as one grouped reduce (or
-//!   broadcast) per rank of exactly its share, and on host buffers padded to the largest share.
+//!   tensors and far from equal, so they run as one grouped reduce (or broadcast) per rank of
+//!   exactly its share: no padding.
 //!
 //! NCCL sums in its own (ring or tree) order, so unlike the TCP backend the result is not the
 //! sequential sum, but NCCL gives every rank the same bits for a fixed topology.
@@ -37,7 +38,7 @@ use std::time::Duration;
 
 use cudarc::driver::{sys as cuda_sys, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice, SyncOnDrop};
 use cudarc::nccl::safe::{group_end, group_start, Comm, Id, ReduceOp};
-use polylm_engine::{CudaDevice, Tensor};
+use polylm_engine::{CudaDevice, Device, Tensor};
 
 use super::rendezvous::{self, Rendezvous};
 use super::tcp::TcpCollective;
@@ -56,6 +57,8 @@ pub struct NcclCollective {
     world: usize,
     comm: Comm,
     stream: Arc<CudaStream>,
+    /// This rank's GPU, where the host-buffer reduce-scatter and all-gather run.
+    device: Device,
     control: TcpCollective,
     /// Ends the process when a collective has not completed within the timeout.
     watchdog: Watchdog,
@@ -126,6 +129,7 @@ impl NcclCollective {
             world: world.world_size,
             comm,
             stream,
+            device: Device::Cuda(world.local_rank),
             control: TcpCollective::from_rendezvous(r),
             watchdog: Watchdog::exiting(world.rank, timeout),
             issued: 0,
@@ -169,9 +173,13 @@ impl NcclCollective {
         buf.copy_from_slice(&host);
         Ok(())
     }
-}
 
-impl NcclCollective {
+    /// `values` as a 1-D tensor on this rank's GPU, for the host-buffer collectives that run
+    /// through the tensor ones.
+    fn upload(&self, values: &[f32]) -> Result<Tensor> {
+        Ok(Tensor::from_slice(values, &[values.len()])?.to_device(self.device)?)
+    }
+
     /// Runs `op` on a GPU tensor's device address and a new buffer of `out_len` values (see
     /// [`Tensor::cuda_f32_out_of_place`]).
     fn on_tensor(
@@ -381,43 +389,12 @@ impl Collective for NcclCollective {
     }
 
     fn reduce_scatter_sum(&mut self, input: &[f32], counts: &[usize]) -> Result<Vec<f32>> {
-        check_counts(self.rank, self.world, counts, input.len(), "reduce_scatter")?;
-        let m = counts.iter().copied().max().unwrap_or(0);
-        if m == 0 {
-            return Ok(Vec::new());
-        }
-        let mut padded = vec![0f32; m * self.world];
-        let mut at = 0;
-        for (r, &c) in counts.iter().enumerate() {
-            padded[r * m..r * m + c].copy_from_slice(&input[at..at + c]);
-            at += c;
-        }
-        let send = self.stream.clone_htod(&padded).map_err(cuda_err("host to device copy"))?;
-        let mut recv = self.stream.alloc_zeros::<f32>(m).map_err(cuda_err("allocation"))?;
-        self.comm.reduce_scatter(&send, &mut recv, &ReduceOp::Sum).map_err(nccl_err("ncclReduceScatter"))?;
-        self.watch("ncclReduceScatter", padded.len())?;
-        let mut out = self.stream.clone_dtoh(&recv).map_err(cuda_err("device to host copy"))?;
-        out.truncate(counts[self.rank]);
-        Ok(out)
+        let t = self.upload(input)?;
+        Ok(self.reduce_scatter_sum_tensor(&t, counts)?.to_vec::<f32>()?)
     }
 
     fn all_gather(&mut self, own: &[f32], counts: &[usize]) -> Result<Vec<f32>> {
-        check_gather(self.rank, self.world, counts, own.len())?;
-        let m = counts.iter().copied().max().unwrap_or(0);
-        if m == 0 {
-            return Ok(Vec::new());
-        }
-        let mut mine = vec![0f32; m];
-        mine[..own.len()].copy_from_slice(own);
-        let send = self.stream.clone_htod(&mine).map_err(cuda_err("host to device copy"))?;
-        let mut recv = self.stream.alloc_zeros::<f32>(m * self.world).map_err(cuda_err("allocation"))?;
-        self.comm.all_gather(&send, &mut recv).map_err(nccl_err("ncclAllGather"))?;
-        self.watch("ncclAllGather", m * self.world)?;
-        let padded = self.stream.clone_dtoh(&recv).map_err(cuda_err("device to host copy"))?;
-        let mut out = Vec::with_capacity(counts.iter().sum());
-        for (r, &c) in counts.iter().enumerate() {
-            out.extend_from_slice(&padded[r * m..r * m + c]);
-        }
-        Ok(out)
+        let t = self.upload(own)?;
+        Ok(self.all_gather_tensor(&t, counts)?.to_vec::<f32>()?)
     }
 }

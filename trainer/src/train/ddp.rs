@@ -34,14 +34,17 @@ pub(super) fn values_f32(t: &Tensor) -> Result<Vec<f32>> {
     }
 }
 
+/// The values of `t` as a 1-D f32 tensor on its device (outside the graph).
+fn flat_f32(t: &Tensor) -> Result<Tensor> {
+    Ok(t.detach().contiguous()?.reshape(&[t.numel()])?.to_dtype(DType::F32)?)
+}
+
 /// `p`'s accumulated gradient as a 1-D f32 tensor on `p`'s device (zeros when it has none).
 fn flat_grad_f32(p: &Tensor) -> Result<Tensor> {
-    let n = p.numel();
-    let g = match p.grad() {
-        Some(g) => g.contiguous()?.reshape(&[n])?,
-        None => Tensor::zeros_like_device(&[n], p)?,
-    };
-    Ok(g.to_dtype(DType::F32)?)
+    match p.grad() {
+        Some(g) => flat_f32(&g),
+        None => flat_f32(&Tensor::zeros_like_device(&[p.numel()], p)?),
+    }
 }
 
 /// The `n` values of 1-D f32 `values` from `at`, as a tensor of `p`'s shape and dtype that
@@ -55,7 +58,7 @@ fn piece_like(p: &Tensor, values: &Tensor, at: usize, n: usize) -> Result<Tensor
 /// tensor on `like`'s device).
 fn concat_flat(parts: &[Tensor], like: &Tensor) -> Result<Tensor> {
     Ok(match parts {
-        [] => Tensor::zeros_like_device(&[0], like)?.to_dtype(DType::F32)?,
+        [] => flat_f32(&Tensor::zeros_like_device(&[0], like)?)?,
         [one] => one.clone(),
         many => Tensor::concat(many, 0)?,
     })
@@ -233,7 +236,7 @@ impl DataParallel {
         for (i, (_, p)) in named.iter().enumerate() {
             counts[owner[i]] += p.numel();
             if owner[i] == self.rank {
-                own.push(p.detach().contiguous()?.reshape(&[p.numel()])?.to_dtype(DType::F32)?);
+                own.push(flat_f32(p)?);
             }
         }
         let own = concat_flat(&own, first)?;
