@@ -8,6 +8,9 @@
 //! beside it up to sequence 2048 (beyond, it takes seconds per call). On a compute-capability-9.0
 //! device a `flash (Hopper)` row adds the Hopper kernels (`flash_attention_hopper`, issue 8's
 //! goals on an H100: 450 TFLOP/s forward, 300 forward + backward at 2048), forward and backward.
+//! At sequence 2048 the `model layout` rows time the strided entry points on the layout a
+//! PolyLM block uses (q, k, v read in place from the fused projection, output token-major,
+//! gradients packed), which spare the engine every copy around attention.
 //! Prints a Markdown table; `POLYLM_BENCH_OUT=path` also writes it to a file.
 
 mod common;
@@ -19,14 +22,19 @@ use half::bf16;
 use polylm_kernels::cuda::attention::{
     attention_backward, attention_forward, AttentionGrads, AttentionShape,
 };
-use polylm_kernels::cuda::flash_attention::{self, BackwardKernel, FlashGrads, FlashShape, ForwardKernel};
+use polylm_kernels::cuda::flash_attention::{
+    self, BackwardInputs, BackwardKernel, FlashGrads, FlashShape, ForwardKernel,
+};
 use polylm_kernels::cuda::flash_attention_hopper;
+use polylm_kernels::cuda::flash_layout::{GradTargets, HeadLayout, HeadView, HeadViewMut, PackedGrads};
 use polylm_kernels::cuda::{CudaDevice, CudaResult, DeviceBuf};
 
 const TOKENS: usize = 16384;
 const HEADS: usize = 16;
 const HEAD_DIM: usize = 128;
 const SEQS: [usize; 5] = [512, 1024, 2048, 4096, 8192];
+/// The sequence length of the `model layout` rows (PolyLM's context).
+const PACKED_SEQ: usize = 2048;
 /// Longest sequence the simple kernel is timed at.
 const SIMPLE_MAX_SEQ: usize = 2048;
 
@@ -121,6 +129,51 @@ fn time_flash(
     Ok(Times { fwd, bwd, both })
 }
 
+/// [`time_flash`] on the layout the engine gives a PolyLM block: q, k, v read in place from one
+/// `[batch, seq, 3, heads, head_dim]` projection, the output and its gradient token-major, the
+/// gradients written into one packed buffer (the `flash, model layout` rows).
+fn time_flash_packed(
+    dev: &Arc<CudaDevice>,
+    shape: &FlashShape,
+    iters: usize,
+    (kernel, backward): (ForwardKernel, BackwardKernel),
+) -> CudaResult<Times> {
+    let n = shape.qkv_len();
+    let part = |i: usize| HeadLayout::packed_qkv(shape, i);
+    let token_major = HeadLayout::token_major(shape);
+    let (qkv, dout) = (values(dev, 3 * n, 5)?, values(dev, n, 6)?);
+    let (mut out, mut lse, mut grads) =
+        (dev.alloc::<bf16>(n)?, dev.alloc::<f32>(shape.lse_len())?, dev.alloc::<bf16>(3 * n)?);
+    let inputs = [0, 1, 2].map(|i| HeadView { buf: &qkv, layout: part(i) });
+    let forward = |out: &mut DeviceBuf<bf16>, lse: &mut DeviceBuf<f32>| {
+        flash_attention::forward_strided(
+            kernel,
+            inputs,
+            shape,
+            HeadViewMut { buf: out, layout: token_major },
+            lse,
+        )
+    };
+    let fwd = dev.time_ms(iters, || forward(&mut out, &mut lse))?;
+    let backward_pass = |out: &DeviceBuf<bf16>, lse: &DeviceBuf<f32>, grads: &mut DeviceBuf<bf16>| {
+        let reads = BackwardInputs {
+            q: inputs[0],
+            k: inputs[1],
+            v: inputs[2],
+            out: HeadView { buf: out, layout: token_major },
+            dout: HeadView { buf: &dout, layout: token_major },
+        };
+        let targets = GradTargets::Packed(PackedGrads { buf: grads, dq: part(0), dk: part(1), dv: part(2) });
+        flash_attention::backward_strided(backward, reads, lse, shape, targets)
+    };
+    let bwd = dev.time_ms(iters, || backward_pass(&out, &lse, &mut grads))?;
+    let both = dev.time_ms(iters, || {
+        forward(&mut out, &mut lse)?;
+        backward_pass(&out, &lse, &mut grads)
+    })?;
+    Ok(Times { fwd, bwd, both })
+}
+
 fn time_simple(
     dev: &Arc<CudaDevice>,
     b: &mut Buffers,
@@ -175,6 +228,14 @@ fn run(dev: &Arc<CudaDevice>) -> CudaResult<String> {
         if flash_attention_hopper::runs_on(dev) {
             let hopper = (ForwardKernel::Hopper, BackwardKernel::Hopper);
             rows.push(("flash (Hopper)", time_flash(dev, &mut bufs, &shape, 10, hopper)?));
+        }
+        if seq == PACKED_SEQ {
+            let portable = (ForwardKernel::Portable, BackwardKernel::Portable);
+            rows.push(("flash, model layout", time_flash_packed(dev, &shape, 10, portable)?));
+            if flash_attention_hopper::runs_on(dev) {
+                let hopper = (ForwardKernel::Hopper, BackwardKernel::Hopper);
+                rows.push(("flash (Hopper), model layout", time_flash_packed(dev, &shape, 10, hopper)?));
+            }
         }
         if seq <= SIMPLE_MAX_SEQ {
             rows.push(("simple (attention.cu)", time_simple(dev, &mut bufs, &shape, 2)?));

@@ -131,6 +131,18 @@ fn linear_layers_in_bf16_match_the_cpu() {
             .map(|t| t.detach().to_dtype(DType::BF16).unwrap().to_device(dev).unwrap().requires_grad())
             .collect();
         let out_g = layer(&gpu_in).expect("gpu forward");
+        // Without gradients (activation recomputation's forward pass) the fused layer skips
+        // storing the pre-activation; the output is the same, bit for bit.
+        let out_no_grad = {
+            let _guard = polylm_engine::no_grad();
+            layer(&gpu_in).expect("gpu forward without gradients")
+        };
+        assert_eq!(
+            out_no_grad.to_vec_f64(),
+            out_g.to_vec_f64(),
+            "linear{}: no_grad output",
+            if gelu { "_gelu" } else { "" }
+        );
         let wg = weights.to_dtype(DType::BF16).unwrap().to_device(dev).unwrap();
         out_g.mul(&wg).unwrap().sum_all().unwrap().backward().expect("gpu backward");
         let scale = |v: &[f64]| v.iter().fold(1e-6f64, |m, x| m.max(x.abs()));
@@ -143,6 +155,40 @@ fn linear_layers_in_bf16_match_the_cpu() {
             assert_close(&format!("{what} d/dinput{i}"), &got, &want, 3e-2, 2e-2 * scale(&want));
         }
     }
+}
+
+/// Attention as a PolyLM block runs it, in bf16 on the GPU against f32 on the CPU: q, k, v as a
+/// permuted view of one `[batch, seq, 3, heads, head_dim]` projection (head dimension 64, a
+/// ragged length), the output transposed back to `[batch, seq, heads·head_dim]`. Under
+/// gpu-check's `tc` and `hopper` runs (`POLYLM_GPU_ATTENTION=flash`) the flash kernels read the
+/// projection in place, write the output token-major and the gradient into the projection's
+/// layout; otherwise the simple kernel runs on copies. Output and gradient within bf16
+/// tolerance.
+#[test]
+fn attention_on_a_fused_projection_in_bf16_matches_the_cpu() {
+    let Some(dev) = gpu("packed attention") else { return };
+    let mut rng = Rng::new(11);
+    let (b, s, h, d) = (2, 70, 3, 64);
+    let block = |x: &Tensor| {
+        let qkv = x.reshape(&[b, s, 3, h, d])?.permute(&[2, 0, 3, 1, 4])?;
+        Tensor::causal_attention_packed(&qkv)?.permute(&[0, 2, 1, 3])?.reshape(&[b, s, h * d])
+    };
+    let bf16_f32 = |t: &Tensor| t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+    let x = bf16_f32(&t(&mut rng, &[b, s, 3 * h * d]).affine(1.5, 0.0).unwrap()).requires_grad();
+    let out = block(&x).expect("cpu forward");
+    let weights = bf16_f32(&random_tensor(&mut rng, out.shape(), 1.0));
+    out.mul(&weights).unwrap().sum_all().unwrap().backward().expect("cpu backward");
+    let xg = x.detach().to_dtype(DType::BF16).unwrap().to_device(dev).unwrap().requires_grad();
+    let out_g = block(&xg).expect("gpu forward");
+    let wg = weights.to_dtype(DType::BF16).unwrap().to_device(dev).unwrap();
+    out_g.mul(&wg).unwrap().sum_all().unwrap().backward().expect("gpu backward");
+    let scale = |v: &[f64]| v.iter().fold(1e-6f64, |m, x| m.max(x.abs()));
+    let want = out.to_vec_f64();
+    assert_close("packed attention forward", &out_g.to_vec_f64(), &want, 2e-2, 1e-2 * scale(&want));
+    let want = x.grad().expect("cpu grad").to_vec_f64();
+    let got = xg.grad().expect("gpu grad");
+    assert_eq!(got.shape(), &[b, s, 3 * h * d]);
+    assert_close("packed attention d/dx", &got.to_vec_f64(), &want, 3e-2, 2e-2 * scale(&want));
 }
 
 fn tiny_batch() -> (Vec<u32>, Vec<u32>, usize, usize) {

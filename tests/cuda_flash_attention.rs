@@ -14,6 +14,10 @@
 //! backward is also run on the Hopper forward's outputs. Those tests need a compute-capability-9.0
 //! device and print why they skip on any other.
 //!
+//! The strided entry points (`forward_strided`, `backward_strided`) are checked on the layout
+//! the engine gives a PolyLM block: q, k, v read in place from one fused projection, the output
+//! written token-major, the gradients written into one packed buffer.
+//!
 //! Without a GPU each GPU test prints `skipped: no GPU` and passes; the shape validation test
 //! needs no device and always runs.
 
@@ -26,8 +30,11 @@ use std::sync::Arc;
 use half::{bf16, f16};
 use polylm_engine::Rng;
 use polylm_kernels::cast::Scalar;
-use polylm_kernels::cuda::flash_attention::{self, BackwardKernel, FlashGrads, FlashShape, ForwardKernel};
+use polylm_kernels::cuda::flash_attention::{
+    self, BackwardInputs, BackwardKernel, FlashGrads, FlashShape, ForwardKernel,
+};
 use polylm_kernels::cuda::flash_attention_hopper;
+use polylm_kernels::cuda::flash_layout::{GradTargets, HeadLayout, HeadView, HeadViewMut, PackedGrads};
 use polylm_kernels::cuda::{CudaDevice, CudaError, FloatElem};
 use rayon::prelude::*;
 
@@ -432,12 +439,13 @@ fn hopper_errors_are_typed() {
         assert!(matches!(err, CudaError::Invalid { .. }), "{err}");
         return;
     }
+    let hopper = ForwardKernel::Hopper;
     let short = dev.alloc::<bf16>(n - 1).expect("alloc");
-    let err = flash_attention_hopper::forward(&q, &short, &q, &shape, &mut out, &mut lse).unwrap_err();
+    let err = flash_attention::forward_with(hopper, &q, &short, &q, &shape, &mut out, &mut lse).unwrap_err();
     assert!(matches!(err, CudaError::Invalid { .. }), "{err}");
     let f = dev.alloc::<f32>(n).expect("alloc");
     let mut fo = dev.alloc::<f32>(n).expect("alloc");
-    let err = flash_attention_hopper::forward(&f, &f, &f, &shape, &mut fo, &mut lse).unwrap_err();
+    let err = flash_attention::forward_with(hopper, &f, &f, &f, &shape, &mut fo, &mut lse).unwrap_err();
     assert!(matches!(err, CudaError::Invalid { .. }), "{err}");
 }
 
@@ -458,6 +466,130 @@ fn forcing_the_hopper_backward_elsewhere_is_an_error() {
     let err = flash_attention::backward_with(BackwardKernel::Hopper, &q, &q, &q, &q, &lse, &q, &shape, grads)
         .unwrap_err();
     assert!(matches!(err, CudaError::Invalid { .. }), "{err}");
+}
+
+/// Element (b, h, t, c) of a `[batch, heads, seq, d]` operand at `l`, as a buffer index.
+fn index(l: &HeadLayout, s: &FlashShape, row: usize, c: usize) -> usize {
+    let (bh, t) = (row / s.seq, row % s.seq);
+    l.offset + (bh / s.heads) * l.batch + (bh % s.heads) * l.head + t * l.row + c
+}
+
+/// The dense `[batch, heads, seq, d]` values of the operand at `l` in `buf`.
+fn gather(buf: &[f64], l: &HeadLayout, s: &FlashShape) -> Vec<f64> {
+    let rows = s.batch * s.heads * s.seq;
+    (0..rows)
+        .flat_map(|r| (0..s.head_dim).map(move |c| (r, c)))
+        .map(|(r, c)| buf[index(l, s, r, c)])
+        .collect()
+}
+
+/// The layout the engine uses for a PolyLM block: q, k, v read in place from one
+/// `[batch, seq, 3, heads, d]` projection, the output and its gradient `[batch, seq, heads, d]`,
+/// dQ, dK, dV written into one gradient laid out like the projection; every kernel against f64.
+fn packed_case<T: Precision>(
+    dev: &Arc<CudaDevice>,
+    seed: u64,
+    shape: FlashShape,
+    fwd: ForwardKernel,
+    bwd: BackwardKernel,
+) {
+    let mut rng = Rng::new(seed);
+    let n = shape.qkv_len();
+    let parts = [0, 1, 2].map(|i| HeadLayout::packed_qkv(&shape, i));
+    let token_major = HeadLayout::token_major(&shape);
+    let (qkv, qkv_host) = random_on::<T>(dev, &mut rng, 3 * n, 1.5);
+    let (dout, dout_host) = random_on::<T>(dev, &mut rng, n, 1.0);
+    let [q, k, v] = parts.map(|l| gather(&qkv_host, &l, &shape));
+    let dov = gather(&dout_host, &token_major, &shape);
+    let bh = shape.batch * shape.heads;
+    let want =
+        reference(&q, &k, &v, &dov, bh, shape.seq, shape.head_dim, shape.causal, shape.scale as f64, true);
+
+    let mut out = poisoned::<T>(dev, n);
+    let mut lse = poisoned::<f32>(dev, shape.lse_len());
+    let view = |buf, layout| HeadView { buf, layout };
+    let inputs = [view(&qkv, parts[0]), view(&qkv, parts[1]), view(&qkv, parts[2])];
+    let out_view = HeadViewMut { buf: &mut out, layout: token_major };
+    flash_attention::forward_strided(fwd, inputs, &shape, out_view, &mut lse).expect("strided forward");
+    let mut grads = poisoned::<T>(dev, 3 * n);
+    let reads = BackwardInputs {
+        q: inputs[0],
+        k: inputs[1],
+        v: inputs[2],
+        out: view(&out, token_major),
+        dout: view(&dout, token_major),
+    };
+    let targets =
+        GradTargets::Packed(PackedGrads { buf: &mut grads, dq: parts[0], dk: parts[1], dv: parts[2] });
+    flash_attention::backward_strided(bwd, reads, &lse, &shape, targets).expect("strided backward");
+
+    let tag = format!("flash<{}> packed {fwd:?}/{bwd:?} {shape:?}", T::NAME);
+    let (rt, at, fro) = (T::RTOL, T::ATOL, T::FRO);
+    // Both output buffers are wholly covered by their operands: `read` fails on any element
+    // left poisoned.
+    let (out_host, grads_host) = (read("out", &out), read("grads", &grads));
+    check(&format!("{tag} out"), &gather(&out_host, &token_major, &shape), &want.out, rt, at, fro);
+    check(&format!("{tag} lse"), &read("lse", &lse), &want.lse, 1e-4, 1e-4, 1e-4);
+    for (what, l, w) in
+        [("dq", &parts[0], &want.dq), ("dk", &parts[1], &want.dk), ("dv", &parts[2], &want.dv)]
+    {
+        check(&format!("{tag} {what}"), &gather(&grads_host, l, &shape), w, rt, at, fro);
+    }
+    println!("ok {tag}");
+}
+
+#[test]
+fn packed_qkv_operands_are_read_and_written_in_place() {
+    let Some(dev) = device("flash packed operands") else { return };
+    let hopper = flash_attention_hopper::runs_on(&dev);
+    for (i, &(batch, heads, seq, d, causal)) in
+        [(2, 3, 100, 64, true), (2, 2, 257, 128, true), (1, 4, 64, 64, false), (3, 1, 1, 128, true)]
+            .iter()
+            .enumerate()
+    {
+        let shape = FlashShape::new(batch, heads, seq, d, causal);
+        let seed = 9500 + 4 * i as u64;
+        packed_case::<bf16>(&dev, seed, shape, ForwardKernel::Portable, BackwardKernel::Portable);
+        packed_case::<f16>(&dev, seed + 1, shape, ForwardKernel::Portable, BackwardKernel::Portable);
+        if hopper {
+            packed_case::<bf16>(&dev, seed + 2, shape, ForwardKernel::Hopper, BackwardKernel::Hopper);
+        }
+    }
+}
+
+#[test]
+fn overlapping_gradients_and_misaligned_operands_are_errors() {
+    let Some(dev) = device("flash layout errors") else { return };
+    let shape = FlashShape::new(2, 2, 50, 64, true);
+    let n = shape.qkv_len();
+    let dense = HeadLayout::dense(&shape);
+    let (buf, lse) = (poisoned::<bf16>(&dev, 3 * n), poisoned::<f32>(&dev, shape.lse_len()));
+    let v = HeadView { buf: &buf, layout: dense };
+    let reads = BackwardInputs { q: v, k: v, v, out: v, dout: v };
+    let mut grads = poisoned::<bf16>(&dev, 3 * n);
+    let shifted = HeadLayout { offset: n - 8, ..dense };
+    let overlapping = GradTargets::Packed(PackedGrads {
+        buf: &mut grads,
+        dq: dense,
+        dk: shifted,
+        dv: HeadLayout { offset: 2 * n, ..dense },
+    });
+    let err = flash_attention::backward_strided(BackwardKernel::Portable, reads, &lse, &shape, overlapping)
+        .unwrap_err();
+    assert!(matches!(err, CudaError::Invalid { .. }) && err.to_string().contains("overlap"), "{err}");
+    let mut out = poisoned::<bf16>(&dev, n);
+    let mut lse = poisoned::<f32>(&dev, shape.lse_len());
+    let misaligned = HeadView { buf: &buf, layout: HeadLayout { offset: 4, ..dense } };
+    let out_view = HeadViewMut { buf: &mut out, layout: dense };
+    let err = flash_attention::forward_strided(
+        ForwardKernel::Portable,
+        [v, misaligned, v],
+        &shape,
+        out_view,
+        &mut lse,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("offset 4"), "{err}");
 }
 
 #[test]

@@ -278,7 +278,12 @@ proptest! {
         let qkv = Tensor::concat(&[stack(&q), stack(&k), stack(&v)], 0).unwrap();
         let packed = |t: &[Tensor]| Tensor::causal_attention_packed(&t[0]);
         check_forward("attention (packed)", std::slice::from_ref(&qkv), &packed, &want);
-        gradcheck("attention (packed)", &[qkv], &packed, &mut rng, 16);
+        gradcheck("attention (packed)", std::slice::from_ref(&qkv), &packed, &mut rng, 16);
+        // As the model passes it: a permuted view of a [batch, seq, 3, heads, d] projection.
+        let projection = qkv.permute(&[1, 3, 0, 2, 4]).unwrap().contiguous().unwrap();
+        let model = |t: &[Tensor]| Tensor::causal_attention_packed(&t[0].permute(&[2, 0, 3, 1, 4])?);
+        check_forward("attention (packed view)", std::slice::from_ref(&projection), &model, &want);
+        gradcheck("attention (packed view)", &[projection], &model, &mut rng, 16);
         // q's first axis is the batch (1 or 2), not the stack of three.
         prop_assert!(Tensor::causal_attention_packed(&q).is_err(), "a [B, ...] tensor is not [3, ...]");
     }

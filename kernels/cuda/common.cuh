@@ -331,6 +331,30 @@ __device__ __forceinline__ void gemm_epilogue_pair(const Shape& s, O* C, O* pre,
     gemm_store_pair<O>(C + off, v0, v1, both, vec);
 }
 
+// ---------------------------------------------------------------- flash attention's shape
+// Shared by flash_attention.cu and flash_attention_hopper.cu (flash_attention.rs's FlashDims).
+
+// Element strides of one [batch, heads, seq, D] operand (D contiguous; the operand's offset is
+// already in its pointer). Row strides fit in 32 bits (checked on the host).
+struct FaLayout {
+    long long batch, head, row;
+};
+
+struct FlashDims {
+    int bh;      // batch × heads
+    int heads;   // heads per sequence
+    int seq;     // sequence length
+    int causal;  // 1: key j is masked for query i when j > i
+    float scale; // softmax scale (usually 1/sqrt(D))
+    int unused;  // keeps the layouts 8-byte aligned on both sides
+    FaLayout q, k, v, o, dout, dq, dk, dv;
+};
+
+/// Element offset of head `bh` (batch × heads flattened) of an operand laid out as `l`.
+__device__ __forceinline__ i64 fa_head(const FaLayout& l, int bh, int heads) {
+    return (i64)(bh / heads) * l.batch + (i64)(bh % heads) * l.head;
+}
+
 // ---------------------------------------------------------------- sm_90: mbarriers, bulk copies, clusters
 // Compiled only for compute capability 9.0 and later; kernels that use them sit under the same
 // guard (cross_entropy.cu) or in files registered with `needs_sm90a` (hopper.cuh).

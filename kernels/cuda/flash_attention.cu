@@ -2,13 +2,15 @@
 // sm_80 and newer; `mma.sync.aligned.m16n8k16` with bf16 or f16 inputs and f32 accumulators,
 // `ldmatrix` (`.trans` where the operand is stored the other way round) and `cp.async`).
 //
-// Memory contract. q, k, v, out, dout, dq, dk, dv are contiguous [bh, seq, D] (batch and heads
-// flattened into bh, the layout of `attention.cu` and of the engine's attention op), D = 64 or
-// 128, element type bf16 or f16; every row starts on a 16-byte boundary (D·2 bytes per row and
-// 16-byte aligned bases). lse is [bh, seq] f32: the natural log-sum-exp of the scaled scores of
-// each query row (the same quantity the simple kernel and the CPU op save). The backward uses an
-// f32 workspace dq_acc [bh, seq, D] and the row dots [bh, seq] f32; nothing of size seq×seq
-// exists anywhere. Query rows at or beyond seq are never stored; keys at or beyond seq are
+// Memory contract. q, k, v, out, dout, dq, dk, dv are [batch, heads, seq, D] operands, each with
+// its own element strides for batch, head and row (`FaLayout`; D is contiguous), so a fused QKV
+// projection's [batch, seq, 3, heads, D] output is read in place and the output can be written
+// as [batch, seq, heads, D]; dense [bh, seq, D] is the special case the tests and `attention.cu`
+// use. D = 64 or 128, element type bf16 or f16; every row starts on a 16-byte boundary (the host
+// checks that strides and offsets are multiples of 8 elements). lse is dense [bh, seq] f32
+// (bh = batch × heads): the natural log-sum-exp of the scaled scores of each query row (the same
+// quantity the simple kernel and the CPU op save). The backward uses a dense f32 workspace
+// dq_acc [bh, seq, D] and the row dots [bh, seq] f32; nothing of size seq×seq exists anywhere. Query rows at or beyond seq are never stored; keys at or beyond seq are
 // loaded as zeros (cp.async zero-fill) and masked to -inf in the forward.
 //
 // Forward (`flash_fwd_*`): one block of 4 warps owns 64 query rows (16 per warp) of one (b, h);
@@ -35,7 +37,7 @@
 // Shared-memory rows are padded by 16 bytes so that ldmatrix and the fragment stores are free of
 // bank conflicts.
 //
-// Registers (ptxas, sm_90): forward 128 (D=64) / 235 (D=128), backward 224 / 255, no spills; the
+// Registers (ptxas, sm_90): forward 128 (D=64) / 240 (D=128), backward 227 / 255, no spills; the
 // backward at D=128 computes dPᵀ in quarters to stay within 255 registers. The Hopper (wgmma/TMA)
 // kernels are in flash_attention_hopper.cu; the backward there shares this file's pre-pass and
 // dQ kernels.
@@ -48,12 +50,8 @@
 #define FA_LOG2E 1.4426950408889634f
 #define FA_LN2 0.6931471805599453f
 
-struct FlashDims {
-    int bh;      // batch × heads
-    int seq;     // sequence length
-    int causal;  // 1: key j is masked for query i when j > i
-    float scale; // softmax scale (usually 1/sqrt(D))
-};
+// FlashDims, FaLayout and fa_head (the shape and operand layouts) are in common.cuh, shared with
+// flash_attention_hopper.cu.
 
 // ------------------------------------------------------------------ PTX helpers
 // (smem_u32, cp.async, ldmatrix, mma.sync and pack2 are in common.cuh)
@@ -65,6 +63,19 @@ __device__ __forceinline__ float fa_exp2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
+#endif
+}
+
+// blockIdx.x read afresh (a volatile read the compiler cannot merge with an earlier one), so
+// that values derived from it for the end of a kernel are recomputed there instead of held in
+// registers through the main loop.
+__device__ __forceinline__ int fa_block_again() {
+#ifdef POLYLM_HOST_EMULATION
+    return (int)blockIdx.x;
+#else
+    int x;
+    asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(x));
+    return x;
 #endif
 }
 
@@ -89,10 +100,11 @@ __device__ __forceinline__ void fa_mma_regs_smem(float (&acc)[D / 8][4], const f
     }
 }
 
-// Copies `ROWS` rows of D elements starting at global row `g` (rows at or beyond `valid` are
-// zero-filled) into shared memory at `dst` with row stride D + FA_PAD; no commit.
+// Copies `ROWS` rows of D elements starting at global row `g` (row stride `ld` elements; rows at
+// or beyond `valid` are zero-filled) into shared memory at `dst` with row stride D + FA_PAD; no
+// commit.
 template <class T, int ROWS, int D>
-__device__ __forceinline__ void fa_load_tile(u32 dst, const T* g, int valid) {
+__device__ __forceinline__ void fa_load_tile(u32 dst, const T* g, int valid, int ld) {
     constexpr int CHUNKS = D / 8;  // 16-byte chunks per row
     constexpr int TOTAL = ROWS * CHUNKS;
     static_assert(TOTAL % FA_THREADS == 0, "tile copy must split evenly over the threads");
@@ -102,14 +114,14 @@ __device__ __forceinline__ void fa_load_tile(u32 dst, const T* g, int valid) {
         const int c = threadIdx.x + it * FA_THREADS;
         const int row = c / CHUNKS, col = (c % CHUNKS) * 8;
         const bool ok = row < valid;
-        cp_async16(dst + (u32)((row * LD + col) * 2), g + (i64)(ok ? row : 0) * D + col, ok ? 16 : 0);
+        cp_async16(dst + (u32)((row * LD + col) * 2), g + (i64)(ok ? row : 0) * ld + col, ok ? 16 : 0);
     }
 }
 
-// Stores one warp's 16 staged rows (shared, stride D + FA_PAD) to global rows row0.. with 16-byte
-// stores, skipping rows at or beyond `limit`.
+// Stores one warp's 16 staged rows (shared, stride D + FA_PAD) to global rows row0.. (row stride
+// `ld` elements) with 16-byte stores, skipping rows at or beyond `limit`.
 template <class T, int D>
-__device__ __forceinline__ void fa_store_rows(const unsigned short* s, T* g, int row0, int limit) {
+__device__ __forceinline__ void fa_store_rows(const unsigned short* s, T* g, int row0, int limit, int ld) {
     constexpr int CHUNKS = D / 8;
     constexpr int LD = D + FA_PAD;
     const int lane = threadIdx.x & 31;
@@ -118,7 +130,7 @@ __device__ __forceinline__ void fa_store_rows(const unsigned short* s, T* g, int
         const int c = lane + it * 32;
         const int r = c / CHUNKS, col = (c % CHUNKS) * 8;
         if (row0 + r < limit) {
-            *reinterpret_cast<uint4*>(g + (i64)(row0 + r) * D + col) =
+            *reinterpret_cast<uint4*>(g + (i64)(row0 + r) * ld + col) =
                 *reinterpret_cast<const uint4*>(s + r * LD + col);
         }
     }
@@ -143,14 +155,17 @@ __device__ __forceinline__ void flash_fwd(FlashDims a, const T* __restrict__ q, 
     const int T_ = a.seq;
     const int bh = blockIdx.x % a.bh;
     const int q0 = ((T_ + FA_BM - 1) / FA_BM - 1 - (int)(blockIdx.x / a.bh)) * FA_BM;  // heaviest first
-    const i64 base = (i64)bh * T_ * D;
+    const T* qh = q + fa_head(a.q, bh, a.heads);
+    const T* kh = k + fa_head(a.k, bh, a.heads);
+    const T* vh = v + fa_head(a.v, bh, a.heads);
+    const int ldq = (int)a.q.row, ldk = (int)a.k.row, ldv = (int)a.v.row;
     const int kv_end = a.causal ? min(T_, q0 + FA_BM) : T_;
     const int n_tiles = (kv_end + FA_BN - 1) / FA_BN;
     const float sl2 = a.scale * FA_LOG2E;
 
-    fa_load_tile<T, FA_BM, D>(sq_a, q + base + (i64)q0 * D, T_ - q0);
-    fa_load_tile<T, FA_BN, D>(sk_a, k + base, T_);
-    fa_load_tile<T, FA_BN, D>(sv_a, v + base, T_);
+    fa_load_tile<T, FA_BM, D>(sq_a, qh + (i64)q0 * ldq, T_ - q0, ldq);
+    fa_load_tile<T, FA_BN, D>(sk_a, kh, T_, ldk);
+    fa_load_tile<T, FA_BN, D>(sv_a, vh, T_, ldv);
     cp_async_commit();
 
     u32 qf[D / 16][4];
@@ -164,8 +179,8 @@ __device__ __forceinline__ void flash_fwd(FlashDims a, const T* __restrict__ q, 
         const int stage = j & 1;
         if (j + 1 < n_tiles) {
             const int nk = (j + 1) * FA_BN;
-            fa_load_tile<T, FA_BN, D>(sk_a + (stage ^ 1) * TILE * 2, k + base + (i64)nk * D, T_ - nk);
-            fa_load_tile<T, FA_BN, D>(sv_a + (stage ^ 1) * TILE * 2, v + base + (i64)nk * D, T_ - nk);
+            fa_load_tile<T, FA_BN, D>(sk_a + (stage ^ 1) * TILE * 2, kh + (i64)nk * ldk, T_ - nk, ldk);
+            fa_load_tile<T, FA_BN, D>(sv_a + (stage ^ 1) * TILE * 2, vh + (i64)nk * ldv, T_ - nk, ldv);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -268,24 +283,27 @@ __device__ __forceinline__ void flash_fwd(FlashDims a, const T* __restrict__ q, 
             pack2<T>(o[dt][2] * inv[1], o[dt][3] * inv[1]);
     }
     __syncwarp();
-    fa_store_rows<T, D>(so, out + base, q0 + warp * 16, T_);
+    fa_store_rows<T, D>(so, out + fa_head(a.o, bh, a.heads), q0 + warp * 16, T_, (int)a.o.row);
 }
 
 // ------------------------------------------------------------------ backward
 
-// D_i = Σ_c dO[i,c]·O[i,c] (f32) and dq_acc[i,:] = 0; one warp per row.
+// D_i = Σ_c dO[i,c]·O[i,c] (f32) and dq_acc[i,:] = 0; one warp per row i of the bh × seq rows.
 template <class T>
-__device__ __forceinline__ void flash_bwd_prep(int rows, int d, const T* __restrict__ o,
+__device__ __forceinline__ void flash_bwd_prep(FlashDims a, int d, const T* __restrict__ o,
                                                const T* __restrict__ dout, float* __restrict__ dot,
                                                float* __restrict__ dq_acc) {
     const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= rows) return;
+    if (row >= a.bh * a.seq) return;
     const int lane = threadIdx.x & 31;
+    const int bh = row / a.seq, t = row - bh * a.seq;
+    const T* orow = o + fa_head(a.o, bh, a.heads) + (i64)t * a.o.row;
+    const T* grow = dout + fa_head(a.dout, bh, a.heads) + (i64)t * a.dout.row;
     const i64 off = (i64)row * d;
     float s = 0.0f;
     for (int c = 2 * lane; c < d; c += 64) {
-        const u32 ov = *reinterpret_cast<const u32*>(o + off + c);
-        const u32 gv = *reinterpret_cast<const u32*>(dout + off + c);
+        const u32 ov = *reinterpret_cast<const u32*>(orow + c);
+        const u32 gv = *reinterpret_cast<const u32*>(grow + c);
         T o_lo, o_hi, g_lo, g_hi;
         o_lo.bits = (unsigned short)(ov & 0xffffu);
         o_hi.bits = (unsigned short)(ov >> 16);
@@ -323,23 +341,29 @@ __device__ __forceinline__ void flash_bwd(FlashDims a, const T* __restrict__ q, 
     const int T_ = a.seq;
     const int bh = blockIdx.x % a.bh;
     const int kv0 = (int)(blockIdx.x / a.bh) * FA_BN;  // causal: key block 0 has the most work, runs first
-    const i64 base = (i64)bh * T_ * D;
-    const float* lse_h = lse + (i64)bh * T_;
-    const float* dot_h = dot + (i64)bh * T_;
+    // Registers are tight (255 at D = 128): the row strides stay in the parameter bank, the
+    // head offsets of Q and dO are held as 32-bit counts of 16-byte vectors (offsets are
+    // multiples of 8 elements, below 2³⁵), and the dense per-row arrays are indexed from one
+    // 32-bit row base.
+    const u32 q_vec = (u32)(fa_head(a.q, bh, a.heads) >> 3), do_vec = (u32)(fa_head(a.dout, bh, a.heads) >> 3);
+    const auto q_rows = [&](int row) { return q + ((i64)q_vec << 3) + (i64)row * a.q.row; };
+    const auto do_rows = [&](int row) { return dout + ((i64)do_vec << 3) + (i64)row * a.dout.row; };
+    const int ldq = (int)a.q.row, ldo = (int)a.dout.row;
+    const int row_base = bh * T_;  // of lse, dot and the dense dQ workspace (rows < 2³¹)
     const float sl2 = a.scale * FA_LOG2E;
     const int qt_begin = a.causal ? kv0 / FA_BM : 0;
     const int qt_end = (T_ + FA_BM - 1) / FA_BM;
 
-    fa_load_tile<T, FA_BN, D>(sk_a, k + base + (i64)kv0 * D, T_ - kv0);
-    fa_load_tile<T, FA_BN, D>(sv_a, v + base + (i64)kv0 * D, T_ - kv0);
+    fa_load_tile<T, FA_BN, D>(sk_a, k + fa_head(a.k, bh, a.heads) + (i64)kv0 * a.k.row, T_ - kv0, (int)a.k.row);
+    fa_load_tile<T, FA_BN, D>(sv_a, v + fa_head(a.v, bh, a.heads) + (i64)kv0 * a.v.row, T_ - kv0, (int)a.v.row);
     {
         const int q0 = qt_begin * FA_BM;
-        fa_load_tile<T, FA_BM, D>(sq_a, q + base + (i64)q0 * D, T_ - q0);
-        fa_load_tile<T, FA_BM, D>(sdo_a, dout + base + (i64)q0 * D, T_ - q0);
+        fa_load_tile<T, FA_BM, D>(sq_a, q_rows(q0), T_ - q0, ldq);
+        fa_load_tile<T, FA_BM, D>(sdo_a, do_rows(q0), T_ - q0, ldo);
         if (tid < FA_BM) {
             const int qi = q0 + tid;
-            sl[tid] = qi < T_ ? lse_h[qi] * FA_LOG2E : POLY_INF;  // +inf: padded rows get P = 0
-            sd[tid] = qi < T_ ? dot_h[qi] : 0.0f;
+            sl[tid] = qi < T_ ? lse[row_base + qi] * FA_LOG2E : POLY_INF;  // +inf: padded rows get P = 0
+            sd[tid] = qi < T_ ? dot[row_base + qi] : 0.0f;
         }
     }
     cp_async_commit();
@@ -359,13 +383,13 @@ __device__ __forceinline__ void flash_bwd(FlashDims a, const T* __restrict__ q, 
         if (qt + 1 < qt_end) {
             const int nq = q0 + FA_BM;
             const u32 off = (u32)((stage ^ 1) * TILE * 2);
-            fa_load_tile<T, FA_BM, D>(sq_a + off, q + base + (i64)nq * D, T_ - nq);
-            fa_load_tile<T, FA_BM, D>(sdo_a + off, dout + base + (i64)nq * D, T_ - nq);
+            fa_load_tile<T, FA_BM, D>(sq_a + off, q_rows(nq), T_ - nq, ldq);
+            fa_load_tile<T, FA_BM, D>(sdo_a + off, do_rows(nq), T_ - nq, ldo);
             cp_async_commit();
             if (tid < FA_BM) {
                 const int qi = nq + tid;
-                sl[(stage ^ 1) * FA_BM + tid] = qi < T_ ? lse_h[qi] * FA_LOG2E : POLY_INF;
-                sd[(stage ^ 1) * FA_BM + tid] = qi < T_ ? dot_h[qi] : 0.0f;
+                sl[(stage ^ 1) * FA_BM + tid] = qi < T_ ? lse[row_base + qi] * FA_LOG2E : POLY_INF;
+                sd[(stage ^ 1) * FA_BM + tid] = qi < T_ ? dot[row_base + qi] : 0.0f;
             }
             cp_async_wait<1>();
         } else {
@@ -474,7 +498,7 @@ __device__ __forceinline__ void flash_bwd(FlashDims a, const T* __restrict__ q, 
                                          ((lane >> 3) & 1) * 8) * 2),
                           dsa[kk][0], dsa[kk][1], dsa[kk][2], dsa[kk][3]);
             const int qr = q0 + warp * 16 + g;
-            float* acc0 = dq_acc + base + (i64)qr * D;
+            float* acc0 = dq_acc + (i64)(row_base + qr) * D;
             float* acc1 = acc0 + 8 * D;
 #pragma unroll
             for (int dc = 0; dc < D / 32; dc++) {  // 32 columns at a time: 16 accumulators live
@@ -523,18 +547,22 @@ __device__ __forceinline__ void flash_bwd(FlashDims a, const T* __restrict__ q, 
         *reinterpret_cast<u32*>(svw + (g + 8) * LD + col) = pack2<T>(dva[dt][2], dva[dt][3]);
     }
     __syncwarp();
-    fa_store_rows<T, D>(skw, dk + base, kv0 + warp * 16, T_);
-    fa_store_rows<T, D>(svw, dv + base, kv0 + warp * 16, T_);
+    const int bh_end = fa_block_again() % a.bh;
+    fa_store_rows<T, D>(skw, dk + fa_head(a.dk, bh_end, a.heads), kv0 + warp * 16, T_, (int)a.dk.row);
+    fa_store_rows<T, D>(svw, dv + fa_head(a.dv, bh_end, a.heads), kv0 + warp * 16, T_, (int)a.dv.row);
 }
 
-// dq = scale·dq_acc in the storage type; n is a multiple of 4.
+// dq = scale·dq_acc in the storage type and dq's layout, four columns per thread; d is a
+// multiple of 4.
 template <class T>
-__device__ __forceinline__ void flash_bwd_dq(i64 n, float scale, const float* __restrict__ acc, T* __restrict__ dq) {
+__device__ __forceinline__ void flash_bwd_dq(FlashDims a, int d, const float* __restrict__ acc, T* __restrict__ dq) {
     const i64 i = ((i64)blockIdx.x * blockDim.x + threadIdx.x) * 4;
-    if (i >= n) return;
+    if (i >= (i64)a.bh * a.seq * d) return;
+    const int row = (int)(i / d), col = (int)(i - (i64)row * d);
+    const int bh = row / a.seq, t = row - bh * a.seq;
     const float4 x = *reinterpret_cast<const float4*>(acc + i);
-    const float vals[4] = {x.x * scale, x.y * scale, x.z * scale, x.w * scale};
-    store4<T>(dq + i, vals);
+    const float vals[4] = {x.x * a.scale, x.y * a.scale, x.z * a.scale, x.w * a.scale};
+    store4<T>(dq + fa_head(a.dq, bh, a.heads) + (i64)t * a.dq.row + col, vals);
 }
 
 // ------------------------------------------------------------------ entry points
@@ -553,12 +581,12 @@ __device__ __forceinline__ void flash_bwd_dq(i64 n, float scale, const float* __
 #define FLASH(T, S)                                                                                        \
     FLASH_D(T, S, 64)                                                                                      \
     FLASH_D(T, S, 128)                                                                                     \
-    extern "C" __global__ void flash_bwd_prep_##S(int rows, int d, const T* o, const T* dout, float* dot,  \
-                                                  float* dq_acc) {                                         \
-        flash_bwd_prep<T>(rows, d, o, dout, dot, dq_acc);                                                  \
+    extern "C" __global__ void flash_bwd_prep_##S(FlashDims a, int d, const T* o, const T* dout,          \
+                                                  float* dot, float* dq_acc) {                             \
+        flash_bwd_prep<T>(a, d, o, dout, dot, dq_acc);                                                     \
     }                                                                                                      \
-    extern "C" __global__ void flash_bwd_dq_##S(long long n, float scale, const float* acc, T* dq) {       \
-        flash_bwd_dq<T>(n, scale, acc, dq);                                                                \
+    extern "C" __global__ void flash_bwd_dq_##S(FlashDims a, int d, const float* acc, T* dq) {             \
+        flash_bwd_dq<T>(a, d, acc, dq);                                                                    \
     }
 
 FLASH(bf16, bf16)

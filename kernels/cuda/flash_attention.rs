@@ -2,10 +2,13 @@
 //! (`mma.sync` with bf16 or f16 inputs, f32 softmax and accumulators), for head dimensions 64
 //! and 128, causal or not, any sequence length.
 //!
-//! The layout is that of [`super::attention`] and of the engine's attention op: `q`, `k`, `v`,
-//! the output and every gradient are contiguous `[batch, heads, seq, head_dim]` (batch and heads
-//! may be flattened into one axis: pass `batch = 1` and the product as `heads`), and the saved
-//! log-sum-exp is `[batch, heads, seq]` in f32, the natural log of the row sums of
+//! [`forward`] and [`backward`] take the layout of [`super::attention`]: `q`, `k`, `v`, the
+//! output and every gradient contiguous `[batch, heads, seq, head_dim]` (batch and heads may be
+//! flattened into one axis: pass `batch = 1` and the product as `heads`).
+//! [`forward_strided`] and [`backward_strided`] take each operand at its own strides
+//! ([`super::flash_layout`]), so the engine reads a fused QKV projection's output in place and
+//! writes the output and the gradients where the next op wants them. The saved log-sum-exp is
+//! always dense `[batch, heads, seq]` in f32, the natural log of the row sums of
 //! `exp(scale·q·kᵀ)`, exactly what the simple kernel and the CPU op save. So the backward of one
 //! kernel accepts the forward outputs of the other.
 //!
@@ -17,10 +20,11 @@
 //! compute-capability-9.0 device **only when `POLYLM_GPU_FLASH_HOPPER=1`**, because it has not yet
 //! run on a GPU; [`forward_with`] forces either kernel (tests and benchmarks do).
 
-use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::device::{blocks_for, check_len, grid1, DeviceBuf, FloatElem};
 use super::error::{CudaError, CudaResult};
+use super::flash_layout::{FlashDims, GradTargets, HeadView, HeadViewMut, Operand, Operands};
 use super::source::{kernel_source, KernelSource};
 
 /// The kernel file.
@@ -82,22 +86,6 @@ impl FlashShape {
         }
     }
 
-    /// [`FlashShape::validate`], and that every buffer of a forward pass has the length this
-    /// shape needs.
-    pub(crate) fn check_forward<T: FloatElem>(
-        &self,
-        op: &'static str,
-        (q, k, v): (&DeviceBuf<T>, &DeviceBuf<T>, &DeviceBuf<T>),
-        out: &DeviceBuf<T>,
-        lse: &DeviceBuf<f32>,
-    ) -> CudaResult<()> {
-        self.validate::<T>(op)?;
-        for (what, buf) in [("q", q), ("k", k), ("v", v), ("out", out)] {
-            check_len(op, what, buf, self.qkv_len())?;
-        }
-        check_len(op, "lse", lse, self.lse_len())
-    }
-
     /// Checks that the kernels support this shape with storage type `T`, without touching a
     /// device; the error says why not.
     pub fn validate<T: FloatElem>(&self, op: &'static str) -> CudaResult<()> {
@@ -136,15 +124,6 @@ impl FlashShape {
         }
         Ok(())
     }
-
-    fn dims(&self) -> FlashDims {
-        FlashDims {
-            bh: (self.batch * self.heads) as i32,
-            seq: self.seq as i32,
-            causal: self.causal as i32,
-            scale: self.scale,
-        }
-    }
 }
 
 /// Whether the flash kernels run storage type `T` with this head dimension.
@@ -162,17 +141,6 @@ pub fn forward_shared_bytes(head_dim: usize) -> usize {
 pub fn backward_shared_bytes(head_dim: usize) -> usize {
     6 * BLOCK_M * (head_dim + PAD) * 2 + BLOCK_N * (BLOCK_M + PAD) * 2 + 4 * BLOCK_M * 4
 }
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct FlashDims {
-    bh: i32,
-    seq: i32,
-    causal: i32,
-    scale: f32,
-}
-// SAFETY: `#[repr(C)]` plain data matching `struct FlashDims` in flash_attention.cu.
-unsafe impl DeviceRepr for FlashDims {}
 
 fn tiles_grid(
     op: &'static str,
@@ -234,23 +202,50 @@ pub fn forward_with<T: FloatElem>(
     out: &mut DeviceBuf<T>,
     lse: &mut DeviceBuf<f32>,
 ) -> CudaResult<()> {
+    let dense = |buf| HeadView::dense(buf, shape);
+    forward_strided(kernel, [dense(q), dense(k), dense(v)], shape, HeadViewMut::dense(out, shape), lse)
+}
+
+/// [`forward_with`] on operands at any strides: `qkv` are q, k and v (they may share a buffer,
+/// such as a fused projection's `[batch, seq, 3, heads, head_dim]` output), `out` receives the
+/// output at its layout; `lse` is dense `[batch, heads, seq]`. Errors like [`forward_with`], and
+/// on a layout the kernels cannot take ([`super::flash_layout::HeadLayout`]).
+pub fn forward_strided<T: FloatElem>(
+    kernel: ForwardKernel,
+    [q, k, v]: [HeadView<'_, T>; 3],
+    shape: &FlashShape,
+    out: HeadViewMut<'_, T>,
+    lse: &mut DeviceBuf<f32>,
+) -> CudaResult<()> {
+    const OP: &str = "flash_attention_forward";
+    shape.validate::<T>(OP)?;
+    let ops = Operands {
+        q: Some(q.operand(OP, "q", shape)?),
+        k: Some(k.operand(OP, "k", shape)?),
+        v: Some(v.operand(OP, "v", shape)?),
+        o: Some(out.operand(OP, "out", shape)?),
+        ..Operands::default()
+    };
+    check_len(OP, "lse", lse, shape.lse_len())?;
+    let dev = out.buf.device().clone();
     let hopper = match kernel {
         ForwardKernel::Portable => false,
-        ForwardKernel::Hopper => true,
-        ForwardKernel::Auto => hopper_requested() && super::flash_attention_hopper::runs_on(out.device()),
+        ForwardKernel::Hopper => {
+            super::flash_attention_hopper::require_hopper(OP, &dev)?;
+            true
+        }
+        ForwardKernel::Auto => hopper_requested() && super::flash_attention_hopper::runs_on(&dev),
     };
     if hopper {
-        return super::flash_attention_hopper::forward(q, k, v, shape, out, lse);
+        return super::flash_attention_hopper::forward::<T>(&dev, &ops, shape, lse);
     }
-    const OP: &str = "flash_attention_forward";
-    shape.check_forward(OP, (q, k, v), out, lse)?;
-    let dev = out.device().clone();
     let shared = forward_shared_bytes(shape.head_dim);
     let f = dev.function(&SOURCE, &format!("flash_fwd_{}_d{}", T::NAME, shape.head_dim))?;
     dev.allow_shared_memory(&f, shared as u32)?;
     let cfg = tiles_grid(OP, shape, BLOCK_M, shared)?;
-    let d = shape.dims();
-    let (pq, pk, pv, po, pl) = (q.ptr(), k.ptr(), v.ptr(), out.ptr(), lse.ptr());
+    let d = FlashDims::new(shape, &ops);
+    let ptr = |o: Option<Operand>| o.map_or(0, |o| o.ptr);
+    let (pq, pk, pv, po, pl) = (ptr(ops.q), ptr(ops.k), ptr(ops.v), ptr(ops.o), lse.ptr());
     let mut args = dev.launcher(&f)?;
     args.arg(&d).arg(&pq).arg(&pk).arg(&pv).arg(&po).arg(&pl);
     dev.launch(args, cfg, "launching flash_fwd")
@@ -309,77 +304,117 @@ pub fn backward_with<T: FloatElem>(
 ) -> CudaResult<()> {
     const OP: &str = "flash_attention_backward";
     shape.validate::<T>(OP)?;
-    let n = shape.qkv_len();
-    for (what, buf) in [("q", q), ("k", k), ("v", v), ("out", out), ("dout", dout)] {
-        check_len(OP, what, buf, n)?;
+    let dense = |buf| HeadView::dense(buf, shape);
+    let inputs = BackwardInputs { q: dense(q), k: dense(k), v: dense(v), out: dense(out), dout: dense(dout) };
+    let grads = GradTargets::Separate {
+        dq: HeadViewMut::dense(grads.dq, shape),
+        dk: HeadViewMut::dense(grads.dk, shape),
+        dv: HeadViewMut::dense(grads.dv, shape),
+    };
+    backward_strided(kernel, inputs, lse, shape, grads)
+}
+
+/// What a backward pass reads besides the log-sum-exp, each at its own layout.
+#[derive(Clone, Copy, Debug)]
+pub struct BackwardInputs<'a, T: FloatElem> {
+    /// Queries.
+    pub q: HeadView<'a, T>,
+    /// Keys.
+    pub k: HeadView<'a, T>,
+    /// Values.
+    pub v: HeadView<'a, T>,
+    /// The forward's output.
+    pub out: HeadView<'a, T>,
+    /// The gradient of the output.
+    pub dout: HeadView<'a, T>,
+}
+
+impl<T: FloatElem> BackwardInputs<'_, T> {
+    fn operands(&self, op: &'static str, s: &FlashShape) -> CudaResult<Operands> {
+        Ok(Operands {
+            q: Some(self.q.operand(op, "q", s)?),
+            k: Some(self.k.operand(op, "k", s)?),
+            v: Some(self.v.operand(op, "v", s)?),
+            o: Some(self.out.operand(op, "out", s)?),
+            dout: Some(self.dout.operand(op, "dout", s)?),
+            ..Operands::default()
+        })
     }
-    for (what, buf) in [("dq", &*grads.dq), ("dk", &*grads.dk), ("dv", &*grads.dv)] {
-        check_len(OP, what, buf, n)?;
-    }
+}
+
+/// [`backward_with`] on operands at any strides, dQ, dK and dV written at their own layouts,
+/// in three buffers or one (a packed QKV gradient). Errors like [`backward_with`], on a layout
+/// the kernels cannot take, and when packed gradients' layouts may overlap.
+pub fn backward_strided<T: FloatElem>(
+    kernel: BackwardKernel,
+    inputs: BackwardInputs<'_, T>,
+    lse: &DeviceBuf<f32>,
+    shape: &FlashShape,
+    grads: GradTargets<'_, T>,
+) -> CudaResult<()> {
+    const OP: &str = "flash_attention_backward";
+    shape.validate::<T>(OP)?;
+    let mut ops = inputs.operands(OP, shape)?;
+    let [dq, dk, dv] = grads.operands(OP, shape)?;
+    (ops.dq, ops.dk, ops.dv) = (Some(dq), Some(dk), Some(dv));
+    backward_operands::<T>(kernel, grads.device(), &ops, lse, shape)
+}
+
+/// The backward's three launches on checked operands: the pre-pass, the main kernel (portable
+/// or Hopper), the dQ conversion.
+fn backward_operands<T: FloatElem>(
+    kernel: BackwardKernel,
+    dev: &std::sync::Arc<super::CudaDevice>,
+    ops: &Operands,
+    lse: &DeviceBuf<f32>,
+    shape: &FlashShape,
+) -> CudaResult<()> {
+    const OP: &str = "flash_attention_backward";
     check_len(OP, "lse", lse, shape.lse_len())?;
-    let dev = out.device().clone();
     let hopper = match kernel {
         BackwardKernel::Portable => false,
         BackwardKernel::Hopper => {
-            super::flash_attention_hopper::require_hopper(OP, &dev)?;
+            super::flash_attention_hopper::require_hopper(OP, dev)?;
             true
         }
-        BackwardKernel::Auto => hopper_requested() && super::flash_attention_hopper::runs_on(&dev),
+        BackwardKernel::Auto => hopper_requested() && super::flash_attention_hopper::runs_on(dev),
     };
     let rows = shape.lse_len();
+    let n = shape.qkv_len();
     let dq_acc = dev.alloc::<f32>(n)?;
     let dot = dev.alloc::<f32>(rows)?;
-    let (po, pd, pacc, pdot) = (out.ptr(), dout.ptr(), dq_acc.ptr(), dot.ptr());
+    let d = FlashDims::new(shape, ops);
+    let ptr = |o: Option<Operand>| o.map_or(0, |o| o.ptr);
+    let dim_i = shape.head_dim as i32;
 
     // Row dots D = rowsum(dO∘O), and the dQ accumulator zeroed.
     let f = dev.function(&SOURCE, &format!("flash_bwd_prep_{}", T::NAME))?;
-    let (rows_i, dim_i) = (rows as i32, shape.head_dim as i32);
     let cfg = grid1(blocks_for(OP, rows, PREP_ROWS)?, 32 * PREP_ROWS as u32, 0);
+    let (po, pd, pacc, pdot) = (ptr(ops.o), ptr(ops.dout), dq_acc.ptr(), dot.ptr());
     let mut args = dev.launcher(&f)?;
-    args.arg(&rows_i).arg(&dim_i).arg(&po).arg(&pd).arg(&pdot).arg(&pacc);
+    args.arg(&d).arg(&dim_i).arg(&po).arg(&pd).arg(&pdot).arg(&pacc);
     dev.launch(args, cfg, "launching flash_bwd_prep")?;
 
     // dK, dV per key block; dQ added into the f32 accumulator.
     if hopper {
-        let inputs = super::flash_attention_hopper::BackwardInputs { q, k, v, dout, lse, dot: &dot };
-        super::flash_attention_hopper::backward_main(inputs, shape, &dq_acc, grads.dk, grads.dv)?;
+        super::flash_attention_hopper::backward_main::<T>(dev, ops, shape, lse, &dot, &dq_acc)?;
     } else {
-        portable_backward_main(q, k, v, dout, lse, (&dot, &dq_acc), shape, (grads.dk, grads.dv))?;
+        let shared = backward_shared_bytes(shape.head_dim);
+        let f = dev.function(&SOURCE, &format!("flash_bwd_{}_d{}", T::NAME, shape.head_dim))?;
+        dev.allow_shared_memory(&f, shared as u32)?;
+        let cfg = tiles_grid(OP, shape, BLOCK_N, shared)?;
+        let (pq, pk, pv, pl) = (ptr(ops.q), ptr(ops.k), ptr(ops.v), lse.ptr());
+        let (pdk, pdv) = (ptr(ops.dk), ptr(ops.dv));
+        let mut args = dev.launcher(&f)?;
+        args.arg(&d).arg(&pq).arg(&pk).arg(&pv).arg(&pd).arg(&pl).arg(&pdot).arg(&pacc).arg(&pdk).arg(&pdv);
+        dev.launch(args, cfg, "launching flash_bwd")?;
     }
 
-    // dQ = scale · accumulator, in the storage type.
+    // dQ = scale · accumulator, in the storage type, at dq's layout.
     let f = dev.function(&SOURCE, &format!("flash_bwd_dq_{}", T::NAME))?;
-    let n_i = n as i64;
     let cfg = grid1(blocks_for(OP, n / 4, 256)?, 256, 0);
-    let pdq = grads.dq.ptr();
+    let pdq = ptr(ops.dq);
     let mut args = dev.launcher(&f)?;
-    args.arg(&n_i).arg(&shape.scale).arg(&pacc).arg(&pdq);
+    args.arg(&d).arg(&dim_i).arg(&pacc).arg(&pdq);
     dev.launch(args, cfg, "launching flash_bwd_dq")
-}
-
-/// The portable backward's main kernel: dK, dV per key block, dS·K added into `dq_acc`.
-#[allow(clippy::too_many_arguments)]
-fn portable_backward_main<T: FloatElem>(
-    q: &DeviceBuf<T>,
-    k: &DeviceBuf<T>,
-    v: &DeviceBuf<T>,
-    dout: &DeviceBuf<T>,
-    lse: &DeviceBuf<f32>,
-    (dot, dq_acc): (&DeviceBuf<f32>, &DeviceBuf<f32>),
-    shape: &FlashShape,
-    (dk, dv): (&mut DeviceBuf<T>, &mut DeviceBuf<T>),
-) -> CudaResult<()> {
-    const OP: &str = "flash_attention_backward";
-    let dev = dk.device().clone();
-    let (pq, pk, pv, pl, pd) = (q.ptr(), k.ptr(), v.ptr(), lse.ptr(), dout.ptr());
-    let (pacc, pdot) = (dq_acc.ptr(), dot.ptr());
-    let shared = backward_shared_bytes(shape.head_dim);
-    let f = dev.function(&SOURCE, &format!("flash_bwd_{}_d{}", T::NAME, shape.head_dim))?;
-    dev.allow_shared_memory(&f, shared as u32)?;
-    let cfg = tiles_grid(OP, shape, BLOCK_N, shared)?;
-    let d = shape.dims();
-    let (pdk, pdv) = (dk.ptr(), dv.ptr());
-    let mut args = dev.launcher(&f)?;
-    args.arg(&d).arg(&pq).arg(&pk).arg(&pv).arg(&pd).arg(&pl).arg(&pdot).arg(&pacc).arg(&pdk).arg(&pdv);
-    dev.launch(args, cfg, "launching flash_bwd")
 }

@@ -3,12 +3,13 @@
 // `flash_attention.cu`, so either backward takes it; the backward (below the forward) runs
 // between that file's pre-pass and dQ kernels.
 //
-// Memory contract (that of `flash_attention.cu`): q, k, v and out are contiguous [bh, seq, D]
-// (batch and heads flattened into bh), D = 64 or 128, element type bf16 or f16, bases 16-byte
-// aligned; lse is [bh, seq] f32, the natural log-sum-exp of the scaled scores of each query row.
-// q, k and v are read only through TMA tensor maps built on the host (3-D: {D, seq, bh}, box
-// {64, 128, 1}, 128-byte swizzle), so rows at or beyond seq come in as zeros and never cross into
-// the next head. Query rows at or beyond seq are never stored.
+// Memory contract (that of `flash_attention.cu`): q, k, v and out are [batch, heads, seq, D]
+// operands with their own batch, head and row strides (FlashDims's layouts; D contiguous), D = 64
+// or 128, element type bf16 or f16, 16-byte aligned rows; lse is dense [bh, seq] f32, the natural
+// log-sum-exp of the scaled scores of each query row. q, k and v are read only through TMA tensor
+// maps built on the host (4-D: {D, seq, heads, batch} with the operand's strides, box
+// {64, 128, 1, 1}, 128-byte swizzle), so rows at or beyond seq come in as zeros and never cross
+// into the next head. Query rows at or beyond seq are never stored.
 //
 // One CTA = 3 warpgroups (384 threads) and 128 query rows of one (b, h); a one-dimensional grid of
 // tiles × bh, the heaviest causal tiles first (as in the portable kernel).
@@ -50,12 +51,7 @@
 #define FH_LOG2E 1.4426950408889634f
 #define FH_LN2 0.6931471805599453f
 
-struct FlashDims {
-    int bh;      // batch × heads
-    int seq;     // sequence length
-    int causal;  // 1: key j is masked for query i when j > i
-    float scale; // softmax scale (usually 1/sqrt(D))
-};
+// FlashDims, FaLayout and fa_head are in common.cuh (shared with flash_attention.cu).
 
 // The driver's CUtensorMap: 128 opaque bytes, passed by value as a __grid_constant__ parameter.
 struct __align__(64) FhTensorMap {
@@ -213,6 +209,7 @@ __device__ __forceinline__ void flash_fwd_hopper(FlashDims a, const FhTensorMap*
     const int wg = tid >> 7;
     const int T_ = a.seq;
     const int bh = blockIdx.x % a.bh;
+    const int hb = bh / a.heads, hh = bh - hb * a.heads;  // TMA coordinates: batch, head
     const int n_q = (T_ + FH_BM - 1) / FH_BM;
     const int q0 = (n_q - 1 - (int)(blockIdx.x / a.bh)) * FH_BM;  // heaviest causal tiles first
     const int kv_end = a.causal ? min(T_, q0 + FH_BM) : T_;
@@ -239,7 +236,7 @@ __device__ __forceinline__ void flash_fwd_hopper(FlashDims a, const FhTensorMap*
             tma_prefetch_map(map_v);
             mbar_arrive_expect_tx(q_full, Q_BYTES);
 #pragma unroll
-            for (int h = 0; h < D / 64; h++) tma_load_3d(sq + h * SUB_Q, map_q, q_full, h * 64, q0, bh);
+            for (int h = 0; h < D / 64; h++) tma_load_4d(sq + h * SUB_Q, map_q, q_full, h * 64, q0, hh, hb);
             for (int j = 0; j < n_tiles; j++) {
                 const int st = j & 1;
                 const u32 ph = (u32)(j >> 1) & 1u;
@@ -248,11 +245,11 @@ __device__ __forceinline__ void flash_fwd_hopper(FlashDims a, const FhTensorMap*
                 mbar_arrive_expect_tx(k_full + 8 * st, KV_BYTES);
 #pragma unroll
                 for (int h = 0; h < D / 64; h++)
-                    tma_load_3d(kdst + h * SUB_KV, map_k, k_full + 8 * st, h * 64, j * FH_BN, bh);
+                    tma_load_4d(kdst + h * SUB_KV, map_k, k_full + 8 * st, h * 64, j * FH_BN, hh, hb);
                 mbar_arrive_expect_tx(v_full + 8 * st, KV_BYTES);
 #pragma unroll
                 for (int h = 0; h < D / 64; h++)
-                    tma_load_3d(vdst + h * SUB_KV, map_v, v_full + 8 * st, h * 64, j * FH_BN, bh);
+                    tma_load_4d(vdst + h * SUB_KV, map_v, v_full + 8 * st, h * 64, j * FH_BN, hh, hb);
             }
         }
         return;
@@ -368,13 +365,14 @@ __device__ __forceinline__ void flash_fwd_hopper(FlashDims a, const FhTensorMap*
     fh_wg_sync(1 + cw);
     constexpr int CHUNKS = D / 8;  // 16-byte chunks per row
     const int wtid = tid & 127;
+    T* out_h = out + fa_head(a.o, bh, a.heads);
 #pragma unroll
     for (int it = 0; it < 64 * CHUNKS / 128; it++) {
         const int c = wtid + it * 128;
         const int rl = c / CHUNKS, ch = c % CHUNKS;
         const int row = row_base + rl;
         const uint4 v = fh_ld_shared128(sq_wg + (ch >> 3) * SUB_Q + rl * 128 + ((u32)((ch & 7) ^ (rl & 7)) << 4));
-        if (row < T_) *reinterpret_cast<uint4*>(out + ((i64)bh * T_ + row) * D + ch * 8) = v;
+        if (row < T_) *reinterpret_cast<uint4*>(out_h + (i64)row * a.o.row + ch * 8) = v;
     }
 }
 
@@ -466,6 +464,7 @@ __device__ __forceinline__ void flash_bwd_hopper(FlashDims a, const FhTensorMap*
     const int wg = tid >> 7;
     const int T_ = a.seq;
     const int bh = blockIdx.x % a.bh;
+    const int hb = bh / a.heads, hh = bh - hb * a.heads;  // TMA coordinates: batch, head
     const int kv0 = (int)(blockIdx.x / a.bh) * FHB_BN;
     const int qt_begin = a.causal ? kv0 / FHB_BM : 0;
     const int qt_end = (T_ + FHB_BM - 1) / FHB_BM;
@@ -492,8 +491,8 @@ __device__ __forceinline__ void flash_bwd_hopper(FlashDims a, const FhTensorMap*
             mbar_arrive_expect_tx(kv_full, 2 * KV_BYTES);
 #pragma unroll
             for (int h = 0; h < D / 64; h++) {
-                tma_load_3d(sk + h * SUB_KV, map_k, kv_full, h * 64, kv0, bh);
-                tma_load_3d(sv + h * SUB_KV, map_v, kv_full, h * 64, kv0, bh);
+                tma_load_4d(sk + h * SUB_KV, map_k, kv_full, h * 64, kv0, hh, hb);
+                tma_load_4d(sv + h * SUB_KV, map_v, kv_full, h * 64, kv0, hh, hb);
             }
             for (int i = qt_begin; i < qt_end; i++) {
                 const int n = i - qt_begin, st = n & 1;
@@ -502,8 +501,8 @@ __device__ __forceinline__ void flash_bwd_hopper(FlashDims a, const FhTensorMap*
                 mbar_arrive_expect_tx(full, 2 * Q_BYTES);
 #pragma unroll
                 for (int h = 0; h < D / 64; h++) {
-                    tma_load_3d(sq + st * Q_BYTES + h * SUB_Q, map_q, full, h * 64, i * FHB_BM, bh);
-                    tma_load_3d(sdo + st * Q_BYTES + h * SUB_Q, map_do, full, h * 64, i * FHB_BM, bh);
+                    tma_load_4d(sq + st * Q_BYTES + h * SUB_Q, map_q, full, h * 64, i * FHB_BM, hh, hb);
+                    tma_load_4d(sdo + st * Q_BYTES + h * SUB_Q, map_do, full, h * 64, i * FHB_BM, hh, hb);
                 }
             }
         }
@@ -661,15 +660,18 @@ __device__ __forceinline__ void flash_bwd_hopper(FlashDims a, const FhTensorMap*
     }
 
     // dK = scale·Σ dSᵀ·Q, dV = Σ Pᵀ·dO, stored row by row (keys past seq skipped).
+    T* dk_h = dk + fa_head(a.dk, bh, a.heads);
+    T* dv_h = dv + fa_head(a.dv, bh, a.heads);
 #pragma unroll
     for (int j = 0; j < D / 8; j++) {
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             const int key = key0 + 8 * r;
             if (key >= T_) continue;
-            const i64 at = ((i64)bh * T_ + key) * D + 8 * j + 2 * t4;
-            *reinterpret_cast<u32*>(dk + at) = pack2<T>(dka[4 * j + 2 * r] * a.scale, dka[4 * j + 2 * r + 1] * a.scale);
-            *reinterpret_cast<u32*>(dv + at) = pack2<T>(dva[4 * j + 2 * r], dva[4 * j + 2 * r + 1]);
+            const int col = 8 * j + 2 * t4;
+            *reinterpret_cast<u32*>(dk_h + (i64)key * a.dk.row + col) =
+                pack2<T>(dka[4 * j + 2 * r] * a.scale, dka[4 * j + 2 * r + 1] * a.scale);
+            *reinterpret_cast<u32*>(dv_h + (i64)key * a.dv.row + col) = pack2<T>(dva[4 * j + 2 * r], dva[4 * j + 2 * r + 1]);
         }
     }
 }

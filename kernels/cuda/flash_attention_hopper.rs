@@ -13,10 +13,11 @@
 //! [`super::flash_attention::BackwardKernel`]).
 //!
 //! Layouts are those of the portable kernels: `q`, `k`, `v`, the output and the gradients
-//! contiguous `[batch, heads, seq, head_dim]`, the log-sum-exp `[batch, heads, seq]` f32 in
-//! natural-log units. The kernels read `q`, `k`, `v` (and `dout`) through TMA tensor maps built
-//! here with `cuTensorMapEncodeTiled` (3-D `{head_dim, seq, batch·heads}`, boxes of 64 columns ×
-//! 128 or 64 rows, 128-byte swizzle), passed by value as `__grid_constant__` parameters. A block
+//! `[batch, heads, seq, head_dim]` at the strides of [`super::flash_layout`], the log-sum-exp
+//! dense `[batch, heads, seq]` f32 in natural-log units. The kernels read `q`, `k`, `v` (and
+//! `dout`) through TMA tensor maps built here with `cuTensorMapEncodeTiled` (4-D `{head_dim, seq,
+//! heads, batch}` with the operand's strides, boxes of 64 columns × 128 or 64 rows, 128-byte
+//! swizzle), passed by value as `__grid_constant__` parameters. A block
 //! is 3 warpgroups: one producer (TMA loads into 2-stage rings guarded by mbarriers) and two
 //! consumers (forward: 64 query rows each, S = Q·Kᵀ and O += P·V; backward: 64 keys each, dK and
 //! dV in registers, dQ through f32 atomics).
@@ -26,6 +27,7 @@ use cudarc::driver::{sys, DeviceRepr, LaunchConfig, PushKernelArg};
 use super::device::{blocks_for, CudaDevice, DeviceBuf, FloatElem};
 use super::error::{CudaError, CudaResult};
 use super::flash_attention::FlashShape;
+use super::flash_layout::{FlashDims, Operand, Operands};
 use super::source::{kernel_source, KernelSource};
 
 /// The kernel file; it needs the `sm_90a` architecture-specific instructions.
@@ -74,24 +76,16 @@ const _: () = assert!(std::mem::size_of::<TensorMap>() == 128 && std::mem::align
 // One box shape serves Q tiles and K/V tiles.
 const _: () = assert!(BLOCK_M == BLOCK_N);
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct HopperDims {
-    bh: i32,
-    seq: i32,
-    causal: i32,
-    scale: f32,
-}
-// SAFETY: `#[repr(C)]` plain data matching `struct FlashDims` in flash_attention_hopper.cu.
-unsafe impl DeviceRepr for HopperDims {}
-
-/// The tensor map a kernel reads `buf` through: `[batch·heads, seq, head_dim]` elements of `T`,
-/// boxes of 64 columns × `box_rows` rows × 1 head, 128-byte swizzle, zeros outside the tensor
-/// (so the ragged last tile of a head never reads the next head).
+/// The tensor map a kernel reads operand `what` through: `[batch, heads, seq, head_dim]`
+/// elements of `T` at the operand's strides (4-D, innermost first: `{head_dim, seq, heads,
+/// batch}`), boxes of 64 columns × `box_rows` rows × 1 head × 1 sequence, 128-byte swizzle, zeros
+/// outside the tensor (so the ragged last tile of a head never reads the next head). The
+/// operand's layout has been checked ([`super::flash_layout::HeadLayout::check`]: 16-byte
+/// multiples, strides below 2⁴⁰ bytes).
 fn tensor_map<T: FloatElem>(
     op: &'static str,
     what: &str,
-    buf: &DeviceBuf<T>,
+    operand: Option<Operand>,
     s: &FlashShape,
     box_rows: usize,
 ) -> CudaResult<TensorMap> {
@@ -100,27 +94,36 @@ fn tensor_map<T: FloatElem>(
         "f16" => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
         other => return Err(CudaError::invalid(op, format!("no Hopper flash kernel for {other}"))),
     };
-    if !buf.ptr().is_multiple_of(16) {
+    let Some(operand) = operand else {
+        return Err(CudaError::invalid(op, format!("no {what} operand (internal error)")));
+    };
+    if !operand.ptr.is_multiple_of(16) {
         return Err(CudaError::invalid(op, format!("{what} is not 16-byte aligned (TMA needs it)")));
     }
     let elem = std::mem::size_of::<T>() as u64;
-    let (d, t, bh) = (s.head_dim as u64, s.seq as u64, (s.batch * s.heads) as u64);
-    // Innermost first; strides (in bytes) of the dimensions after the first. `validate` keeps
-    // every size below 2³¹ rows and the strides below TMA's 2⁴⁰ bytes.
-    let dims = [d, t, bh];
-    let strides = [d * elem, t * d * elem];
-    let boxes = [BOX_COLS, box_rows as u32, 1];
-    let element_strides = [1u32; 3];
+    let l = operand.layout;
+    let dims = [s.head_dim as u64, s.seq as u64, s.heads as u64, s.batch as u64];
+    // Byte strides of the dimensions after the first. The stride of a dimension of one element
+    // is never used; it gets the packed value (a multiple of 16, never 0) so that the driver
+    // sees a regular map.
+    let mut strides = [l.row as u64 * elem, l.head as u64 * elem, l.batch as u64 * elem];
+    for i in 0..3 {
+        if dims[i + 1] == 1 {
+            strides[i] = if i == 0 { dims[0] * elem } else { strides[i - 1] * dims[i] };
+        }
+    }
+    let boxes = [BOX_COLS, box_rows as u32, 1, 1];
+    let element_strides = [1u32; 4];
     let mut map = sys::CUtensorMap { opaque: [0; 16] };
-    // SAFETY: every pointer refers to a live local array of the length the rank (3) implies;
-    // the global address is a live device allocation covering `bh·t·d` elements (checked by
-    // the caller); the driver only writes the 128-byte map.
+    // SAFETY: every pointer refers to a live local array of the length the rank (4) implies;
+    // the global address lies in a live device allocation that covers every element the
+    // layout reaches (checked with the layout); the driver only writes the 128-byte map.
     unsafe {
         sys::cuTensorMapEncodeTiled(
             &mut map,
             data_type,
-            3,
-            buf.ptr() as *mut std::ffi::c_void,
+            4,
+            operand.ptr as *mut std::ffi::c_void,
             dims.as_ptr(),
             strides.as_ptr(),
             boxes.as_ptr(),
@@ -136,55 +139,45 @@ fn tensor_map<T: FloatElem>(
     Ok(TensorMap { opaque: map.opaque })
 }
 
-/// Forward on the Hopper kernel: writes `out = softmax(scale·q·kᵀ + mask)·v` and the per-row
-/// log-sum-exp `lse` (`[batch, heads, seq]`, f32), exactly what
-/// [`super::flash_attention::forward`] writes, so [`super::flash_attention::backward`] takes them.
-///
-/// Errors with [`CudaError::Invalid`] when the shape is unsupported ([`FlashShape::validate`]),
-/// a buffer is shorter than the shape needs, or the device is not compute capability 9.0
-/// ([`runs_on`]).
-pub fn forward<T: FloatElem>(
-    q: &DeviceBuf<T>,
-    k: &DeviceBuf<T>,
-    v: &DeviceBuf<T>,
+/// Forward on the Hopper kernel, on operands [`super::flash_attention::forward_strided`] has
+/// checked: writes the output at its layout and the per-row log-sum-exp `lse` (`[batch, heads,
+/// seq]`, f32), exactly what the portable kernel writes. The caller has checked that `dev` is
+/// compute capability 9.0.
+pub(crate) fn forward<T: FloatElem>(
+    dev: &std::sync::Arc<CudaDevice>,
+    ops: &Operands,
     shape: &FlashShape,
-    out: &mut DeviceBuf<T>,
     lse: &mut DeviceBuf<f32>,
 ) -> CudaResult<()> {
     const OP: &str = "flash_attention_hopper_forward";
-    shape.check_forward(OP, (q, k, v), out, lse)?;
-    let dev = out.device().clone();
-    require_hopper(OP, &dev)?;
-    let map = |what, buf| tensor_map(OP, what, buf, shape, BLOCK_M);
-    let (tq, tk, tv) = (map("q", q)?, map("k", k)?, map("v", v)?);
+    let map = |what, o| tensor_map::<T>(OP, what, o, shape, BLOCK_M);
+    let (tq, tk, tv) = (map("q", ops.q)?, map("k", ops.k)?, map("v", ops.v)?);
     let shared = shared_bytes(shape.head_dim);
     let f = dev.function(&SOURCE, &format!("flash_fwd_hopper_{}_d{}", T::NAME, shape.head_dim))?;
     dev.allow_shared_memory(&f, shared as u32)?;
     // Block x is query tile x / bh of head x % bh (heaviest causal tiles first).
-    let (cfg, d) = launch_shape(OP, shape, BLOCK_M, shared)?;
-    let (po, pl) = (out.ptr(), lse.ptr());
+    let cfg = launch_config(OP, shape, BLOCK_M, shared)?;
+    let d = FlashDims::new(shape, ops);
+    let (po, pl) = (ops.o.map_or(0, |o| o.ptr), lse.ptr());
     let mut args = dev.launcher(&f)?;
     args.arg(&d).arg(&tq).arg(&tk).arg(&tv).arg(&po).arg(&pl);
     dev.launch(args, cfg, "launching flash_fwd_hopper")
 }
 
 /// The launch of a kernel whose blocks each take `rows` rows (queries or keys) of one head:
-/// a one-dimensional grid of row tiles × heads, and the dimensions argument.
-fn launch_shape(
+/// a one-dimensional grid of row tiles × heads.
+fn launch_config(
     op: &'static str,
     shape: &FlashShape,
     rows: usize,
     shared: usize,
-) -> CudaResult<(LaunchConfig, HopperDims)> {
+) -> CudaResult<LaunchConfig> {
     let bh = shape.batch * shape.heads;
-    let cfg = LaunchConfig {
+    Ok(LaunchConfig {
         grid_dim: (blocks_for(op, shape.seq.div_ceil(rows) * bh, 1)?, 1, 1),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: shared as u32,
-    };
-    let dims =
-        HopperDims { bh: bh as i32, seq: shape.seq as i32, causal: shape.causal as i32, scale: shape.scale };
-    Ok((cfg, dims))
+    })
 }
 
 /// An error unless `dev` is compute capability 9.0 ([`runs_on`]).
@@ -220,49 +213,29 @@ pub fn backward_shared_bytes(head_dim: usize) -> usize {
         + ALIGN_SLACK
 }
 
-/// The inputs of the backward's main kernel.
-#[derive(Debug)]
-pub(crate) struct BackwardInputs<'a, T: FloatElem> {
-    /// Queries, keys, values and the output gradient, `[batch, heads, seq, head_dim]`.
-    pub q: &'a DeviceBuf<T>,
-    /// Keys.
-    pub k: &'a DeviceBuf<T>,
-    /// Values.
-    pub v: &'a DeviceBuf<T>,
-    /// The output gradient.
-    pub dout: &'a DeviceBuf<T>,
-    /// The forward's log-sum-exp, `[batch, heads, seq]`.
-    pub lse: &'a DeviceBuf<f32>,
-    /// The pre-pass's row dots rowsum(dO∘O), `[batch, heads, seq]`.
-    pub dot: &'a DeviceBuf<f32>,
-}
-
 /// The backward's main kernel on Hopper, between the portable pre-pass and dQ kernels of
-/// [`super::flash_attention::backward_with`]: adds dS·K (unscaled) into `dq_acc` and writes
-/// `dk`, `dv`. The caller has checked every length against `shape`.
+/// [`super::flash_attention::backward_with`], on checked operands: adds dS·K (unscaled) into
+/// the dense `dq_acc` and writes dK and dV at their layouts. The caller has checked the device.
 pub(crate) fn backward_main<T: FloatElem>(
-    inputs: BackwardInputs<'_, T>,
+    dev: &std::sync::Arc<CudaDevice>,
+    ops: &Operands,
     shape: &FlashShape,
+    lse: &DeviceBuf<f32>,
+    dot: &DeviceBuf<f32>,
     dq_acc: &DeviceBuf<f32>,
-    dk: &mut DeviceBuf<T>,
-    dv: &mut DeviceBuf<T>,
 ) -> CudaResult<()> {
     const OP: &str = "flash_attention_hopper_backward";
-    let dev = dk.device().clone();
-    require_hopper(OP, &dev)?;
-    let BackwardInputs { q, k, v, dout, lse, dot } = inputs;
-    let (tq, tdo) = (
-        tensor_map(OP, "q", q, shape, BACKWARD_BLOCK_M)?,
-        tensor_map(OP, "dout", dout, shape, BACKWARD_BLOCK_M)?,
-    );
-    let (tk, tv) =
-        (tensor_map(OP, "k", k, shape, BACKWARD_BLOCK_N)?, tensor_map(OP, "v", v, shape, BACKWARD_BLOCK_N)?);
+    let map = |what, o, rows| tensor_map::<T>(OP, what, o, shape, rows);
+    let (tq, tdo) = (map("q", ops.q, BACKWARD_BLOCK_M)?, map("dout", ops.dout, BACKWARD_BLOCK_M)?);
+    let (tk, tv) = (map("k", ops.k, BACKWARD_BLOCK_N)?, map("v", ops.v, BACKWARD_BLOCK_N)?);
     let shared = backward_shared_bytes(shape.head_dim);
     let f = dev.function(&SOURCE, &format!("flash_bwd_hopper_{}_d{}", T::NAME, shape.head_dim))?;
     dev.allow_shared_memory(&f, shared as u32)?;
     // Block x is key block x / bh of head x % bh (key block 0 first).
-    let (cfg, d) = launch_shape(OP, shape, BACKWARD_BLOCK_N, shared)?;
-    let (pl, pdot, pacc, pdk, pdv) = (lse.ptr(), dot.ptr(), dq_acc.ptr(), dk.ptr(), dv.ptr());
+    let cfg = launch_config(OP, shape, BACKWARD_BLOCK_N, shared)?;
+    let d = FlashDims::new(shape, ops);
+    let (pl, pdot, pacc) = (lse.ptr(), dot.ptr(), dq_acc.ptr());
+    let (pdk, pdv) = (ops.dk.map_or(0, |o| o.ptr), ops.dv.map_or(0, |o| o.ptr));
     let mut args = dev.launcher(&f)?;
     args.arg(&d).arg(&tq).arg(&tk).arg(&tv).arg(&tdo).arg(&pl).arg(&pdot).arg(&pacc).arg(&pdk).arg(&pdv);
     dev.launch(args, cfg, "launching flash_bwd_hopper")
@@ -289,6 +262,6 @@ mod tests {
         // The wgmma and TMA wrappers live in the Hopper prelude, which an sm_90a file gets.
         let text = SOURCE.full_text();
         assert!(text.contains("wgmma.mma_async") && text.contains("cp.async.bulk.tensor"));
-        assert!(SOURCE.code.contains("wgmma_ss_m64n128k16") && SOURCE.code.contains("tma_load_3d"));
+        assert!(SOURCE.code.contains("wgmma_ss_m64n128k16") && SOURCE.code.contains("tma_load_4d"));
     }
 }

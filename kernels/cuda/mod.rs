@@ -24,6 +24,7 @@ pub mod elementwise;
 pub mod embedding;
 pub mod flash_attention;
 pub mod flash_attention_hopper;
+pub mod flash_layout;
 pub mod gelu;
 pub mod layernorm;
 pub mod matmul;

@@ -173,9 +173,10 @@ inline thread_local ThreadCtx* self = nullptr;
 /// What the harness puts in a kernel's 128-byte tensor-map parameter (emu_hopper.hpp's TMA).
 struct TensorMap {
     const unsigned char* base;
-    uint64_t dims[3];     // elements, innermost first
-    uint64_t strides[2];  // bytes, of dimensions 1 and 2
-    uint32_t box[3];      // elements
+    uint64_t dims[5];     // elements, innermost first (unused dimensions 1)
+    uint64_t strides[4];  // bytes, of dimensions 1..rank-1
+    uint32_t box[5];      // elements (unused dimensions 1)
+    uint32_t rank;
     uint32_t elem_bytes;
     uint32_t magic;
 };

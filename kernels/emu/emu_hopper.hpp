@@ -1,7 +1,7 @@
 // Host emulation of the Hopper (sm_90a) instructions hopper.cuh wraps, included after
 // emu_convert.hpp for the files registered with `needs_sm90a`. See emu.hpp for the machine.
 //
-// - TMA (`cp.async.bulk.tensor.3d`, 128-byte swizzle): the tensor map is an `emu::TensorMap`
+// - TMA (`cp.async.bulk.tensor.3d` and `.4d`, 128-byte swizzle): the tensor map is an `emu::TensorMap`
 //   the harness writes into the kernel's 128-byte map parameter (base address, sizes, byte
 //   strides, box); a load copies the box from another thread after a random delay, zero-fills
 //   what lies outside the tensor, writes 16-byte chunk c of box row r at chunk c ^ (r % 8) of
@@ -99,32 +99,57 @@ inline void wgmma_run(const WgmmaOp& op, size_t group, size_t index) {
 
 inline void tma_prefetch_map(const void*) {}
 
-inline void tma_load_3d(uint32_t dst, const void* map, uint32_t bar, int c0, int c1, int c2) {
-    emu::TensorMap m;
+namespace emu {
+
+/// A TMA load of the box at coordinates `c` (innermost first, `rank` of them) of the tensor map
+/// at `map`: checks the map's rank, then copies on another thread (see the file comment).
+inline void tma_load(uint32_t dst, const void* map, uint32_t bar, uint32_t rank, const long long (&c)[5]) {
+    TensorMap m;
     std::memcpy(&m, map, sizeof m);
-    if (m.magic != emu::kTensorMapMagic) emu::fail("tma_load_3d on a parameter that is not an emulated tensor map");
+    if (m.magic != kTensorMapMagic) fail("a TMA load on a parameter that is not an emulated tensor map");
+    if (m.rank != rank) fail("a " + std::to_string(rank) + "-d TMA load on a tensor map of rank " + std::to_string(m.rank));
     const uint32_t row_bytes = m.box[0] * m.elem_bytes;
-    if (row_bytes != 128) emu::fail("the emulated TMA takes boxes of 128-byte rows (the 128-byte swizzle)");
-    if (dst % 1024 != 0) emu::fail("a swizzled TMA destination must be 1024-byte aligned");
-    const uint32_t bytes = row_bytes * m.box[1] * m.box[2];
-    emu::Block* b = emu::self->block;
-    if (dst + bytes > b->smem.size()) emu::fail("TMA box past the end of shared memory");
-    emu::async([=] {
-        for (uint32_t z = 0; z < m.box[2]; z++)
-            for (uint32_t y = 0; y < m.box[1]; y++)
-                for (uint32_t x = 0; x < m.box[0]; x++) {
-                    const long long gx = (long long)c0 + x, gy = (long long)c1 + y, gz = (long long)c2 + z;
-                    const uint32_t addr = emu::swizzle128(dst + (z * m.box[1] + y) * row_bytes + x * m.elem_bytes);
-                    unsigned char* out = b->smem.data() + addr;
-                    const bool inside = gx >= 0 && gy >= 0 && gz >= 0 && (uint64_t)gx < m.dims[0] &&
-                                        (uint64_t)gy < m.dims[1] && (uint64_t)gz < m.dims[2];
-                    if (inside)
-                        std::memcpy(out, m.base + gz * m.strides[1] + gy * m.strides[0] + gx * m.elem_bytes, m.elem_bytes);
-                    else
-                        std::memset(out, 0, m.elem_bytes);
-                }
-        emu::mbar_complete_tx(b, bar, bytes);
+    if (row_bytes != 128) fail("the emulated TMA takes boxes of 128-byte rows (the 128-byte swizzle)");
+    if (dst % 1024 != 0) fail("a swizzled TMA destination must be 1024-byte aligned");
+    uint32_t rows = 1;  // box rows of 128 bytes: every dimension after the first
+    for (int i = 1; i < 5; i++) rows *= m.box[i];
+    const uint32_t bytes = row_bytes * rows;
+    Block* b = self->block;
+    if (dst + bytes > b->smem.size()) fail("TMA box past the end of shared memory");
+    async([=] {
+        for (uint32_t r = 0; r < rows; r++) {
+            // Box coordinates of row r (dimension 1 fastest), and the row's global byte offset.
+            bool inside = true;
+            uint64_t offset = 0;
+            uint32_t rest = r;
+            for (int i = 1; i < 5; i++) {
+                const long long gi = c[i] + (long long)(rest % m.box[i]);
+                rest /= m.box[i];
+                inside = inside && gi >= 0 && (uint64_t)gi < m.dims[i];
+                if (i < (int)m.rank) offset += (uint64_t)gi * m.strides[i - 1];
+            }
+            for (uint32_t x = 0; x < m.box[0]; x++) {
+                const long long gx = c[0] + x;
+                const uint32_t addr = swizzle128(dst + r * row_bytes + x * m.elem_bytes);
+                unsigned char* out = b->smem.data() + addr;
+                if (inside && gx >= 0 && (uint64_t)gx < m.dims[0])
+                    std::memcpy(out, m.base + offset + (uint64_t)gx * m.elem_bytes, m.elem_bytes);
+                else
+                    std::memset(out, 0, m.elem_bytes);
+            }
+        }
+        mbar_complete_tx(b, bar, bytes);
     });
+}
+
+}  // namespace emu
+
+inline void tma_load_3d(uint32_t dst, const void* map, uint32_t bar, int c0, int c1, int c2) {
+    emu::tma_load(dst, map, bar, 3, {c0, c1, c2, 0, 0});
+}
+
+inline void tma_load_4d(uint32_t dst, const void* map, uint32_t bar, int c0, int c1, int c2, int c3) {
+    emu::tma_load(dst, map, bar, 4, {c0, c1, c2, c3, 0});
 }
 
 template <int REGS>

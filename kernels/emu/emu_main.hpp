@@ -2,11 +2,13 @@
 //
 //   buf <index> <bytes> <path>|poison   a buffer, read from a file or filled with 0xFF bytes
 //                                       (NaN in f32, bf16 and f16)
-//   arg ptr <index> | arg null | arg i32 <v> | arg u32 <v> | arg f32 <v> | arg i64 <v>
+//   arg ptr <index> | arg at <index> <byte offset> | arg null | arg i32 <v> | arg u32 <v>
+//   arg f32 <v> | arg i64 <v>          a pointer to a buffer (or into it), or a scalar
 //   arg bytes <hex>                     a structure passed by value, its bytes in hex
-//   arg tmap <index> <element bytes> <size0> <size1> <size2> <stride1> <stride2> <box0> <box1> <box2>
-//                                       an emulated TMA tensor map over buffer <index>
-//                                       (sizes in elements innermost first, strides in bytes)
+//   arg tmap <index> <byte offset> <element bytes> <rank> <size0> .. <stride1> .. <box0> ..
+//                                       an emulated TMA tensor map of rank 1 to 5 over buffer
+//                                       <index> from <byte offset>: rank sizes in elements
+//                                       innermost first, rank − 1 strides in bytes, rank boxes
 //   launch <kernel> <grid x> <grid y> <grid z> <block> <cluster> <dynamic shared bytes>
 //   dump <index> <path>                 writes a buffer to a file
 //
@@ -24,9 +26,10 @@ namespace emu {
 struct Arg {
     std::string kind;
     long long int_value = 0;
+    long long offset = 0;  // bytes into the buffer, for `at`
     double float_value = 0.0;
     std::vector<unsigned char> bytes;
-    unsigned long long map[10] = {};
+    std::vector<unsigned long long> map;
 };
 
 struct Args {
@@ -40,8 +43,11 @@ struct Args {
         const Arg& a = list[next++];
         if constexpr (std::is_pointer_v<A>) {
             if (a.kind == "null") return nullptr;
-            if (a.kind != "ptr") fail("argument " + std::to_string(next - 1) + " should be a pointer, not " + a.kind);
-            return reinterpret_cast<A>(bufs->at((size_t)a.int_value).data());
+            if (a.kind != "ptr" && a.kind != "at")
+                fail("argument " + std::to_string(next - 1) + " should be a pointer, not " + a.kind);
+            auto& buf = bufs->at((size_t)a.int_value);
+            if (a.offset < 0 || (size_t)a.offset > buf.size()) fail("a pointer past the end of its buffer");
+            return reinterpret_cast<A>(buf.data() + a.offset);
         } else if constexpr (std::is_same_v<A, int>) {
             if (a.kind != "i32") fail("argument " + std::to_string(next - 1) + " should be i32, not " + a.kind);
             return (int)a.int_value;
@@ -58,11 +64,15 @@ struct Args {
             static_assert(std::is_trivially_copyable_v<A>, "unsupported kernel parameter type");
             if (sizeof(A) < sizeof(TensorMap)) fail("a tensor map argument for a parameter too small to hold one");
             TensorMap m{};
-            m.base = bufs->at((size_t)a.map[0]).data();
-            m.elem_bytes = (uint32_t)a.map[1];
-            for (int i = 0; i < 3; i++) m.dims[i] = a.map[2 + i];
-            for (int i = 0; i < 2; i++) m.strides[i] = a.map[5 + i];
-            for (int i = 0; i < 3; i++) m.box[i] = (uint32_t)a.map[7 + i];
+            auto& buf = bufs->at((size_t)a.map[0]);
+            if (a.map[1] > buf.size()) fail("a tensor map past the end of its buffer");
+            m.base = buf.data() + a.map[1];
+            m.elem_bytes = (uint32_t)a.map[2];
+            m.rank = (uint32_t)a.map[3];
+            for (int i = 0; i < 5; i++) m.dims[i] = m.box[i] = 1;
+            for (uint32_t i = 0; i < m.rank; i++) m.dims[i] = a.map[4 + i];
+            for (uint32_t i = 0; i + 1 < m.rank; i++) m.strides[i] = a.map[4 + m.rank + i];
+            for (uint32_t i = 0; i < m.rank; i++) m.box[i] = (uint32_t)a.map[3 + 2 * m.rank + i];
             m.magic = kTensorMapMagic;
             A v;
             std::memset(&v, 0, sizeof v);
@@ -128,7 +138,17 @@ int main() {
                 for (size_t i = 0; i + 1 < hex.size(); i += 2)
                     a.bytes.push_back((unsigned char)std::stoul(hex.substr(i, 2), nullptr, 16));
             } else if (a.kind == "tmap") {
-                for (unsigned long long& v : a.map) in >> v;
+                unsigned long long buf, offset, elem, rank;
+                in >> buf >> offset >> elem >> rank;
+                if (rank < 1 || rank > 5) emu::fail("a tensor map of rank " + std::to_string(rank));
+                a.map = {buf, offset, elem, rank};
+                for (unsigned long long i = 0; i < 3 * rank - 1; i++) {
+                    unsigned long long v;
+                    in >> v;
+                    a.map.push_back(v);
+                }
+            } else if (a.kind == "at") {
+                in >> a.int_value >> a.offset;
             } else if (a.kind != "null") {
                 in >> a.int_value;
             }

@@ -15,6 +15,8 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use half::{bf16, f16};
+use polylm_kernels::cuda::flash_attention::FlashShape;
+use polylm_kernels::cuda::flash_layout::HeadLayout;
 use polylm_kernels::cuda::layernorm::LayerNormKernel;
 use polylm_kernels::cuda::matmul_tc::Tile;
 use polylm_kernels::cuda::source::{KernelSource, HOPPER_PRELUDE, PRELUDE};
@@ -1034,7 +1036,7 @@ fn matmul_case<T: Elem, O: Elem>(
         let tmap = |buf: usize, op: &matmul_wgmma::TmaOperand, outer: usize| {
             let [d0, d1, d2] = op.dims;
             let [s1, s2] = op.strides;
-            format!("tmap {buf} 2 {d0} {d1} {d2} {s1} {s2} 64 {outer} 1")
+            format!("tmap {buf} 0 2 3 {d0} {d1} {d2} {s1} {s2} 64 {outer} 1")
         };
         s.arg(&tmap(ba, &a_op, if a_kmajor { 128 } else { 64 }));
         s.arg(&tmap(bb, &b_op, if b_kmajor { bn } else { 64 }));
@@ -1277,48 +1279,170 @@ fn attention_reference(
     (out, lse, dq, dk, dv)
 }
 
-fn flash_case<T: Elem>(emu: &Path, (bh, seq, d): (usize, usize, usize), causal: bool, seed: u64) {
-    let mut rng = Rng(seed);
-    let tag = format!("flash-{}-{bh}x{seq}x{d}-{causal}", T::NAME);
-    let size = std::mem::size_of::<T>();
-    let n = bh * seq * d;
-    let (q, k, v) = (rng.values::<T>(n, 1.0), rng.values::<T>(n, 1.0), rng.values::<T>(n, 1.0));
-    let dout = rng.values::<T>(n, 1.0);
-    let scale = 1.0 / (d as f32).sqrt();
-    let (want_out, want_lse, want_dq, want_dk, want_dv) =
-        attention_reference(&q, &k, &v, &dout, (bh, seq, d), causal, f64::from(scale));
-    // `struct FlashDims`: bh, seq, causal (i32), scale (f32).
+/// One flash test: its shape, type, and where its operands lie. Dense cases put q, k, v
+/// (and dQ, dK, dV) at offsets 0, n, 2n of one buffer, the output and its gradient dense;
+/// packed cases lay them out as the engine does for a PolyLM block: q, k, v read in place from
+/// one `[batch, seq, 3, heads, d]` buffer, the output and its gradient `[batch, seq, heads, d]`,
+/// the gradients packed like the inputs.
+#[derive(Clone, Copy, Debug)]
+struct FlashCase {
+    batch: usize,
+    heads: usize,
+    seq: usize,
+    d: usize,
+    causal: bool,
+    f16: bool,
+    packed: bool,
+}
+
+/// The layouts of a [`FlashCase`]'s operands.
+struct FlashLayouts {
+    shape: FlashShape,
+    /// q, k, v in the input buffer (and dQ, dK, dV in the gradient buffer, laid out alike).
+    qkv: [HeadLayout; 3],
+    /// The output, and the output gradient in its own buffer.
+    out: HeadLayout,
+}
+
+impl FlashCase {
+    fn layouts(&self) -> FlashLayouts {
+        let shape = FlashShape::new(self.batch, self.heads, self.seq, self.d, self.causal);
+        let n = shape.qkv_len();
+        if self.packed {
+            let qkv = [0, 1, 2].map(|i| HeadLayout::packed_qkv(&shape, i));
+            FlashLayouts { shape, qkv, out: HeadLayout::token_major(&shape) }
+        } else {
+            let dense = HeadLayout::dense(&shape);
+            let part = |i: usize| HeadLayout { offset: i * n, ..dense };
+            FlashLayouts { shape, qkv: [part(0), part(1), part(2)], out: dense }
+        }
+    }
+
+    fn tag(&self, kind: &str, elem: &str) -> String {
+        let FlashCase { batch, heads, seq, d, causal, packed, .. } = *self;
+        let layout = if packed { "packed" } else { "dense" };
+        format!("{kind}-{elem}-{batch}x{heads}x{seq}x{d}-{causal}-{layout}")
+    }
+}
+
+/// Writes dense `[batch, heads, seq, d]` values into `buf` at `l`.
+fn place(values: &[f64], l: &HeadLayout, s: &FlashShape, buf: &mut [f64]) {
+    for (row, chunk) in values.chunks(s.head_dim).enumerate() {
+        let (bh, t) = (row / s.seq, row % s.seq);
+        let at = l.offset + (bh / s.heads) * l.batch + (bh % s.heads) * l.head + t * l.row;
+        buf[at..at + s.head_dim].copy_from_slice(chunk);
+    }
+}
+
+/// Reads the dense `[batch, heads, seq, d]` values at `l` out of `buf`.
+fn take(buf: &[f64], l: &HeadLayout, s: &FlashShape) -> Vec<f64> {
+    let mut out = Vec::with_capacity(s.qkv_len());
+    for row in 0..s.batch * s.heads * s.seq {
+        let (bh, t) = (row / s.seq, row % s.seq);
+        let at = l.offset + (bh / s.heads) * l.batch + (bh % s.heads) * l.head + t * l.row;
+        out.extend_from_slice(&buf[at..at + s.head_dim]);
+    }
+    out
+}
+
+/// `struct FlashDims` of common.cuh, written by hand from the C declaration: bh, heads, seq,
+/// causal (i32), scale (f32), a 4-byte pad, then the batch, head and row strides (i64) of q, k,
+/// v, o, dout, dq, dk, dv (zeros where a kernel takes no such operand).
+fn flash_dims(s: &FlashShape, layouts: [Option<&HeadLayout>; 8]) -> Vec<u8> {
     let mut dims = Vec::new();
-    for x in [bh as i32, seq as i32, causal as i32] {
+    for x in [(s.batch * s.heads) as i32, s.heads as i32, s.seq as i32, s.causal as i32] {
         dims.extend(x.to_le_bytes());
     }
-    dims.extend(scale.to_le_bytes());
+    dims.extend(s.scale.to_le_bytes());
+    dims.extend(0i32.to_le_bytes());
+    for l in layouts {
+        let (b, h, r) = l.map_or((0, 0, 0), |l| (l.batch, l.head, l.row));
+        for x in [b, h, r] {
+            dims.extend((x as i64).to_le_bytes());
+        }
+    }
+    dims
+}
+
+/// The elements a buffer needs to hold every layout in `ls`.
+fn span(ls: &[HeadLayout], s: &FlashShape) -> usize {
+    ls.iter().map(|l| l.end(s).expect("a small layout")).max().unwrap_or(0)
+}
+
+/// The random inputs of a case and the f64 reference on them: q, k, v, dout dense, then
+/// out, lse, dq, dk, dv.
+#[allow(clippy::type_complexity)]
+fn flash_inputs<T: Elem>(
+    c: &FlashCase,
+    seed: u64,
+) -> ([Vec<f64>; 4], (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>)) {
+    let mut rng = Rng(seed);
+    let n = c.batch * c.heads * c.seq * c.d;
+    let inputs = [(); 4].map(|_| rng.values::<T>(n, 1.0));
+    let [q, k, v, dout] = &inputs;
+    let scale = 1.0 / (c.d as f32).sqrt();
+    let want =
+        attention_reference(q, k, v, dout, (c.batch * c.heads, c.seq, c.d), c.causal, f64::from(scale));
+    (inputs, want)
+}
+
+/// The input buffer holding q, k, v at their layouts (gaps, if any, filled with junk that a
+/// kernel reading outside its operand would pick up).
+fn qkv_buffer(l: &FlashLayouts, [q, k, v]: [&[f64]; 3]) -> Vec<f64> {
+    let mut buf = vec![1.0e4; span(&l.qkv, &l.shape)];
+    for (values, layout) in [q, k, v].into_iter().zip(&l.qkv) {
+        place(values, layout, &l.shape, &mut buf);
+    }
+    buf
+}
+
+fn flash_case<T: Elem>(emu: &Path, c: &FlashCase, seed: u64) {
+    let tag = c.tag("flash", T::NAME);
+    let size = std::mem::size_of::<T>();
+    let ([q, k, v, dout], (want_out, want_lse, want_dq, want_dk, want_dv)) = flash_inputs::<T>(c, seed);
+    let l = c.layouts();
+    let s = &l.shape;
+    let (bh, n, d) = (c.batch * c.heads, s.qkv_len(), c.d);
+    let [lq, lk, lv] = &l.qkv;
+    let lo = &l.out;
+    let mut dout_buf = vec![1.0e4; span(&[*lo], s)];
+    place(&dout, lo, s, &mut dout_buf);
+    let at = |buf: usize, layout: &HeadLayout| format!("at {buf} {}", layout.offset * size);
     // Launch shapes of kernels/cuda/flash_attention.rs.
     let (block_m, pad) = (64, 8);
-    let tiles = seq.div_ceil(block_m) * bh;
+    let tiles = c.seq.div_ceil(block_m) * bh;
     let fwd_shared = (block_m + 4 * 64) * (d + pad) * 2;
     let bwd_shared = 6 * block_m * (d + pad) * 2 + 64 * (block_m + pad) * 2 + 4 * block_m * 4;
 
-    let mut s = Script::new(&tag);
-    let (bq, bk, bv, bd) =
-        (s.input(&T::bytes(&q)), s.input(&T::bytes(&k)), s.input(&T::bytes(&v)), s.input(&T::bytes(&dout)));
-    let (bo, bl) = (s.output(n * size), s.output(bh * seq * 4));
-    let (bdot, bacc) = (s.output(bh * seq * 4), s.output(n * 4));
-    let (bdq, bdk, bdv) = (s.output(n * size), s.output(n * size), s.output(n * size));
-    s.bytes(&dims).ptr(bq).ptr(bk).ptr(bv).ptr(bo).ptr(bl);
-    s.launch(&format!("flash_fwd_{}_d{d}", T::NAME), tiles, 128, 1, fwd_shared);
-    s.arg(&format!("i32 {}", bh * seq)).arg(&format!("i32 {d}")).ptr(bo).ptr(bd).ptr(bdot).ptr(bacc);
-    s.launch(&format!("flash_bwd_prep_{}", T::NAME), (bh * seq).div_ceil(8), 256, 1, 0);
-    s.bytes(&dims).ptr(bq).ptr(bk).ptr(bv).ptr(bd).ptr(bl).ptr(bdot).ptr(bacc).ptr(bdk).ptr(bdv);
-    s.launch(&format!("flash_bwd_{}_d{d}", T::NAME), tiles, 128, 1, bwd_shared);
-    s.arg(&format!("i64 {n}")).arg(&format!("f32 {scale}")).ptr(bacc).ptr(bdq);
-    s.launch(&format!("flash_bwd_dq_{}", T::NAME), (n / 4).div_ceil(256), 256, 1, 0);
-    let got = s.run(emu, &[bo, bl, bdq, bdk, bdv]);
-    check::<T>(&format!("{tag} out"), &T::values(&got[0]), &want_out);
+    let mut sc = Script::new(&tag);
+    let bin = sc.input(&T::bytes(&qkv_buffer(&l, [&q, &k, &v])));
+    let bd = sc.input(&T::bytes(&dout_buf));
+    let (bo, bl) = (sc.output(span(&[*lo], s) * size), sc.output(bh * c.seq * 4));
+    let (bdot, bacc) = (sc.output(bh * c.seq * 4), sc.output(n * 4));
+    let bgrad = sc.output(span(&l.qkv, s) * size);
+    let fwd_dims = flash_dims(s, [Some(lq), Some(lk), Some(lv), Some(lo), None, None, None, None]);
+    sc.bytes(&fwd_dims).arg(&at(bin, lq)).arg(&at(bin, lk)).arg(&at(bin, lv)).ptr(bo).ptr(bl);
+    sc.launch(&format!("flash_fwd_{}_d{d}", T::NAME), tiles, 128, 1, fwd_shared);
+    let [gq, gk, gv] = &l.qkv;
+    let bwd_dims =
+        flash_dims(s, [Some(lq), Some(lk), Some(lv), Some(lo), Some(lo), Some(gq), Some(gk), Some(gv)]);
+    sc.bytes(&bwd_dims).arg(&format!("i32 {d}")).ptr(bo).ptr(bd).ptr(bdot).ptr(bacc);
+    sc.launch(&format!("flash_bwd_prep_{}", T::NAME), (bh * c.seq).div_ceil(8), 256, 1, 0);
+    sc.bytes(&bwd_dims).arg(&at(bin, lq)).arg(&at(bin, lk)).arg(&at(bin, lv)).ptr(bd).ptr(bl);
+    sc.ptr(bdot).ptr(bacc).arg(&at(bgrad, gk)).arg(&at(bgrad, gv));
+    sc.launch(&format!("flash_bwd_{}_d{d}", T::NAME), tiles, 128, 1, bwd_shared);
+    sc.bytes(&bwd_dims).arg(&format!("i32 {d}")).ptr(bacc).arg(&at(bgrad, gq));
+    sc.launch(&format!("flash_bwd_dq_{}", T::NAME), (n / 4).div_ceil(256), 256, 1, 0);
+    let got = sc.run(emu, &[bo, bl, bgrad]);
+    let (out, grads) = (T::values(&got[0]), T::values(&got[2]));
+    check::<T>(&format!("{tag} out"), &take(&out, lo, s), &want_out);
     check_with(&format!("{tag} lse"), &<f32 as Elem>::values(&got[1]), &want_lse, 1e-3, 1e-3);
-    check::<T>(&format!("{tag} dq"), &T::values(&got[2]), &want_dq);
-    check::<T>(&format!("{tag} dk"), &T::values(&got[3]), &want_dk);
-    check::<T>(&format!("{tag} dv"), &T::values(&got[4]), &want_dv);
+    check::<T>(&format!("{tag} dq"), &take(&grads, gq, s), &want_dq);
+    check::<T>(&format!("{tag} dk"), &take(&grads, gk, s), &want_dk);
+    check::<T>(&format!("{tag} dv"), &take(&grads, gv, s), &want_dv);
+    // Every element of both output buffers belongs to an operand, so each was checked as
+    // written; and nothing else was touched (no NaN left anywhere).
+    assert!(out.iter().chain(&grads).all(|x| !x.is_nan()), "{tag}: an element left unwritten");
 }
 
 fn flash_hopper_emulator() -> Option<&'static Path> {
@@ -1336,115 +1460,131 @@ fn flash_hopper_emulator() -> Option<&'static Path> {
     })
 }
 
+/// The tensor map flash_attention_hopper.rs makes for an operand at `l` in buffer `buf`:
+/// {d, seq, heads, batch} at the operand's strides, boxes of 64 columns × `rows` rows.
+fn flash_tmap(buf: usize, l: &HeadLayout, s: &FlashShape, size: usize, rows: usize) -> String {
+    format!(
+        "tmap {buf} {} {size} 4 {} {} {} {} {} {} {} 64 {rows} 1 1",
+        l.offset * size,
+        s.head_dim,
+        s.seq,
+        s.heads,
+        s.batch,
+        l.row * size,
+        l.head * size,
+        l.batch * size
+    )
+}
+
 /// The Hopper forward (flash_attention_hopper.cu): output and log-sum-exp against f64.
-fn flash_hopper_case<T: Elem>(emu: &Path, (bh, seq, d): (usize, usize, usize), causal: bool, seed: u64) {
-    let mut rng = Rng(seed);
-    let tag = format!("flash-hopper-{}-{bh}x{seq}x{d}-{causal}", T::NAME);
+fn flash_hopper_case<T: Elem>(emu: &Path, c: &FlashCase, seed: u64) {
+    let tag = c.tag("flash-hopper", T::NAME);
     let size = std::mem::size_of::<T>();
-    let n = bh * seq * d;
-    let (q, k, v) = (rng.values::<T>(n, 1.0), rng.values::<T>(n, 1.0), rng.values::<T>(n, 1.0));
-    let scale = 1.0 / (d as f32).sqrt();
-    let (want_out, want_lse, ..) =
-        attention_reference(&q, &k, &v, &q, (bh, seq, d), causal, f64::from(scale));
-    let mut dims = Vec::new();
-    for x in [bh as i32, seq as i32, causal as i32] {
-        dims.extend(x.to_le_bytes());
-    }
-    dims.extend(scale.to_le_bytes());
-    let mut s = Script::new(&tag);
-    let (bq, bk, bv) = (s.input(&T::bytes(&q)), s.input(&T::bytes(&k)), s.input(&T::bytes(&v)));
-    let (bo, bl) = (s.output(n * size), s.output(bh * seq * 4));
-    // Tensor maps as flash_attention_hopper.rs makes them: {D, seq, bh}, boxes of 64 × 128 × 1.
-    let tmap =
-        |buf: usize| format!("tmap {buf} {size} {d} {seq} {bh} {} {} 64 128 1", d * size, seq * d * size);
-    s.bytes(&dims).arg(&tmap(bq)).arg(&tmap(bk)).arg(&tmap(bv)).ptr(bo).ptr(bl);
-    let blocks = seq.div_ceil(128) * bh;
-    s.launch(
-        &format!("flash_fwd_hopper_{}_d{d}", T::NAME),
-        blocks,
-        384,
-        1,
-        flash_attention_hopper::shared_bytes(d),
-    );
-    let got = s.run(emu, &[bo, bl]);
-    check::<T>(&format!("{tag} out"), &T::values(&got[0]), &want_out);
+    let ([q, k, v, _], (want_out, want_lse, ..)) = flash_inputs::<T>(c, seed);
+    let l = c.layouts();
+    let s = &l.shape;
+    let bh = c.batch * c.heads;
+    let [lq, lk, lv] = &l.qkv;
+    let lo = &l.out;
+    let mut sc = Script::new(&tag);
+    let bin = sc.input(&T::bytes(&qkv_buffer(&l, [&q, &k, &v])));
+    let (bo, bl) = (sc.output(span(&[*lo], s) * size), sc.output(bh * c.seq * 4));
+    let tmap = |layout| flash_tmap(bin, layout, s, size, flash_attention_hopper::BLOCK_M);
+    let dims = flash_dims(s, [Some(lq), Some(lk), Some(lv), Some(lo), None, None, None, None]);
+    sc.bytes(&dims).arg(&tmap(lq)).arg(&tmap(lk)).arg(&tmap(lv)).ptr(bo).ptr(bl);
+    let blocks = c.seq.div_ceil(128) * bh;
+    let shared = flash_attention_hopper::shared_bytes(c.d);
+    sc.launch(&format!("flash_fwd_hopper_{}_d{}", T::NAME, c.d), blocks, 384, 1, shared);
+    let got = sc.run(emu, &[bo, bl]);
+    let out = T::values(&got[0]);
+    check::<T>(&format!("{tag} out"), &take(&out, lo, s), &want_out);
     check_with(&format!("{tag} lse"), &<f32 as Elem>::values(&got[1]), &want_lse, 1e-3, 1e-3);
+    assert!(out.iter().all(|x| !x.is_nan()), "{tag}: an element left unwritten");
 }
 
 /// The Hopper backward's main kernel (flash_attention_hopper.cu) between a host-side pre-pass
 /// (the row dots from the reference output, dq_acc zeroed) and dQ = scale·dq_acc: dQ, dK and dV
 /// against f64.
-fn flash_hopper_backward_case<T: Elem>(
-    emu: &Path,
-    (bh, seq, d): (usize, usize, usize),
-    causal: bool,
-    seed: u64,
-) {
-    let mut rng = Rng(seed);
-    let tag = format!("flash-hopper-bwd-{}-{bh}x{seq}x{d}-{causal}", T::NAME);
+fn flash_hopper_backward_case<T: Elem>(emu: &Path, c: &FlashCase, seed: u64) {
+    let tag = c.tag("flash-hopper-bwd", T::NAME);
     let size = std::mem::size_of::<T>();
-    let n = bh * seq * d;
-    let (q, k, v) = (rng.values::<T>(n, 1.0), rng.values::<T>(n, 1.0), rng.values::<T>(n, 1.0));
-    let dout = rng.values::<T>(n, 1.0);
-    let scale = 1.0 / (d as f32).sqrt();
-    let (out, lse, want_dq, want_dk, want_dv) =
-        attention_reference(&q, &k, &v, &dout, (bh, seq, d), causal, f64::from(scale));
+    let ([q, k, v, dout], (out, lse, want_dq, want_dk, want_dv)) = flash_inputs::<T>(c, seed);
+    let l = c.layouts();
+    let s = &l.shape;
+    let (bh, n, d) = (c.batch * c.heads, s.qkv_len(), c.d);
+    let scale = f64::from(s.scale);
     // What the pre-pass computes: D = rowsum(dO∘O) over the stored (rounded) output.
-    let dot: Vec<f64> = (0..bh * seq)
-        .map(|r| (0..d).map(|c| dout[r * d + c] * T::round(out[r * d + c])).sum::<f64>() as f32 as f64)
+    let dot: Vec<f64> = (0..bh * c.seq)
+        .map(|r| (0..d).map(|j| dout[r * d + j] * T::round(out[r * d + j])).sum::<f64>() as f32 as f64)
         .collect();
-    let mut dims = Vec::new();
-    for x in [bh as i32, seq as i32, causal as i32] {
-        dims.extend(x.to_le_bytes());
-    }
-    dims.extend(scale.to_le_bytes());
-    let mut s = Script::new(&tag);
-    let (bq, bk, bv, bd) =
-        (s.input(&T::bytes(&q)), s.input(&T::bytes(&k)), s.input(&T::bytes(&v)), s.input(&T::bytes(&dout)));
-    let (bl, bdot) = (s.input(&f32_bytes(&lse)), s.input(&f32_bytes(&dot)));
-    let bacc = s.input(&vec![0u8; n * 4]);
-    let (bdk, bdv) = (s.output(n * size), s.output(n * size));
+    let [lq, lk, lv] = &l.qkv;
+    let lo = &l.out;
+    let mut dout_buf = vec![1.0e4; span(&[*lo], s)];
+    place(&dout, lo, s, &mut dout_buf);
+    let mut sc = Script::new(&tag);
+    let bin = sc.input(&T::bytes(&qkv_buffer(&l, [&q, &k, &v])));
+    let bd = sc.input(&T::bytes(&dout_buf));
+    let (bl, bdot) = (sc.input(&f32_bytes(&lse)), sc.input(&f32_bytes(&dot)));
+    let bacc = sc.input(&vec![0u8; n * 4]);
+    let bgrad = sc.output(span(&l.qkv, s) * size);
     // Tensor maps as flash_attention_hopper.rs makes them: boxes of 64 query rows for Q and dO,
     // 128 key rows for K and V.
-    let tmap = |buf: usize, rows: usize| {
-        format!("tmap {buf} {size} {d} {seq} {bh} {} {} 64 {rows} 1", d * size, seq * d * size)
-    };
     let (bm, bn) = (flash_attention_hopper::BACKWARD_BLOCK_M, flash_attention_hopper::BACKWARD_BLOCK_N);
-    s.bytes(&dims).arg(&tmap(bq, bm)).arg(&tmap(bk, bn)).arg(&tmap(bv, bn)).arg(&tmap(bd, bm));
-    s.ptr(bl).ptr(bdot).ptr(bacc).ptr(bdk).ptr(bdv);
-    let blocks = seq.div_ceil(bn) * bh;
+    let [gq, gk, gv] = &l.qkv;
+    let dims =
+        flash_dims(s, [Some(lq), Some(lk), Some(lv), Some(lo), Some(lo), Some(gq), Some(gk), Some(gv)]);
+    sc.bytes(&dims);
+    sc.arg(&flash_tmap(bin, lq, s, size, bm)).arg(&flash_tmap(bin, lk, s, size, bn));
+    sc.arg(&flash_tmap(bin, lv, s, size, bn)).arg(&flash_tmap(bd, lo, s, size, bm));
+    let at = |layout: &HeadLayout| format!("at {bgrad} {}", layout.offset * size);
+    sc.ptr(bl).ptr(bdot).ptr(bacc).arg(&at(gk)).arg(&at(gv));
+    let blocks = c.seq.div_ceil(bn) * bh;
     let shared = flash_attention_hopper::backward_shared_bytes(d);
-    s.launch(&format!("flash_bwd_hopper_{}_d{d}", T::NAME), blocks, 384, 1, shared);
-    let got = s.run(emu, &[bacc, bdk, bdv]);
-    let dq: Vec<f64> =
-        <f32 as Elem>::values(&got[0]).iter().map(|a| T::round(a * f64::from(scale))).collect();
+    sc.launch(&format!("flash_bwd_hopper_{}_d{d}", T::NAME), blocks, 384, 1, shared);
+    let got = sc.run(emu, &[bacc, bgrad]);
+    let dq: Vec<f64> = <f32 as Elem>::values(&got[0]).iter().map(|a| T::round(a * scale)).collect();
+    let grads = T::values(&got[1]);
     check::<T>(&format!("{tag} dq"), &dq, &want_dq);
-    check::<T>(&format!("{tag} dk"), &T::values(&got[1]), &want_dk);
-    check::<T>(&format!("{tag} dv"), &T::values(&got[2]), &want_dv);
+    check::<T>(&format!("{tag} dk"), &take(&grads, gk, s), &want_dk);
+    check::<T>(&format!("{tag} dv"), &take(&grads, gv, s), &want_dv);
+    // dQ's part of the gradient buffer is the dQ kernel's to write: the main kernel left it.
+    assert!(take(&grads, gq, s).iter().all(|x| x.is_nan()), "{tag}: the main kernel wrote into dQ's part");
 }
 
-/// The attention shapes every flash test runs ((batch × heads, sequence, head dim), causal,
-/// f16 else bf16): ragged lengths over more than one tile of every kernel (64 and 128 rows),
-/// one query, lengths just past a tile, both head dimensions, causal and not.
-const ATTENTION_CASES: [((usize, usize, usize), bool, bool); 7] = [
-    ((2, 150, 64), true, false),
-    ((1, 200, 128), false, false),
-    ((1, 140, 128), true, true),
-    ((2, 70, 64), false, true),
-    ((1, 1, 64), true, false),
-    ((1, 129, 128), true, false),
-    ((1, 65, 64), true, true),
-];
+/// The attention shapes every flash test runs: ragged lengths over more than one tile of every
+/// kernel (64 and 128 rows), one query, lengths just past a tile, both head dimensions, causal
+/// and not, bf16 and f16; then the engine's packed layout (q, k, v read in place from a fused
+/// projection, heads side by side within each row) with several sequences and heads.
+const ATTENTION_CASES: [FlashCase; 10] = {
+    const fn dense(bh: usize, seq: usize, d: usize, causal: bool, f16: bool) -> FlashCase {
+        FlashCase { batch: 1, heads: bh, seq, d, causal, f16, packed: false }
+    }
+    const fn packed(batch: usize, heads: usize, seq: usize, d: usize, causal: bool, f16: bool) -> FlashCase {
+        FlashCase { batch, heads, seq, d, causal, f16, packed: true }
+    }
+    [
+        dense(2, 150, 64, true, false),
+        dense(1, 200, 128, false, false),
+        dense(1, 140, 128, true, true),
+        dense(2, 70, 64, false, true),
+        dense(1, 1, 64, true, false),
+        dense(1, 129, 128, true, false),
+        dense(1, 65, 64, true, true),
+        packed(2, 3, 70, 64, true, false),
+        packed(2, 2, 129, 128, true, true),
+        packed(3, 1, 40, 64, false, false),
+    ]
+};
 
 /// Runs `case` (a generic test function) on every [`ATTENTION_CASES`] entry with seeds from
 /// `seed`.
 macro_rules! attention_cases {
     ($emu:expr, $case:ident, $seed:expr) => {
-        for (i, &(shape, causal, f16)) in ATTENTION_CASES.iter().enumerate() {
-            if f16 {
-                $case::<f16>($emu, shape, causal, $seed + i as u64);
+        for (i, c) in ATTENTION_CASES.iter().enumerate() {
+            if c.f16 {
+                $case::<f16>($emu, c, $seed + i as u64);
             } else {
-                $case::<bf16>($emu, shape, causal, $seed + i as u64);
+                $case::<bf16>($emu, c, $seed + i as u64);
             }
         }
     };

@@ -5,7 +5,8 @@
 //!
 //! - `HGMMA.64x<BN>x16.F32[.BF16]`: the wgmma tensor-core instructions (4 per K slice), with
 //!   `.tnspA`/`.tnspB` exactly where the layout has an M-major A / N-major B;
-//! - `UTMALDG.3D`: the TMA tensor loads;
+//! - `UTMALDG.3D` (the matrix product) or `UTMALDG.4D` (flash attention, whose operands have
+//!   batch, head and row strides): the TMA tensor loads;
 //! - `SYNCS`: the mbarrier operations (arrive with a transaction count, waits);
 //! - `USETMAXREG`: the producer/consumer register rebalancing;
 //!
@@ -124,12 +125,12 @@ fn kernel_body<'a>(
     body
 }
 
-/// The checks every Hopper kernel shares: TMA loads, mbarrier operations, the setmaxnreg pair,
-/// and no local-memory traffic.
-fn check_pipeline(name: &str, body: &str, failures: &mut Vec<String>) {
+/// The checks every Hopper kernel shares: TMA loads (`tma`, such as `UTMALDG.3D`), mbarrier
+/// operations, the setmaxnreg pair, and no local-memory traffic.
+fn check_pipeline(name: &str, body: &str, tma: &str, failures: &mut Vec<String>) {
     let count = |needle: &str| body.matches(needle).count();
-    if count("UTMALDG.3D") == 0 {
-        failures.push(format!("{name}: no UTMALDG.3D (TMA load)"));
+    if count(tma) == 0 {
+        failures.push(format!("{name}: no {tma} (TMA load)"));
     }
     if count("SYNCS.") == 0 {
         failures.push(format!("{name}: no SYNCS (mbarrier) instruction"));
@@ -185,7 +186,7 @@ fn hopper_matmul_sass_has_hgmma_and_tma() {
         if hgmma_lines.iter().any(|l| l.contains(".tnspA") != tnsp_a || l.contains(".tnspB") != tnsp_b) {
             failures.push(format!("{name}: HGMMA transposes differ from the {layout} layout"));
         }
-        check_pipeline(name, body, &mut failures);
+        check_pipeline(name, body, "UTMALDG.3D", &mut failures);
     }
     println!(
         "{} of {} Hopper kernels checked",
@@ -210,15 +211,15 @@ fn hopper_flash_attention_sass_has_hgmma_and_tma() {
         // S = Q·Kᵀ reads K-major operands; O += P·V reads V through an MN-major descriptor.
         let transposed_b = body.lines().filter(|l| l.contains("HGMMA.") && l.contains(".tnspB")).count();
         println!(
-            "{name:<26} {hgmma:>3}× HGMMA ({transposed_b} with tnspB), {}× UTMALDG.3D, {}× SYNCS, {}× USETMAXREG",
-            count("UTMALDG.3D"),
+            "{name:<26} {hgmma:>3}× HGMMA ({transposed_b} with tnspB), {}× UTMALDG.4D, {}× SYNCS, {}× USETMAXREG",
+            count("UTMALDG.4D"),
             count("SYNCS."),
             count("USETMAXREG")
         );
         if hgmma == 0 || transposed_b == 0 || transposed_b == hgmma {
             failures.push(format!("{name}: {hgmma} HGMMA, {transposed_b} with tnspB (want both kinds)"));
         }
-        check_pipeline(name, body, &mut failures);
+        check_pipeline(name, body, "UTMALDG.4D", &mut failures);
     }
     // The backward: Sᵀ and dPᵀ read K-major operands, dV/dK an N-major B with A in registers,
     // dQ an M-major A (the dSᵀ rows) and an N-major B.
@@ -231,7 +232,7 @@ fn hopper_flash_attention_sass_has_hgmma_and_tma() {
         if tnsp_a == 0 || tnsp_b <= tnsp_a || tnsp_b == all {
             failures.push(format!("{name}: {all} HGMMA, {tnsp_a} tnspA, {tnsp_b} tnspB (want K-major, N-major and M-major reads)"));
         }
-        check_pipeline(&name, body, &mut failures);
+        check_pipeline(&name, body, "UTMALDG.4D", &mut failures);
     }
     assert!(failures.is_empty(), "SASS check failed:\n{}", failures.join("\n"));
 }

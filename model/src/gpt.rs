@@ -119,9 +119,10 @@ impl Gpt {
         let eps = self.config.layer_norm_eps;
         let ln1 = x.layer_norm(&p.ln_1_weight, &p.ln_1_bias, eps)?;
         let qkv = ln1.linear(&p.attn_weight, &p.attn_bias)?;
-        // [B, T, 3, H, D] → [3, B, H, T, D]: one copy, then Q, K, V are contiguous slices and
-        // their gradients come back as one tensor.
-        let qkv = qkv.reshape(&[bsz, t, 3, h, d])?.permute(&[2, 0, 3, 1, 4])?.contiguous()?;
+        // [B, T, 3, H, D] viewed as [3, B, H, T, D]: flash attention reads Q, K, V in place,
+        // writes its output as [B, T, H, D] (so the transpose and reshape below are free) and
+        // its gradient straight into the projection's layout; elsewhere the op copies.
+        let qkv = qkv.reshape(&[bsz, t, 3, h, d])?.permute(&[2, 0, 3, 1, 4])?;
         let att = Tensor::causal_attention_packed(&qkv)?;
         let att = att.permute(&[0, 2, 1, 3])?.reshape(&[bsz, t, c])?;
         let x = x.add(&att.linear(&p.attn_proj_weight, &p.attn_proj_bias)?)?;

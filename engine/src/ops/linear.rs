@@ -62,7 +62,7 @@ impl Tensor {
     /// axes in `self`).
     pub fn linear(&self, w: &Tensor, b: &Tensor) -> Result<Tensor> {
         check("linear", self, w, b)?;
-        match gpu::fused(self, w, b, false)? {
+        match gpu::fused(self, w, b, gpu::Activation::None)? {
             Some((out, _)) => Ok(Tensor::from_op(
                 out,
                 LinearBackward { pre: None },
@@ -72,10 +72,16 @@ impl Tensor {
         }
     }
 
-    /// `gelu(self · w + b)` (tanh form) over the last axis; see [`Tensor::linear`].
+    /// `gelu(self · w + b)` (tanh form) over the last axis; see [`Tensor::linear`]. On the
+    /// fused GPU path the pre-activation is stored for the backward only when a gradient will
+    /// be taken (not in the forward pass of activation recomputation, which runs without
+    /// gradients).
     pub fn linear_gelu(&self, w: &Tensor, b: &Tensor) -> Result<Tensor> {
         check("linear_gelu", self, w, b)?;
-        match gpu::fused(self, w, b, true)? {
+        let recorded =
+            crate::autograd::is_grad_enabled() && [self, w, b].iter().any(|t| t.requires_grad_flag());
+        let activation = if recorded { gpu::Activation::GeluSaved } else { gpu::Activation::Gelu };
+        match gpu::fused(self, w, b, activation)? {
             Some((out, pre)) => {
                 Ok(Tensor::from_op(out, LinearBackward { pre }, vec![self.clone(), w.clone(), b.clone()]))
             }
@@ -93,14 +99,25 @@ mod gpu {
     use crate::cuda::{alloc_like, cuda_err, dense, GpuElem};
     use crate::{DType, Result, Tensor};
 
-    /// `x·w + b` (and with `gelu` its GeLU, returning the pre-activation too) in one product
-    /// with the epilogue fused, or `None` when the tensor-core path does not take it (the CPU,
-    /// f32, `POLYLM_GPU_MATMUL` not `tc`, a strided `x`, an empty product).
+    /// What follows the bias in the fused epilogue.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub(super) enum Activation {
+        /// Nothing: `x·w + b`.
+        None,
+        /// GeLU, the pre-activation not kept (no backward will need it).
+        Gelu,
+        /// GeLU, the pre-activation stored for the backward.
+        GeluSaved,
+    }
+
+    /// `x·w + b` (and its GeLU, with the pre-activation when asked) in one product with the
+    /// epilogue fused, or `None` when the tensor-core path does not take it (the CPU, f32,
+    /// `POLYLM_GPU_MATMUL` not `tc`, a strided `x`, an empty product).
     pub(super) fn fused(
         x: &Tensor,
         w: &Tensor,
         b: &Tensor,
-        gelu: bool,
+        activation: Activation,
     ) -> Result<Option<(Tensor, Option<Tensor>)>> {
         if x.device().is_cpu()
             || !super::super::matmul::tensor_cores()
@@ -110,8 +127,8 @@ mod gpu {
             return Ok(None);
         }
         match x.dtype() {
-            DType::BF16 => run::<bf16>(x, w, b, gelu).map(Some),
-            DType::F16 => run::<f16>(x, w, b, gelu).map(Some),
+            DType::BF16 => run::<bf16>(x, w, b, activation).map(Some),
+            DType::F16 => run::<f16>(x, w, b, activation).map(Some),
             _ => Ok(None),
         }
     }
@@ -120,7 +137,7 @@ mod gpu {
         x: &Tensor,
         w: &Tensor,
         b: &Tensor,
-        gelu: bool,
+        activation: Activation,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let (k, n) = (w.shape()[0], w.shape()[1]);
         let rows = x.numel() / k;
@@ -140,14 +157,22 @@ mod gpu {
         };
         let dims = GemmDims { m: rows, n, k, batch: 1, alpha: 1.0, beta: 0.0 };
         let mut out = alloc_like::<T>(x, rows * n)?;
-        let pre = if gelu {
-            let mut pre = alloc_like::<T>(x, rows * n)?;
-            let epilogue = Epilogue::BiasGelu { bias: &bias, pre_activation: Some(&mut pre) };
-            gemm_tc(dims, a, bv, &mut out, epilogue).map_err(cuda_err("linear_gelu"))?;
-            Some(Tensor::from_gpu(pre, &shape))
-        } else {
-            gemm_tc(dims, a, bv, &mut out, Epilogue::Bias(&bias)).map_err(cuda_err("linear"))?;
-            None
+        let pre = match activation {
+            Activation::GeluSaved => {
+                let mut pre = alloc_like::<T>(x, rows * n)?;
+                let epilogue = Epilogue::BiasGelu { bias: &bias, pre_activation: Some(&mut pre) };
+                gemm_tc(dims, a, bv, &mut out, epilogue).map_err(cuda_err("linear_gelu"))?;
+                Some(Tensor::from_gpu(pre, &shape))
+            }
+            Activation::Gelu => {
+                let epilogue = Epilogue::BiasGelu { bias: &bias, pre_activation: None };
+                gemm_tc(dims, a, bv, &mut out, epilogue).map_err(cuda_err("linear_gelu"))?;
+                None
+            }
+            Activation::None => {
+                gemm_tc(dims, a, bv, &mut out, Epilogue::Bias(&bias)).map_err(cuda_err("linear"))?;
+                None
+            }
         };
         Ok((Tensor::from_gpu(out, &shape), pre))
     }

@@ -9,6 +9,9 @@ use crate::dtype::{CpuFloat, SavedValues};
 use crate::{Error, Result, Tensor};
 
 use super::{check_same, with_compute_type};
+use crate::layout::Layout;
+
+mod gpu;
 
 struct AttentionBackward {
     output: Tensor,
@@ -125,6 +128,16 @@ impl BackwardOp for PackedAttentionBackward {
     }
     fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
         let parts = unpack(&inputs[0])?;
+        if let Some(lse) = self.0.lse.gpu() {
+            let flash = crate::cuda::with_gpu_type!(g.dtype(), T => Ok(gpu::use_flash::<T>(self.0.dims)))?;
+            if flash {
+                let [q, k, v] = &parts;
+                let grad = crate::cuda::with_gpu_type!(g.dtype(), T => {
+                    gpu::backward_packed::<T>(&self.0, lse, g, &inputs[0], [q, k, v])
+                })?;
+                return Ok(vec![Some(grad)]);
+            }
+        }
         let grads = self.0.backward(g, &parts)?;
         let mut stacked = Vec::with_capacity(3);
         for grad in grads.into_iter().flatten() {
@@ -143,7 +156,12 @@ impl BackwardOp for PackedAttentionBackward {
     }
 }
 
-/// The slices q, k, v of a packed `[3, ...]` tensor (views, outside the graph).
+/// Part `i` of a packed `[3, ...]` layout: the layout of `[...]` at index `i` of axis 0.
+fn packed_part(l: &Layout, i: usize) -> Layout {
+    Layout::new(l.shape()[1..].to_vec(), l.strides()[1..].to_vec(), l.offset() + i * l.strides()[0])
+}
+
+/// The slices q, k, v of a packed `[3, ...]` tensor (views at any strides, outside the graph).
 fn unpack(qkv: &Tensor) -> Result<[Tensor; 3]> {
     if qkv.rank() < 3 || qkv.shape()[0] != 3 {
         return Err(Error::BadShape {
@@ -152,11 +170,8 @@ fn unpack(qkv: &Tensor) -> Result<[Tensor; 3]> {
             reason: "needs [3, ..., seq, head_dim]: q, k and v stacked on the first axis".into(),
         });
     }
-    let rest = &qkv.shape()[1..];
-    crate::autograd::with_no_grad(|| {
-        let part = |i: usize| qkv.detach().narrow(0, i, 1)?.reshape(rest);
-        Ok([part(0)?, part(1)?, part(2)?])
-    })
+    let whole = qkv.detach();
+    Ok([0, 1, 2].map(|i| whole.with_layout(packed_part(qkv.layout(), i))))
 }
 
 impl Tensor {
@@ -168,117 +183,13 @@ impl Tensor {
     }
 
     /// [`Tensor::causal_attention`] of q, k and v stacked as `qkv: [3, ..., seq, head_dim]`
-    /// (a fused QKV projection's output): the same values, with one gradient for `qkv`
-    /// assembled by a single concatenation.
+    /// (a fused QKV projection's output, at any strides: a permuted view of a
+    /// `[batch, seq, 3, heads, head_dim]` projection is read in place on the flash kernels): the
+    /// same values, with one gradient for `qkv`, written in place by the flash kernels (in
+    /// `qkv`'s own order of axes) or assembled by a single concatenation.
     pub fn causal_attention_packed(qkv: &Tensor) -> Result<Tensor> {
         let [q, k, v] = unpack(qkv)?;
         let (out, back) = attend(&q, &k, &v)?;
         Ok(Tensor::from_op(out, PackedAttentionBackward(back), vec![qkv.clone()]))
-    }
-}
-
-/// The GPU paths: the simple attention kernel, or flash attention for bf16/f16 with head
-/// dimension 64 or 128 when `POLYLM_GPU_ATTENTION=flash` (off by default until the flash
-/// kernels have passed their GPU tests; see docs/gpu-results.md).
-mod gpu {
-    use std::sync::OnceLock;
-
-    use polylm_kernels::attention::AttentionDims;
-    use polylm_kernels::cuda::attention::{
-        attention_backward, attention_forward, AttentionGrads, AttentionShape,
-    };
-    use polylm_kernels::cuda::flash_attention::{self as flash, FlashGrads, FlashShape};
-
-    use super::AttentionBackward;
-    use crate::cuda::{alloc_like, cuda_err, dense, GpuElem};
-    use crate::{Result, Tensor};
-
-    fn shape(dims: AttentionDims, scale: f64) -> AttentionShape {
-        AttentionShape {
-            heads: dims.heads,
-            seq: dims.seq,
-            head_dim: dims.head_dim,
-            causal: true,
-            scale: scale as f32,
-        }
-    }
-
-    /// Whether `T` at this head dimension runs on the flash kernels.
-    fn use_flash<T: GpuElem>(dims: AttentionDims) -> bool {
-        static ON: OnceLock<bool> = OnceLock::new();
-        *ON.get_or_init(|| std::env::var("POLYLM_GPU_ATTENTION").is_ok_and(|v| v == "flash"))
-            && flash::supports::<T>(dims.head_dim)
-    }
-
-    fn flash_shape(dims: AttentionDims, scale: f64) -> FlashShape {
-        FlashShape {
-            batch: 1,
-            heads: dims.heads,
-            seq: dims.seq,
-            head_dim: dims.head_dim,
-            causal: true,
-            scale: scale as f32,
-        }
-    }
-
-    pub(super) fn forward<T: GpuElem>(
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        dims: AttentionDims,
-        scale: f64,
-    ) -> Result<(Tensor, Tensor)> {
-        let (qv, kv, vv) = (dense::<T>(q)?, dense::<T>(k)?, dense::<T>(v)?);
-        let mut out = alloc_like::<T>(q, dims.qkv_len())?;
-        let mut lse = qv.device().alloc::<f32>(dims.lse_len()).map_err(cuda_err("causal_attention"))?;
-        if dims.qkv_len() > 0 && use_flash::<T>(dims) {
-            flash::forward(&qv, &kv, &vv, &flash_shape(dims, scale), &mut out, &mut lse)
-                .map_err(cuda_err("causal_attention"))?;
-        } else if dims.qkv_len() > 0 {
-            attention_forward(&qv, &kv, &vv, &shape(dims, scale), &mut out, &mut lse)
-                .map_err(cuda_err("causal_attention"))?;
-        }
-        Ok((Tensor::from_gpu(out, q.shape()), Tensor::from_gpu(lse, &[dims.lse_len()])))
-    }
-
-    pub(super) fn backward<T: GpuElem>(
-        b: &AttentionBackward,
-        lse: &Tensor,
-        g: &Tensor,
-        inputs: &[Tensor],
-    ) -> Result<Vec<Tensor>> {
-        let (q, k, v) = (dense::<T>(&inputs[0])?, dense::<T>(&inputs[1])?, dense::<T>(&inputs[2])?);
-        let (o, gv, l) = (dense::<T>(&b.output)?, dense::<T>(g)?, dense::<f32>(lse)?);
-        let n = b.dims.qkv_len();
-        let like = &inputs[0];
-        let (mut dq, mut dk, mut dv) =
-            (alloc_like::<T>(like, n)?, alloc_like::<T>(like, n)?, alloc_like::<T>(like, n)?);
-        if n > 0 && use_flash::<T>(b.dims) {
-            flash::backward(
-                &q,
-                &k,
-                &v,
-                &o,
-                &l,
-                &gv,
-                &flash_shape(b.dims, b.scale),
-                FlashGrads { dq: &mut dq, dk: &mut dk, dv: &mut dv },
-            )
-            .map_err(cuda_err("causal_attention backward"))?;
-        } else if n > 0 {
-            attention_backward(
-                &q,
-                &k,
-                &v,
-                &o,
-                &l,
-                &gv,
-                &shape(b.dims, b.scale),
-                AttentionGrads { dq: &mut dq, dk: &mut dk, dv: &mut dv },
-            )
-            .map_err(cuda_err("causal_attention backward"))?;
-        }
-        let s = like.shape();
-        Ok(vec![Tensor::from_gpu(dq, s), Tensor::from_gpu(dk, s), Tensor::from_gpu(dv, s)])
     }
 }
