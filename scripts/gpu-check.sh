@@ -60,6 +60,22 @@ run_bench() {
     fi
 }
 
+# PyTorch's scaled_dot_product_attention in the attention benchmark's setting, for the same-run
+# comparison issue 8 asks for; prints that it skipped when the machine has no PyTorch.
+run_sdpa() {
+    echo "== PyTorch SDPA"
+    {
+        echo
+        echo "## PyTorch scaled_dot_product_attention (the attention benchmark's setting)"
+        echo
+    } >>"$out/results.md"
+    if ! command -v python3 >/dev/null; then
+        echo "skipped: no python3 on this machine" >>"$out/results.md"
+    elif ! timeout 180 python3 scripts/bench_sdpa.py >>"$out/results.md" 2>"$out/sdpa.log"; then
+        echo "PyTorch SDPA FAILED: $(tail -3 "$out/sdpa.log")" >>"$out/results.md"
+    fi
+}
+
 # The `polylm` binary on the GPU: a short quickstart run (bf16, f32 master weights), the
 # training-step benchmark of the small and PolyLM-1.7B presets with the data-parallel path's
 # overhead over NCCL beside the plain step, and the NCCL all-reduce bandwidth (issue 9).
@@ -211,6 +227,7 @@ run() {
         run_bench "model benchmark" gpu_model_bench model || status=1
         run_bench "matmul vs cuBLAS" cuda_matmul_bench matmul || status=1
         run_bench "attention" cuda_attention_bench attention || status=1
+        run_sdpa
         run_trainer || status=1
     fi
     cat "$out/results.md"
