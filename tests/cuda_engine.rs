@@ -77,6 +77,24 @@ fn every_model_op_matches_the_cpu_on_the_gpu() {
     compare("layer_norm", dev, &[t(&mut rng, &[b, s, c]), t(&mut rng, &[c]), t(&mut rng, &[c])], &|x| {
         x[0].layer_norm(&x[1], &x[2], 1e-5)
     });
+    // The residual add fused into the layer norm, its stream also read by a later op (so the
+    // layer norm's backward folds the stream's gradient in); and a plain layer norm whose input
+    // is reused the same way.
+    compare(
+        "add_layer_norm",
+        dev,
+        &[t(&mut rng, &[b, s, c]), t(&mut rng, &[b, s, c]), t(&mut rng, &[c]), t(&mut rng, &[c])],
+        &|x| {
+            let (stream, normed) = x[0].add_layer_norm(&x[1], &x[2], &x[3], 1e-5)?;
+            stream.mul(&normed)
+        },
+    );
+    compare(
+        "layer_norm on a reused stream",
+        dev,
+        &[t(&mut rng, &[b, s, c]), t(&mut rng, &[c]), t(&mut rng, &[c])],
+        &|x| x[0].layer_norm(&x[1], &x[2], 1e-5)?.add(&x[0]),
+    );
     compare("bias_gelu", dev, &[t(&mut rng, &[b, s, c]), t(&mut rng, &[c])], &|x| x[0].bias_gelu(&x[1]));
     compare("gelu", dev, &[t(&mut rng, &[s, c])], &|x| x[0].gelu());
     compare("softmax", dev, &[t(&mut rng, &[b, s, c])], &|x| x[0].softmax());

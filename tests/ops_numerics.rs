@@ -177,6 +177,33 @@ proptest! {
     }
 
     #[test]
+    fn add_layer_norm(rows in 1usize..7, cols in 2usize..30, seed: u64) {
+        let mut rng = Rng::new(seed);
+        let x = random_tensor(&mut rng, &[rows, cols], 2.0).add_scalar(0.3).unwrap();
+        let delta = random_tensor(&mut rng, &[rows, cols], 1.5);
+        let w = random_tensor(&mut rng, &[cols], 1.5);
+        let b = random_tensor(&mut rng, &[cols], 1.0);
+        let sum: Vec<f64> = x.to_vec_f64().iter().zip(delta.to_vec_f64()).map(|(a, d)| a + d).collect();
+        let normed = r::layer_norm(&sum, &w.to_vec_f64(), &b.to_vec_f64(), cols, 1e-5);
+        // Both outputs, as a block uses them: the stream goes on, the norm feeds the branch.
+        let f = |t: &[Tensor]| {
+            let (s, n) = t[0].add_layer_norm(&t[1], &t[2], &t[3], 1e-5)?;
+            Tensor::concat(&[s, n], 0)
+        };
+        let inputs = [x, delta, w, b];
+        check_forward("add_layer_norm", &inputs, &f, &[sum, normed].concat());
+        gradcheck("add_layer_norm", &inputs, &f, &mut rng, 16);
+        // A stream that also feeds a later op (the gradient reaching it from two consumers).
+        let g = |t: &[Tensor]| {
+            let (s, n) = t[0].add_layer_norm(&t[1], &t[2], &t[3], 1e-5)?;
+            s.mul(&n)
+        };
+        gradcheck("add_layer_norm (stream reused)", &inputs, &g, &mut rng, 16);
+        let short = random_tensor(&mut rng, &[rows, cols + 1], 1.0);
+        prop_assert!(inputs[0].add_layer_norm(&short, &inputs[2], &inputs[3], 1e-5).is_err());
+    }
+
+    #[test]
     fn layer_norm_rows_have_zero_mean_unit_variance(rows in 1usize..9, cols in 2usize..200, seed: u64) {
         let mut rng = Rng::new(seed);
         let x = random_tensor(&mut rng, &[rows, cols], 5.0).add_scalar(3.0).unwrap().to_dtype(DType::F32).unwrap();

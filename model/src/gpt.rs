@@ -125,8 +125,9 @@ impl Gpt {
         let qkv = qkv.reshape(&[bsz, t, 3, h, d])?.permute(&[2, 0, 3, 1, 4])?;
         let att = Tensor::causal_attention_packed(&qkv)?;
         let att = att.permute(&[0, 2, 1, 3])?.reshape(&[bsz, t, c])?;
-        let x = x.add(&att.linear(&p.attn_proj_weight, &p.attn_proj_bias)?)?;
-        let ln2 = x.layer_norm(&p.ln_2_weight, &p.ln_2_bias, eps)?;
+        // The residual add and the second layer norm in one pass on the GPU.
+        let attn_out = att.linear(&p.attn_proj_weight, &p.attn_proj_bias)?;
+        let (x, ln2) = x.add_layer_norm(&attn_out, &p.ln_2_weight, &p.ln_2_bias, eps)?;
         let up = ln2.linear_gelu(&p.fc_weight, &p.fc_bias)?;
         Ok(x.add(&up.linear(&p.mlp_proj_weight, &p.mlp_proj_bias)?)?)
     }

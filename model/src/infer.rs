@@ -77,8 +77,9 @@ impl Gpt {
                 attend_row(cache_ref, layer, b, p, q, out);
             });
             let att = Tensor::from_vec(att, &[n, c])?.to_dtype(dtype)?;
-            x = x.add(&att.linear(&bp.attn_proj_weight, &bp.attn_proj_bias)?)?;
-            let ln2 = x.layer_norm(&bp.ln_2_weight, &bp.ln_2_bias, eps)?;
+            let attn_out = att.linear(&bp.attn_proj_weight, &bp.attn_proj_bias)?;
+            let ln2;
+            (x, ln2) = x.add_layer_norm(&attn_out, &bp.ln_2_weight, &bp.ln_2_bias, eps)?;
             let up = ln2.linear_gelu(&bp.fc_weight, &bp.fc_bias)?;
             x = x.add(&up.linear(&bp.mlp_proj_weight, &bp.mlp_proj_bias)?)?;
         }

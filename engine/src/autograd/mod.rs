@@ -23,6 +23,26 @@ pub trait BackwardOp: Send + Sync {
     /// Gradients for each input (`None` where an input needs none), given the gradient of the
     /// output. `inputs` are the op's inputs in the order they were recorded.
     fn backward(&self, grad_output: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>>;
+
+    /// Whether [`BackwardOp::backward_folding`] may fold an input's gradient gathered so far
+    /// into its own result; only then does the backward pass offer those gradients.
+    fn folds_pending(&self) -> bool {
+        false
+    }
+
+    /// [`BackwardOp::backward`], offered `pending[i]`: the gradient input `i` has gathered so far
+    /// from its other consumers (`None` if none yet). A rule may take it and return input `i`'s
+    /// gradient with it already added (one fused pass instead of a separate add, such as a
+    /// layer norm on the residual stream); what it leaves, the backward pass adds as usual.
+    fn backward_folding(
+        &self,
+        grad_output: &Tensor,
+        inputs: &[Tensor],
+        pending: &mut [Option<Tensor>],
+    ) -> Result<Vec<Option<Tensor>>> {
+        let _ = pending;
+        self.backward(grad_output, inputs)
+    }
 }
 
 /// A recorded op: its rule and its inputs.

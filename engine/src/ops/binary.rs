@@ -10,8 +10,15 @@ use crate::{Result, Tensor};
 
 use super::{check_same, with_compute_type};
 
-struct BinaryBackward {
+pub(super) struct BinaryBackward {
     op: BinaryOp,
+}
+
+impl BinaryBackward {
+    /// The backward of `a + b`, for ops that compute a sum inside a fused kernel.
+    pub(super) fn add() -> BinaryBackward {
+        BinaryBackward { op: BinaryOp::Add }
+    }
 }
 
 impl BackwardOp for BinaryBackward {

@@ -1,4 +1,6 @@
-//! LayerNorm over the last axis, fused forward and backward.
+//! LayerNorm over the last axis, fused forward and backward; on the GPU also fused with the
+//! residual add before it ([`Tensor::add_layer_norm`]) and, in the backward pass, with the
+//! gradient already flowing on the residual stream.
 
 use polylm_kernels::layernorm;
 
@@ -6,6 +8,7 @@ use crate::autograd::BackwardOp;
 use crate::dtype::{CpuFloat, SavedValues};
 use crate::{Error, Result, Tensor};
 
+use super::binary::BinaryBackward;
 use super::{check_same, with_compute_type};
 
 struct LayerNormBackward {
@@ -20,10 +23,31 @@ impl BackwardOp for LayerNormBackward {
         "layer_norm"
     }
     fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+        self.backward_folding(g, inputs, &mut [None, None, None])
+    }
+
+    /// On the GPU the input's gradient gathered so far (the residual stream's, when the input
+    /// is a residual stream) is added by the backward kernel itself.
+    fn folds_pending(&self) -> bool {
+        self.mean.gpu().is_some()
+    }
+
+    fn backward_folding(
+        &self,
+        g: &Tensor,
+        inputs: &[Tensor],
+        pending: &mut [Option<Tensor>],
+    ) -> Result<Vec<Option<Tensor>>> {
         let (x, w) = (&inputs[0], &inputs[1]);
         let (dx, dw, db) = match (self.mean.gpu(), self.rstd.gpu()) {
             (Some(mean), Some(rstd)) => {
-                crate::cuda::with_gpu_type!(x.dtype(), T => gpu::backward::<T>(x, w, mean, rstd, g))?
+                let fits = |p: &mut Tensor| {
+                    p.device() == x.device() && p.dtype() == x.dtype() && p.shape() == x.shape()
+                };
+                let residual = pending.first_mut().and_then(|p| p.take_if(fits));
+                crate::cuda::with_gpu_type!(x.dtype(), T => {
+                    gpu::backward::<T>(x, w, mean, rstd, g, residual.as_ref())
+                })?
             }
             _ => with_compute_type!(x.dtype(), T => backward_impl::<T>(self, x, w, g))?,
         };
@@ -68,40 +92,73 @@ fn forward_impl<T: CpuFloat>(
     Ok((Tensor::from_compute(out, x.shape(), x.dtype())?, mean, rstd))
 }
 
+/// Checks a layer norm's operands: `weight` and `bias` of shape `[last axis of x]` on x's device
+/// and dtype, `eps` positive.
+fn check_layer_norm(op: &'static str, x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<()> {
+    check_same(op, x, weight)?;
+    check_same(op, x, bias)?;
+    let cols = *x.shape().last().ok_or_else(|| Error::BadShape {
+        op,
+        shape: vec![],
+        reason: "needs at least one axis".into(),
+    })?;
+    for p in [weight, bias] {
+        if p.shape() != [cols] {
+            return Err(Error::ShapeMismatch { op, lhs: x.shape().to_vec(), rhs: p.shape().to_vec() });
+        }
+    }
+    if eps.is_nan() || eps <= 0.0 {
+        return Err(Error::InvalidArgument { op, reason: format!("eps must be positive, got {eps}") });
+    }
+    Ok(())
+}
+
 impl Tensor {
+    /// `(self + delta, layer_norm(self + delta))`: a residual stream's next value and its layer
+    /// norm, as a pre-LayerNorm block needs them. The same values and gradients as
+    /// [`Tensor::add`] then [`Tensor::layer_norm`]; on the GPU (same shapes and dtype) one
+    /// kernel computes both, reading the stream once.
+    pub fn add_layer_norm(
+        &self,
+        delta: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        eps: f64,
+    ) -> Result<(Tensor, Tensor)> {
+        check_same("add_layer_norm", self, delta)?;
+        if self.device().is_cpu() || self.shape() != delta.shape() {
+            let sum = self.add(delta)?;
+            let normed = sum.layer_norm(weight, bias, eps)?;
+            return Ok((sum, normed));
+        }
+        check_layer_norm("add_layer_norm", self, weight, bias, eps)?;
+        let (sum, out, mean, rstd) = crate::cuda::with_gpu_type!(self.dtype(), T => {
+            gpu::forward::<T>(self, Some(delta), weight, bias, eps)
+        })?;
+        let sum = Tensor::from_op(
+            sum.ok_or_else(|| Error::InvalidArgument {
+                op: "add_layer_norm",
+                reason: "the fused kernel returned no sum (internal error)".into(),
+            })?,
+            BinaryBackward::add(),
+            vec![self.clone(), delta.clone()],
+        );
+        let back = LayerNormBackward { mean: SavedValues::Gpu(mean), rstd: SavedValues::Gpu(rstd) };
+        let normed = Tensor::from_op(out, back, vec![sum.clone(), weight.clone(), bias.clone()]);
+        Ok((sum, normed))
+    }
+
     /// LayerNorm over the last axis: `(x − mean)/sqrt(var + eps)·weight + bias` with the biased
     /// variance; `weight` and `bias` have shape `[last axis]`.
     pub fn layer_norm(&self, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-        check_same("layer_norm", self, weight)?;
-        check_same("layer_norm", self, bias)?;
-        let cols = *self.shape().last().ok_or_else(|| Error::BadShape {
-            op: "layer_norm",
-            shape: vec![],
-            reason: "needs at least one axis".into(),
-        })?;
-        for p in [weight, bias] {
-            if p.shape() != [cols] {
-                return Err(Error::ShapeMismatch {
-                    op: "layer_norm",
-                    lhs: self.shape().to_vec(),
-                    rhs: p.shape().to_vec(),
-                });
-            }
-        }
-        if eps.is_nan() || eps <= 0.0 {
-            return Err(Error::InvalidArgument {
-                op: "layer_norm",
-                reason: format!("eps must be positive, got {eps}"),
-            });
-        }
+        check_layer_norm("layer_norm", self, weight, bias, eps)?;
         let (out, mean, rstd) = if self.device().is_cpu() {
             with_compute_type!(self.dtype(), T => {
                 let (out, mean, rstd) = forward_impl::<T>(self, weight, bias, eps)?;
                 (out, T::save(mean), T::save(rstd))
             })
         } else {
-            let (out, mean, rstd) =
-                crate::cuda::with_gpu_type!(self.dtype(), T => gpu::forward::<T>(self, weight, bias, eps))?;
+            let (_, out, mean, rstd) = crate::cuda::with_gpu_type!(self.dtype(), T => gpu::forward::<T>(self, None, weight, bias, eps))?;
             (out, SavedValues::Gpu(mean), SavedValues::Gpu(rstd))
         };
         Ok(Tensor::from_op(
@@ -114,29 +171,40 @@ impl Tensor {
 
 /// The GPU paths; the row statistics stay on the device as f32 tensors.
 mod gpu {
-    use polylm_kernels::cuda::layernorm::{layernorm_backward, layernorm_forward};
+    use polylm_kernels::cuda::layernorm::{layernorm_backward, layernorm_forward, ResidualAdd};
 
     use crate::cuda::{alloc_like, cuda_err, dense, GpuElem};
     use crate::{Result, Tensor};
 
+    /// The layer norm of `x` (of `x + delta` when given, which is returned too), with the row
+    /// statistics.
+    #[allow(clippy::type_complexity)]
     pub(super) fn forward<T: GpuElem>(
         x: &Tensor,
+        delta: Option<&Tensor>,
         w: &Tensor,
         b: &Tensor,
         eps: f64,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
+    ) -> Result<(Option<Tensor>, Tensor, Tensor, Tensor)> {
         let cols = w.numel();
         let rows = x.numel() / cols.max(1);
         let (xv, wv, bv) = (dense::<T>(x)?, dense::<T>(w)?, dense::<T>(b)?);
+        let dv = delta.map(dense::<T>).transpose()?;
         let mut out = alloc_like::<T>(x, xv.len())?;
+        let mut sum = delta.map(|_| alloc_like::<T>(x, xv.len())).transpose()?;
         let dev = xv.device().clone();
         let mut mean = dev.alloc::<f32>(rows).map_err(cuda_err("layer_norm"))?;
         let mut rstd = dev.alloc::<f32>(rows).map_err(cuda_err("layer_norm"))?;
         if rows > 0 && cols > 0 {
-            layernorm_forward(&xv, None, &wv, &bv, eps as f32, cols, &mut out, &mut mean, &mut rstd)
+            let residual = match (&dv, &mut sum) {
+                (Some(residual), Some(sum_out)) => Some(ResidualAdd { residual, sum_out }),
+                _ => None,
+            };
+            layernorm_forward(&xv, residual, &wv, &bv, eps as f32, cols, &mut out, &mut mean, &mut rstd)
                 .map_err(cuda_err("layer_norm"))?;
         }
         Ok((
+            sum.map(|s| Tensor::from_gpu(s, x.shape())),
             Tensor::from_gpu(out, x.shape()),
             Tensor::from_gpu(mean, &[rows]),
             Tensor::from_gpu(rstd, &[rows]),
@@ -149,10 +217,12 @@ mod gpu {
         mean: &Tensor,
         rstd: &Tensor,
         g: &Tensor,
+        residual: Option<&Tensor>,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let cols = w.numel();
         let (xv, wv, gv) = (dense::<T>(x)?, dense::<T>(w)?, dense::<T>(g)?);
-        let (mv, rv) = (dense::<f32>(mean)?, dense::<f32>(rstd)?);
+        let rv = residual.map(dense::<T>).transpose()?;
+        let (mv, sv) = (dense::<f32>(mean)?, dense::<f32>(rstd)?);
         let mut dx = alloc_like::<T>(x, xv.len())?;
         let mut dw = alloc_like::<T>(w, cols)?;
         let mut db = alloc_like::<T>(w, cols)?;
@@ -160,7 +230,8 @@ mod gpu {
             polylm_kernels::cuda::elementwise::fill(&mut dw, 0.0).map_err(cuda_err("layer_norm backward"))?;
             polylm_kernels::cuda::elementwise::fill(&mut db, 0.0).map_err(cuda_err("layer_norm backward"))?;
         } else {
-            layernorm_backward(&xv, &wv, &mv, &rv, &gv, None, cols, &mut dx, &mut dw, &mut db, false)
+            let dres = rv.as_deref();
+            layernorm_backward(&xv, &wv, &mv, &sv, &gv, dres, cols, &mut dx, &mut dw, &mut db, false)
                 .map_err(cuda_err("layer_norm backward"))?;
         }
         Ok((
