@@ -995,3 +995,40 @@ fn set_grad_replaces_the_gradient_and_later_passes_accumulate_onto_it() {
     }
     assert_close(&grad(&x), &[0.75, 6.0, 10.5], 0.0);
 }
+
+// ----- backward from a gradient ---------------------------------------------------------------
+
+#[test]
+fn backward_from_a_gradient_equals_backward_through_a_weighted_sum() {
+    let x = t32(&[0.5, -1.5, 2.25, 3.0, -0.75, 1.25], &[2, 3]).requires_grad();
+    let w = t32(&[1.5, -0.5, 0.25], &[3]).requires_grad();
+    let g = t32(&[0.3, -1.1, 0.7, 2.0, -0.4, 0.9], &[2, 3]);
+    // y has a diamond and a broadcast, so both leaves gather gradients from several paths.
+    let y = |x: &Tensor, w: &Tensor| x.mul(w).unwrap().add(&x.sqr().unwrap()).unwrap();
+    weighted_sum(&y(&x, &w), &g).backward().unwrap();
+    let (want_x, want_w) = (grad(&x), grad(&w));
+    x.zero_grad();
+    w.zero_grad();
+    y(&x, &w).backward_from(&g).unwrap();
+    assert_eq!(grad(&x), want_x);
+    assert_eq!(grad(&w), want_w);
+    // A gradient of another dtype is cast to the tensor's.
+    x.zero_grad();
+    w.zero_grad();
+    y(&x, &w).backward_from(&g.to_dtype(DType::F64).unwrap()).unwrap();
+    assert_close(&grad(&x), &want_x, 1e-6);
+}
+
+#[test]
+fn backward_from_refuses_a_gradient_of_another_shape_or_no_graph() {
+    let x = arange(&[2, 3]).requires_grad();
+    let y = x.sqr().unwrap();
+    let err = y.backward_from(&weights(&[3, 2])).unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { op: "backward_from", .. }), "{err}");
+    let err = arange(&[2, 3]).backward_from(&weights(&[2, 3])).unwrap_err();
+    assert!(matches!(err, Error::BackwardWithoutGraph), "{err}");
+    // Nothing was accumulated by the refused calls; a valid one still works.
+    assert!(x.grad().is_none());
+    y.backward_from(&weights(&[2, 3])).unwrap();
+    assert_eq!(grad(&x), vec![0.0, 4.0, 12.0, 24.0, 40.0, 60.0]);
+}

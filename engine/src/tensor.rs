@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use half::{bf16, f16};
 use polylm_kernels::{cast, copy};
 
-use crate::autograd::{is_grad_enabled, run_backward, BackwardOp, Node};
+use crate::autograd::{is_grad_enabled, run_backward, run_backward_from, BackwardOp, Node};
 use crate::dtype::{CpuFloat, WithDType};
 use crate::layout::Layout;
 use crate::rng::Rng;
@@ -305,6 +305,34 @@ impl Tensor {
     /// being computed.
     pub fn backward_with(&self, on_leaf: &mut dyn FnMut(&Tensor)) -> Result<()> {
         run_backward(self, on_leaf)
+    }
+
+    /// Back-propagates `grad`, the gradient of some loss with respect to this tensor (of its
+    /// shape, dtype and device), as [`Tensor::backward`] does from a scalar: what
+    /// `self.mul(grad)?.sum_all()?.backward()` computes, without the product, the sum and
+    /// their backward passes. Activation recomputation starts each block's backward pass so.
+    pub fn backward_from(&self, grad: &Tensor) -> Result<()> {
+        self.backward_from_with(grad, &mut |_| {})
+    }
+
+    /// [`Tensor::backward_from`], calling `on_leaf` as [`Tensor::backward_with`] does.
+    pub fn backward_from_with(&self, grad: &Tensor, on_leaf: &mut dyn FnMut(&Tensor)) -> Result<()> {
+        if grad.shape() != self.shape() {
+            return Err(Error::ShapeMismatch {
+                op: "backward_from",
+                lhs: self.shape().to_vec(),
+                rhs: grad.shape().to_vec(),
+            });
+        }
+        if grad.device() != self.device() {
+            return Err(Error::DeviceMismatch {
+                op: "backward_from",
+                lhs: self.device(),
+                rhs: grad.device(),
+            });
+        }
+        let seed = if grad.dtype() == self.dtype() { grad.detach() } else { grad.to_dtype(self.dtype())? };
+        run_backward_from(self, seed, on_leaf)
     }
 
     pub(crate) fn node(&self) -> Option<Arc<Node>> {

@@ -215,7 +215,7 @@ impl Gpt {
             }
             let (loss, g) = self.head_backward(&x, targets, ignore)?;
             ready.report_head(on_final);
-            x.mul(&g)?.sum_all()?.backward_with(&mut |t| ready.report(t, on_final))?;
+            x.backward_from_with(&g, &mut |t| ready.report(t, on_final))?;
             loss
         } else {
             // Forward without a graph, keeping each block's input.
@@ -236,10 +236,10 @@ impl Gpt {
             for (p, x) in self.params.blocks.iter().zip(inputs).rev() {
                 let x = x.requires_grad();
                 let out = self.block(p, &x)?;
-                out.mul(&g)?.sum_all()?.backward_with(&mut |t| ready.report(t, on_final))?;
+                out.backward_from_with(&g, &mut |t| ready.report(t, on_final))?;
                 g = grad_of(&x)?;
             }
-            self.embed(b)?.mul(&g)?.sum_all()?.backward_with(&mut |t| ready.report(t, on_final))?;
+            self.embed(b)?.backward_from_with(&g, &mut |t| ready.report(t, on_final))?;
             loss
         };
         ready.report_rest(on_final);
@@ -289,7 +289,7 @@ impl Gpt {
             start += n;
         }
         let g = Tensor::concat(&grads, 0)?.reshape(&shape)?;
-        h.mul(&g)?.sum_all()?.backward()?;
+        h.backward_from(&g)?;
         Ok((loss, grad_of(&xl)?))
     }
 }

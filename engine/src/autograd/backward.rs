@@ -17,6 +17,18 @@ pub(crate) fn run_backward(root: &Tensor, on_leaf: &mut dyn FnMut(&Tensor)) -> R
     if root.numel() != 1 {
         return Err(Error::BackwardNonScalar { shape: root.shape().to_vec() });
     }
+    // The seed gradient 1 lives on the root's device.
+    let seed = if root.device().is_cpu() {
+        Tensor::ones(root.shape(), root.dtype())?
+    } else {
+        crate::cuda::full_like(root, root.shape(), 1.0)?
+    };
+    run_backward_from(root, seed, on_leaf)
+}
+
+/// [`run_backward`] from any tensor with `seed` as its gradient (the caller has checked that
+/// the seed has the root's shape, dtype and device).
+pub(crate) fn run_backward_from(root: &Tensor, seed: Tensor, on_leaf: &mut dyn FnMut(&Tensor)) -> Result<()> {
     if !root.requires_grad_flag() {
         return Err(Error::BackwardWithoutGraph);
     }
@@ -28,12 +40,6 @@ pub(crate) fn run_backward(root: &Tensor, on_leaf: &mut dyn FnMut(&Tensor)) -> R
         return Err(Error::GraphFreed);
     }
     let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
-    // The seed gradient lives on the root's device.
-    let seed = if root.device().is_cpu() {
-        Tensor::ones(root.shape(), root.dtype())?
-    } else {
-        crate::cuda::full_like(root, root.shape(), 1.0)?
-    };
     grads.insert(root.id(), seed);
     for t in order.iter().rev() {
         let Some(grad) = grads.remove(&t.id()) else {

@@ -11,7 +11,7 @@ mod grad_mode;
 
 pub use grad_mode::{is_grad_enabled, no_grad, with_no_grad, NoGradGuard};
 
-pub(crate) use backward::run_backward;
+pub(crate) use backward::{run_backward, run_backward_from};
 
 use crate::{Result, Tensor};
 
