@@ -1032,3 +1032,25 @@ fn backward_from_refuses_a_gradient_of_another_shape_or_no_graph() {
     y.backward_from(&weights(&[2, 3])).unwrap();
     assert_eq!(grad(&x), vec![0.0, 4.0, 12.0, 24.0, 40.0, 60.0]);
 }
+
+#[test]
+fn a_tied_weight_used_transposed_gets_a_dense_gradient() {
+    // As a tied LM head uses the embedding: logits = h · wᵀ, w [V, C] row-major.
+    let (rows, c, v) = (5, 3, 4);
+    let h = t32(&(0..rows * c).map(|i| (i as f32 * 0.37).sin()).collect::<Vec<_>>(), &[rows, c]);
+    let w = t32(&(0..v * c).map(|i| (i as f32 * 0.71).cos()).collect::<Vec<_>>(), &[v, c]).requires_grad();
+    let g = t32(&(0..rows * v).map(|i| (i as f32 * 0.53).sin()).collect::<Vec<_>>(), &[rows, v]);
+    h.matmul(&w.t().unwrap()).unwrap().backward_from(&g).unwrap();
+    let dw = w.grad().expect("a gradient");
+    assert!(dw.is_contiguous(), "the gradient comes back in w's own layout: {:?}", dw.layout());
+    // dW = Gᵀ·H.
+    let (hv, gv) = (h.to_vec_f64(), g.to_vec_f64());
+    let want: Vec<f64> =
+        (0..v * c).map(|i| (0..rows).map(|r| gv[r * v + i / c] * hv[r * c + i % c]).sum()).collect();
+    assert_close(&dw.to_vec_f64(), &want, 1e-5);
+    // A second pass adds into it, still dense.
+    h.matmul(&w.t().unwrap()).unwrap().backward_from(&g).unwrap();
+    let twice = w.grad().expect("a gradient");
+    assert!(twice.is_contiguous());
+    assert_close(&twice.to_vec_f64(), &want.iter().map(|x| 2.0 * x).collect::<Vec<_>>(), 1e-5);
+}

@@ -24,6 +24,14 @@ impl BackwardOp for MatmulBackward {
             if a.requires_grad_flag() { Some(g.matmul(&b.t()?)?.sum_to_shape(a.shape())?) } else { None };
         let gb = if !b.requires_grad_flag() {
             None
+        } else if b.rank() == 2 && is_transposed_matrix(b) {
+            // B is the transpose of a row-major matrix (a tied LM head's embedding): make its
+            // gradient in that matrix's layout, (Gᵀ·A)ᵀ, so that the transpose back to the
+            // matrix, and the gradient added into the matrix's, are dense. (Aᵀ·G would come
+            // back transposed, and every add into the matrix's gradient would read it across
+            // rows.)
+            let (a2, g2) = (a.flatten_to_2d()?, g.flatten_to_2d()?);
+            Some(g2.t()?.matmul(&a2)?.t()?)
         } else if b.rank() == 2 && a.rank() > 2 {
             // Fold the batch into the rows: dB = A₂ᵀ·G₂ in one product, no batched temporary.
             Some(a.flatten_to_2d()?.t()?.matmul(&g.flatten_to_2d()?)?)
@@ -32,6 +40,13 @@ impl BackwardOp for MatmulBackward {
         };
         Ok(vec![ga, gb])
     }
+}
+
+/// Whether the 2-D `t` is a transposed view of a dense row-major matrix (strides `[1, rows]`),
+/// and not itself row-major.
+fn is_transposed_matrix(t: &Tensor) -> bool {
+    let (shape, strides) = (t.shape(), t.layout().strides());
+    shape[0] > 1 && shape[1] > 1 && strides == [1, shape[0]]
 }
 
 /// One operand of a product: its storage slice and the view into it.
