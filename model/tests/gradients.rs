@@ -1,5 +1,6 @@
 //! The whole model's gradients in f64 against central finite differences (random shapes and
-//! values, never zeros or ones), and activation recomputation against the plain backward.
+//! values, never zeros or ones), activation recomputation against the plain backward, and the
+//! layout of every parameter gradient (dense, including the tied embedding's from the LM head).
 
 mod common;
 
@@ -195,4 +196,33 @@ fn parameters_are_reported_once_each_as_soon_as_their_gradient_is_complete() {
         assert!(first.iter().max() < wte.iter().min(), "recompute {recompute}: {:?}", r.order);
         assert!(last.iter().all(|&k| !r.first_block_touched_then[k]), "recompute {recompute}");
     }
+}
+
+/// Every parameter's gradient is a dense row-major tensor after a step, with and without
+/// recomputation: the data-parallel flattening and the optimiser read them as they are, and a
+/// strided gradient (such as the tied embedding's, which the LM head uses transposed) would
+/// cost a gather of the whole matrix on every read.
+#[test]
+fn parameter_gradients_are_dense() {
+    let cfg = small_config(29, 3, 12, 2, 20, 8);
+    let model = Gpt::new(cfg, DType::F32, 31).unwrap();
+    let mut rng = Rng::new(32);
+    let ids = random_ids(16, 29, &mut rng);
+    let targets = random_ids(16, 29, &mut rng);
+    let b = Batch { ids: &ids, batch: 2, seq: 8 };
+    for recompute in [false, true] {
+        model.params().zero_grad();
+        model.forward_backward(&b, &targets, None, recompute).unwrap();
+        for (name, t) in model.params().named() {
+            let g = t.grad().unwrap_or_else(|| panic!("{name}: no gradient"));
+            assert!(g.is_contiguous(), "{name} (recompute {recompute}): gradient layout {:?}", g.layout());
+        }
+    }
+    // The LM head's own contribution, alone (one row: one chunk, nothing added after it).
+    model.params().zero_grad();
+    let x = Tensor::randn(&[1, 1, 12], 1.0, DType::F32, &mut rng).unwrap();
+    model.head_backward(&x, &targets[..1], None).unwrap();
+    let (name, wte) = &model.params().named()[0];
+    let g = wte.grad().expect("the head reaches the embedding");
+    assert!(g.is_contiguous(), "{name} from the head alone: gradient layout {:?}", g.layout());
 }
