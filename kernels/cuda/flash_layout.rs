@@ -14,6 +14,10 @@ use super::device::{DeviceBuf, FloatElem};
 use super::error::{CudaError, CudaResult};
 use super::flash_attention::FlashShape;
 
+/// The furthest element index (exclusive) an operand may reach: the portable backward holds
+/// head offsets as 32-bit counts of 16-byte vectors (8 two-byte elements).
+const MAX_REACH: usize = 1 << 35;
+
 /// Where one `[batch, heads, seq, head_dim]` operand lies in its buffer: element (b, h, t, c) is
 /// at `offset + b·batch + h·head + t·row + c` (all in elements).
 ///
@@ -158,6 +162,15 @@ impl HeadLayout {
             return Err(CudaError::invalid(op, format!("{what}'s strides {self:?} reach past 2⁴⁰ bytes")));
         }
         match self.end(s) {
+            // The portable backward holds head offsets as 32-bit counts of 16-byte vectors.
+            Some(end) if end > MAX_REACH => {
+                return Err(CudaError::invalid(
+                    op,
+                    format!(
+                        "{what} ({self:?} for {s:?}) reaches past 2³⁵ elements, beyond the kernels' offsets"
+                    ),
+                ))
+            }
             Some(end) if end <= len => {}
             _ => {
                 return Err(CudaError::invalid(
@@ -490,6 +503,10 @@ mod tests {
         assert!(folded.check::<half::bf16>("op", "x", n, &s, false).is_ok());
         assert!(err(folded, true).contains("twice"));
         assert!(err(HeadLayout { offset: n, ..ok }, false).contains("reaches past"));
+        // An operand reaching past 2³⁵ elements, in a (hypothetical) buffer big enough.
+        let far = HeadLayout { offset: 1 << 35, ..ok };
+        let msg = far.check::<half::bf16>("op", "x", usize::MAX, &s, false).unwrap_err().to_string();
+        assert!(msg.contains("2³⁵"), "{msg}");
     }
 
     #[test]
