@@ -117,8 +117,9 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, AttentionBackwa
     Ok((out, back))
 }
 
-/// The backward of [`Tensor::causal_attention_packed`]: that of attention on the three slices,
-/// its gradients concatenated into one `[3, ...]` gradient (one copy, where three separate
+/// The backward of [`Tensor::causal_attention_packed`]: on the flash kernels, dQ, dK and dV
+/// written straight into one gradient laid out like the input; elsewhere that of attention on
+/// the three slices, concatenated into one `[3, ...]` gradient (one copy, where three separate
 /// slices would each be padded with zeros to the whole and then added).
 struct PackedAttentionBackward(AttentionBackward);
 
