@@ -604,6 +604,11 @@ fn unsupported_shapes_are_rejected_without_a_device() {
     ok.validate::<bf16>("test").expect("bf16 d128");
     ok.validate::<f16>("test").expect("f16 d128");
     FlashShape::new(1, 1, 1, 64, false).validate::<bf16>("test").expect("seq 1");
+    // Rows (batch × heads × seq) up to a tile short of 2³¹: the kernels count them, a tile past
+    // the last row included, in 32-bit integers.
+    let most = (i32::MAX as usize - flash_attention::BLOCK_M) / 2;
+    FlashShape::new(2, 1, most, 64, true).validate::<bf16>("test").expect("the most rows");
+    assert!(FlashShape::new(2, 1, most + 1, 64, true).validate::<bf16>("test").is_err(), "a row too many");
     assert!(flash_attention::supports::<bf16>(64) && flash_attention::supports::<f16>(128));
     assert!(!flash_attention::supports::<f32>(64) && !flash_attention::supports::<bf16>(96));
     let bad = [

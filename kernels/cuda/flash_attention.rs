@@ -108,10 +108,11 @@ impl FlashShape {
                 format!("empty problem: batch {} × heads {} × seq {}", self.batch, self.heads, self.seq),
             ));
         }
-        // Rows (batch × heads × seq) are counted in 32-bit integers by the kernels.
+        // Rows (batch × heads × seq) are counted in 32-bit integers by the kernels, a tile past
+        // the last row included.
         let rows = bh.saturating_mul(self.seq);
         if self.seq > i32::MAX as usize - BLOCK_M
-            || rows > i32::MAX as usize
+            || rows > i32::MAX as usize - BLOCK_M
             || rows.checked_mul(self.head_dim).is_none()
         {
             return Err(CudaError::invalid(
