@@ -155,15 +155,19 @@ fn tensor_collectives_match_the_host_ones() {
 
 #[test]
 fn a_missing_rank_is_named_and_a_hung_rank_times_out() {
-    // Rank 2 of 3 never arrives: rank 0 names it, rank 1 fails as rank 0 gives up. (3 s, so
-    // that rank 1 surely arrives in time on a loaded machine.)
+    // Rank 2 of 3 never arrives: rank 0 names it, rank 1 fails as rank 0 gives up. (5 s, so
+    // that rank 1 surely arrives in time on a loaded machine.) Rank 1 starts once rank 0 holds
+    // the port, so that it cannot meet anything else there (CI seen once: rank 1 missing too).
     let port = free_port().unwrap();
     let t = Instant::now();
-    let handles: Vec<_> = (0..2)
-        .map(|r| {
-            std::thread::spawn(move || TcpCollective::connect(&world(r, 3, port), Duration::from_secs(3)))
-        })
-        .collect();
+    let connect = move |r| {
+        std::thread::spawn(move || TcpCollective::connect(&world(r, 3, port), Duration::from_secs(5)))
+    };
+    let root = connect(0);
+    while std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() && t.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let handles = [root, connect(1)];
     let res: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     match &res[0] {
         Err(e @ DistError::Missing { missing, .. }) => {
@@ -173,7 +177,7 @@ fn a_missing_rank_is_named_and_a_hung_rank_times_out() {
         other => panic!("rank 0: {other:?}"),
     }
     assert!(res[1].is_err(), "rank 1 fails too");
-    assert!(t.elapsed() < Duration::from_secs(10));
+    assert!(t.elapsed() < Duration::from_secs(15));
 
     // Rank 0 alone with nobody listening: a rank that cannot reach it says where it looked.
     let port = free_port().unwrap();
