@@ -24,7 +24,7 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::device::{blocks_for, check_len, grid1, DeviceBuf, FloatElem};
 use super::error::{CudaError, CudaResult};
-use super::flash_layout::{FlashDims, GradTargets, HeadView, HeadViewMut, Operand, Operands};
+use super::flash_layout::{FlashDims, GradOperands, GradTargets, HeadView, HeadViewMut, Operands};
 use super::source::{kernel_source, KernelSource};
 
 /// The kernel file.
@@ -221,35 +221,45 @@ pub fn forward_strided<T: FloatElem>(
     const OP: &str = "flash_attention_forward";
     shape.validate::<T>(OP)?;
     let ops = Operands {
-        q: Some(q.operand(OP, "q", shape)?),
-        k: Some(k.operand(OP, "k", shape)?),
-        v: Some(v.operand(OP, "v", shape)?),
-        o: Some(out.operand(OP, "out", shape)?),
-        ..Operands::default()
+        q: q.operand(OP, "q", shape)?,
+        k: k.operand(OP, "k", shape)?,
+        v: v.operand(OP, "v", shape)?,
+        o: out.operand(OP, "out", shape)?,
     };
     check_len(OP, "lse", lse, shape.lse_len())?;
     let dev = out.buf.device().clone();
-    let hopper = match kernel {
-        ForwardKernel::Portable => false,
-        ForwardKernel::Hopper => {
-            super::flash_attention_hopper::require_hopper(OP, &dev)?;
-            true
-        }
-        ForwardKernel::Auto => hopper_requested() && super::flash_attention_hopper::runs_on(&dev),
+    let forced = match kernel {
+        ForwardKernel::Auto => None,
+        ForwardKernel::Portable => Some(false),
+        ForwardKernel::Hopper => Some(true),
     };
-    if hopper {
+    if uses_hopper(OP, &dev, forced)? {
         return super::flash_attention_hopper::forward::<T>(&dev, &ops, shape, lse);
     }
     let shared = forward_shared_bytes(shape.head_dim);
     let f = dev.function(&SOURCE, &format!("flash_fwd_{}_d{}", T::NAME, shape.head_dim))?;
     dev.allow_shared_memory(&f, shared as u32)?;
     let cfg = tiles_grid(OP, shape, BLOCK_M, shared)?;
-    let d = FlashDims::new(shape, &ops);
-    let ptr = |o: Option<Operand>| o.map_or(0, |o| o.ptr);
-    let (pq, pk, pv, po, pl) = (ptr(ops.q), ptr(ops.k), ptr(ops.v), ptr(ops.o), lse.ptr());
+    let d = FlashDims::new(shape, &ops, None);
+    let (pq, pk, pv, po, pl) = (ops.q.ptr, ops.k.ptr, ops.v.ptr, ops.o.ptr, lse.ptr());
     let mut args = dev.launcher(&f)?;
     args.arg(&d).arg(&pq).arg(&pk).arg(&pv).arg(&po).arg(&pl);
     dev.launch(args, cfg, "launching flash_fwd")
+}
+
+/// Whether a call runs the Hopper kernels: as `forced` says (an error for `Some(true)` on a
+/// device other than compute capability 9.0), else when `POLYLM_GPU_FLASH_HOPPER=1` on such a
+/// device.
+fn uses_hopper(
+    op: &'static str,
+    dev: &std::sync::Arc<super::CudaDevice>,
+    forced: Option<bool>,
+) -> CudaResult<bool> {
+    match forced {
+        Some(true) => super::flash_attention_hopper::require_hopper(op, dev).map(|()| true),
+        Some(false) => Ok(false),
+        None => Ok(hopper_requested() && super::flash_attention_hopper::runs_on(dev)),
+    }
 }
 
 /// The gradients [`backward`] writes: the same triple the simple attention kernel fills.
@@ -331,15 +341,22 @@ pub struct BackwardInputs<'a, T: FloatElem> {
 }
 
 impl<T: FloatElem> BackwardInputs<'_, T> {
-    fn operands(&self, op: &'static str, s: &FlashShape) -> CudaResult<Operands> {
-        Ok(Operands {
-            q: Some(self.q.operand(op, "q", s)?),
-            k: Some(self.k.operand(op, "k", s)?),
-            v: Some(self.v.operand(op, "v", s)?),
-            o: Some(self.out.operand(op, "out", s)?),
-            dout: Some(self.dout.operand(op, "dout", s)?),
-            ..Operands::default()
-        })
+    /// The checked operands, with dQ, dK and dV from `grads`.
+    fn operands(
+        &self,
+        op: &'static str,
+        s: &FlashShape,
+        grads: &GradTargets<'_, T>,
+    ) -> CudaResult<(Operands, GradOperands)> {
+        let ops = Operands {
+            q: self.q.operand(op, "q", s)?,
+            k: self.k.operand(op, "k", s)?,
+            v: self.v.operand(op, "v", s)?,
+            o: self.out.operand(op, "out", s)?,
+        };
+        let dout = self.dout.operand(op, "dout", s)?;
+        let [dq, dk, dv] = grads.operands(op, s)?;
+        Ok((ops, GradOperands { dout, dq, dk, dv }))
     }
 }
 
@@ -355,57 +372,52 @@ pub fn backward_strided<T: FloatElem>(
 ) -> CudaResult<()> {
     const OP: &str = "flash_attention_backward";
     shape.validate::<T>(OP)?;
-    let mut ops = inputs.operands(OP, shape)?;
-    let [dq, dk, dv] = grads.operands(OP, shape)?;
-    (ops.dq, ops.dk, ops.dv) = (Some(dq), Some(dk), Some(dv));
-    backward_operands::<T>(kernel, grads.device(), &ops, lse, shape)
+    let (ops, grad_ops) = inputs.operands(OP, shape, &grads)?;
+    let forced = match kernel {
+        BackwardKernel::Auto => None,
+        BackwardKernel::Portable => Some(false),
+        BackwardKernel::Hopper => Some(true),
+    };
+    backward_operands::<T>(forced, grads.device(), (&ops, &grad_ops), lse, shape)
 }
 
 /// The backward's three launches on checked operands: the pre-pass, the main kernel (portable
 /// or Hopper), the dQ conversion.
 fn backward_operands<T: FloatElem>(
-    kernel: BackwardKernel,
+    forced_hopper: Option<bool>,
     dev: &std::sync::Arc<super::CudaDevice>,
-    ops: &Operands,
+    (ops, grads): (&Operands, &GradOperands),
     lse: &DeviceBuf<f32>,
     shape: &FlashShape,
 ) -> CudaResult<()> {
     const OP: &str = "flash_attention_backward";
     check_len(OP, "lse", lse, shape.lse_len())?;
-    let hopper = match kernel {
-        BackwardKernel::Portable => false,
-        BackwardKernel::Hopper => {
-            super::flash_attention_hopper::require_hopper(OP, dev)?;
-            true
-        }
-        BackwardKernel::Auto => hopper_requested() && super::flash_attention_hopper::runs_on(dev),
-    };
+    let hopper = uses_hopper(OP, dev, forced_hopper)?;
     let rows = shape.lse_len();
     let n = shape.qkv_len();
     let dq_acc = dev.alloc::<f32>(n)?;
     let dot = dev.alloc::<f32>(rows)?;
-    let d = FlashDims::new(shape, ops);
-    let ptr = |o: Option<Operand>| o.map_or(0, |o| o.ptr);
+    let d = FlashDims::new(shape, ops, Some(grads));
     let dim_i = shape.head_dim as i32;
 
     // Row dots D = rowsum(dO∘O), and the dQ accumulator zeroed.
     let f = dev.function(&SOURCE, &format!("flash_bwd_prep_{}", T::NAME))?;
     let cfg = grid1(blocks_for(OP, rows, PREP_ROWS)?, 32 * PREP_ROWS as u32, 0);
-    let (po, pd, pacc, pdot) = (ptr(ops.o), ptr(ops.dout), dq_acc.ptr(), dot.ptr());
+    let (po, pd, pacc, pdot) = (ops.o.ptr, grads.dout.ptr, dq_acc.ptr(), dot.ptr());
     let mut args = dev.launcher(&f)?;
     args.arg(&d).arg(&dim_i).arg(&po).arg(&pd).arg(&pdot).arg(&pacc);
     dev.launch(args, cfg, "launching flash_bwd_prep")?;
 
     // dK, dV per key block; dQ added into the f32 accumulator.
     if hopper {
-        super::flash_attention_hopper::backward_main::<T>(dev, ops, shape, lse, &dot, &dq_acc)?;
+        super::flash_attention_hopper::backward_main::<T>(dev, (ops, grads), shape, lse, &dot, &dq_acc)?;
     } else {
         let shared = backward_shared_bytes(shape.head_dim);
         let f = dev.function(&SOURCE, &format!("flash_bwd_{}_d{}", T::NAME, shape.head_dim))?;
         dev.allow_shared_memory(&f, shared as u32)?;
         let cfg = tiles_grid(OP, shape, BLOCK_N, shared)?;
-        let (pq, pk, pv, pl) = (ptr(ops.q), ptr(ops.k), ptr(ops.v), lse.ptr());
-        let (pdk, pdv) = (ptr(ops.dk), ptr(ops.dv));
+        let (pq, pk, pv, pl) = (ops.q.ptr, ops.k.ptr, ops.v.ptr, lse.ptr());
+        let (pdk, pdv) = (grads.dk.ptr, grads.dv.ptr);
         let mut args = dev.launcher(&f)?;
         args.arg(&d).arg(&pq).arg(&pk).arg(&pv).arg(&pd).arg(&pl).arg(&pdot).arg(&pacc).arg(&pdk).arg(&pdv);
         dev.launch(args, cfg, "launching flash_bwd")?;
@@ -414,7 +426,7 @@ fn backward_operands<T: FloatElem>(
     // dQ = scale · accumulator, in the storage type, at dq's layout.
     let f = dev.function(&SOURCE, &format!("flash_bwd_dq_{}", T::NAME))?;
     let cfg = grid1(blocks_for(OP, n / 4, 256)?, 256, 0);
-    let pdq = ptr(ops.dq);
+    let pdq = grads.dq.ptr;
     let mut args = dev.launcher(&f)?;
     args.arg(&d).arg(&dim_i).arg(&pacc).arg(&pdq);
     dev.launch(args, cfg, "launching flash_bwd_dq")

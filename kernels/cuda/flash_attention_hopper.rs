@@ -27,7 +27,7 @@ use cudarc::driver::{sys, DeviceRepr, LaunchConfig, PushKernelArg};
 use super::device::{blocks_for, CudaDevice, DeviceBuf, FloatElem};
 use super::error::{CudaError, CudaResult};
 use super::flash_attention::FlashShape;
-use super::flash_layout::{FlashDims, Operand, Operands};
+use super::flash_layout::{FlashDims, GradOperands, Operand, Operands};
 use super::source::{kernel_source, KernelSource};
 
 /// The kernel file; it needs the `sm_90a` architecture-specific instructions.
@@ -85,7 +85,7 @@ const _: () = assert!(BLOCK_M == BLOCK_N);
 fn tensor_map<T: FloatElem>(
     op: &'static str,
     what: &str,
-    operand: Option<Operand>,
+    operand: Operand,
     s: &FlashShape,
     box_rows: usize,
 ) -> CudaResult<TensorMap> {
@@ -93,9 +93,6 @@ fn tensor_map<T: FloatElem>(
         "bf16" => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
         "f16" => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
         other => return Err(CudaError::invalid(op, format!("no Hopper flash kernel for {other}"))),
-    };
-    let Some(operand) = operand else {
-        return Err(CudaError::invalid(op, format!("no {what} operand (internal error)")));
     };
     if !operand.ptr.is_multiple_of(16) {
         return Err(CudaError::invalid(op, format!("{what} is not 16-byte aligned (TMA needs it)")));
@@ -157,8 +154,8 @@ pub(crate) fn forward<T: FloatElem>(
     dev.allow_shared_memory(&f, shared as u32)?;
     // Block x is query tile x / bh of head x % bh (heaviest causal tiles first).
     let cfg = launch_config(OP, shape, BLOCK_M, shared)?;
-    let d = FlashDims::new(shape, ops);
-    let (po, pl) = (ops.o.map_or(0, |o| o.ptr), lse.ptr());
+    let d = FlashDims::new(shape, ops, None);
+    let (po, pl) = (ops.o.ptr, lse.ptr());
     let mut args = dev.launcher(&f)?;
     args.arg(&d).arg(&tq).arg(&tk).arg(&tv).arg(&po).arg(&pl);
     dev.launch(args, cfg, "launching flash_fwd_hopper")
@@ -218,7 +215,7 @@ pub fn backward_shared_bytes(head_dim: usize) -> usize {
 /// the dense `dq_acc` and writes dK and dV at their layouts. The caller has checked the device.
 pub(crate) fn backward_main<T: FloatElem>(
     dev: &std::sync::Arc<CudaDevice>,
-    ops: &Operands,
+    (ops, grads): (&Operands, &GradOperands),
     shape: &FlashShape,
     lse: &DeviceBuf<f32>,
     dot: &DeviceBuf<f32>,
@@ -226,16 +223,16 @@ pub(crate) fn backward_main<T: FloatElem>(
 ) -> CudaResult<()> {
     const OP: &str = "flash_attention_hopper_backward";
     let map = |what, o, rows| tensor_map::<T>(OP, what, o, shape, rows);
-    let (tq, tdo) = (map("q", ops.q, BACKWARD_BLOCK_M)?, map("dout", ops.dout, BACKWARD_BLOCK_M)?);
+    let (tq, tdo) = (map("q", ops.q, BACKWARD_BLOCK_M)?, map("dout", grads.dout, BACKWARD_BLOCK_M)?);
     let (tk, tv) = (map("k", ops.k, BACKWARD_BLOCK_N)?, map("v", ops.v, BACKWARD_BLOCK_N)?);
     let shared = backward_shared_bytes(shape.head_dim);
     let f = dev.function(&SOURCE, &format!("flash_bwd_hopper_{}_d{}", T::NAME, shape.head_dim))?;
     dev.allow_shared_memory(&f, shared as u32)?;
     // Block x is key block x / bh of head x % bh (key block 0 first).
     let cfg = launch_config(OP, shape, BACKWARD_BLOCK_N, shared)?;
-    let d = FlashDims::new(shape, ops);
+    let d = FlashDims::new(shape, ops, Some(grads));
     let (pl, pdot, pacc) = (lse.ptr(), dot.ptr(), dq_acc.ptr());
-    let (pdk, pdv) = (ops.dk.map_or(0, |o| o.ptr), ops.dv.map_or(0, |o| o.ptr));
+    let (pdk, pdv) = (grads.dk.ptr, grads.dv.ptr);
     let mut args = dev.launcher(&f)?;
     args.arg(&d).arg(&tq).arg(&tk).arg(&tv).arg(&tdo).arg(&pl).arg(&pdot).arg(&pacc).arg(&pdk).arg(&pdv);
     dev.launch(args, cfg, "launching flash_bwd_hopper")

@@ -187,6 +187,37 @@ impl HeadLayout {
         }
         Ok(())
     }
+
+    /// Checks dQ, dK and dV laid out as `[dq, dk, dv]` in one buffer of `len` elements of `T`:
+    /// each written one to one inside it ([`HeadLayout::check`]) and no two overlapping
+    /// ([`HeadLayout::is_disjoint_from`]).
+    ///
+    /// # Errors
+    ///
+    /// [`CudaError::Invalid`] saying which layout does not fit or which two may overlap.
+    pub fn check_packed<T: FloatElem>(
+        op: &'static str,
+        layouts: &[HeadLayout; 3],
+        len: usize,
+        s: &FlashShape,
+    ) -> CudaResult<()> {
+        const NAMES: [&str; 3] = ["dq", "dk", "dv"];
+        for (what, layout) in NAMES.iter().zip(layouts) {
+            layout.check::<T>(op, what, len, s, true)?;
+        }
+        for (i, j) in [(0, 1), (0, 2), (1, 2)] {
+            if !layouts[i].is_disjoint_from(&layouts[j], s) {
+                return Err(CudaError::invalid(
+                    op,
+                    format!(
+                        "{} and {} may overlap in their buffer: {:?} and {:?}",
+                        NAMES[i], NAMES[j], layouts[i], layouts[j]
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// An operand the kernels read: a buffer and where in it the values lie.
@@ -287,23 +318,9 @@ impl<T: FloatElem> PackedGrads<'_, T> {
     /// The checked operands dQ, dK, dV: each written one to one, inside the buffer, and no two
     /// of them overlapping.
     pub(crate) fn operands(&self, op: &'static str, s: &FlashShape) -> CudaResult<[Operand; 3]> {
-        let named = [("dq", self.dq), ("dk", self.dk), ("dv", self.dv)];
-        for (what, layout) in named {
-            layout.check::<T>(op, what, self.buf.len(), s, true)?;
-        }
-        for (i, j) in [(0, 1), (0, 2), (1, 2)] {
-            if !named[i].1.is_disjoint_from(&named[j].1, s) {
-                return Err(CudaError::invalid(
-                    op,
-                    format!(
-                        "{} and {} may overlap in their buffer: {:?} and {:?}",
-                        named[i].0, named[j].0, named[i].1, named[j].1
-                    ),
-                ));
-            }
-        }
-        let size = std::mem::size_of::<T>();
-        Ok(named.map(|(_, layout)| Operand { ptr: self.buf.ptr() + (layout.offset * size) as u64, layout }))
+        let layouts = [self.dq, self.dk, self.dv];
+        HeadLayout::check_packed::<T>(op, &layouts, self.buf.len(), s)?;
+        Ok(layouts.map(|layout| Operand::at(self.buf, layout)))
     }
 }
 
@@ -328,7 +345,12 @@ impl Operand {
         written: bool,
     ) -> CudaResult<Operand> {
         layout.check::<T>(op, what, buf.len(), s, written)?;
-        Ok(Operand { ptr: buf.ptr() + (layout.offset * std::mem::size_of::<T>()) as u64, layout })
+        Ok(Operand::at(buf, layout))
+    }
+
+    /// `layout` in `buf`, unchecked: the address of its first element.
+    fn at<T: FloatElem>(buf: &DeviceBuf<T>, layout: HeadLayout) -> Operand {
+        Operand { ptr: buf.ptr() + (layout.offset * std::mem::size_of::<T>()) as u64, layout }
     }
 
     fn strides(&self) -> Strides {
@@ -364,31 +386,38 @@ pub(crate) struct FlashDims {
 unsafe impl DeviceRepr for FlashDims {}
 const _: () = assert!(std::mem::size_of::<FlashDims>() == 216);
 
-/// The operands a kernel call involves, `None` where it takes none.
-#[derive(Clone, Copy, Debug, Default)]
+/// The operands every kernel call involves: the forward's inputs and output.
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Operands {
     /// Queries.
-    pub q: Option<Operand>,
+    pub q: Operand,
     /// Keys.
-    pub k: Option<Operand>,
+    pub k: Operand,
     /// Values.
-    pub v: Option<Operand>,
+    pub v: Operand,
     /// The forward's output.
-    pub o: Option<Operand>,
+    pub o: Operand,
+}
+
+/// The further operands of a backward pass.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GradOperands {
     /// The output gradient.
-    pub dout: Option<Operand>,
-    /// The gradients.
-    pub dq: Option<Operand>,
+    pub dout: Operand,
+    /// dQ.
+    pub dq: Operand,
     /// dK.
-    pub dk: Option<Operand>,
+    pub dk: Operand,
     /// dV.
-    pub dv: Option<Operand>,
+    pub dv: Operand,
 }
 
 impl FlashDims {
-    /// The kernels' parameter for `shape` (validated) and the strides of `ops`.
-    pub(crate) fn new(shape: &FlashShape, ops: &Operands) -> FlashDims {
-        let s = |o: Option<Operand>| o.map(|o| o.strides()).unwrap_or_default();
+    /// The kernels' parameter for `shape` (validated) and the strides of `ops` and, for a
+    /// backward pass, `grads` (zeros in a forward pass).
+    pub(crate) fn new(shape: &FlashShape, ops: &Operands, grads: Option<&GradOperands>) -> FlashDims {
+        let grads = grads.map(|g| [g.dout, g.dq, g.dk, g.dv]);
+        let g = |i: usize| grads.map(|all| all[i].strides()).unwrap_or_default();
         FlashDims {
             bh: (shape.batch * shape.heads) as i32,
             heads: shape.heads as i32,
@@ -396,7 +425,16 @@ impl FlashDims {
             causal: shape.causal as i32,
             scale: shape.scale,
             unused: 0,
-            layouts: [s(ops.q), s(ops.k), s(ops.v), s(ops.o), s(ops.dout), s(ops.dq), s(ops.dk), s(ops.dv)],
+            layouts: [
+                ops.q.strides(),
+                ops.k.strides(),
+                ops.v.strides(),
+                ops.o.strides(),
+                g(0),
+                g(1),
+                g(2),
+                g(3),
+            ],
         }
     }
 }
@@ -516,7 +554,10 @@ mod tests {
         assert_eq!(std::mem::offset_of!(FlashDims, layouts), 24);
         let s = FlashShape { scale: 0.5, ..shape(2, 3, 5, 64) };
         let q = Operand { ptr: 0, layout: HeadLayout { offset: 0, batch: 88, head: 56, row: 64 } };
-        let d = FlashDims::new(&s, &Operands { q: Some(q), dv: Some(q), ..Operands::default() });
+        let zero = Operand { ptr: 0, layout: HeadLayout { offset: 0, batch: 0, head: 0, row: 0 } };
+        let ops = Operands { q, k: zero, v: zero, o: zero };
+        let grads = GradOperands { dout: zero, dq: zero, dk: zero, dv: q };
+        let d = FlashDims::new(&s, &ops, Some(&grads));
         assert_eq!((d.bh, d.heads, d.seq, d.causal), (6, 3, 5, 1));
         assert_eq!((d.layouts[0].batch, d.layouts[0].head, d.layouts[0].row), (88, 56, 64));
         assert_eq!(d.layouts[7].row, 64);

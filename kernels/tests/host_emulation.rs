@@ -1386,12 +1386,12 @@ fn flash_inputs<T: Elem>(
     (inputs, want)
 }
 
-/// The input buffer holding q, k, v at their layouts (gaps, if any, filled with junk that a
-/// kernel reading outside its operand would pick up).
-fn qkv_buffer(l: &FlashLayouts, [q, k, v]: [&[f64]; 3]) -> Vec<f64> {
-    let mut buf = vec![1.0e4; span(&l.qkv, &l.shape)];
-    for (values, layout) in [q, k, v].into_iter().zip(&l.qkv) {
-        place(values, layout, &l.shape, &mut buf);
+/// A buffer holding each operand's dense values at its layout (gaps, if any, filled with junk
+/// that a kernel reading outside its operand would pick up).
+fn laid_out<const N: usize>(s: &FlashShape, values: [&[f64]; N], layouts: &[HeadLayout; N]) -> Vec<f64> {
+    let mut buf = vec![1.0e4; span(layouts, s)];
+    for (v, layout) in values.into_iter().zip(layouts) {
+        place(v, layout, s, &mut buf);
     }
     buf
 }
@@ -1405,8 +1405,6 @@ fn flash_case<T: Elem>(emu: &Path, c: &FlashCase, seed: u64) {
     let (bh, n, d) = (c.batch * c.heads, s.qkv_len(), c.d);
     let [lq, lk, lv] = &l.qkv;
     let lo = &l.out;
-    let mut dout_buf = vec![1.0e4; span(&[*lo], s)];
-    place(&dout, lo, s, &mut dout_buf);
     let at = |buf: usize, layout: &HeadLayout| format!("at {buf} {}", layout.offset * size);
     // Launch shapes of kernels/cuda/flash_attention.rs.
     let (block_m, pad) = (64, 8);
@@ -1415,8 +1413,8 @@ fn flash_case<T: Elem>(emu: &Path, c: &FlashCase, seed: u64) {
     let bwd_shared = 6 * block_m * (d + pad) * 2 + 64 * (block_m + pad) * 2 + 4 * block_m * 4;
 
     let mut sc = Script::new(&tag);
-    let bin = sc.input(&T::bytes(&qkv_buffer(&l, [&q, &k, &v])));
-    let bd = sc.input(&T::bytes(&dout_buf));
+    let bin = sc.input(&T::bytes(&laid_out(s, [&q, &k, &v], &l.qkv)));
+    let bd = sc.input(&T::bytes(&laid_out(s, [&dout], &[*lo])));
     let (bo, bl) = (sc.output(span(&[*lo], s) * size), sc.output(bh * c.seq * 4));
     let (bdot, bacc) = (sc.output(bh * c.seq * 4), sc.output(n * 4));
     let bgrad = sc.output(span(&l.qkv, s) * size);
@@ -1487,7 +1485,7 @@ fn flash_hopper_case<T: Elem>(emu: &Path, c: &FlashCase, seed: u64) {
     let [lq, lk, lv] = &l.qkv;
     let lo = &l.out;
     let mut sc = Script::new(&tag);
-    let bin = sc.input(&T::bytes(&qkv_buffer(&l, [&q, &k, &v])));
+    let bin = sc.input(&T::bytes(&laid_out(s, [&q, &k, &v], &l.qkv)));
     let (bo, bl) = (sc.output(span(&[*lo], s) * size), sc.output(bh * c.seq * 4));
     let tmap = |layout| flash_tmap(bin, layout, s, size, flash_attention_hopper::BLOCK_M);
     let dims = flash_dims(s, [Some(lq), Some(lk), Some(lv), Some(lo), None, None, None, None]);
@@ -1519,11 +1517,9 @@ fn flash_hopper_backward_case<T: Elem>(emu: &Path, c: &FlashCase, seed: u64) {
         .collect();
     let [lq, lk, lv] = &l.qkv;
     let lo = &l.out;
-    let mut dout_buf = vec![1.0e4; span(&[*lo], s)];
-    place(&dout, lo, s, &mut dout_buf);
     let mut sc = Script::new(&tag);
-    let bin = sc.input(&T::bytes(&qkv_buffer(&l, [&q, &k, &v])));
-    let bd = sc.input(&T::bytes(&dout_buf));
+    let bin = sc.input(&T::bytes(&laid_out(s, [&q, &k, &v], &l.qkv)));
+    let bd = sc.input(&T::bytes(&laid_out(s, [&dout], &[*lo])));
     let (bl, bdot) = (sc.input(&f32_bytes(&lse)), sc.input(&f32_bytes(&dot)));
     let bacc = sc.input(&vec![0u8; n * 4]);
     let bgrad = sc.output(span(&l.qkv, s) * size);

@@ -221,8 +221,8 @@ mod gpu {
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let cols = w.numel();
         let (xv, wv, gv) = (dense::<T>(x)?, dense::<T>(w)?, dense::<T>(g)?);
-        let rv = residual.map(dense::<T>).transpose()?;
-        let (mv, sv) = (dense::<f32>(mean)?, dense::<f32>(rstd)?);
+        let resid = residual.map(dense::<T>).transpose()?;
+        let (mv, rv) = (dense::<f32>(mean)?, dense::<f32>(rstd)?);
         let mut dx = alloc_like::<T>(x, xv.len())?;
         let mut dw = alloc_like::<T>(w, cols)?;
         let mut db = alloc_like::<T>(w, cols)?;
@@ -230,8 +230,8 @@ mod gpu {
             polylm_kernels::cuda::elementwise::fill(&mut dw, 0.0).map_err(cuda_err("layer_norm backward"))?;
             polylm_kernels::cuda::elementwise::fill(&mut db, 0.0).map_err(cuda_err("layer_norm backward"))?;
         } else {
-            let dres = rv.as_deref();
-            layernorm_backward(&xv, &wv, &mv, &sv, &gv, dres, cols, &mut dx, &mut dw, &mut db, false)
+            let dres = resid.as_deref();
+            layernorm_backward(&xv, &wv, &mv, &rv, &gv, dres, cols, &mut dx, &mut dw, &mut db, false)
                 .map_err(cuda_err("layer_norm backward"))?;
         }
         Ok((

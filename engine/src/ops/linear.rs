@@ -157,23 +157,13 @@ mod gpu {
         };
         let dims = GemmDims { m: rows, n, k, batch: 1, alpha: 1.0, beta: 0.0 };
         let mut out = alloc_like::<T>(x, rows * n)?;
-        let pre = match activation {
-            Activation::GeluSaved => {
-                let mut pre = alloc_like::<T>(x, rows * n)?;
-                let epilogue = Epilogue::BiasGelu { bias: &bias, pre_activation: Some(&mut pre) };
-                gemm_tc(dims, a, bv, &mut out, epilogue).map_err(cuda_err("linear_gelu"))?;
-                Some(Tensor::from_gpu(pre, &shape))
-            }
-            Activation::Gelu => {
-                let epilogue = Epilogue::BiasGelu { bias: &bias, pre_activation: None };
-                gemm_tc(dims, a, bv, &mut out, epilogue).map_err(cuda_err("linear_gelu"))?;
-                None
-            }
-            Activation::None => {
-                gemm_tc(dims, a, bv, &mut out, Epilogue::Bias(&bias)).map_err(cuda_err("linear"))?;
-                None
-            }
+        let mut pre =
+            (activation == Activation::GeluSaved).then(|| alloc_like::<T>(x, rows * n)).transpose()?;
+        let (epilogue, op) = match activation {
+            Activation::None => (Epilogue::Bias(&bias), "linear"),
+            _ => (Epilogue::BiasGelu { bias: &bias, pre_activation: pre.as_mut() }, "linear_gelu"),
         };
-        Ok((Tensor::from_gpu(out, &shape), pre))
+        gemm_tc(dims, a, bv, &mut out, epilogue).map_err(cuda_err(op))?;
+        Ok((Tensor::from_gpu(out, &shape), pre.map(|p| Tensor::from_gpu(p, &shape))))
     }
 }

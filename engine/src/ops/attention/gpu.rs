@@ -111,12 +111,10 @@ fn token_major(shape: &[usize], s: &FlashShape) -> (HeadLayout, Layout) {
     if r < 3 {
         return (HeadLayout::dense(s), Layout::contiguous(shape));
     }
-    let (h, t, d) = (s.heads, s.seq, s.head_dim);
-    let mut storage: Vec<usize> = shape[..r - 3].to_vec();
-    storage.extend([t, h, d]);
-    let dense = contiguous_strides(&storage);
-    let mut strides = dense[..r - 3].to_vec();
-    strides.extend([d, h * d, 1]);
+    // The batch axes keep their row-major strides (the last three axes hold seq·heads·head_dim
+    // elements in either order); heads, seq and head_dim are reordered.
+    let mut strides = contiguous_strides(shape);
+    strides[r - 3..].copy_from_slice(&[s.head_dim, s.heads * s.head_dim, 1]);
     (HeadLayout::token_major(s), Layout::new(shape.to_vec(), strides, 0))
 }
 
@@ -253,19 +251,16 @@ pub(super) fn backward_packed<T: GpuElem>(
     let in_place = |l: &Layout| {
         let layouts = [0, 1, 2].map(|i| head_layout(&part(l, i), &s));
         match layouts {
-            [Some(dq), Some(dk), Some(dv)] => Some((dq, dk, dv)),
+            [Some(dq), Some(dk), Some(dv)] => Some([dq, dk, dv]),
             _ => None,
         }
     };
     let own = Layout::new(qkv.shape().to_vec(), qkv.layout().strides().to_vec(), 0);
-    let fits = |(dq, dk, dv): (HeadLayout, HeadLayout, HeadLayout)| {
-        [dq, dk, dv].iter().all(|l| l.check::<T>("causal_attention", "grad", numel, &s, true).is_ok())
-            && dq.is_disjoint_from(&dk, &s)
-            && dq.is_disjoint_from(&dv, &s)
-            && dk.is_disjoint_from(&dv, &s)
+    let fits = |parts: &[HeadLayout; 3]| {
+        HeadLayout::check_packed::<T>("causal_attention_packed", parts, numel, &s).is_ok()
     };
-    let (grad_layout, (dq, dk, dv)) = match in_place(&own) {
-        Some(parts) if is_permuted_dense(qkv.layout()) && fits(parts) => (own, parts),
+    let (grad_layout, [dq, dk, dv]) = match in_place(&own) {
+        Some(parts) if is_permuted_dense(qkv.layout()) && fits(&parts) => (own, parts),
         _ => {
             let row_major = Layout::contiguous(qkv.shape());
             let parts = in_place(&row_major).ok_or_else(|| crate::Error::InvalidArgument {

@@ -130,12 +130,15 @@ impl BackwardOp for PackedAttentionBackward {
     fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
         let parts = unpack(&inputs[0])?;
         if let Some(lse) = self.0.lse.gpu() {
-            let flash = crate::cuda::with_gpu_type!(g.dtype(), T => Ok(gpu::use_flash::<T>(self.0.dims)))?;
-            if flash {
-                let [q, k, v] = &parts;
-                let grad = crate::cuda::with_gpu_type!(g.dtype(), T => {
-                    gpu::backward_packed::<T>(&self.0, lse, g, &inputs[0], [q, k, v])
-                })?;
+            let [q, k, v] = &parts;
+            let flash = crate::cuda::with_gpu_type!(g.dtype(), T => {
+                if gpu::use_flash::<T>(self.0.dims) {
+                    gpu::backward_packed::<T>(&self.0, lse, g, &inputs[0], [q, k, v]).map(Some)
+                } else {
+                    Ok(None)
+                }
+            })?;
+            if let Some(grad) = flash {
                 return Ok(vec![Some(grad)]);
             }
         }
