@@ -1054,3 +1054,59 @@ fn a_tied_weight_used_transposed_gets_a_dense_gradient() {
     assert!(twice.is_contiguous());
     assert_close(&twice.to_vec_f64(), &want.iter().map(|x| 2.0 * x).collect::<Vec<_>>(), 1e-5);
 }
+
+#[test]
+fn a_gradient_held_elsewhere_is_never_written_by_a_later_pass() {
+    // Later passes accumulate into a weight's gradient in place only when nothing else holds
+    // it; a gradient someone kept (a snapshot, a data-parallel bucket) keeps its values.
+    let x = t32(&(0..12).map(|i| (i as f32 * 0.41).sin()).collect::<Vec<_>>(), &[2, 2, 3]);
+    let w = t32(&(0..9).map(|i| (i as f32 * 0.29).cos()).collect::<Vec<_>>(), &[3, 3]).requires_grad();
+    let b = t32(&[0.5, -0.25, 0.125], &[3]).requires_grad();
+    let table = t32(&(0..12).map(|i| (i as f32 * 0.67).sin()).collect::<Vec<_>>(), &[4, 3]).requires_grad();
+    // The table is used twice, as an embedding and as a transposed head.
+    let pass = || {
+        let y = x.linear(&w, &b).unwrap();
+        let e = table.embedding(&[1, 3, 1, 0], &[2, 2]).unwrap();
+        y.mul(&e).unwrap().matmul_t(&table).unwrap().sum_all().unwrap().backward().unwrap();
+    };
+    pass();
+    let held: Vec<Tensor> = [&w, &b, &table].iter().map(|p| p.grad().expect("a gradient")).collect();
+    let first: Vec<Vec<f64>> = held.iter().map(|g| g.to_vec_f64()).collect();
+    pass();
+    for ((p, g), v) in [&w, &b, &table].iter().zip(&held).zip(&first) {
+        assert_eq!(&g.to_vec_f64(), v, "a held gradient keeps its values");
+        let twice: Vec<f64> = v.iter().map(|x| 2.0 * x).collect();
+        assert_close(&p.grad().unwrap().to_vec_f64(), &twice, 1e-6);
+    }
+}
+
+#[test]
+fn a_tied_weight_over_several_passes_matches_one_pass() {
+    // An LM head's pattern: the embedding looked up once, then the head in row chunks, each
+    // chunk back-propagated on its own with `matmul_t` (its gradient accumulated into the
+    // embedding's), then the lookup: the same gradient as one pass through all rows.
+    let (rows, c, v) = (6, 3, 5);
+    let ids = [4u32, 0, 2, 2, 1, 4];
+    let wv: Vec<f32> = (0..v * c).map(|i| (i as f32 * 0.71).cos()).collect();
+    let gv: Vec<f32> = (0..rows * v).map(|i| (i as f32 * 0.53).sin()).collect();
+    let run = |chunks: usize| -> Vec<f64> {
+        let w = t32(&wv, &[v, c]).requires_grad();
+        let h = w.embedding(&ids, &[rows]).unwrap();
+        let hd = h.detach();
+        let per = rows / chunks;
+        let mut dh = Vec::new();
+        for k in 0..chunks {
+            let hc = hd.narrow(0, k * per, per).unwrap().requires_grad();
+            let g = t32(&gv[k * per * v..(k + 1) * per * v], &[per, v]);
+            hc.matmul_t(&w).unwrap().backward_from(&g).unwrap();
+            dh.push(hc.grad().unwrap());
+        }
+        h.backward_from(&Tensor::concat(&dh, 0).unwrap()).unwrap();
+        let dw = w.grad().unwrap();
+        assert!(dw.is_contiguous());
+        dw.to_vec_f64()
+    };
+    let one = run(1);
+    assert_close(&run(3), &one, 1e-5);
+    assert_close(&run(2), &one, 1e-5);
+}

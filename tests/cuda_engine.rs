@@ -14,7 +14,9 @@ use polylm_engine::{DType, Device, Rng, Tensor};
 use polylm_model::{Batch, Gpt, ModelConfig};
 
 /// Runs `f` on f32 copies of `inputs` on the CPU and on the GPU; compares the outputs and the
-/// gradients of `Σ out ⊙ R` (a fixed random `R`) with respect to every input.
+/// gradients of `Σ out ⊙ R` (a fixed random `R`) with respect to every input. Every input
+/// already holds a random gradient (as a weight holds its earlier micro-batches'), so the
+/// rules that accumulate into it in place (products, the embedding's scatter) do.
 #[track_caller]
 fn compare(
     what: &str,
@@ -24,11 +26,17 @@ fn compare(
 ) {
     let mut rng = Rng::new(99);
     let cpu: Vec<Tensor> = inputs.iter().map(|t| t.to_dtype(DType::F32).unwrap().requires_grad()).collect();
-    let out = f(&cpu).expect("cpu forward");
-    let weights = random_tensor(&mut rng, out.shape(), 1.0).to_dtype(DType::F32).unwrap();
-    out.mul(&weights).unwrap().sum_all().unwrap().backward().expect("cpu backward");
+    let shape = f(&cpu).expect("cpu forward").shape().to_vec();
+    let weights = random_tensor(&mut rng, &shape, 1.0).to_dtype(DType::F32).unwrap();
 
     let gpu: Vec<Tensor> = cpu.iter().map(|t| t.detach().to_device(dev).unwrap().requires_grad()).collect();
+    for (c, g) in cpu.iter().zip(&gpu) {
+        let prior = random_tensor(&mut rng, c.shape(), 1.0).to_dtype(DType::F32).unwrap();
+        c.set_grad(&prior).unwrap();
+        g.set_grad(&prior.to_device(dev).unwrap()).unwrap();
+    }
+    let out = f(&cpu).expect("cpu forward");
+    out.mul(&weights).unwrap().sum_all().unwrap().backward().expect("cpu backward");
     let out_g = f(&gpu).expect("gpu forward");
     assert_eq!(out_g.device(), dev, "{what}: the result lives on the GPU");
     let wg = weights.to_device(dev).unwrap();
@@ -70,6 +78,12 @@ fn every_model_op_matches_the_cpu_on_the_gpu() {
     });
     compare("matmul by a transposed view", dev, &[t(&mut rng, &[b, s, c]), t(&mut rng, &[11, c])], &|x| {
         x[0].matmul(&x[1].t()?)
+    });
+    compare("matmul_t (a tied head)", dev, &[t(&mut rng, &[b, s, c]), t(&mut rng, &[13, c])], &|x| {
+        x[0].matmul_t(&x[1])
+    });
+    compare("linear", dev, &[t(&mut rng, &[b, s, c]), t(&mut rng, &[c, 9]), t(&mut rng, &[9])], &|x| {
+        x[0].linear(&x[1], &x[2])
     });
     compare("matmul batched broadcast", dev, &[t(&mut rng, &[3, 1, s, c]), t(&mut rng, &[2, c, 5])], &|x| {
         x[0].matmul(&x[1])
@@ -127,7 +141,7 @@ fn every_model_op_matches_the_cpu_on_the_gpu() {
 /// `POLYLM_GPU_MATMUL=tc` (gpu-check's second and third runs) the bias and GeLU are fused into
 /// the tensor-core product and the backward starts from the saved pre-activation; without it
 /// this is the composition of matmul, add and bias_gelu. Outputs and all three gradients
-/// within bf16 tolerance.
+/// (accumulated into gradients the inputs already hold) within bf16 tolerance.
 #[test]
 fn linear_layers_in_bf16_match_the_cpu() {
     let Some(dev) = gpu("linear") else { return };
@@ -141,6 +155,12 @@ fn linear_layers_in_bf16_match_the_cpu() {
         // Both sides start from the same bf16-rounded values.
         let bf16_f32 = |t: &Tensor| t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
         let cpu: Vec<Tensor> = inputs.iter().map(|t| bf16_f32(t).requires_grad()).collect();
+        // Gradients from an earlier pass, which the product's backward accumulates into.
+        let priors: Vec<Tensor> =
+            cpu.iter().map(|c| bf16_f32(&random_tensor(&mut rng, c.shape(), 1.0))).collect();
+        for (c, p) in cpu.iter().zip(&priors) {
+            c.set_grad(&p.detach().affine(1.0, 0.0).unwrap()).unwrap();
+        }
         let out = layer(&cpu).expect("cpu forward");
         let weights = bf16_f32(&random_tensor(&mut rng, out.shape(), 1.0));
         out.mul(&weights).unwrap().sum_all().unwrap().backward().expect("cpu backward");
@@ -148,6 +168,9 @@ fn linear_layers_in_bf16_match_the_cpu() {
             .iter()
             .map(|t| t.detach().to_dtype(DType::BF16).unwrap().to_device(dev).unwrap().requires_grad())
             .collect();
+        for (g, p) in gpu_in.iter().zip(&priors) {
+            g.set_grad(&p.to_dtype(DType::BF16).unwrap().to_device(dev).unwrap()).unwrap();
+        }
         let out_g = layer(&gpu_in).expect("gpu forward");
         // Without gradients (activation recomputation's forward pass) the fused layer skips
         // storing the pre-activation; the output is the same, bit for bit.

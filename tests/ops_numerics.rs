@@ -71,6 +71,28 @@ proptest! {
     }
 
     #[test]
+    fn matmul_by_a_transposed_weight(batch in 0usize..3, m in 1usize..13, k in 1usize..13, n in 1usize..13, strided: bool, seed: u64) {
+        let mut rng = Rng::new(seed);
+        // lhs [m, k] or [batch, m, k]; rhs [n, k], also as a transposed view of a [k, n] matrix.
+        let lhs_shape = if batch == 0 { vec![m, k] } else { vec![batch, m, k] };
+        let a = random_tensor(&mut rng, &lhs_shape, 1.0);
+        let wv = random_values(&mut rng, n * k, 1.0);
+        let w = if strided {
+            Tensor::from_vec(r::transpose(&wv, n, k), &[k, n]).unwrap().t().unwrap()
+        } else {
+            Tensor::from_vec(wv.clone(), &[n, k]).unwrap()
+        };
+        let wt = r::transpose(&wv, n, k);
+        let av = a.to_vec_f64();
+        let want: Vec<f64> = av.chunks(m * k).flat_map(|am| r::matmul(am, &wt, m, k, n)).collect();
+        let f = |x: &[Tensor]| x[0].matmul_t(&x[1]);
+        check_forward("matmul_t", &[a.clone(), w.clone()], &f, &want);
+        gradcheck("matmul_t", &[a.clone(), w], &f, &mut rng, 12);
+        // A right operand that is not 2-D is an error.
+        prop_assert!(a.matmul_t(&random_tensor(&mut rng, &[1, n, k], 1.0)).is_err());
+    }
+
+    #[test]
     fn binary_ops_broadcast(shape in prop::collection::vec(1usize..6, 1..4), mask in prop::collection::vec(any::<bool>(), 4), drop_leading: bool, op in 0usize..4, seed: u64) {
         let mut rng = Rng::new(seed);
         // b's shape: some axes of a's set to 1, and maybe the leading axis dropped.

@@ -71,6 +71,19 @@ impl Storage {
         }
     }
 
+    /// Number of elements held.
+    pub fn len(&self) -> usize {
+        match self {
+            Storage::Cpu(s) => s.len(),
+            Storage::Cuda(s) => s.len(),
+        }
+    }
+
+    /// Whether no element is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The host buffer, if the storage is on the CPU.
     pub fn cpu(&self) -> Option<&CpuStorage> {
         match self {

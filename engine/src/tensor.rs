@@ -219,6 +219,16 @@ impl Tensor {
         Arc::get_mut(&mut self.0).and_then(|t| Arc::get_mut(&mut t.storage))
     }
 
+    /// The storage, writable in place, when [`Tensor::storage_mut`] gives it and this tensor is
+    /// dense over all of it (row-major, offset 0, every element its own): a gradient the
+    /// backward pass owns, which a kernel may accumulate into instead of writing a new one.
+    pub(crate) fn dense_storage_mut(&mut self) -> Option<&mut Storage> {
+        let layout = &self.0.layout;
+        let whole = layout.is_contiguous() && layout.offset() == 0;
+        let numel = layout.numel();
+        self.storage_mut().filter(|s| whole && s.len() == numel)
+    }
+
     /// The size of axis `axis`, or an error naming the rank.
     pub fn dim(&self, axis: usize) -> Result<usize> {
         self.shape().get(axis).copied().ok_or(Error::AxisOutOfRange { op: "dim", axis, rank: self.rank() })
@@ -341,6 +351,18 @@ impl Tensor {
 
     pub(crate) fn take_node(&self) -> Option<Arc<Node>> {
         lock(&self.0.node).take()
+    }
+
+    /// Takes the accumulated gradient out of this leaf (the backward pass offers it to a rule
+    /// that can add into it in place, see `autograd::backward`); [`Tensor::put_grad`] puts back
+    /// what was not taken.
+    pub(crate) fn take_grad(&self) -> Option<Tensor> {
+        lock(&self.0.grad).take()
+    }
+
+    /// Puts back a gradient taken by [`Tensor::take_grad`].
+    pub(crate) fn put_grad(&self, g: Tensor) {
+        *lock(&self.0.grad) = Some(g);
     }
 
     pub(crate) fn accumulate_grad(&self, g: &Tensor) -> Result<()> {

@@ -135,7 +135,7 @@ impl Gpt {
     /// Final LayerNorm and the tied LM head: `[B, T, C]` → logits `[B, T, V]`.
     fn head(&self, x: &Tensor) -> Result<Tensor> {
         let h = x.layer_norm(&self.params.ln_f_weight, &self.params.ln_f_bias, self.config.layer_norm_eps)?;
-        Ok(h.matmul(&self.params.wte.t()?)?)
+        Ok(h.matmul_t(&self.params.wte)?)
     }
 
     /// Logits `[B, T, V]` of a batch (recorded in the graph when grad mode is on).
@@ -279,8 +279,10 @@ impl Gpt {
                 grads.push(Tensor::zeros(&[n, c], hd.dtype())?);
             } else {
                 let hc = hd.narrow(0, start, n)?.requires_grad();
-                // A fresh transposed view per chunk: each backward frees the graph it walked.
-                let ce = hc.matmul(&self.params.wte.t()?)?.cross_entropy(t, ignore)?;
+                // Each chunk's backward adds its [V, C] gradient into the embedding's in place
+                // (`matmul_t` records the embedding itself, whose gradient the product
+                // accumulates into).
+                let ce = hc.matmul_t(&self.params.wte)?.cross_entropy(t, ignore)?;
                 let scaled = ce.mul_scalar(count as f64 / total as f64)?;
                 loss += scaled.to_scalar()?;
                 scaled.backward()?;
@@ -294,9 +296,9 @@ impl Gpt {
     }
 }
 
-/// The most row chunks [`Gpt::head_backward`] cuts the LM head into. Each chunk adds one
-/// `[V, C]` gradient into the embedding's, so more chunks save logits memory but cost
-/// gradient traffic.
+/// The most row chunks [`Gpt::head_backward`] cuts the LM head into. Each chunk's product
+/// accumulates its `[V, C]` weight gradient into the embedding's (reading and writing it once
+/// more), so more chunks save logits memory but cost gradient traffic.
 pub const HEAD_CHUNKS: usize = 4;
 
 /// Which parameters [`Gpt::forward_backward_with`] has reported final.

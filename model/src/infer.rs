@@ -111,7 +111,7 @@ impl Gpt {
             Tensor::concat(&parts, 0)?
         };
         let h = x.layer_norm(&p.ln_f_weight, &p.ln_f_bias, eps)?;
-        let logits = h.matmul(&p.wte.t()?)?.to_dtype(DType::F32)?.to_vec::<f32>()?;
+        let logits = h.matmul_t(&p.wte)?.to_dtype(DType::F32)?.to_vec::<f32>()?;
         let v = cfg.vocab_size;
         let mut out = Vec::with_capacity(chunks.len());
         let mut at = 0;

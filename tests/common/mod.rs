@@ -57,6 +57,10 @@ pub fn max_abs(v: &[f64]) -> f64 {
 /// The scalar checked is `Σ f(inputs) ⊙ R` for a fixed random `R`, so every output element
 /// contributes with a different weight. At most `max_probes` elements of each input are
 /// perturbed (chosen at random), with step `h`.
+///
+/// The backward pass runs twice: from no gradient, and again into random gradients the leaves
+/// already hold (as a weight holds its earlier micro-batches'), which rules that accumulate
+/// into an earlier gradient in place take; the second must add exactly the first's.
 #[track_caller]
 pub fn gradcheck(
     what: &str,
@@ -71,6 +75,35 @@ pub fn gradcheck(
     let weights = random_tensor(rng, out.shape(), 1.0);
     let loss = out.mul(&weights).expect("mul").sum_all().expect("sum");
     loss.backward().expect("backward");
+    let first: Vec<Vec<f64>> =
+        leaves.iter().map(|l| l.grad().expect("leaf has a gradient").to_vec_f64()).collect();
+    let priors: Vec<Vec<f64>> = leaves
+        .iter()
+        .map(|l| {
+            let prior = random_tensor(rng, l.shape(), 1.0).to_dtype(l.dtype()).expect("cast");
+            // The leaf's gradient is then the only holder of the prior's values.
+            l.set_grad(&prior).expect("set_grad");
+            prior.to_vec_f64()
+        })
+        .collect();
+    let out = f(&leaves).expect("forward");
+    out.mul(&weights)
+        .expect("mul")
+        .sum_all()
+        .expect("sum")
+        .backward()
+        .expect("backward into earlier gradients");
+    for (idx, leaf) in leaves.iter().enumerate() {
+        let got = leaf.grad().expect("leaf has a gradient").to_vec_f64();
+        let added: Vec<f64> = got.iter().zip(&priors[idx]).map(|(g, p)| g - p).collect();
+        assert_close(
+            &format!("{what}: input{idx}'s gradient added to an earlier one"),
+            &added,
+            &first[idx],
+            1e-9,
+            1e-9,
+        );
+    }
     let eval = |xs: &[Tensor]| -> f64 {
         let _g = polylm_engine::no_grad();
         f(xs)
@@ -83,7 +116,7 @@ pub fn gradcheck(
             .expect("scalar")
     };
     for (idx, leaf) in leaves.iter().enumerate() {
-        let analytic = leaf.grad().expect("leaf has a gradient").to_vec_f64();
+        let analytic = &first[idx];
         let base = leaf.to_vec_f64();
         let n = base.len();
         let probes: Vec<usize> = if n <= max_probes {

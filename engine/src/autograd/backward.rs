@@ -79,8 +79,12 @@ pub(crate) fn run_backward_from(root: &Tensor, seed: Tensor, on_leaf: &mut dyn F
 }
 
 /// Runs `node`'s backward rule on its output gradient `grad`. A rule that folds pending
-/// gradients is offered each input's gradient gathered so far (once per distinct input); what
-/// it does not take goes back into `grads`, to be added to its result as usual.
+/// gradients is offered each input's gradient gathered so far (once per distinct input): the
+/// one of this pass, or, for a leaf this pass has not reached yet, the gradient it holds from
+/// earlier passes (taken out of its `.grad()`, so a product can accumulate into it in place).
+/// What the rule does not take goes back where it came from, to be added to its result as
+/// usual; what it takes is in its result, and the leaf's `.grad()` stays empty until the pass
+/// reaches the leaf and sets it.
 fn run_rule(
     node: &Node,
     grad: &Tensor,
@@ -90,16 +94,25 @@ fn run_rule(
         return node.op.backward(grad, &node.inputs);
     }
     let mut pending: Vec<Option<Tensor>> = vec![None; node.inputs.len()];
+    let mut from_leaf = vec![false; node.inputs.len()];
     for (i, input) in node.inputs.iter().enumerate() {
         let first = !node.inputs[..i].iter().any(|earlier| earlier.id() == input.id());
         if first && input.requires_grad_flag() {
             pending[i] = grads.remove(&input.id());
+            if pending[i].is_none() && input.is_leaf() {
+                pending[i] = input.take_grad();
+                from_leaf[i] = pending[i].is_some();
+            }
         }
     }
     let result = node.op.backward_folding(grad, &node.inputs, &mut pending);
-    for (input, left) in node.inputs.iter().zip(pending) {
-        if let Some(left) = left {
-            grads.insert(input.id(), left);
+    for ((input, left), leaf) in node.inputs.iter().zip(pending).zip(from_leaf) {
+        match left {
+            Some(left) if leaf => input.put_grad(left),
+            Some(left) => {
+                grads.insert(input.id(), left);
+            }
+            None => {}
         }
     }
     result
@@ -218,5 +231,32 @@ mod tests {
         assert_eq!(gradient(true, true, &FOLDED), vec![18.0; 3]);
         assert_eq!(FOLDED.load(Ordering::Relaxed), 1);
         assert_eq!(gradient(false, true, &FOLDED), vec![18.0; 3]);
+    }
+
+    /// x.grad after a backward pass of Σ(scaled(x)) (and of Σ(4x) beside it when `shared`),
+    /// with x holding `prior` from an earlier pass.
+    fn leaf_gradient(take: bool, shared: bool, folded: &'static AtomicUsize) -> Vec<f32> {
+        let x = Tensor::from_vec(vec![0.5f32, -1.25, 2.0], &[3]).unwrap().requires_grad();
+        x.set_grad(&Tensor::from_vec(vec![10.0f32, 20.0, 30.0], &[3]).unwrap()).unwrap();
+        let mut z = scaled(&[&x], take, folded).unwrap();
+        if shared {
+            z = z.add(&x.affine(4.0, 0.0).unwrap()).unwrap();
+        }
+        z.sum_all().unwrap().backward().unwrap();
+        x.grad().unwrap().to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn a_leaf_offers_its_earlier_gradient_and_gets_it_back_when_not_taken() {
+        static FOLDED: AtomicUsize = AtomicUsize::new(0);
+        let want = vec![12.0, 22.0, 32.0];
+        assert_eq!(leaf_gradient(true, false, &FOLDED), want);
+        assert_eq!(FOLDED.load(Ordering::Relaxed), 1, "the leaf's earlier gradient was folded");
+        assert_eq!(leaf_gradient(false, false, &FOLDED), want, "left untaken, it was put back");
+        // Also used by a second op in the same pass: that op's gradient is pending when the
+        // folding rule runs (the add runs first), and the earlier one stays in the leaf.
+        let want = vec![16.0, 26.0, 36.0];
+        assert_eq!(leaf_gradient(true, true, &FOLDED), want);
+        assert_eq!(leaf_gradient(false, true, &FOLDED), want);
     }
 }

@@ -15,14 +15,18 @@ pub(crate) use backward::{run_backward, run_backward_from};
 
 use crate::{Result, Tensor};
 
-/// The backward rule of one recorded op.
+/// The backward rule of one recorded op. A rule implements [`BackwardOp::backward`], or, if
+/// it folds gradients gathered so far into its own ([`BackwardOp::folds_pending`]),
+/// [`BackwardOp::backward_folding`]; each has a default in terms of the other.
 pub trait BackwardOp: Send + Sync {
     /// The op's name, for debugging.
     fn name(&self) -> &'static str;
 
     /// Gradients for each input (`None` where an input needs none), given the gradient of the
     /// output. `inputs` are the op's inputs in the order they were recorded.
-    fn backward(&self, grad_output: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>>;
+    fn backward(&self, grad_output: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+        self.backward_folding(grad_output, inputs, &mut vec![None; inputs.len()])
+    }
 
     /// Whether [`BackwardOp::backward_folding`] may fold an input's gradient gathered so far
     /// into its own result; only then does the backward pass offer those gradients.
@@ -31,9 +35,11 @@ pub trait BackwardOp: Send + Sync {
     }
 
     /// [`BackwardOp::backward`], offered `pending[i]`: the gradient input `i` has gathered so far
-    /// from its other consumers (`None` if none yet). A rule may take it and return input `i`'s
-    /// gradient with it already added (one fused pass instead of a separate add, such as a
-    /// layer norm on the residual stream); what it leaves, the backward pass adds as usual.
+    /// (`None` if none yet): from its other consumers in this pass, or, for a leaf, from
+    /// earlier passes. A rule may take it and return input `i`'s gradient with it already
+    /// added (one fused pass instead of a separate add, such as a layer norm on the residual
+    /// stream, or a product accumulating into a weight's gradient); what it leaves, the
+    /// backward pass adds as usual.
     fn backward_folding(
         &self,
         grad_output: &Tensor,
@@ -43,6 +49,13 @@ pub trait BackwardOp: Send + Sync {
         let _ = pending;
         self.backward(grad_output, inputs)
     }
+}
+
+/// Takes `pending` when it can stand for `input`'s gradient: the same shape, dtype and device
+/// (what a folding rule checks before adding into it); otherwise leaves it.
+pub(crate) fn take_pending_like(pending: &mut Option<Tensor>, input: &Tensor) -> Option<Tensor> {
+    pending
+        .take_if(|p| p.shape() == input.shape() && p.dtype() == input.dtype() && p.device() == input.device())
 }
 
 /// A recorded op: its rule and its inputs.

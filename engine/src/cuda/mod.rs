@@ -39,6 +39,20 @@ impl CudaStorage {
         }
     }
 
+    /// Number of elements held.
+    pub fn len(&self) -> usize {
+        match self {
+            CudaStorage::F32(b) => b.len(),
+            CudaStorage::BF16(b) => b.len(),
+            CudaStorage::F16(b) => b.len(),
+        }
+    }
+
+    /// Whether no element is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The device's ordinal.
     pub fn ordinal(&self) -> usize {
         self.device().ordinal()
@@ -58,6 +72,8 @@ impl CudaStorage {
 pub(crate) trait GpuElem: FloatElem + IntoCpu {
     /// The buffer, if `s` holds this type.
     fn buf(s: &CudaStorage) -> Option<&DeviceBuf<Self>>;
+    /// The buffer, writable, if `s` holds this type.
+    fn buf_mut(s: &mut CudaStorage) -> Option<&mut DeviceBuf<Self>>;
     /// Wraps a buffer.
     fn wrap(b: DeviceBuf<Self>) -> CudaStorage;
 }
@@ -65,6 +81,12 @@ macro_rules! gpu_elem {
     ($t:ty, $variant:ident) => {
         impl GpuElem for $t {
             fn buf(s: &CudaStorage) -> Option<&DeviceBuf<$t>> {
+                match s {
+                    CudaStorage::$variant(b) => Some(b),
+                    _ => None,
+                }
+            }
+            fn buf_mut(s: &mut CudaStorage) -> Option<&mut DeviceBuf<$t>> {
                 match s {
                     CudaStorage::$variant(b) => Some(b),
                     _ => None,
@@ -144,6 +166,16 @@ impl Tensor {
     }
 
     /// A contiguous GPU tensor owning `buf`.
+    /// The device buffer of a GPU tensor of element type `T`, writable in place: only when no
+    /// other tensor shares it and this tensor is dense over all of it
+    /// ([`Tensor::dense_storage_mut`]).
+    pub(crate) fn gpu_buf_mut<T: GpuElem>(&mut self) -> Option<&mut DeviceBuf<T>> {
+        match self.dense_storage_mut()? {
+            Storage::Cuda(s) => T::buf_mut(s),
+            Storage::Cpu(_) => None,
+        }
+    }
+
     pub(crate) fn from_gpu<T: GpuElem>(buf: DeviceBuf<T>, shape: &[usize]) -> Tensor {
         Tensor::from_storage_any(Storage::Cuda(T::wrap(buf)), shape)
     }
@@ -184,6 +216,20 @@ pub(crate) fn dense<T: GpuElem>(t: &Tensor) -> Result<Dense<'_, T>> {
         .map_err(cuda_err("contiguous"))?;
     }
     Ok(Dense::Owned(out))
+}
+
+/// A new dense buffer holding GPU tensor `t`'s values, row-major, shared with nothing.
+pub(crate) fn copy_of<T: GpuElem>(t: &Tensor) -> Result<DeviceBuf<T>> {
+    match dense::<T>(t)? {
+        Dense::Owned(buf) => Ok(buf),
+        Dense::Borrowed(buf) => {
+            let mut out = buf.device().alloc::<T>(buf.len()).map_err(cuda_err("copy"))?;
+            if !buf.is_empty() {
+                buf.device().copy(buf, &mut out).map_err(cuda_err("copy"))?;
+            }
+            Ok(out)
+        }
+    }
 }
 
 /// Copies a GPU tensor's values to the host, row-major.

@@ -2,7 +2,7 @@
 
 use polylm_kernels::embedding;
 
-use crate::autograd::BackwardOp;
+use crate::autograd::{take_pending_like, BackwardOp};
 use crate::dtype::CpuFloat;
 use crate::storage::CpuStorage;
 use crate::{Error, Result, Tensor};
@@ -16,21 +16,44 @@ impl BackwardOp for EmbeddingBackward {
     fn name(&self) -> &'static str {
         "embedding"
     }
-    fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+    /// The rows are scattered into the table's gradient gathered so far (a tied LM head's),
+    /// in place when nothing else holds it, instead of into a new zero table that is then
+    /// added.
+    fn folds_pending(&self) -> bool {
+        true
+    }
+
+    fn backward_folding(
+        &self,
+        g: &Tensor,
+        inputs: &[Tensor],
+        pending: &mut [Option<Tensor>],
+    ) -> Result<Vec<Option<Tensor>>> {
         let w = &inputs[0];
         let dim = w.shape()[1];
+        let acc = take_pending_like(&mut pending[0], w);
         let dw = if w.device().is_cpu() {
-            with_compute_type!(w.dtype(), T => scatter::<T>(&self.ids, g, w, dim))?
+            with_compute_type!(w.dtype(), T => scatter::<T>(&self.ids, g, w, dim, acc))?
         } else {
-            crate::cuda::with_gpu_type!(w.dtype(), T => gpu::backward::<T>(&self.ids, g, w, dim))?
+            crate::cuda::with_gpu_type!(w.dtype(), T => gpu::backward::<T>(&self.ids, g, w, dim, acc))?
         };
         Ok(vec![Some(dw)])
     }
 }
 
-fn scatter<T: CpuFloat>(ids: &[u32], g: &Tensor, w: &Tensor, dim: usize) -> Result<Tensor> {
+/// The scatter-add of the rows of `g` into `acc` (or into zeros), in the compute type `T`.
+fn scatter<T: CpuFloat>(
+    ids: &[u32],
+    g: &Tensor,
+    w: &Tensor,
+    dim: usize,
+    acc: Option<Tensor>,
+) -> Result<Tensor> {
     let gv = g.values::<T>();
-    let mut dw = vec![T::ZERO; w.numel()];
+    let mut dw = match &acc {
+        Some(acc) => acc.values::<T>().into_owned(),
+        None => vec![T::ZERO; w.numel()],
+    };
     embedding::embedding_backward(ids, &gv, dim, &mut dw);
     Tensor::from_compute(dw, w.shape(), w.dtype())
 }
@@ -91,7 +114,9 @@ impl Tensor {
 mod gpu {
     use polylm_kernels::cuda::embedding::{embedding_backward, embedding_forward};
 
-    use crate::cuda::{alloc_like, cuda_err, dense, zeros_like, GpuElem};
+    use polylm_kernels::cuda::DeviceBuf;
+
+    use crate::cuda::{alloc_like, copy_of, cuda_err, dense, zeros_like, GpuElem};
     use crate::{Result, Tensor};
 
     pub(super) fn forward<T: GpuElem>(table: &Tensor, ids: &[u32], shape: &[usize]) -> Result<Tensor> {
@@ -104,12 +129,36 @@ mod gpu {
         Ok(Tensor::from_gpu(out, shape))
     }
 
-    pub(super) fn backward<T: GpuElem>(ids: &[u32], g: &Tensor, w: &Tensor, dim: usize) -> Result<Tensor> {
+    /// The scatter-add of the rows of `g` into `acc` when given (in its own buffer when it can
+    /// be written in place, else into a dense copy), or into zeros.
+    pub(super) fn backward<T: GpuElem>(
+        ids: &[u32],
+        g: &Tensor,
+        w: &Tensor,
+        dim: usize,
+        acc: Option<Tensor>,
+    ) -> Result<Tensor> {
         let gv = dense::<T>(g)?;
-        let mut dw = zeros_like::<T>(w, w.numel())?;
-        if !ids.is_empty() && dim > 0 {
-            embedding_backward(ids, &gv, dim, &mut dw).map_err(cuda_err("embedding backward"))?;
+        let scatter = |dw: &mut DeviceBuf<T>| -> Result<()> {
+            if !ids.is_empty() && dim > 0 {
+                embedding_backward(ids, &gv, dim, dw).map_err(cuda_err("embedding backward"))?;
+            }
+            Ok(())
+        };
+        let mut acc = match acc {
+            Some(acc) => acc,
+            None => {
+                let mut dw = zeros_like::<T>(w, w.numel())?;
+                scatter(&mut dw)?;
+                return Ok(Tensor::from_gpu(dw, w.shape()));
+            }
+        };
+        if let Some(dw) = acc.gpu_buf_mut::<T>() {
+            scatter(dw)?;
+            return Ok(acc);
         }
+        let mut dw = copy_of::<T>(&acc)?;
+        scatter(&mut dw)?;
         Ok(Tensor::from_gpu(dw, w.shape()))
     }
 }

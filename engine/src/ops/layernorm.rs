@@ -4,7 +4,7 @@
 
 use polylm_kernels::layernorm;
 
-use crate::autograd::BackwardOp;
+use crate::autograd::{take_pending_like, BackwardOp};
 use crate::dtype::{CpuFloat, SavedValues};
 use crate::{Error, Result, Tensor};
 
@@ -22,10 +22,6 @@ impl BackwardOp for LayerNormBackward {
     fn name(&self) -> &'static str {
         "layer_norm"
     }
-    fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
-        self.backward_folding(g, inputs, &mut [None, None, None])
-    }
-
     /// On the GPU the input's gradient gathered so far (the residual stream's, when the input
     /// is a residual stream) is added by the backward kernel itself.
     fn folds_pending(&self) -> bool {
@@ -41,10 +37,7 @@ impl BackwardOp for LayerNormBackward {
         let (x, w) = (&inputs[0], &inputs[1]);
         let (dx, dw, db) = match (self.mean.gpu(), self.rstd.gpu()) {
             (Some(mean), Some(rstd)) => {
-                let fits = |p: &mut Tensor| {
-                    p.device() == x.device() && p.dtype() == x.dtype() && p.shape() == x.shape()
-                };
-                let residual = pending.first_mut().and_then(|p| p.take_if(fits));
+                let residual = take_pending_like(&mut pending[0], x);
                 crate::cuda::with_gpu_type!(x.dtype(), T => {
                     gpu::backward::<T>(x, w, mean, rstd, g, residual.as_ref())
                 })?

@@ -28,7 +28,17 @@ impl BackwardOp for LinearBackward {
             "linear"
         }
     }
-    fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+    /// The product's gradients accumulate into those gathered so far, as a product's do.
+    fn folds_pending(&self) -> bool {
+        true
+    }
+
+    fn backward_folding(
+        &self,
+        g: &Tensor,
+        inputs: &[Tensor],
+        pending: &mut [Option<Tensor>],
+    ) -> Result<Vec<Option<Tensor>>> {
         let (x, w, b) = (&inputs[0], &inputs[1], &inputs[2]);
         let (dpre, db) = match &self.pre {
             Some(pre) => {
@@ -37,7 +47,7 @@ impl BackwardOp for LinearBackward {
             }
             None => (g.clone(), b.requires_grad_flag().then(|| g.sum_to_shape(b.shape())).transpose()?),
         };
-        let mut grads = MatmulBackward.backward(&dpre, &[x.clone(), w.clone()])?;
+        let mut grads = MatmulBackward.backward_folding(&dpre, &[x.clone(), w.clone()], &mut pending[..2])?;
         grads.push(db.filter(|_| b.requires_grad_flag()));
         Ok(grads)
     }
