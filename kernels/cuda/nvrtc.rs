@@ -160,12 +160,10 @@ pub fn compile(source: &KernelSource, options: &CompileOptions) -> CudaResult<Co
     }
 }
 
-/// Compiles through the on-disk cache: a cubin is reused when the prelude, source, flags,
-/// architecture and NVRTC version all match (they are hashed into the file name).
-pub fn compile_cached(source: &KernelSource, options: &CompileOptions) -> CudaResult<Vec<u8>> {
-    let Some(dir) = cache_dir() else {
-        return compile(source, options).map(|c| c.cubin);
-    };
+/// The name a module compiled from `source` with `options` is kept under: the file's name, the
+/// architecture, and a hash of the prelude and source, the flags and the NVRTC version (so a
+/// change to any of them gives another name).
+pub fn compiled_name(source: &KernelSource, options: &CompileOptions) -> CudaResult<String> {
     let version = nvrtc_version()?;
     let mut key = Fnv64::new();
     key.write(source.full_text().as_bytes());
@@ -173,7 +171,16 @@ pub fn compile_cached(source: &KernelSource, options: &CompileOptions) -> CudaRe
         key.write(flag.as_bytes());
     }
     key.write(format!("{version:?}").as_bytes());
-    let path = dir.join(format!("{}-{}-{:016x}.cubin", source.name, options.arch, key.finish()));
+    Ok(format!("{}-{}-{:016x}", source.name, options.arch, key.finish()))
+}
+
+/// Compiles through the on-disk cache: a cubin is reused when the prelude, source, flags,
+/// architecture and NVRTC version all match ([`compiled_name`]).
+pub fn compile_cached(source: &KernelSource, options: &CompileOptions) -> CudaResult<Vec<u8>> {
+    let Some(dir) = cache_dir() else {
+        return compile(source, options).map(|c| c.cubin);
+    };
+    let path = dir.join(format!("{}.cubin", compiled_name(source, options)?));
     if let Ok(bytes) = std::fs::read(&path) {
         if !bytes.is_empty() {
             return Ok(bytes);

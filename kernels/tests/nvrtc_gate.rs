@@ -3,12 +3,19 @@
 //! register-spill warnings turned into errors, and each kernel's registers and shared memory
 //! are printed.
 //!
+//! Each module compiled is stored for the SASS checks (`tests/common`), which run next.
+//!
 //! NVRTC comes from the PyPI wheels that `.ci/run` installs (see docs/cuda.md). Without it the
 //! test prints that it skipped, unless `POLYLM_REQUIRE_NVRTC=1` (set by CI), which makes a
 //! missing NVRTC a failure.
 
 use polylm_kernels::cuda::nvrtc::{compile, nvrtc_available, nvrtc_version, Arch, CompileOptions};
-use polylm_kernels::cuda::source::all_sources;
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use polylm_kernels::cuda::source::{all_sources, KernelSource};
 
 fn nvrtc_or_skip() -> bool {
     if nvrtc_available() {
@@ -28,37 +35,61 @@ fn every_kernel_compiles_without_spills() {
     }
     let version = nvrtc_version().expect("NVRTC version");
     println!("NVRTC {}.{}", version.0, version.1);
-    let mut failures = Vec::new();
-    let mut kernels = 0;
     // POLYLM_GATE_ONLY=name,name limits the gate to those files while a kernel is being tuned.
     let only = std::env::var("POLYLM_GATE_ONLY").ok();
     let wanted = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|n| n.trim() == name));
-    for source in all_sources().into_iter().filter(|s| wanted(s.name)) {
-        let mut archs = vec![Arch::SM80, Arch::SM90];
-        if source.needs_sm90a {
-            archs = vec![Arch::SM90A];
+    let jobs: Vec<(KernelSource, Arch)> = all_sources()
+        .into_iter()
+        .filter(|s| wanted(s.name))
+        .flat_map(|source| {
+            let archs = if source.needs_sm90a { vec![Arch::SM90A] } else { vec![Arch::SM80, Arch::SM90] };
+            archs.into_iter().map(move |arch| (source, arch))
+        })
+        .collect();
+    // The compiles are independent and each takes seconds: run them on every core, then report
+    // in the files' order.
+    let next = AtomicUsize::new(0);
+    let results = Mutex::new(Vec::with_capacity(jobs.len()));
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(jobs.len().max(1));
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((source, arch)) = jobs.get(i) else { break };
+                let options = CompileOptions { arch: *arch, spills_are_errors: true };
+                let result = compile(source, &options);
+                if let Ok(compiled) = &result {
+                    common::store(source, &options, compiled);
+                }
+                results.lock().unwrap_or_else(|e| e.into_inner()).push((i, result));
+            });
         }
-        for arch in archs {
-            match compile(&source, &CompileOptions { arch, spills_are_errors: true }) {
-                Ok(compiled) => {
-                    let report = compiled.resources();
-                    assert!(!report.is_empty(), "{} for {arch}: no kernels in the ptxas report", source.name);
-                    assert!(!compiled.cubin.is_empty(), "{} for {arch}: empty cubin", source.name);
-                    for k in &report {
-                        if arch == Arch::SM90 || source.needs_sm90a {
-                            println!(
-                                "{arch} {:<16} {:<32} {:>3} regs {:>6} B smem {:>4} B stack",
-                                source.name, k.name, k.registers, k.shared_bytes, k.stack_bytes
-                            );
-                            kernels += 1;
-                        }
-                        if k.spill_stores > 0 || k.spill_loads > 0 {
-                            failures.push(format!("{} {} spills on {arch}", source.name, k.name));
-                        }
+    });
+    let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    results.sort_by_key(|(i, _)| *i);
+    let mut failures = Vec::new();
+    let mut kernels = 0;
+    for (i, result) in results {
+        let (source, arch) = (&jobs[i].0, jobs[i].1);
+        match result {
+            Ok(compiled) => {
+                let report = compiled.resources();
+                assert!(!report.is_empty(), "{} for {arch}: no kernels in the ptxas report", source.name);
+                assert!(!compiled.cubin.is_empty(), "{} for {arch}: empty cubin", source.name);
+                for k in &report {
+                    if arch == Arch::SM90 || source.needs_sm90a {
+                        println!(
+                            "{arch} {:<16} {:<32} {:>3} regs {:>6} B smem {:>4} B stack",
+                            source.name, k.name, k.registers, k.shared_bytes, k.stack_bytes
+                        );
+                        kernels += 1;
+                    }
+                    if k.spill_stores > 0 || k.spill_loads > 0 {
+                        failures.push(format!("{} {} spills on {arch}", source.name, k.name));
                     }
                 }
-                Err(e) => failures.push(e.to_string()),
             }
+            Err(e) => failures.push(e.to_string()),
         }
     }
     println!("{kernels} kernels compiled for sm_90");

@@ -19,10 +19,12 @@
 //! `bin` folder beside each `LD_LIBRARY_PATH` entry, on `PATH` and in `/usr/local/cuda/bin`.
 //! Without NVRTC or cuobjdump the test prints that it skipped, unless `POLYLM_REQUIRE_SASS=1`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use polylm_kernels::cuda::nvrtc::{compile, nvrtc_available, Arch, CompileOptions};
+use polylm_kernels::cuda::nvrtc::{nvrtc_available, Arch, CompileOptions};
 use polylm_kernels::cuda::source::KernelSource;
 use polylm_kernels::cuda::{flash_attention_hopper, matmul_wgmma};
 
@@ -73,12 +75,11 @@ fn functions(sass: &str) -> Vec<(String, String)> {
     out
 }
 
-/// Compiles `source` for sm_90a and disassembles it: each kernel's name and SASS, or `None`
-/// (after printing why) when NVRTC or cuobjdump is missing. Every kernel must have been given
-/// 168 registers: the producer/consumer `setmaxnreg` budget of a 384-thread block
+/// The SASS of every kernel of `source` compiled for `arch` (the module the NVRTC gate stored,
+/// or compiled here), each kernel's name with its SASS, or `None` (after printing why) when
+/// NVRTC or cuobjdump is missing. For sm_90a every kernel must have been given 168 registers:
+/// the producer/consumer `setmaxnreg` budget of a 384-thread block
 /// (128·40 + 256·232 = 128·24 + 256·240 = 384·168) hangs with fewer.
-/// The SASS of every kernel of `source` compiled for `arch` (`None` after reporting a skip);
-/// for sm_90a, each kernel must use the 168 registers the setmaxnreg budget assumes.
 fn sass_for(source: &KernelSource, arch: Arch) -> Option<Vec<(String, String)>> {
     if !nvrtc_available() {
         skip("NVRTC (libnvrtc.so.13) not found; see docs/cuda.md");
@@ -91,8 +92,8 @@ fn sass_for(source: &KernelSource, arch: Arch) -> Option<Vec<(String, String)>> 
         );
         return None;
     };
-    let compiled =
-        compile(source, &CompileOptions { arch, spills_are_errors: true }).unwrap_or_else(|e| panic!("{e}"));
+    let compiled = common::compile_or_reuse(source, &CompileOptions { arch, spills_are_errors: true })
+        .unwrap_or_else(|e| panic!("{e}"));
     for k in compiled.resources().iter().filter(|_| arch == Arch::SM90A) {
         assert_eq!(
             k.registers, 168,
