@@ -304,6 +304,11 @@ impl Tensor {
 
     /// Back-propagates from this one-element tensor: every leaf that requires grad and that
     /// this tensor depends on gets the gradient added to its `.grad()`. The graph is freed.
+    ///
+    /// A weight's earlier gradient may be added into in place by the products of this pass
+    /// (never when anything else holds it), so if the pass fails midway (an error from a
+    /// kernel, out of memory) the gradients of the leaves it reached are unspecified: zero
+    /// them before another step.
     pub fn backward(&self) -> Result<()> {
         run_backward(self, &mut |_| {})
     }
