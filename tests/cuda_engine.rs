@@ -26,8 +26,8 @@ fn compare(
 ) {
     let mut rng = Rng::new(99);
     let cpu: Vec<Tensor> = inputs.iter().map(|t| t.to_dtype(DType::F32).unwrap().requires_grad()).collect();
-    let shape = f(&cpu).expect("cpu forward").shape().to_vec();
-    let weights = random_tensor(&mut rng, &shape, 1.0).to_dtype(DType::F32).unwrap();
+    let out = f(&cpu).expect("cpu forward");
+    let weights = random_tensor(&mut rng, out.shape(), 1.0).to_dtype(DType::F32).unwrap();
 
     let gpu: Vec<Tensor> = cpu.iter().map(|t| t.detach().to_device(dev).unwrap().requires_grad()).collect();
     for (c, g) in cpu.iter().zip(&gpu) {
@@ -35,7 +35,6 @@ fn compare(
         c.set_grad(&prior).unwrap();
         g.set_grad(&prior.to_device(dev).unwrap()).unwrap();
     }
-    let out = f(&cpu).expect("cpu forward");
     out.mul(&weights).unwrap().sum_all().unwrap().backward().expect("cpu backward");
     let out_g = f(&gpu).expect("gpu forward");
     assert_eq!(out_g.device(), dev, "{what}: the result lives on the GPU");

@@ -64,6 +64,8 @@ pub trait WithDType: Scalar + Copy + Send + Sync + fmt::Debug + 'static {
     fn into_storage(v: Vec<Self>) -> CpuStorage;
     /// The storage's data, if it holds this type.
     fn storage_slice(s: &CpuStorage) -> Option<&[Self]>;
+    /// The storage's buffer, writable, if it holds this type.
+    fn storage_vec_mut(s: &mut CpuStorage) -> Option<&mut Vec<Self>>;
 }
 
 macro_rules! with_dtype {
@@ -74,6 +76,12 @@ macro_rules! with_dtype {
                 CpuStorage::$variant(v)
             }
             fn storage_slice(s: &CpuStorage) -> Option<&[Self]> {
+                match s {
+                    CpuStorage::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn storage_vec_mut(s: &mut CpuStorage) -> Option<&mut Vec<Self>> {
                 match s {
                     CpuStorage::$variant(v) => Some(v),
                     _ => None,

@@ -473,6 +473,19 @@ impl Tensor {
         })
     }
 
+    /// Row-major values in the compute type `T`, to be written: this tensor's own buffer,
+    /// taken out of it, when it holds `T` and [`Tensor::dense_storage_mut`] gives it (a
+    /// gradient the backward pass owns, accumulated into in place); else a copy.
+    pub(crate) fn into_compute_values<T: CpuFloat>(mut self) -> Vec<T> {
+        match self.dense_storage_mut() {
+            Some(Storage::Cpu(host)) => match T::storage_vec_mut(host) {
+                Some(v) => std::mem::take(v),
+                None => self.values::<T>().into_owned(),
+            },
+            _ => self.values::<T>().into_owned(),
+        }
+    }
+
     /// A dense copy of this tensor's values in `dtype` (no graph recorded).
     pub(crate) fn cast_storage(&self, dtype: DType) -> Result<Tensor> {
         let shape = self.shape().to_vec();

@@ -218,20 +218,6 @@ pub(crate) fn dense<T: GpuElem>(t: &Tensor) -> Result<Dense<'_, T>> {
     Ok(Dense::Owned(out))
 }
 
-/// A new dense buffer holding GPU tensor `t`'s values, row-major, shared with nothing.
-pub(crate) fn copy_of<T: GpuElem>(t: &Tensor) -> Result<DeviceBuf<T>> {
-    match dense::<T>(t)? {
-        Dense::Owned(buf) => Ok(buf),
-        Dense::Borrowed(buf) => {
-            let mut out = buf.device().alloc::<T>(buf.len()).map_err(cuda_err("copy"))?;
-            if !buf.is_empty() {
-                buf.device().copy(buf, &mut out).map_err(cuda_err("copy"))?;
-            }
-            Ok(out)
-        }
-    }
-}
-
 /// Copies a GPU tensor's values to the host, row-major.
 pub(crate) fn download(t: &Tensor) -> Result<CpuStorage> {
     with_gpu_type!(t.dtype(), T => {

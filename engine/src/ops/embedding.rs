@@ -41,7 +41,8 @@ impl BackwardOp for EmbeddingBackward {
     }
 }
 
-/// The scatter-add of the rows of `g` into `acc` (or into zeros), in the compute type `T`.
+/// The scatter-add of the rows of `g` into `acc` (in its own buffer when it can be written in
+/// place) or into zeros, in the compute type `T`.
 fn scatter<T: CpuFloat>(
     ids: &[u32],
     g: &Tensor,
@@ -50,10 +51,7 @@ fn scatter<T: CpuFloat>(
     acc: Option<Tensor>,
 ) -> Result<Tensor> {
     let gv = g.values::<T>();
-    let mut dw = match &acc {
-        Some(acc) => acc.values::<T>().into_owned(),
-        None => vec![T::ZERO; w.numel()],
-    };
+    let mut dw = acc.map_or_else(|| vec![T::ZERO; w.numel()], Tensor::into_compute_values);
     embedding::embedding_backward(ids, &gv, dim, &mut dw);
     Tensor::from_compute(dw, w.shape(), w.dtype())
 }
@@ -116,7 +114,7 @@ mod gpu {
 
     use polylm_kernels::cuda::DeviceBuf;
 
-    use crate::cuda::{alloc_like, copy_of, cuda_err, dense, zeros_like, GpuElem};
+    use crate::cuda::{alloc_like, cuda_err, dense, zeros_like, GpuElem};
     use crate::{Result, Tensor};
 
     pub(super) fn forward<T: GpuElem>(table: &Tensor, ids: &[u32], shape: &[usize]) -> Result<Tensor> {
@@ -130,7 +128,7 @@ mod gpu {
     }
 
     /// The scatter-add of the rows of `g` into `acc` when given (in its own buffer when it can
-    /// be written in place, else into a dense copy), or into zeros.
+    /// be written in place, else by an add), or into zeros.
     pub(super) fn backward<T: GpuElem>(
         ids: &[u32],
         g: &Tensor,
@@ -145,20 +143,20 @@ mod gpu {
             }
             Ok(())
         };
-        let mut acc = match acc {
-            Some(acc) => acc,
+        match acc {
             None => {
                 let mut dw = zeros_like::<T>(w, w.numel())?;
                 scatter(&mut dw)?;
-                return Ok(Tensor::from_gpu(dw, w.shape()));
+                Ok(Tensor::from_gpu(dw, w.shape()))
             }
-        };
-        if let Some(dw) = acc.gpu_buf_mut::<T>() {
-            scatter(dw)?;
-            return Ok(acc);
+            Some(mut acc) => match acc.gpu_buf_mut::<T>() {
+                Some(dw) => {
+                    scatter(dw)?;
+                    Ok(acc)
+                }
+                // Shared or strided: a new gradient, added.
+                None => acc.add(&backward::<T>(ids, g, w, dim, None)?),
+            },
         }
-        let mut dw = copy_of::<T>(&acc)?;
-        scatter(&mut dw)?;
-        Ok(Tensor::from_gpu(dw, w.shape()))
     }
 }

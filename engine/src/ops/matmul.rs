@@ -6,7 +6,7 @@ use polylm_kernels::{Elem, SimdLevel};
 
 use crate::autograd::{take_pending_like, BackwardOp};
 use crate::layout::{broadcast_shape, Layout};
-use crate::storage::{CpuStorage, Storage};
+use crate::storage::CpuStorage;
 use crate::{DType, Error, Result, Tensor};
 
 use super::check_same;
@@ -268,46 +268,24 @@ impl Tensor {
         };
         let numel: usize = shape.iter().product();
         let accumulate = acc.is_some();
+        // The accumulator's own buffer when it can be written in place, else its values copied
+        // (zeros without one); f32, bf16 and f16 products all accumulate in f32.
         let out = match (sa, sb) {
             (CpuStorage::F64(a), CpuStorage::F64(b)) => {
+                let mut out = acc.map_or_else(|| vec![0f64; numel], Tensor::into_compute_values);
                 let (a, b) = (Operand { data: a, layout: al }, Operand { data: b, layout: bl });
-                if let Some(mut acc) = acc {
-                    if let Some(Storage::Cpu(CpuStorage::F64(c))) = acc.dense_storage_mut() {
-                        batched_f64(a, b, &batch, c, true)?;
-                        return Ok(acc);
-                    }
-                    let mut out = acc.values::<f64>().into_owned();
-                    batched_f64(a, b, &batch, &mut out, true)?;
-                    Tensor::from_vec(out, &shape)?
-                } else {
-                    let mut out = vec![0f64; numel];
-                    batched_f64(a, b, &batch, &mut out, false)?;
-                    Tensor::from_vec(out, &shape)?
-                }
+                batched_f64(a, b, &batch, &mut out, accumulate)?;
+                Tensor::from_vec(out, &shape)?
             }
             (sa, sb) => {
-                // f32, bf16 and f16 operands all accumulate into f32: in an f32 accumulator's
-                // own buffer when it can be written, else in a new one started from its values.
-                let mut acc = acc;
-                let in_place = acc
-                    .as_mut()
-                    .is_some_and(|t| matches!(t.dense_storage_mut(), Some(Storage::Cpu(CpuStorage::F32(_)))));
-                let mut owned = match &acc {
-                    _ if in_place => Vec::new(),
-                    Some(acc) => acc.values::<f32>().into_owned(),
-                    None => vec![0f32; numel],
-                };
-                let out: &mut [f32] = match acc.as_mut().and_then(|t| t.dense_storage_mut()) {
-                    Some(Storage::Cpu(CpuStorage::F32(c))) if in_place => c,
-                    _ => &mut owned,
-                };
+                let mut out = acc.map_or_else(|| vec![0f32; numel], Tensor::into_compute_values);
                 macro_rules! product {
                     ($a:expr, $b:expr) => {
                         batched_f32(
                             Operand { data: $a, layout: al },
                             Operand { data: $b, layout: bl },
                             &batch,
-                            out,
+                            &mut out,
                             accumulate,
                         )
                     };
@@ -318,10 +296,7 @@ impl Tensor {
                     (CpuStorage::F16(a), CpuStorage::F16(b)) => product!(a, b)?,
                     _ => unreachable!("dtypes were checked equal"),
                 }
-                match acc {
-                    Some(acc) if in_place => return Ok(acc),
-                    _ => Tensor::from_compute(owned, &shape, self.dtype())?,
-                }
+                Tensor::from_compute(out, &shape, self.dtype())?
             }
         };
         debug_assert!(out.dtype() == self.dtype() || self.dtype() == DType::F64);
