@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
 # The GPU check, in two halves, because the GPU machine has no Rust toolchain:
 #
-#   scripts/gpu-check.sh build   # here: builds the GPU test and benchmark binaries into gpu-bin/
-#   scripts/gpu-check.sh run     # on the GPU machine (with gpu-bin/ carried): runs them all
-#   scripts/gpu-check.sh run tests / run bench   # the same in two parts (two device calls)
+#   scripts/gpu-check.sh build            # here: the GPU test and benchmark binaries, `polylm`
+#                                         # and the compiled kernels into gpu-bin/
+#   scripts/gpu-check.sh run [PART ...]   # on the GPU machine (with gpu-bin/ carried)
 #
-# `run` writes to $OUT (or ./gpu-out): results.md (card, date, each test's pass/fail, the
-# kernels' bandwidth table) and the raw logs. It finishes in a few minutes on an H100/H200.
-# docs/gpu-results.md records what it printed, with the card and date.
+# `run` goes through the parts in the order of what the open issues need most: matmul (tests
+# and benchmark against cuBLAS), attention (tests, benchmark, PyTorch SDPA), kernels (tests and
+# bandwidths), engine (the whole model's ops three ways, the optimiser), trainer (PolyLM-1.7B
+# MFU, data-parallel overhead, NCCL, a training run), gate (the NVRTC gate with the machine's
+# NVRTC). Name parts to run only those (a second device call continues with what the first left).
+# Every step's limit is cut to what is left before GPU_CHECK_DEADLINE seconds (default 540, for
+# a device call of 600 s); a step that no longer fits is written down as skipped, so the
+# results of the steps that ran always come back.
+#
+# `run` writes to $OUT (or ./gpu-out): results.md (card, date, each step's pass/fail or skip,
+# the benchmark tables) and the raw logs. docs/gpu-results.md records what it printed, with the
+# card and date.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,106 +53,32 @@ PY
     rm -f "$json"
     cargo build --release --locked -p polylm-trainer
     cp target/release/polylm gpu-bin/polylm && strip --strip-debug gpu-bin/polylm
+    # Every kernel module an H100/H200 loads, compiled here (matmul_wgmma alone takes NVRTC a
+    # minute and a half): the device reuses them when its NVRTC has the same version (13.0).
+    local cuda_libs
+    cuda_libs=$(scripts/cuda-venv.sh)
+    LD_LIBRARY_PATH="$cuda_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+        gpu-bin/polylm compile-kernels --arch sm_90 --cache gpu-bin/kernel-cache
     du -sh gpu-bin
 }
 
-# Runs benchmark binary $2, appending its Markdown table ($3.md) to results.md.
-run_bench() {
-    local title=$1 bin=$2 name=$3
-    echo "== $title"
-    echo >>"$out/results.md"
-    if POLYLM_BENCH_OUT="$out/$name.md" timeout 400 "gpu-bin/$bin" >"$out/$name.log" 2>&1; then
-        cat "$out/$name.md" >>"$out/results.md"
-    else
-        echo "$title FAILED: $(tail -3 "$out/$name.log")" >>"$out/results.md"
-        return 1
-    fi
+# The seconds a step with limit $1 may take: its limit, cut to what is left before the deadline.
+limit_for() {
+    local left=$((deadline - (SECONDS - started)))
+    if [ "$left" -lt "$1" ]; then echo "$left"; else echo "$1"; fi
 }
 
-# PyTorch's scaled_dot_product_attention in the attention benchmark's setting, for the same-run
-# comparison issue 8 asks for; prints that it skipped when the machine has no PyTorch.
-run_sdpa() {
-    echo "== PyTorch SDPA"
-    {
-        echo
-        echo "## PyTorch scaled_dot_product_attention (the attention benchmark's setting)"
-        echo
-    } >>"$out/results.md"
-    if ! command -v python3 >/dev/null; then
-        echo "skipped: no python3 on this machine" >>"$out/results.md"
-    elif ! timeout 180 python3 scripts/bench_sdpa.py >>"$out/results.md" 2>"$out/sdpa.log"; then
-        echo "PyTorch SDPA FAILED: $(tail -3 "$out/sdpa.log")" >>"$out/results.md"
+# Whether a step with limit $2 still fits (at least 20 s left); if not, writes that step $1 was
+# skipped and sets last_skipped.
+fits() {
+    last_skipped=0
+    if [ "$(limit_for "$2")" -ge 20 ]; then
+        return 0
     fi
-}
-
-# The `polylm` binary on the GPU: a short quickstart run (bf16, f32 master weights), the
-# training-step benchmark of the small and PolyLM-1.7B presets with the data-parallel path's
-# overhead over NCCL beside the plain step, and the NCCL all-reduce bandwidth (issue 9).
-run_trainer() {
-    echo "== polylm on the GPU"
-    local run_dir=/tmp/gpu-quickstart ok=0
-    rm -rf "$run_dir"
-    {
-        echo
-        echo "## polylm train (quickstart config, 300 steps, --device cuda)"
-        echo
-    } >>"$out/results.md"
-    if timeout 300 gpu-bin/polylm train --config configs/quickstart.toml --device cuda --steps 300 \
-        --out "$run_dir" --set "tokenizer.path=\"$run_dir/tokenizer.json\"" --set "data.dir=\"$run_dir/data\"" \
-        --set log.progress=false --set eval.every=100 --set checkpoint.every=100 >"$out/train.log" 2>&1; then
-        echo '```' >>"$out/results.md"
-        grep -E "^quickstart:|^step .*(loss|validation)|^done" "$out/train.log" >>"$out/results.md" || true
-        echo '```' >>"$out/results.md"
-        cp "$run_dir/metrics.jsonl" "$run_dir/loss.svg" "$run_dir/bpb.svg" "$out/" 2>/dev/null || true
-    else
-        echo "polylm train FAILED: $(tail -5 "$out/train.log")" >>"$out/results.md"
-        ok=1
-    fi
-    {
-        echo
-        echo "## polylm bench"
-        echo
-    } >>"$out/results.md"
-    # Each preset twice: on the default (measured) kernels, and on the fast ones still waiting
-    # for a GPU run (tensor-core matmul and flash attention with their Hopper paths, streamed
-    # layernorm, one-read cross-entropy): the MFU of issue 9 comes from the second.
-    local fast="POLYLM_GPU_MATMUL=tc POLYLM_GPU_ATTENTION=flash POLYLM_GPU_MATMUL_HOPPER=1 POLYLM_GPU_FLASH_HOPPER=1"
-    fast="$fast POLYLM_GPU_LAYERNORM=streamed POLYLM_GPU_CROSS_ENTROPY=cluster"
-    # On the fast kernels also a step of 4 micro-batches (16 sequences, 32K tokens): the
-    # optimiser's fixed cost (about 12 ms for 1.7B parameters) spread as training spreads it.
-    for kernels in default fast; do
-        local runs=("--preset small --batch 16 --seq 256 --ddp nccl"
-            "--preset polylm-1.7b --batch 4 --seq 2048 --steps 3 --ddp nccl"
-            "--preset polylm-1.7b --batch 4 --seq 2048 --recompute --steps 2 --profile")
-        [ "$kernels" = fast ] && runs+=("--preset polylm-1.7b --batch 4 --accum 4 --seq 2048 --recompute --steps 2")
-        for args in "${runs[@]}"; do
-            local envs=""
-            [ "$kernels" = fast ] && envs=$fast
-            # shellcheck disable=SC2086
-            if env $envs timeout 240 gpu-bin/polylm bench $args --device cuda >"$out/bench.log" 2>&1; then
-                echo "- $kernels kernels, \`polylm bench $args\`: $(sed '/^profile (/,$d' "$out/bench.log" | tr '\n' ';')" >>"$out/results.md"
-                if grep -q "^profile (" "$out/bench.log"; then
-                    { echo; echo '```'; sed -n '/^profile (/,$p' "$out/bench.log"; echo '```'; } >>"$out/results.md"
-                fi
-            else
-                echo "- $kernels kernels, \`polylm bench $args\`: FAILED $(tail -3 "$out/bench.log")" >>"$out/results.md"
-                ok=1
-            fi
-        done
-    done
-    {
-        echo
-        echo "## polylm bench-allreduce --backend nccl (world size 1)"
-        echo
-    } >>"$out/results.md"
-    if timeout 120 gpu-bin/polylm bench-allreduce --backend nccl --sizes-mib 1,16,64,256,1024 --iters 10 \
-        >"$out/allreduce.log" 2>&1; then
-        cat "$out/allreduce.log" >>"$out/results.md"
-    else
-        echo "bench-allreduce FAILED: $(tail -3 "$out/allreduce.log")" >>"$out/results.md"
-        ok=1
-    fi
-    return $ok
+    last_skipped=1
+    echo "- \`$1\`: skipped, out of time (GPU_CHECK_DEADLINE=$deadline s)" >>"$out/results.md"
+    skipped=1
+    return 1
 }
 
 # Runs test binary $2 as entry $1 with a limit of $3 seconds, the kernels chosen by $4 (simple:
@@ -152,15 +87,17 @@ run_trainer() {
 run_test() {
     local label=$1 bin=$2 limit=$3 mode=$4
     shift 4
+    fits "$label" "$limit" || return 1
+    limit=$(limit_for "$limit")
     local log=${label/:/-} mm=simple attn=simple hop=0 ln=cached ce=rows
     [ "$mode" != simple ] && mm=tc && attn=flash
     [ "$mode" = hopper ] && hop=1 && ln=streamed && ce=cluster
     echo "== $label"
-    local ok=0
+    local ok=0 t0=$SECONDS
     if POLYLM_GPU_MATMUL=$mm POLYLM_GPU_ATTENTION=$attn POLYLM_GPU_MATMUL_HOPPER=$hop \
         POLYLM_GPU_FLASH_HOPPER=$hop POLYLM_GPU_LAYERNORM=$ln POLYLM_GPU_CROSS_ENTROPY=$ce \
         timeout "$limit" "gpu-bin/$bin" --test-threads=4 --nocapture "$@" >"$out/$log.log" 2>&1; then
-        echo "- \`$label\`: passed" >>"$out/results.md"
+        echo "- \`$label\`: passed ($((SECONDS - t0)) s)" >>"$out/results.md"
     else
         local rc=$?
         local why="FAILED"
@@ -173,18 +110,213 @@ run_test() {
     return $ok
 }
 
-# `run [tests|bench|all]`: the tests, the benchmarks (kernels, model, matmul, attention and the
-# trainer), or both (default). Split them across two device calls when one would pass the
-# 10-minute command limit.
+# Runs benchmark binary $2 ($1 its title) with a limit of $4 seconds, appending its Markdown
+# table ($3.md) to results.md.
+run_bench() {
+    local title=$1 bin=$2 name=$3 limit=$4
+    fits "$title" "$limit" || return 1
+    echo "== $title"
+    local t0=$SECONDS
+    echo >>"$out/results.md"
+    if POLYLM_BENCH_OUT="$out/$name.md" timeout "$(limit_for "$limit")" "gpu-bin/$bin" >"$out/$name.log" 2>&1; then
+        cat "$out/$name.md" >>"$out/results.md"
+        echo "($title: $((SECONDS - t0)) s)" >>"$out/results.md"
+    else
+        echo "$title FAILED: $(tail -3 "$out/$name.log")" >>"$out/results.md"
+        return 1
+    fi
+}
+
+# Runs the command after $2 (VAR=value settings first, as `env` takes them) with a limit of $2
+# seconds, into log $1.log; returns its status.
+run_polylm() {
+    local name=$1 limit=$2
+    shift 2
+    fits "$name" "$limit" || return 1
+    echo "== $name"
+    local envs=()
+    while [ $# -gt 0 ] && [[ $1 == *=* ]] && [[ $1 != -* ]]; do
+        envs+=("$1")
+        shift
+    done
+    env ${envs[@]+"${envs[@]}"} timeout "$(limit_for "$limit")" "$@" >"$out/$name.log" 2>&1
+}
+
+# The kernel cache: the modules compiled by `build`, then whatever this machine's NVRTC still
+# has to compile (on every core), so that no test pays for a compile.
+part_cache() {
+    mkdir -p "$POLYLM_KERNEL_CACHE"
+    [ -d gpu-bin/kernel-cache ] && cp -n gpu-bin/kernel-cache/*.cubin "$POLYLM_KERNEL_CACHE"/ 2>/dev/null || true
+    { echo; echo "## Kernel cache"; echo; } >>"$out/results.md"
+    if run_polylm compile-kernels 300 gpu-bin/polylm compile-kernels; then
+        echo "- $(tail -1 "$out/compile-kernels.log")" >>"$out/results.md"
+    elif [ "$last_skipped" = 0 ]; then
+        echo "- compile-kernels FAILED: $(tail -3 "$out/compile-kernels.log")" >>"$out/results.md"
+        return 1
+    fi
+}
+
+# A kernel family's part, headed $1: test binary $2, its portable tests and then its Hopper
+# tests alone with a short limit (a kernel that hangs on the hardware, an mbarrier never
+# completing, then costs a minute and a half, not the portable results), then benchmark binary
+# $3 with its table in $4.md.
+kernel_part() {
+    local ok=0
+    { echo; echo "## $1"; echo; } >>"$out/results.md"
+    run_test "$2" "$2" 150 simple --skip hopper || ok=1
+    run_test "$2:hopper" "$2" 90 simple hopper || ok=1
+    run_bench "$1" "$3" "$4" 200 || ok=1
+    return $ok
+}
+
+# Issue 7: the tensor-core matmul, and its benchmark against cuBLAS.
+part_matmul() {
+    kernel_part "Matmul against cuBLAS" cuda_matmul_tc cuda_matmul_bench matmul
+}
+
+# Issue 8: flash attention, its benchmark and PyTorch's SDPA beside it (skipped when the
+# machine has no PyTorch).
+part_attention() {
+    local ok=0
+    kernel_part "Attention" cuda_flash_attention cuda_attention_bench attention || ok=1
+    fits "PyTorch SDPA" 120 || return 1
+    echo "== PyTorch SDPA"
+    {
+        echo
+        echo "### PyTorch scaled_dot_product_attention (the attention benchmark's setting)"
+        echo
+    } >>"$out/results.md"
+    if ! command -v python3 >/dev/null; then
+        echo "skipped: no python3 on this machine" >>"$out/results.md"
+    elif ! timeout "$(limit_for 120)" python3 scripts/bench_sdpa.py >>"$out/results.md" 2>"$out/sdpa.log"; then
+        echo "PyTorch SDPA FAILED: $(tail -3 "$out/sdpa.log")" >>"$out/results.md"
+    fi
+    return $ok
+}
+
+# Issue 6: every kernel against the CPU, then the memory-bound kernels' bandwidths (cached and
+# streamed layernorm, row and cluster cross-entropy side by side).
+part_kernels() {
+    local ok=0
+    { echo; echo "## Kernels"; echo; } >>"$out/results.md"
+    run_test cuda_kernels cuda_kernels 180 simple || ok=1
+    run_bench "kernel bandwidths" cuda_kernels_bench kernels-bench 200 || ok=1
+    return $ok
+}
+
+# The engine's ops and the tiny model on the GPU against the CPU: with every fast kernel
+# (hopper), the portable tensor-core ones (tc) and the defaults (simple); the optimiser.
+part_engine() {
+    local ok=0
+    { echo; echo "## Engine"; echo; } >>"$out/results.md"
+    run_test cuda_engine:hopper cuda_engine 120 hopper || ok=1
+    run_test cuda_engine:tc cuda_engine 120 tc || ok=1
+    run_test cuda_engine cuda_engine 120 simple || ok=1
+    run_test cuda_optim cuda_optim 90 simple || ok=1
+    return $ok
+}
+
+# Issue 9: `polylm bench` of PolyLM-1.7B on the fast kernels (tensor-core matmul and flash
+# attention with their Hopper paths, streamed layernorm, one-read cross-entropy), with the
+# data-parallel path's overhead over NCCL and a kernel-by-kernel profile; the NCCL tests and
+# all-reduce bandwidth at world size 1; a short quickstart run on the GPU; the same benchmarks
+# on the default kernels and the model benchmark last.
+part_trainer() {
+    local ok=0 fast="POLYLM_GPU_MATMUL=tc POLYLM_GPU_ATTENTION=flash POLYLM_GPU_MATMUL_HOPPER=1"
+    fast="$fast POLYLM_GPU_FLASH_HOPPER=1 POLYLM_GPU_LAYERNORM=streamed POLYLM_GPU_CROSS_ENTROPY=cluster"
+    { echo; echo "## polylm bench"; echo; } >>"$out/results.md"
+    # 4 micro-batches per step (32K tokens) spread the optimiser's fixed cost (about 12 ms for
+    # 1.7B parameters) as training does.
+    local runs=("fast|--preset polylm-1.7b --batch 4 --seq 2048 --recompute --steps 3 --ddp nccl"
+        "fast|--preset polylm-1.7b --batch 4 --accum 4 --seq 2048 --recompute --steps 2"
+        "fast|--preset polylm-1.7b --batch 4 --seq 2048 --steps 3"
+        "fast|--preset polylm-1.7b --batch 4 --seq 2048 --recompute --steps 2 --profile"
+        "fast|--preset small --batch 16 --seq 256 --ddp nccl")
+    bench_runs "${runs[@]}" || ok=1
+    run_test nccl nccl 60 simple || ok=1
+    { echo; echo "## polylm bench-allreduce --backend nccl (world size 1)"; echo; } >>"$out/results.md"
+    if run_polylm allreduce 90 gpu-bin/polylm bench-allreduce --backend nccl --sizes-mib 1,16,64,256,1024 --iters 10; then
+        cat "$out/allreduce.log" >>"$out/results.md"
+    else
+        [ "$last_skipped" = 1 ] || echo "bench-allreduce FAILED: $(tail -3 "$out/allreduce.log")" >>"$out/results.md"
+        ok=1
+    fi
+    local run_dir=/tmp/gpu-quickstart
+    rm -rf "$run_dir"
+    { echo; echo "## polylm train (quickstart config, 300 steps, --device cuda)"; echo; } >>"$out/results.md"
+    if run_polylm train 150 gpu-bin/polylm train --config configs/quickstart.toml --device cuda --steps 300 \
+        --out "$run_dir" --set "tokenizer.path=\"$run_dir/tokenizer.json\"" --set "data.dir=\"$run_dir/data\"" \
+        --set log.progress=false --set eval.every=100 --set checkpoint.every=100; then
+        echo '```' >>"$out/results.md"
+        grep -E "^quickstart:|^step .*(loss|validation)|^done" "$out/train.log" >>"$out/results.md" || true
+        echo '```' >>"$out/results.md"
+        cp "$run_dir/metrics.jsonl" "$run_dir/loss.svg" "$run_dir/bpb.svg" "$out/" 2>/dev/null || true
+    else
+        [ "$last_skipped" = 1 ] || echo "polylm train FAILED: $(tail -5 "$out/train.log")" >>"$out/results.md"
+        ok=1
+    fi
+    { echo; echo "## polylm bench on the default kernels"; echo; } >>"$out/results.md"
+    runs=("default|--preset small --batch 16 --seq 256 --ddp nccl"
+        "default|--preset polylm-1.7b --batch 4 --seq 2048 --recompute --steps 1 --profile")
+    bench_runs "${runs[@]}" || ok=1
+    run_bench "model benchmark" gpu_model_bench model 200 || ok=1
+    return $ok
+}
+
+# Runs `polylm bench` for each "KERNELS|ARGS" given (KERNELS: default or fast, as in
+# part_trainer), one line of results.md each, the profile as a block.
+bench_runs() {
+    local ok=0 spec kernels args envs log
+    for spec in "$@"; do
+        kernels=${spec%%|*}
+        args=${spec#*|}
+        envs=""
+        [ "$kernels" = fast ] && envs=$fast
+        bench_run=$((bench_run + 1))
+        log="$out/polylm-bench-$bench_run.log"
+        # shellcheck disable=SC2086
+        if run_polylm "polylm-bench-$bench_run" 150 $envs gpu-bin/polylm bench $args --device cuda; then
+            echo "- $kernels kernels, \`polylm bench $args\`: $(sed '/^profile (/,$d' "$log" | tr '\n' ';')" >>"$out/results.md"
+            if grep -q "^profile (" "$log"; then
+                { echo; echo '```'; sed -n '/^profile (/,$p' "$log"; echo '```'; } >>"$out/results.md"
+            fi
+        else
+            [ "$last_skipped" = 1 ] || echo "- $kernels kernels, \`polylm bench $args\`: FAILED $(tail -3 "$log")" >>"$out/results.md"
+            ok=1
+        fi
+    done
+    return $ok
+}
+
+# The NVRTC gate with this machine's own NVRTC (CI runs it with the pinned one).
+part_gate() {
+    { echo; echo "## NVRTC gate"; echo; } >>"$out/results.md"
+    run_test nvrtc_gate nvrtc_gate 120 simple
+}
+
+# `run [PART ...]`: the parts named (cache is always first), else all of them in order.
 run() {
-    local what=${1:-all}
     out="${OUT:-gpu-out}"
+    deadline=${GPU_CHECK_DEADLINE:-540}
+    started=$SECONDS
+    skipped=0
+    last_skipped=0
+    bench_run=0
     mkdir -p "$out"
+    local parts=("$@")
+    [ ${#parts[@]} = 0 ] && parts=(matmul attention kernels engine trainer gate)
+    local part
+    for part in "${parts[@]}"; do
+        case $part in
+            matmul | attention | kernels | engine | trainer | gate) ;;
+            *) echo "unknown part '$part' (matmul, attention, kernels, engine, trainer, gate)" >&2; return 2 ;;
+        esac
+    done
     export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     # NCCL: the machine has it only inside the Python wheel nvidia-nccl-cu13, as libnccl.so.2;
     # cudarc looks for libnccl.so, so link that name to it.
     local nccl_lib
-    nccl_lib="$(python3 -c 'import nvidia.nccl as m; print(list(m.__path__)[0])' 2>/dev/null)/lib/libnccl.so.2"
+    nccl_lib="$(python3 -c 'import nvidia.nccl as m; print(list(m.__path__)[0])' 2>/dev/null || true)/lib/libnccl.so.2"
     if [ -f "$nccl_lib" ]; then
         mkdir -p /tmp/polylm-nccl && ln -sf "$nccl_lib" /tmp/polylm-nccl/libnccl.so
         export LD_LIBRARY_PATH="/tmp/polylm-nccl:$LD_LIBRARY_PATH"
@@ -192,50 +324,28 @@ run() {
     export POLYLM_KERNEL_CACHE=/tmp/polylm-kernel-cache
     export POLYLM_REQUIRE_NVRTC=1
     local card
-    card=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -1)
+    card=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -1 || true)
     {
         echo "# GPU check"
         echo
         echo "- Card: $card"
         echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
         echo "- Commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
-        echo "- Part: $what"
-        echo
+        echo "- Parts: ${parts[*]} (deadline $deadline s)"
     } >"$out/results.md"
     local status=0
-    if [ "$what" = tests ] || [ "$what" = all ]; then
-        # cuda_engine three times: with the simple kernels; with the tensor-core matmul and
-        # flash attention (tc: POLYLM_GPU_MATMUL=tc, POLYLM_GPU_ATTENTION=flash); and with their
-        # Hopper paths on top plus the streamed layernorm and one-read cross-entropy (hopper).
-        # The Hopper tests of the matmul and attention binaries run on their own, with short
-        # limits: a kernel that hangs on the hardware (an mbarrier never completing) then costs
-        # two minutes, not the portable tests' results.
-        run_test nvrtc_gate nvrtc_gate 200 simple || status=1
-        run_test cuda_kernels cuda_kernels 240 simple || status=1
-        run_test cuda_engine cuda_engine 180 simple || status=1
-        run_test cuda_optim cuda_optim 120 simple || status=1
-        run_test cuda_matmul_tc cuda_matmul_tc 240 simple --skip hopper || status=1
-        run_test cuda_matmul_tc:hopper cuda_matmul_tc 120 simple hopper || status=1
-        run_test cuda_flash_attention cuda_flash_attention 240 simple --skip hopper || status=1
-        run_test cuda_flash_attention:hopper cuda_flash_attention 120 simple hopper || status=1
-        run_test cuda_engine:tc cuda_engine 180 tc || status=1
-        run_test cuda_engine:hopper cuda_engine 120 hopper || status=1
-        run_test nccl nccl 60 simple || status=1
-    fi
-    if [ "$what" = bench ] || [ "$what" = all ]; then
-        run_bench "benchmarks" cuda_kernels_bench bench || status=1
-        run_bench "model benchmark" gpu_model_bench model || status=1
-        run_bench "matmul vs cuBLAS" cuda_matmul_bench matmul || status=1
-        run_bench "attention" cuda_attention_bench attention || status=1
-        run_sdpa
-        run_trainer || status=1
-    fi
+    part_cache || status=1
+    for part in "${parts[@]}"; do
+        "part_$part" || status=1
+    done
+    echo >>"$out/results.md"
+    echo "Finished in $((SECONDS - started)) s$([ $skipped = 1 ] && echo '; some steps were skipped for time')." >>"$out/results.md"
     cat "$out/results.md"
     return $status
 }
 
 case "${1:-}" in
     build) build ;;
-    run) run "${2:-all}" ;;
-    *) echo "usage: $0 build | run [tests|bench|all]" >&2; exit 2 ;;
+    run) shift; run "$@" ;;
+    *) echo "usage: $0 build | run [matmul|attention|kernels|engine|trainer|gate ...]" >&2; exit 2 ;;
 esac

@@ -14,7 +14,7 @@ use half::{bf16, f16};
 
 use super::alloc::{CachingAllocator, MemoryReport};
 use super::error::{CudaError, CudaResult};
-use super::nvrtc::{compile_cached, Arch, CompileOptions};
+use super::nvrtc::{compile_cached, runtime_options, Arch};
 use super::pinned::PinnedStaging;
 use super::profile::{family, KernelTime, Profiler};
 use super::source::KernelSource;
@@ -273,8 +273,7 @@ impl CudaDevice {
             match modules.get(source.name) {
                 Some(m) => Arc::clone(m),
                 None => {
-                    let arch = Arch { specific: source.needs_sm90a, ..self.arch };
-                    let cubin = compile_cached(source, &CompileOptions { arch, spills_are_errors: false })?;
+                    let cubin = compile_cached(source, &runtime_options(source, self.arch))?;
                     let module = self
                         .ctx
                         .load_module(Ptx::from_binary(cubin))

@@ -40,6 +40,33 @@ impl fmt::Display for Arch {
     }
 }
 
+impl std::str::FromStr for Arch {
+    type Err = CudaError;
+
+    /// Parses `sm_90`, `sm_90a`, `sm_80` (also `90`, `9.0`, `compute_90`).
+    fn from_str(text: &str) -> CudaResult<Arch> {
+        let bad =
+            || CudaError::invalid("architecture", format!("`{text}` is not one like sm_80, sm_90 or sm_90a"));
+        let t = text.trim();
+        let t = t.strip_prefix("sm_").or_else(|| t.strip_prefix("compute_")).unwrap_or(t);
+        let (t, specific) = match t.strip_suffix('a') {
+            Some(rest) => (rest, true),
+            None => (t, false),
+        };
+        let digits: String = t.chars().filter(|c| *c != '.').collect();
+        if digits.len() < 2 || !digits.chars().all(|c| c.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let (major, minor) = digits.split_at(digits.len() - 1);
+        let major: u32 = major.parse().map_err(|_| bad())?;
+        let minor: u32 = minor.parse().map_err(|_| bad())?;
+        if major < 7 {
+            return Err(bad());
+        }
+        Ok(Arch { major, minor, specific })
+    }
+}
+
 /// How to compile.
 #[derive(Clone, Copy, Debug)]
 pub struct CompileOptions {
@@ -177,19 +204,84 @@ pub fn compiled_name(source: &KernelSource, options: &CompileOptions) -> CudaRes
 /// Compiles through the on-disk cache: a cubin is reused when the prelude, source, flags,
 /// architecture and NVRTC version all match ([`compiled_name`]).
 pub fn compile_cached(source: &KernelSource, options: &CompileOptions) -> CudaResult<Vec<u8>> {
-    let Some(dir) = cache_dir() else {
-        return compile(source, options).map(|c| c.cubin);
-    };
+    match cache_dir() {
+        // A cache that cannot be written only costs a recompile next time.
+        Some(dir) => compile_into(&dir, source, options, false).map(|(cubin, _)| cubin),
+        None => compile(source, options).map(|c| c.cubin),
+    }
+}
+
+/// The cubin of `source` for `options` from the cache directory `dir`, compiled and stored
+/// there first when missing (a failure to store it is an error when `must_store`); `true` with
+/// it when it was already there.
+fn compile_into(
+    dir: &Path,
+    source: &KernelSource,
+    options: &CompileOptions,
+    must_store: bool,
+) -> CudaResult<(Vec<u8>, bool)> {
     let path = dir.join(format!("{}.cubin", compiled_name(source, options)?));
     if let Ok(bytes) = std::fs::read(&path) {
         if !bytes.is_empty() {
-            return Ok(bytes);
+            return Ok((bytes, true));
         }
     }
     let compiled = compile(source, options)?;
-    // A cache that cannot be written only costs a recompile next time.
-    let _ = write_atomically(&dir, &path, &compiled.cubin);
-    Ok(compiled.cubin)
+    let stored = write_atomically(dir, &path, &compiled.cubin);
+    if must_store {
+        stored?;
+    }
+    Ok((compiled.cubin, false))
+}
+
+/// The options a device of architecture `device_arch` compiles `source` with when it first
+/// loads it: its own architecture (the specific variant, `sm_90a`, for a file that needs it)
+/// and spills allowed (the CI gate is where they are errors).
+pub fn runtime_options(source: &KernelSource, device_arch: Arch) -> CompileOptions {
+    CompileOptions { arch: Arch { specific: source.needs_sm90a, ..device_arch }, spills_are_errors: false }
+}
+
+/// Whether a device of architecture `device_arch` can load `source` at all: the `sm_90a`
+/// files only on Hopper (9.0).
+pub fn loads_on(source: &KernelSource, device_arch: Arch) -> bool {
+    !source.needs_sm90a || (device_arch.major, device_arch.minor) == (9, 0)
+}
+
+/// One module that [`warm_cache`] made ready.
+#[derive(Debug)]
+pub struct WarmedModule {
+    /// The kernel file's name.
+    pub source: &'static str,
+    /// The architecture it was compiled for.
+    pub arch: Arch,
+    /// The cubin's size in bytes and whether the cache already held it, or why it failed.
+    pub result: CudaResult<(usize, bool)>,
+    /// Wall-clock seconds spent on it.
+    pub seconds: f64,
+}
+
+/// Compiles into the cache directory `dir`, on every core, the modules of `sources` that a
+/// device of architecture `device_arch` loads, with the options it loads them with
+/// ([`runtime_options`]); a module already cached is kept. A first run on such a device, with
+/// `POLYLM_KERNEL_CACHE=dir`, then spends no time in NVRTC (given the same NVRTC version).
+pub fn warm_cache(dir: &Path, device_arch: Arch, sources: &[KernelSource]) -> Vec<WarmedModule> {
+    use rayon::prelude::*;
+    sources
+        .par_iter()
+        .filter(|source| loads_on(source, device_arch))
+        .map(|source| {
+            let options = runtime_options(source, device_arch);
+            let start = std::time::Instant::now();
+            let result =
+                compile_into(dir, source, &options, true).map(|(cubin, reused)| (cubin.len(), reused));
+            WarmedModule {
+                source: source.name,
+                arch: options.arch,
+                result,
+                seconds: start.elapsed().as_secs_f64(),
+            }
+        })
+        .collect()
 }
 
 /// Where compiled kernels are kept: `$POLYLM_KERNEL_CACHE`, else `$XDG_CACHE_HOME/polylm/kernels`,
@@ -309,5 +401,29 @@ mod tests {
     fn arch_names() {
         assert_eq!(Arch::SM90A.to_string(), "sm_90a");
         assert_eq!(Arch::SM80.to_string(), "sm_80");
+    }
+
+    #[test]
+    fn arch_names_parse_back() {
+        for arch in [Arch::SM80, Arch::SM90, Arch::SM90A, Arch { major: 12, minor: 0, specific: false }] {
+            assert_eq!(arch.to_string().parse::<Arch>().unwrap(), arch);
+        }
+        assert_eq!("9.0".parse::<Arch>().unwrap(), Arch::SM90);
+        assert_eq!("compute_86".parse::<Arch>().unwrap(), Arch { major: 8, minor: 6, specific: false });
+        for bad in ["", "sm_", "sm_9", "hopper", "sm_9x", "sm_50", "a"] {
+            let err = bad.parse::<Arch>().unwrap_err().to_string();
+            assert!(err.contains("sm_90"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn hopper_files_load_only_on_hopper() {
+        let hopper = KernelSource { name: "h", code: "", needs_sm90a: true };
+        let portable = KernelSource { name: "p", code: "", needs_sm90a: false };
+        assert!(loads_on(&hopper, Arch::SM90) && !loads_on(&hopper, Arch::SM80));
+        assert!(loads_on(&portable, Arch::SM80) && loads_on(&portable, Arch::SM90));
+        assert_eq!(runtime_options(&hopper, Arch::SM90).arch, Arch::SM90A);
+        assert_eq!(runtime_options(&portable, Arch::SM90).arch, Arch::SM90);
+        assert!(!runtime_options(&portable, Arch::SM90).spills_are_errors);
     }
 }

@@ -9,7 +9,9 @@
 //! test prints that it skipped, unless `POLYLM_REQUIRE_NVRTC=1` (set by CI), which makes a
 //! missing NVRTC a failure.
 
-use polylm_kernels::cuda::nvrtc::{compile, nvrtc_available, nvrtc_version, Arch, CompileOptions};
+use polylm_kernels::cuda::nvrtc::{
+    compile, compiled_name, nvrtc_available, nvrtc_version, runtime_options, warm_cache, Arch, CompileOptions,
+};
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -140,4 +142,57 @@ extern "C" __global__ void __launch_bounds__(1024, 2) k(float* x, int n) {
     let message = result.as_ref().map(|c| c.log.clone()).unwrap_or_else(|e| e.to_string());
     assert!(result.is_err(), "a kernel that spills must fail the gate; log:\n{message}");
     assert!(message.contains("spill"), "{message}");
+}
+
+#[test]
+fn warming_the_cache_compiles_what_a_device_loads_once() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("warm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let portable = KernelSource {
+        name: "warm_portable",
+        code: "extern \"C\" __global__ void k(float* x, float v) { x[threadIdx.x] = v; }",
+        needs_sm90a: false,
+    };
+    let hopper = KernelSource {
+        name: "warm_hopper",
+        code: "extern \"C\" __global__ void k(float* x) { asm volatile(\"setmaxnreg.inc.sync.aligned.u32 240;\"); x[0] = 1.0f; }",
+        needs_sm90a: true,
+    };
+    let sources = [portable, hopper];
+
+    // Hopper loads both, the sm_90a file for sm_90a; each is compiled and stored once.
+    let first = warm_cache(&dir, Arch::SM90, &sources);
+    let summary: Vec<_> =
+        first.iter().map(|m| (m.source, m.arch, m.result.as_ref().map(|r| r.1).ok())).collect();
+    assert_eq!(
+        summary,
+        [("warm_portable", Arch::SM90, Some(false)), ("warm_hopper", Arch::SM90A, Some(false))],
+        "{first:?}"
+    );
+    for (source, module) in sources.iter().zip(&first) {
+        // Stored under the name a device of that architecture looks for.
+        let name = compiled_name(source, &runtime_options(source, Arch::SM90)).unwrap();
+        let stored = std::fs::read(dir.join(format!("{name}.cubin"))).unwrap();
+        assert_eq!(Some(stored.len()), module.result.as_ref().ok().map(|r| r.0));
+        assert!(!stored.is_empty());
+    }
+    let again = warm_cache(&dir, Arch::SM90, &sources);
+    assert!(again.iter().all(|m| matches!(m.result, Ok((_, true)))), "{again:?}");
+
+    // Ampere cannot load the sm_90a file: only the portable one, compiled for sm_80.
+    let ampere = warm_cache(&dir, Arch::SM80, &sources);
+    assert_eq!(ampere.len(), 1);
+    assert_eq!((ampere[0].source, ampere[0].arch), ("warm_portable", Arch::SM80));
+    assert!(matches!(ampere[0].result, Ok((_, false))), "{ampere:?}");
+
+    // A cache that cannot be written is an error, not a silent miss.
+    let blocked = dir.join("a-file");
+    std::fs::write(&blocked, b"not a folder").unwrap();
+    let failed = warm_cache(&blocked, Arch::SM90, &sources[..1]);
+    assert!(failed[0].result.is_err(), "{failed:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -76,6 +76,28 @@ enum Command {
                             polylm launch --nproc-per-node 8 --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 \
                             --master-port 29500 -- train --config run.toml")]
     Launch(LaunchArgs),
+    /// Compile the CUDA kernels ahead of time into the kernel cache (for a GPU architecture,
+    /// with NVRTC; needs no GPU), so that the first run on a fresh machine spends no time
+    /// compiling them.
+    #[command(after_help = "Examples:\n  polylm compile-kernels\n  \
+                            polylm compile-kernels --arch sm_90 --cache /shared/polylm-kernels\n  \
+                            POLYLM_KERNEL_CACHE=/shared/polylm-kernels polylm train --config run.toml")]
+    CompileKernels(CompileKernelsArgs),
+}
+
+#[derive(Args, Debug)]
+struct CompileKernelsArgs {
+    /// The GPU architecture (sm_80, sm_90; Hopper also gets its sm_90a kernels); default: that
+    /// of this machine's first GPU.
+    #[arg(long)]
+    arch: Option<String>,
+    /// The cache folder; default: the one runs use ($POLYLM_KERNEL_CACHE, else
+    /// ~/.cache/polylm/kernels).
+    #[arg(long)]
+    cache: Option<std::path::PathBuf>,
+    /// Only these kernel files (comma-separated stems such as layernorm,matmul_tc).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -328,6 +350,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval(a),
         Command::Generate(a) => generate(a),
         Command::Bench(a) => run_bench(a),
+        Command::CompileKernels(a) => compile_kernels(a),
         Command::BenchAllreduce(a) => run_bench_allreduce(a),
         Command::Launch(a) => {
             let opts = dist::launch::LaunchOptions {
@@ -572,6 +595,78 @@ fn run_bench(a: BenchArgs) -> Result<()> {
         print!("{}", bench::profile_table(rows, r.step_s));
     }
     Ok(())
+}
+
+fn compile_kernels(a: CompileKernelsArgs) -> Result<()> {
+    use polylm_kernels::cuda::{nvrtc, source, CudaDevice};
+    let sources: Vec<_> = source::all_sources()
+        .into_iter()
+        .filter(|s| a.only.is_empty() || a.only.iter().any(|o| o == s.name))
+        .collect();
+    if let Some(unknown) = a.only.iter().find(|o| !sources.iter().any(|s| s.name == o.as_str())) {
+        let names: Vec<_> = source::all_sources().iter().map(|s| s.name).collect();
+        return Err(TrainError::Usage(format!(
+            "--only: no kernel file `{unknown}` (there are {})",
+            names.join(", ")
+        )));
+    }
+    let arch = match &a.arch {
+        Some(text) => text.parse::<nvrtc::Arch>().map_err(|e| TrainError::Usage(format!("--arch: {e}")))?,
+        None if polylm_kernels::cuda::device_count() > 0 => CudaDevice::new(0)?.arch(),
+        None => {
+            return Err(TrainError::Usage(
+                "no GPU on this machine to take the architecture from: name it with --arch (sm_80, sm_90)"
+                    .into(),
+            ))
+        }
+    };
+    let Some(dir) = a.cache.or_else(nvrtc::cache_dir) else {
+        return Err(TrainError::Usage(
+            "the kernel cache is off (POLYLM_KERNEL_CACHE=off): name a folder with --cache".into(),
+        ));
+    };
+    let (major, minor) = nvrtc::nvrtc_version()?;
+    eprintln!(
+        "compiling {} kernel file(s) for {arch} with NVRTC {major}.{minor} into {}",
+        sources.len(),
+        dir.display()
+    );
+    let start = std::time::Instant::now();
+    let warmed = nvrtc::warm_cache(&dir, arch, &sources);
+    let mut first_error = None;
+    let (mut compiled, mut reused) = (0, 0);
+    for m in warmed {
+        match m.result {
+            Ok((bytes, was_cached)) => {
+                let how = if was_cached { "already cached" } else { "compiled" };
+                if was_cached {
+                    reused += 1;
+                } else {
+                    compiled += 1;
+                }
+                println!(
+                    "{:<24} {:<7} {how:<14} {:>6.1} s {:>8} KB",
+                    m.source,
+                    m.arch.to_string(),
+                    m.seconds,
+                    bytes / 1024
+                );
+            }
+            Err(e) => {
+                println!("{:<24} {:<7} FAILED", m.source, m.arch.to_string());
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    println!(
+        "{compiled} compiled, {reused} already cached, in {:.1} s; runs use them with POLYLM_KERNEL_CACHE={}",
+        start.elapsed().as_secs_f64(),
+        dir.display()
+    );
+    match first_error {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 fn run_bench_allreduce(a: AllReduceArgs) -> Result<()> {

@@ -47,6 +47,9 @@ pub enum TrainError {
     /// The tokenizer.
     #[error(transparent)]
     Tokenizer(#[from] polylm_tokenizer::TokenizerError),
+    /// The CUDA backend outside a run (compiling kernels ahead of time).
+    #[error(transparent)]
+    Cuda(#[from] polylm_kernels::cuda::CudaError),
     /// Data-parallel training: the rendezvous, a collective, the launcher.
     #[error(transparent)]
     Dist(#[from] crate::dist::DistError),

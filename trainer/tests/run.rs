@@ -301,6 +301,40 @@ fn bad_configs_and_checkpoints_give_clear_errors() {
 }
 
 #[test]
+fn compile_kernels_fills_a_cache_or_says_why() {
+    let o = polylm(&["compile-kernels", "--arch", "hopper", "--cache", "/nonexistent"]);
+    assert!(!o.status.success() && text(&o).contains("--arch") && text(&o).contains("sm_90"), "{}", text(&o));
+    let o = polylm(&["compile-kernels", "--arch", "sm_90", "--only", "flash"]);
+    assert!(
+        !o.status.success() && text(&o).contains("`flash`") && text(&o).contains("flash_attention"),
+        "{}",
+        text(&o)
+    );
+
+    let cache = scratch("kernel-cache");
+    let args =
+        ["compile-kernels", "--arch", "sm_90", "--only", "softmax", "--cache", cache.to_str().unwrap()];
+    let o = polylm(&args);
+    if !polylm_kernels::cuda::nvrtc::nvrtc_available() {
+        assert!(!o.status.success() && text(&o).contains("NVRTC"), "{}", text(&o));
+        return;
+    }
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("softmax") && text(&o).contains("1 compiled, 0 already cached"),
+        "{}",
+        text(&o)
+    );
+    let cubins = std::fs::read_dir(&cache).unwrap().filter_map(|e| e.ok()).filter(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        name.starts_with("softmax-sm_90-") && name.ends_with(".cubin")
+    });
+    assert_eq!(cubins.count(), 1);
+    let o = polylm(&args);
+    assert!(o.status.success() && text(&o).contains("0 compiled, 1 already cached"), "{}", text(&o));
+}
+
+#[test]
 fn sft_trains_on_responses_and_generate_uses_the_template() {
     let dir = scratch("sft");
     let base = dir.join("base");
