@@ -12,7 +12,11 @@ mod common;
 
 use common::gpu::{device, poisoned, random_on, read};
 
+use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use common::assert_close;
 use half::{bf16, f16};
@@ -32,8 +36,10 @@ use polylm_kernels::cuda::layernorm::{
     layernorm_backward_with, layernorm_forward_with, LayerNormGrads, LayerNormKernel, ResidualAdd,
 };
 use polylm_kernels::cuda::matmul::{gemm, GemmDims, MatView};
+use polylm_kernels::cuda::nvrtc::{compile, nvrtc_available, Arch, CompileOptions};
 use polylm_kernels::cuda::optim::{adamw_step, global_norm, AdamWStep, AdamWTensor};
 use polylm_kernels::cuda::softmax::{softmax_backward, softmax_forward};
+use polylm_kernels::cuda::source::KernelSource;
 use polylm_kernels::cuda::{CudaDevice, CudaError, DeviceBuf, FloatElem};
 
 /// A storage type under test with its tolerances (relative, and absolute as a fraction of
@@ -938,4 +944,98 @@ fn wrong_sizes_are_errors() {
     let mut y = dev.alloc::<f32>(10).expect("alloc");
     let err = softmax_forward(&x, 3, &mut y).unwrap_err();
     assert!(err.to_string().contains("not whole rows of 3"), "{err}");
+}
+
+/// An mbarrier that expects two arrivals and gets one, so that its wait can never complete: the
+/// probe of the waits' timeout (`POLYLM_MBAR_TIMEOUT_NS` in `kernels/cuda/common.cuh`).
+const NEVER_COMPLETES: KernelSource = KernelSource {
+    name: "never_completes",
+    code: r#"
+extern "C" __global__ void never_completes(float* out) {
+#if __CUDA_ARCH__ >= 900
+    __shared__ __align__(8) u64 bar;
+    if (threadIdx.x == 0) {
+        mbar_init(smem_u32(&bar), 2);
+        mbar_fence_init();
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) mbar_arrive(smem_u32(&bar));
+    mbar_wait(smem_u32(&bar), 0);
+#endif
+    out[threadIdx.x] = 1.0f;
+}
+"#,
+    needs_sm90a: false,
+};
+
+#[test]
+fn the_timeout_probe_compiles() {
+    // Runs wherever NVRTC is (CI included), so that the GPU test below never meets a probe
+    // that does not compile.
+    if !nvrtc_available() {
+        eprintln!("skipped the_timeout_probe_compiles: no NVRTC");
+        return;
+    }
+    let compiled = compile(&NEVER_COMPLETES, &CompileOptions { arch: Arch::SM90, spills_are_errors: true })
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!compiled.cubin.is_empty());
+}
+
+#[test]
+fn an_mbarrier_wait_that_never_completes_traps_instead_of_hanging() {
+    const NAME: &str = "an_mbarrier_wait_that_never_completes_traps_instead_of_hanging";
+    const CHILD: &str = "POLYLM_TIMEOUT_PROBE_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        // The child process (the trap spoils its CUDA context): launch, synchronise, report.
+        let dev = CudaDevice::new(0).expect("GPU");
+        let out = dev.alloc::<f32>(32).expect("alloc");
+        let f = dev.function(&NEVER_COMPLETES, "never_completes").expect("compile the probe");
+        let p = out.ptr();
+        let mut args = dev.launcher(&f).expect("launcher");
+        args.arg(&p);
+        let start = Instant::now();
+        let config = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: each of the 32 threads writes its own element of `out`, which has 32.
+        unsafe { args.launch(config) }.expect("launch");
+        let result = dev.synchronize();
+        println!(
+            "probe: {:?} after {:.2} s",
+            result.err().map(|e| e.to_string()),
+            start.elapsed().as_secs_f64()
+        );
+        return;
+    }
+    let Some(dev) = device(NAME) else { return };
+    if dev.arch().major < 9 {
+        eprintln!("skipped {NAME}: mbarrier waits have a timeout on sm_90 and later");
+        return;
+    }
+    let exe = std::env::current_exe().expect("this test binary");
+    let mut child = Command::new(exe)
+        .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the probe");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait for the probe").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the probe still hangs after 60 s: the mbarrier wait's timeout did not fire");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = child.wait_with_output().expect("the probe's output");
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let line =
+        text.lines().find(|l| l.starts_with("probe: ")).unwrap_or_else(|| panic!("no report:\n{text}"));
+    // The synchronisation reports the trap as an error, after the 4 s timeout and well before
+    // a minute.
+    assert!(line.starts_with("probe: Some("), "the wait completed or was not reported: {line}");
+    let seconds: f64 =
+        line.rsplit(" after ").next().and_then(|s| s.trim_end_matches(" s").parse().ok()).expect(line);
+    assert!((3.9..30.0).contains(&seconds), "trapped after {seconds} s, expected about 4: {line}");
+    println!("{line}");
 }

@@ -375,16 +375,56 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(u32 bar, u32 bytes) {
 __device__ __forceinline__ void mbar_arrive(u32 bar) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
-/// Waits until the phase of parity `parity` has completed.
-__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+/// How long an mbarrier wait polls before it gives up: 4 s (the low 32 bits of the nanosecond
+/// clock, one register, wrap every 4.29 s). No wait of a working kernel comes near it; a kernel
+/// that would otherwise hang forever (a transaction count never met, a parity mixed up, a
+/// producer gone) traps instead, which the host sees as a launch failure at its next
+/// synchronisation, and the GPU is free again.
+#define POLYLM_MBAR_TIMEOUT_NS 4000000000u
+
+__device__ __forceinline__ u32 global_timer_lo_ns() {
+    u32 t;
+    asm volatile("mov.u32 %0, %%globaltimer_lo;\n" : "=r"(t));
+    return t;
+}
+/// One poll of mbarrier `bar` for the completion of the phase of parity `parity`; with
+/// `CLUSTER`, with cluster-scope acquire (for data other blocks of the cluster sent).
+template <bool CLUSTER>
+__device__ __forceinline__ u32 mbar_try_wait(u32 bar, u32 parity) {
     u32 done;
-    do {
+    if (CLUSTER) {
+        asm volatile(
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, "
+            "p;\n}\n"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+    } else {
         asm volatile(
             "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
             : "=r"(done)
             : "r"(bar), "r"(parity)
             : "memory");
-    } while (!done);
+    }
+    return done;
+}
+/// Polls until the phase completes; with `TIMEOUT`, traps after `POLYLM_MBAR_TIMEOUT_NS` (the
+/// clock is read only once the first poll has failed).
+template <bool CLUSTER, bool TIMEOUT>
+__device__ __forceinline__ void mbar_wait_until_done(u32 bar, u32 parity) {
+    if (mbar_try_wait<CLUSTER>(bar, parity)) return;
+    const u32 start = TIMEOUT ? global_timer_lo_ns() : 0u;
+    while (!mbar_try_wait<CLUSTER>(bar, parity)) {
+        if (TIMEOUT && global_timer_lo_ns() - start > POLYLM_MBAR_TIMEOUT_NS) __trap();
+    }
+}
+/// Waits until the phase of parity `parity` has completed (traps after the timeout).
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) { mbar_wait_until_done<false, true>(bar, parity); }
+/// `mbar_wait` without the timeout, for paths where the trap's code costs registers they do not
+/// have (the trap makes ptxas spill in flash_attention_hopper's consumer warpgroups); a hang
+/// there is still ended by the timeout of the producer's waits in most cases (see docs/cuda.md).
+__device__ __forceinline__ void mbar_wait_no_timeout(u32 bar, u32 parity) {
+    mbar_wait_until_done<false, false>(bar, parity);
 }
 
 /// Bulk copy (TMA, one dimension) of `bytes` (a multiple of 16; both addresses 16-byte aligned)
@@ -425,15 +465,7 @@ __device__ __forceinline__ void cluster_send2(u32 addr, u32 bar, u32 rank, float
 /// `mbar_wait` with cluster-scope acquire: for data other blocks of the cluster sent with
 /// `cluster_send2`.
 __device__ __forceinline__ void mbar_wait_cluster(u32 bar, u32 parity) {
-    u32 done;
-    do {
-        asm volatile(
-            "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, "
-            "p;\n}\n"
-            : "=r"(done)
-            : "r"(bar), "r"(parity)
-            : "memory");
-    } while (!done);
+    mbar_wait_until_done<true, true>(bar, parity);
 }
 
 #endif  // __CUDA_ARCH__ >= 900
