@@ -982,11 +982,11 @@ fn the_timeout_probe_compiles() {
 }
 
 #[test]
-fn an_mbarrier_wait_that_never_completes_traps_instead_of_hanging() {
-    const NAME: &str = "an_mbarrier_wait_that_never_completes_traps_instead_of_hanging";
+fn an_mbarrier_wait_that_never_completes_fails_instead_of_hanging() {
+    const NAME: &str = "an_mbarrier_wait_that_never_completes_fails_instead_of_hanging";
     const CHILD: &str = "POLYLM_TIMEOUT_PROBE_CHILD";
     if std::env::var_os(CHILD).is_some() {
-        // The child process (the trap spoils its CUDA context): launch, synchronise, report.
+        // The child process (the fault spoils its CUDA context): launch, synchronise, report.
         let dev = CudaDevice::new(0).expect("GPU");
         let out = dev.alloc::<f32>(32).expect("alloc");
         let f = dev.function(&NEVER_COMPLETES, "never_completes").expect("compile the probe");
@@ -1031,11 +1031,11 @@ fn an_mbarrier_wait_that_never_completes_traps_instead_of_hanging() {
         format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     let line =
         text.lines().find(|l| l.starts_with("probe: ")).unwrap_or_else(|| panic!("no report:\n{text}"));
-    // The synchronisation reports the trap as an error, after the 4 s timeout and well before
+    // The synchronisation reports the fault as an error, after the 4 s timeout and well before
     // a minute.
     assert!(line.starts_with("probe: Some("), "the wait completed or was not reported: {line}");
     let seconds: f64 =
         line.rsplit(" after ").next().and_then(|s| s.trim_end_matches(" s").parse().ok()).expect(line);
-    assert!((3.9..30.0).contains(&seconds), "trapped after {seconds} s, expected about 4: {line}");
+    assert!((3.9..30.0).contains(&seconds), "failed after {seconds} s, expected about 4: {line}");
     println!("{line}");
 }

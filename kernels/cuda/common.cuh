@@ -378,10 +378,17 @@ __device__ __forceinline__ void mbar_arrive(u32 bar) {
 /// How long an mbarrier wait polls before it gives up: 4 s (the low 32 bits of the nanosecond
 /// clock, one register, wrap every 4.29 s). No wait of a working kernel comes near it; a kernel
 /// that would otherwise hang forever (a transaction count never met, a parity mixed up, a
-/// producer gone) traps instead, which the host sees as a launch failure at its next
+/// producer gone) faults instead (`fault_kernel`), which the host sees at its next
 /// synchronisation, and the GPU is free again.
 #define POLYLM_MBAR_TIMEOUT_NS 4000000000u
 
+/// Ends the whole kernel with an error: a store to address 0, which is never mapped, so the
+/// host's next synchronisation reports an illegal address. (`trap` would end it too, but makes
+/// ptxas spill in flash_attention_hopper's register-tight consumer warpgroups; the store
+/// costs nothing until it runs.)
+__device__ __forceinline__ void fault_kernel() {
+    asm volatile("st.global.u32 [%0], %1;\n" ::"l"(0ull), "r"(0u) : "memory");
+}
 __device__ __forceinline__ u32 global_timer_lo_ns() {
     u32 t;
     asm volatile("mov.u32 %0, %%globaltimer_lo;\n" : "=r"(t));
@@ -408,24 +415,18 @@ __device__ __forceinline__ u32 mbar_try_wait(u32 bar, u32 parity) {
     }
     return done;
 }
-/// Polls until the phase completes; with `TIMEOUT`, traps after `POLYLM_MBAR_TIMEOUT_NS` (the
-/// clock is read only once the first poll has failed).
-template <bool CLUSTER, bool TIMEOUT>
+/// Polls until the phase completes; faults after `POLYLM_MBAR_TIMEOUT_NS` (the clock is read
+/// only once the first poll has failed).
+template <bool CLUSTER>
 __device__ __forceinline__ void mbar_wait_until_done(u32 bar, u32 parity) {
     if (mbar_try_wait<CLUSTER>(bar, parity)) return;
-    const u32 start = TIMEOUT ? global_timer_lo_ns() : 0u;
+    const u32 start = global_timer_lo_ns();
     while (!mbar_try_wait<CLUSTER>(bar, parity)) {
-        if (TIMEOUT && global_timer_lo_ns() - start > POLYLM_MBAR_TIMEOUT_NS) __trap();
+        if (global_timer_lo_ns() - start > POLYLM_MBAR_TIMEOUT_NS) fault_kernel();
     }
 }
-/// Waits until the phase of parity `parity` has completed (traps after the timeout).
-__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) { mbar_wait_until_done<false, true>(bar, parity); }
-/// `mbar_wait` without the timeout, for paths where the trap's code costs registers they do not
-/// have (the trap makes ptxas spill in flash_attention_hopper's consumer warpgroups); a hang
-/// there is still ended by the timeout of the producer's waits in most cases (see docs/cuda.md).
-__device__ __forceinline__ void mbar_wait_no_timeout(u32 bar, u32 parity) {
-    mbar_wait_until_done<false, false>(bar, parity);
-}
+/// Waits until the phase of parity `parity` has completed (faults after the timeout).
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) { mbar_wait_until_done<false>(bar, parity); }
 
 /// Bulk copy (TMA, one dimension) of `bytes` (a multiple of 16; both addresses 16-byte aligned)
 /// from global `src` to this block's shared memory at `dst`, completing its bytes of the
@@ -465,7 +466,7 @@ __device__ __forceinline__ void cluster_send2(u32 addr, u32 bar, u32 rank, float
 /// `mbar_wait` with cluster-scope acquire: for data other blocks of the cluster sent with
 /// `cluster_send2`.
 __device__ __forceinline__ void mbar_wait_cluster(u32 bar, u32 parity) {
-    mbar_wait_until_done<true, true>(bar, parity);
+    mbar_wait_until_done<true>(bar, parity);
 }
 
 #endif  // __CUDA_ARCH__ >= 900

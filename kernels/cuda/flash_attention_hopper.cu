@@ -301,8 +301,8 @@ __device__ __forceinline__ void flash_fwd_hopper(FlashDims a, const FhTensorMap*
     };
 
     // Tile 0 (every tile wait is unconditional, so ptxas can prove which wgmma is in flight).
-    mbar_wait_no_timeout(q_full, 0);
-    mbar_wait_no_timeout(k_full, 0);
+    mbar_wait(q_full, 0);
+    mbar_wait(k_full, 0);
     fence_all();
     issue_qk(0);
     wgmma_wait<0>();
@@ -311,8 +311,8 @@ __device__ __forceinline__ void flash_fwd_hopper(FlashDims a, const FhTensorMap*
     fh_pack_p<T>(s, p);
     for (int j = 1; j < n_tiles; j++) {
         const int st = j & 1, pst = st ^ 1;
-        mbar_wait_no_timeout(k_full + 8 * st, (u32)(j >> 1) & 1u);
-        mbar_wait_no_timeout(v_full + 8 * pst, (u32)((j - 1) >> 1) & 1u);
+        mbar_wait(k_full + 8 * st, (u32)(j >> 1) & 1u);
+        mbar_wait(v_full + 8 * pst, (u32)((j - 1) >> 1) & 1u);
         fence_all();
         issue_qk(st);   // S_j ...
         issue_pv(pst);  // ... and O += P_{j-1}·V_{j-1}, in flight during this tile's softmax
@@ -329,7 +329,7 @@ __device__ __forceinline__ void flash_fwd_hopper(FlashDims a, const FhTensorMap*
     }
     {
         const int st = (n_tiles - 1) & 1;
-        mbar_wait_no_timeout(v_full + 8 * st, (u32)((n_tiles - 1) >> 1) & 1u);
+        mbar_wait(v_full + 8 * st, (u32)((n_tiles - 1) >> 1) & 1u);
         fence_all();
         issue_pv(st);
         wgmma_wait<0>();
@@ -523,12 +523,12 @@ __device__ __forceinline__ void flash_bwd_hopper(FlashDims a, const FhTensorMap*
     float dka[D / 2], dva[D / 2];
 #pragma unroll
     for (int i = 0; i < D / 2; i++) dka[i] = dva[i] = 0.0f;
-    mbar_wait_no_timeout(kv_full, 0);
+    mbar_wait(kv_full, 0);
 
     for (int i = qt_begin; i < qt_end; i++) {
         const int n = i - qt_begin, st = n & 1;
         const int q0 = i * FHB_BM;
-        mbar_wait_no_timeout(q_full + 8 * st, (u32)(n >> 1) & 1u);
+        mbar_wait(q_full + 8 * st, (u32)(n >> 1) & 1u);
         const u32 sq_s = sq + st * Q_BYTES, sdo_s = sdo + st * Q_BYTES;
 
         // Once every warp's dQ product of the previous tile (which read the dSᵀ rows) is done.

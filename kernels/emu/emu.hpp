@@ -333,8 +333,6 @@ inline void mbar_wait(uint32_t bar, uint32_t parity) {
     if (!done) emu::fail("mbarrier wait timed out (deadlock)");
 }
 inline void mbar_wait_cluster(uint32_t bar, uint32_t parity) { mbar_wait(bar, parity); }
-// The device's timeout (a trap after 4 s) is the emulation's deadlock check above, for both.
-inline void mbar_wait_no_timeout(uint32_t bar, uint32_t parity) { mbar_wait(bar, parity); }
 
 inline void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
     if (bytes % 16 != 0 || (reinterpret_cast<uintptr_t>(src) & 15) != 0 || dst % 16 != 0)

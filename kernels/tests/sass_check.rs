@@ -127,12 +127,12 @@ fn kernel_body<'a>(
 }
 
 /// The checks every Hopper kernel shares: TMA loads (`tma`, such as `UTMALDG.3D`), mbarrier
-/// operations, the setmaxnreg pair, the trap of the mbarrier waits' timeout (a wait that never
-/// completes ends the kernel instead of hanging the GPU), and no local-memory traffic.
+/// operations, the setmaxnreg pair, the clock reads of the mbarrier waits' timeout (a wait that
+/// never completes ends the kernel instead of hanging the GPU), and no local-memory traffic.
 fn check_pipeline(name: &str, body: &str, tma: &str, failures: &mut Vec<String>) {
     let count = |needle: &str| body.matches(needle).count();
-    if count("BPT.TRAP") == 0 {
-        failures.push(format!("{name}: no BPT.TRAP (the mbarrier wait timeout)"));
+    if count("SR_GLOBALTIMERLO") == 0 {
+        failures.push(format!("{name}: no SR_GLOBALTIMERLO read (the mbarrier waits' timeout)"));
     }
     if count(tma) == 0 {
         failures.push(format!("{name}: no {tma} (TMA load)"));
