@@ -23,10 +23,11 @@ cd "$(dirname "$0")/.."
 build() {
     rm -rf gpu-bin && mkdir -p gpu-bin
     local json=gpu-bin/cargo-messages.json
-    cargo test --release --locked --no-run --message-format=json \
-        -p polylm-suite --test cuda_kernels --test cuda_engine --test cuda_optim --test cuda_matmul_tc \
-        --test cuda_flash_attention -p polylm-kernels --test nvrtc_gate -p polylm-trainer --test nccl >"$json"
-    cargo bench --locked --no-run --message-format=json --bench cuda_kernels --bench gpu_model \
+    # --workspace everywhere: one feature set, so no dependency is built twice.
+    cargo test --release --workspace --locked --no-run --message-format=json \
+        --test cuda_kernels --test cuda_engine --test cuda_optim --test cuda_matmul_tc \
+        --test cuda_flash_attention --test nvrtc_gate --test nccl >"$json"
+    cargo bench --workspace --locked --no-run --message-format=json --bench cuda_kernels --bench gpu_model \
         --bench cuda_matmul --bench cuda_attention >>"$json"
     python3 - "$json" <<'PY'
 import json, shutil, subprocess, sys
@@ -51,7 +52,7 @@ for line in open(sys.argv[1]):
     print("built", dst)
 PY
     rm -f "$json"
-    cargo build --release --locked -p polylm-trainer
+    cargo build --release --workspace --locked --bin polylm
     cp target/release/polylm gpu-bin/polylm && strip --strip-debug gpu-bin/polylm
     # Every kernel module an H100/H200 loads, compiled here (matmul_wgmma alone takes NVRTC a
     # minute and a half): the device reuses them when its NVRTC has the same version (13.0).
@@ -119,7 +120,11 @@ run_bench() {
     local t0=$SECONDS
     echo >>"$out/results.md"
     if POLYLM_BENCH_OUT="$out/$name.md" timeout "$(limit_for "$limit")" "gpu-bin/$bin" >"$out/$name.log" 2>&1; then
-        cat "$out/$name.md" >>"$out/results.md"
+        if [ -f "$out/$name.md" ]; then
+            cat "$out/$name.md" >>"$out/results.md"
+        else
+            echo "$title wrote no table: $(tail -2 "$out/$name.log")" >>"$out/results.md"
+        fi
         echo "($title: $((SECONDS - t0)) s)" >>"$out/results.md"
     else
         echo "$title FAILED: $(tail -3 "$out/$name.log")" >>"$out/results.md"

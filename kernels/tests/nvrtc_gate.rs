@@ -149,8 +149,7 @@ fn warming_the_cache_compiles_what_a_device_loads_once() {
     if !nvrtc_or_skip() {
         return;
     }
-    let dir =
-        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("warm-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("polylm-warm-cache-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let portable = KernelSource {
         name: "warm_portable",
