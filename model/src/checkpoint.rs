@@ -95,6 +95,13 @@ pub fn load_weights(config: &ModelConfig, file: &MappedFile, dtype: DType) -> Re
         });
     }
     config.validate()?;
+    // Checked before the list of expected tensors is built: a damaged config with an absurd layer
+    // count must be an error, not an attempt to allocate a name for every one of its layers. (Extra
+    // blocks in the file are reported below as unexpected tensors.)
+    let file_layers = layers_in(file);
+    if file_layers < config.layers {
+        return Err(ModelError::LayerCount { config: config.layers, file: file_layers });
+    }
     let specs = param_specs(config);
     let mut used = BTreeSet::new();
     let mut tensors = Vec::with_capacity(specs.len());
@@ -133,6 +140,18 @@ pub fn load_weights(config: &ModelConfig, file: &MappedFile, dtype: DType) -> Re
         return Err(ModelError::UnexpectedTensor { name: name.to_string() });
     }
     Gpt::from_params(config.clone(), Params::from_ordered(tensors, config.layers))
+}
+
+/// Transformer blocks in `file`: one more than the highest `h.N` index among its tensor names.
+fn layers_in(file: &MappedFile) -> usize {
+    file.names()
+        .filter_map(|name| {
+            let rest = name.strip_prefix("transformer.").unwrap_or(name).strip_prefix("h.")?;
+            rest.split_once('.')?.0.parse::<usize>().ok()
+        })
+        .map(|i| i.saturating_add(1))
+        .max()
+        .unwrap_or(0)
 }
 
 /// An `lm_head.weight` is accepted only when it equals the token embedding.

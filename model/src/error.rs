@@ -81,6 +81,14 @@ pub enum ModelError {
         /// The tensor's name.
         name: String,
     },
+    /// A config whose layer count disagrees with the blocks the weights file holds.
+    #[error("the config has {config} layers but the weights file holds blocks for {file}")]
+    LayerCount {
+        /// Layers in the config.
+        config: usize,
+        /// Layers in the weights file (one more than the highest `h.N` index).
+        file: usize,
+    },
     /// A tensor in the checkpoint that the model does not have.
     #[error("checkpoint has unexpected tensor {name}")]
     UnexpectedTensor {

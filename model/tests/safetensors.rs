@@ -142,6 +142,17 @@ fn bad_checkpoints_name_the_tensor() {
     });
     assert!(matches!(load(), Err(ModelError::UntiedHead)));
 
+    // A config.json whose layer count the weights do not hold: an error naming both counts,
+    // found before anything the size of that count is allocated (10^12 layers here).
+    write_edited(&dir, &m, |t| t.retain(|x| !x.name.starts_with("transformer.h.1.")));
+    assert!(matches!(load(), Err(ModelError::LayerCount { config: 2, file: 1 })));
+    write_edited(&dir, &m, |_| {});
+    let config_path = dir.join("config.json");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    assert!(config.contains("\"n_layer\": 2"), "{config}");
+    std::fs::write(&config_path, config.replace("\"n_layer\": 2", "\"n_layer\": 1000000000000")).unwrap();
+    assert!(matches!(load(), Err(ModelError::LayerCount { config: 1_000_000_000_000, file: 2 })));
+
     // Truncated and corrupt files.
     write_edited(&dir, &m, |_| {});
     let path = dir.join("model.safetensors");

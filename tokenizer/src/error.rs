@@ -63,6 +63,15 @@ pub enum TokenizerError {
         /// The vocabulary size.
         vocab_size: usize,
     },
+    /// `decode` was given an id inside the vocabulary's range that names no token (a
+    /// `tokenizer.json` whose ids have gaps).
+    #[error("token id {id} names no token (the vocabulary's ids have gaps; size {vocab_size})")]
+    IdUnassigned {
+        /// The offending id.
+        id: u32,
+        /// The vocabulary size (one more than the largest id).
+        vocab_size: usize,
+    },
     /// An I/O error on a named path.
     #[error("I/O error on {path}: {source}")]
     Io {

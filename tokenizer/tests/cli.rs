@@ -159,25 +159,66 @@ fn errors_exit_with_code_1() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("bad.json"), "{}", stderr(&o));
 
+    // Files that are neither of the formats say which format they were taken for and why.
+    let cases: [(&str, &[u8], &str); 4] = [
+        (
+            "format.json",
+            b"{\"format\": \"polylm-bpe-v9\", \"version\": 1}",
+            "unknown tokenizer format \"polylm-bpe-v9\"",
+        ),
+        ("empty.json", b"", "is empty"),
+        ("text.json", b"vocab = [1, 2]\n", "not JSON, and not a SentencePiece model either"),
+        (
+            "noise.model",
+            &[0x0f, 0xff, 0x13, 0x07, 0x99, 0x01],
+            "not JSON, and not a SentencePiece model either",
+        ),
+    ];
+    for (file, bytes, want) in cases {
+        let path = dir.0.join(file);
+        std::fs::write(&path, bytes).unwrap();
+        let o = run(&["encode", "--model", path.to_str().unwrap(), "--text", "hi"]);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(stderr(&o).contains(file) && stderr(&o).contains(want), "{file}: {}", stderr(&o));
+    }
+
+    // A tokenizer.json whose ids have a gap: decoding the missing id says so.
+    let gappy = dir.0.join("gappy.json");
+    std::fs::write(&gappy, r#"{"model": {"type": "BPE", "vocab": {"a": 0, "b": 2}, "merges": []}}"#).unwrap();
+    let o = run(&["decode", "--model", gappy.to_str().unwrap(), "--ids", "0 1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("token id 1 names no token"), "{}", stderr(&o));
+    let o = run(&["decode", "--model", gappy.to_str().unwrap(), "--ids", "3"]);
+    assert!(stderr(&o).contains("token id 3 is out of range (vocab size 3)"), "{}", stderr(&o));
+
     // Invalid UTF-8 in a corpus file names the file and the line.
     let corpus = dir.0.join("corpus");
     std::fs::create_dir_all(&corpus).unwrap();
     std::fs::write(corpus.join("xx.jsonl"), b"{\"text\": \"ok\"}\n\xff\xfe\n").unwrap();
     let out = dir.0.join("m.json");
-    let o = run(&[
-        "train",
-        "--corpus",
-        corpus.to_str().unwrap(),
-        "--vocab-size",
-        "300",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let train_to = |out: &Path| {
+        let args = [
+            "train",
+            "--corpus",
+            corpus.to_str().unwrap(),
+            "--vocab-size",
+            "300",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        run(&args)
+    };
+    let o = train_to(&out);
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert!(err.contains("xx.jsonl") && err.contains("line 2"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     assert!(!out.exists());
+
+    // An output path that is a folder is refused before any training.
+    let o = train_to(&dir.0);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("it is a folder"), "{}", stderr(&o));
 }
 
 #[test]

@@ -113,6 +113,7 @@ pub fn flops_per_token(config: &ModelConfig, seq: usize) -> f64 {
 
 /// Runs the benchmark: random tokens, one warm-up step, then `steps` timed steps.
 pub fn run(opts: BenchOptions) -> Result<BenchReport> {
+    crate::setup::check_model_fits(&opts.config, opts.dtype, opts.device)?;
     let mut model = Gpt::new(opts.config.clone(), DType::F32, 7)?;
     model.params_mut().to_device(opts.device)?;
     let decays = crate::train::weight_decays(&model, 0.1);

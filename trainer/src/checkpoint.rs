@@ -67,8 +67,9 @@ fn step_of(name: &str) -> Option<u64> {
     name.strip_prefix("step-").and_then(|n| n.parse().ok())
 }
 
-/// Complete checkpoints under `root`, oldest first.
-pub fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
+/// Every `step-<N>` folder under `root`, oldest first, with whether it is complete (holds the
+/// trainer state, the file a save writes last).
+fn scan(root: &Path) -> Result<Vec<(u64, PathBuf, bool)>> {
     if !root.exists() {
         return Ok(Vec::new());
     }
@@ -77,18 +78,48 @@ pub fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
         let entry = entry.map_err(io_err(root))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if let Some(step) = step_of(&name) {
-            if entry.path().join(STATE_FILE).is_file() {
-                found.push((step, entry.path()));
-            }
+            let complete = entry.path().join(STATE_FILE).is_file();
+            found.push((step, entry.path(), complete));
         }
     }
     found.sort();
     Ok(found)
 }
 
+/// Complete checkpoints under `root`, oldest first.
+pub fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    Ok(scan(root)?.into_iter().filter(|(_, _, complete)| *complete).map(|(s, p, _)| (s, p)).collect())
+}
+
 /// The newest complete checkpoint under `root`, if any.
 pub fn latest(root: &Path) -> Result<Option<PathBuf>> {
     Ok(list(root)?.pop().map(|(_, p)| p))
+}
+
+/// The checkpoint a run resumes from: the newest under `root`, if any. A newest `step-*`
+/// folder without the trainer state is an error, not a reason to quietly resume from an older
+/// checkpoint or start over: saves are atomic, so such a folder was damaged or copied in by
+/// hand, and the user has to say what to do with it.
+pub fn resume_point(root: &Path) -> Result<Option<PathBuf>> {
+    let all = scan(root)?;
+    match all.last() {
+        Some((_, newest, false)) => {
+            let fallback = match all.iter().rev().find(|(_, _, complete)| *complete) {
+                Some((_, dir, _)) => format!("resume from {}", dir.display()),
+                None => "start over".to_string(),
+            };
+            Err(TrainError::Checkpoint {
+                path: newest.clone(),
+                reason: format!(
+                    "incomplete: no {STATE_FILE} (a save writes it last and renames the folder \
+                     into place, so this one was damaged or copied in by hand); move it away to \
+                     {fallback}, or use another run.out_dir"
+                ),
+            })
+        }
+        Some((_, newest, true)) => Ok(Some(newest.clone())),
+        None => Ok(None),
+    }
 }
 
 /// The checkpoint folder `path` names: `path` itself when it holds a model, else the newest
@@ -97,15 +128,23 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     if path.join(polylm_model::checkpoint::CONFIG_FILE).is_file() {
         return Ok(path.to_path_buf());
     }
+    let mut incomplete = None;
     for root in [path.join("checkpoints"), path.to_path_buf()] {
         if let Some(dir) = latest(&root)? {
             return Ok(dir);
         }
+        incomplete =
+            incomplete.or_else(|| scan(&root).ok().and_then(|all| all.last().map(|(_, p, _)| p.clone())));
     }
-    Err(TrainError::Checkpoint {
-        path: path.to_path_buf(),
-        reason: "holds no model (config.json) and no step-* checkpoint folders".into(),
-    })
+    let reason = match incomplete {
+        Some(dir) => format!(
+            "holds no complete checkpoint: {} has no {STATE_FILE} (give that folder itself to use \
+             its weights)",
+            dir.display()
+        ),
+        None => "holds no model (config.json) and no step-* checkpoint folders".into(),
+    };
+    Err(TrainError::Checkpoint { path: path.to_path_buf(), reason })
 }
 
 /// Removes the hidden folders that interrupted saves left under `root`.
@@ -272,7 +311,10 @@ pub fn load(dir: &Path, device: Device, weight_decay: &[f64], hyper: AdamWHyper)
                     p.shape()
                 )));
             }
-            parts.push(Tensor::from_vec(view.to_f32()?, p.shape())?);
+            let values = view.to_f32()?;
+            check_optimizer_values(&key, suffix, &values)
+                .map_err(|r| bad(format!("{OPTIMIZER_FILE}: {r}")))?;
+            parts.push(Tensor::from_vec(values, p.shape())?);
         }
         let [master, m, v]: [Tensor; 3] = parts.try_into().expect("three parts were pushed");
         state_tensors.push([master, m, v]);
@@ -281,4 +323,19 @@ pub fn load(dir: &Path, device: Device, weight_decay: &[f64], hyper: AdamWHyper)
     let optimizer = AdamW::from_state(&params, weight_decay, hyper, steps, state_tensors)?;
     drop(named);
     Ok(Loaded { model, optimizer, state })
+}
+
+/// Master weights and moments that no AdamW run can produce (a non-finite value anywhere, a
+/// negative second moment) mean a damaged file: resuming from it would turn the weights into
+/// NaN at the first step and save them so.
+fn check_optimizer_values(key: &str, suffix: &str, values: &[f32]) -> std::result::Result<(), String> {
+    let bad = values.iter().position(|&x| !x.is_finite() || (suffix == "v" && x < 0.0));
+    match bad {
+        None => Ok(()),
+        Some(i) => Err(format!(
+            "{key}[{i}] = {}: {}",
+            values[i],
+            if suffix == "v" { "second moments are finite and non-negative" } else { "not finite" }
+        )),
+    }
 }

@@ -43,6 +43,12 @@ pub enum ChoiceError {
         /// The number of choices.
         choices: usize,
     },
+    /// A file that holds no items (an accuracy over nothing would read as 0).
+    #[error("{}: holds no items (one JSON object per line: {{\"prompt\", \"choices\", \"gold\"}})", path.display())]
+    NoItems {
+        /// The file.
+        path: PathBuf,
+    },
     /// An item that cannot be scored (no choices, gold out of range, an empty choice, ...).
     #[error("item {item}: {reason}")]
     BadItem {
@@ -116,6 +122,9 @@ pub fn parse_choices(bytes: &[u8], path: &Path) -> Result<Vec<ChoiceItem>, Choic
             });
         }
         out.push(ChoiceItem { prompt, choices, gold: gold as usize });
+    }
+    if out.is_empty() {
+        return Err(ChoiceError::NoItems { path: path.to_path_buf() });
     }
     Ok(out)
 }

@@ -419,6 +419,15 @@ fn open_checkpoint(
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
+    for (flag, value) in [
+        ("--seq", a.seq.unwrap_or(1) as u64),
+        ("--batch", a.batch as u64),
+        ("--max-tokens-per-lang", a.max_tokens_per_lang),
+    ] {
+        if value == 0 {
+            return Err(TrainError::Usage(format!("{flag} must be at least 1")));
+        }
+    }
     let (model, tokenizer) = open_checkpoint(&a.checkpoint, a.tokenizer.as_deref(), &a.device)?;
     let mut report = serde_json::Map::new();
     let mut did_something = false;
@@ -426,7 +435,13 @@ fn eval(a: EvalArgs) -> Result<()> {
         did_something = true;
         let dataset = Dataset::open(dir)?;
         dataset.check_tokenizer(&tokenizer)?;
-        let seq = a.seq.unwrap_or(model.config().context).min(model.config().context);
+        let context = model.config().context;
+        let seq = a.seq.unwrap_or(context);
+        if seq > context {
+            return Err(TrainError::Usage(format!(
+                "--seq {seq} exceeds the model's context of {context} tokens"
+            )));
+        }
         let evals = data::validate(&model, &dataset, "valid", seq, a.batch, a.max_tokens_per_lang)?;
         println!("lang   tokens      bytes    loss  bits/byte");
         for e in &evals {
@@ -517,11 +532,14 @@ fn run_bench(a: BenchArgs) -> Result<()> {
     let device = setup::resolve_device(&a.device)?;
     let dtype = setup::resolve_dtype(&a.dtype, device)?;
     let seq = a.seq.unwrap_or(config.context);
-    if seq > config.context || seq == 0 || a.batch == 0 || a.accum == 0 {
+    if seq > config.context || seq == 0 || a.batch == 0 || a.accum == 0 || a.steps == 0 {
         return Err(TrainError::Usage(format!(
-            "--seq must be in 1..={} and --batch and --accum at least 1",
+            "--seq must be in 1..={} and --batch, --accum and --steps at least 1",
             config.context
         )));
+    }
+    if let Some(p) = a.peak_tflops.filter(|p| !(p.is_finite() && *p > 0.0)) {
+        return Err(TrainError::Usage(format!("--peak-tflops must be a positive number, not {p}")));
     }
     let peak = a.peak_tflops.or(if device.is_cpu() { None } else { Some(989.0) });
     if a.profile && device.is_cpu() {
@@ -546,7 +564,7 @@ fn run_bench(a: BenchArgs) -> Result<()> {
         batch: a.batch,
         accum: a.accum,
         seq,
-        steps: a.steps.max(1),
+        steps: a.steps,
         device,
         dtype,
         recompute: a.recompute,
@@ -670,8 +688,29 @@ fn compile_kernels(a: CompileKernelsArgs) -> Result<()> {
 }
 
 fn run_bench_allreduce(a: AllReduceArgs) -> Result<()> {
-    if a.sizes_mib.is_empty() || a.sizes_mib.iter().any(|&s| s.is_nan() || s <= 0.0) {
+    if a.sizes_mib.is_empty() || a.sizes_mib.iter().any(|&s| !(s.is_finite() && s > 0.0)) {
         return Err(TrainError::Usage("--sizes-mib needs positive sizes".into()));
+    }
+    if a.iters == 0 {
+        return Err(TrainError::Usage("--iters must be at least 1".into()));
+    }
+    if !(a.timeout_s.is_finite() && a.timeout_s > 0.0) {
+        return Err(TrainError::Usage(format!(
+            "--timeout-s must be a positive number of seconds, not {}",
+            a.timeout_s
+        )));
+    }
+    // One buffer of the largest size lives at a time (plus the backend's copies of it).
+    let largest = a.sizes_mib.iter().fold(0.0f64, |m, &s| m.max(s)) * 1024.0 * 1024.0;
+    if let Some(available) = setup::host_memory_available() {
+        if 2.0 * largest > available as f64 {
+            return Err(TrainError::Usage(format!(
+                "--sizes-mib: a {:.0} MiB buffer (and the backend's copy of it) does not fit the {:.0} MiB \
+                 of memory this machine has available",
+                largest / 1048576.0,
+                available as f64 / 1048576.0
+            )));
+        }
     }
     let choice = dist::BackendChoice::parse(&a.backend)?;
     let world = dist::World::from_env()?;

@@ -13,6 +13,7 @@ pub mod error;
 pub mod jsonl;
 pub mod metrics;
 pub mod plot;
+pub mod run_lock;
 pub mod schedule;
 pub mod setup;
 pub mod sft;

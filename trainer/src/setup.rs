@@ -13,12 +13,74 @@ use crate::config::{parse_device_name, DeviceChoice, RunConfig};
 use crate::data::{self, Dataset, PrepareOptions};
 use crate::error::{io_err, Result, TrainError};
 
+/// More CPU threads than this many per core are refused: they only slow a run down, and a
+/// mistyped count (100000) would spend minutes starting threads.
+const MAX_THREADS_PER_CORE: usize = 8;
+
 /// Sets the size of the global rayon pool (0: leave it at the number of cores). Only the
-/// first call in a process has an effect.
-pub fn set_threads(threads: usize) {
-    if threads > 0 {
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+/// first call in a process has an effect. A count over [`MAX_THREADS_PER_CORE`] times the
+/// machine's cores is an error.
+pub fn set_threads(threads: usize) -> Result<()> {
+    if threads == 0 {
+        return Ok(());
     }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads > MAX_THREADS_PER_CORE * cores {
+        return Err(TrainError::Usage(format!(
+            "run.threads = {threads} is more than {MAX_THREADS_PER_CORE}× this machine's {cores} cores \
+             (0 uses every core)"
+        )));
+    }
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+    Ok(())
+}
+
+/// Bytes per parameter that training holds whatever the batch: the weights and their gradients
+/// in the training precision, and AdamW's f32 master weights and two moments.
+pub fn training_bytes_per_param(dtype: DType) -> u64 {
+    2 * dtype.size_in_bytes() as u64 + 12
+}
+
+/// Host memory a new allocation can get: Linux's `MemAvailable` plus free swap, from
+/// `/proc/meminfo`; `None` where that file is missing or unreadable.
+pub fn host_memory_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line[name.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kib * 1024)
+    };
+    Some(field("MemAvailable:")? + field("SwapFree:").unwrap_or(0))
+}
+
+/// Refuses, before anything is allocated, to train on the CPU a model whose weights, gradients
+/// and optimiser state alone ([`training_bytes_per_param`]) need more memory than the machine
+/// has available, instead of running until the kernel kills the process (or the allocator
+/// aborts it). Activations come on top, so passing is no promise that a run fits. On a GPU the
+/// allocator's out-of-memory error says it.
+pub fn check_model_fits(mc: &ModelConfig, dtype: DType, device: Device) -> Result<()> {
+    if !device.is_cpu() {
+        return Ok(());
+    }
+    let Some(available) = host_memory_available() else { return Ok(()) };
+    let per_param = training_bytes_per_param(dtype);
+    let needed = mc.param_count().saturating_mul(per_param);
+    if needed <= available {
+        return Ok(());
+    }
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    Err(TrainError::Usage(format!(
+        "the model ({:.3}B parameters: {} layers, hidden {}, vocabulary {}) needs at least {:.1} GiB \
+         on the CPU for its {} weights, gradients and AdamW state ({per_param} bytes per parameter), \
+         but this machine has {:.1} GiB available; use a smaller model, or a GPU",
+        mc.param_count() as f64 / 1e9,
+        mc.layers,
+        mc.hidden,
+        mc.vocab_size,
+        gib(needed),
+        dtype.name(),
+        gib(available)
+    )))
 }
 
 /// The device named by `name` (`auto`, `cpu`, `cuda`, `cuda:N`).
@@ -64,6 +126,7 @@ pub fn ensure_tokenizer(config: &RunConfig, log: &dyn Fn(&str)) -> Result<Tokeni
         path: config.source.clone(),
         reason: "`tokenizer.train_if_missing` needs `data.train` (the text to train on)".into(),
     })?;
+    config_folder("data.train", corpus_dir)?;
     let langs = languages_in(corpus_dir, config.data.langs.as_deref())?;
     log(&format!(
         "training a {}-token tokenizer on {} languages from {}",
@@ -132,6 +195,10 @@ pub fn ensure_dataset(config: &RunConfig, tokenizer: &Tokenizer, log: &dyn Fn(&s
                 d.dir.display()
             )));
         };
+        config_folder("data.train", train)?;
+        if let Some(valid) = &d.valid {
+            config_folder("data.valid", valid)?;
+        }
         log(&format!("preparing token shards from {} into {}", train.display(), d.dir.display()));
         let start = std::time::Instant::now();
         let opts = PrepareOptions {
@@ -149,6 +216,22 @@ pub fn ensure_dataset(config: &RunConfig, tokenizer: &Tokenizer, log: &dyn Fn(&s
     let dataset = Dataset::open(&d.dir)?;
     dataset.check_tokenizer(tokenizer)?;
     Ok(Arc::new(dataset))
+}
+
+/// Checks that the folder a config field names exists; the error says where a relative path
+/// was looked for (the current folder, not the config file's).
+fn config_folder(field: &str, path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    let whence = match std::env::current_dir() {
+        Ok(cwd) if path.is_relative() => {
+            format!(" (relative paths are read from the current folder, {})", cwd.display())
+        }
+        _ => String::new(),
+    };
+    let what = if path.exists() { "is not a folder" } else { "does not exist" };
+    Err(TrainError::Usage(format!("{field} = {}: {what}{whence}", path.display())))
 }
 
 /// The model config of `config.model` with the tokenizer's vocabulary and end-of-sequence id.

@@ -165,6 +165,22 @@ pub struct SftPacker {
     order: Vec<usize>,
 }
 
+/// Cuts an example (prompt ids, response ids ending with the end-of-sequence id) to at most
+/// `row` ids, as training and validation both do; returns whether it cut. The end of the
+/// response goes first, except that when the prompt would leave less than half the row to the
+/// response, the prompt is cut from the left instead (keeping its end, next to the response) so
+/// that the response keeps at least half of the row.
+pub fn fit_row(prompt: &mut Vec<u32>, response: &mut Vec<u32>, row: usize) -> bool {
+    if prompt.len() + response.len() <= row {
+        return false;
+    }
+    let keep_response = response.len().min(row / 2).max(row.saturating_sub(prompt.len())).min(row);
+    response.truncate(keep_response);
+    let keep_prompt = row - keep_response;
+    prompt.drain(..prompt.len() - keep_prompt);
+    true
+}
+
 impl SftPacker {
     /// Tokenizes `examples` with `tokenizer` (see [`tokenize_examples`]) and makes a packer of
     /// rows of `seq` input tokens, shuffling each epoch from `seed`.
@@ -180,11 +196,8 @@ impl SftPacker {
 
     /// A packer over already tokenized examples.
     ///
-    /// An example longer than `seq + 1` tokens (with its end-of-sequence id) is truncated and
-    /// counted in [`SftPacker::truncated`]: the end of the response is cut, except that when the
-    /// prompt would leave less than half the row to the response, the prompt is cut from the
-    /// left instead (keeping its end, next to the response) so that the response keeps at least
-    /// half of the row.
+    /// An example longer than `seq + 1` tokens (with its end-of-sequence id) is cut by
+    /// [`fit_row`] and counted in [`SftPacker::truncated`].
     pub fn from_tokenized(
         examples: Vec<TokenizedExample>,
         eos_id: u32,
@@ -206,13 +219,8 @@ impl SftPacker {
             .into_iter()
             .map(|TokenizedExample { mut prompt, mut response }| {
                 response.push(eos_id);
-                if prompt.len() + response.len() > row {
+                if fit_row(&mut prompt, &mut response, row) {
                     truncated += 1;
-                    let keep_response = response.len().min(row / 2).max(row.saturating_sub(prompt.len()));
-                    let keep_response = keep_response.min(row);
-                    response.truncate(keep_response);
-                    let keep_prompt = row - keep_response;
-                    prompt.drain(..prompt.len() - keep_prompt);
                 }
                 let start = prompt.len();
                 prompt.extend(response);

@@ -138,6 +138,25 @@ fn a_failed_save_leaves_earlier_checkpoints_intact_and_old_ones_are_pruned() {
         root.join("step-00000006"),
         "a run folder resolves to its latest"
     );
+    assert_eq!(checkpoint::resume_point(&root).unwrap(), Some(root.join("step-00000006")));
+
+    // A newer folder without the trainer state: a run does not resume past it or start over,
+    // and a run folder holding only such folders says what it found.
+    let stray = root.join("step-00000007");
+    std::fs::create_dir_all(&stray).unwrap();
+    let err = checkpoint::resume_point(&root).unwrap_err().to_string();
+    assert!(
+        err.contains("step-00000007") && err.contains("incomplete") && err.contains("step-00000006"),
+        "{err}"
+    );
+    assert_eq!(checkpoint::resolve(&dir).unwrap(), root.join("step-00000006"), "eval still finds a model");
+    for old in ["step-00000004", "step-00000006"] {
+        std::fs::remove_dir_all(root.join(old)).unwrap();
+    }
+    let err = checkpoint::resume_point(&root).unwrap_err().to_string();
+    assert!(err.contains("start over"), "{err}");
+    let err = checkpoint::resolve(&dir).unwrap_err().to_string();
+    assert!(err.contains("no complete checkpoint") && err.contains("step-00000007"), "{err}");
 }
 
 #[test]

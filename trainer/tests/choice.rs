@@ -84,6 +84,10 @@ fn load_errors_name_file_and_line() {
         assert!(msg.contains(&f.0.display().to_string()), "{msg}");
         assert!(msg.contains(line) && msg.contains(what), "expected {line} {what}: {msg}");
     }
+    for empty in ["", "\n\n"] {
+        let f = TempFile::new(empty.as_bytes());
+        assert!(matches!(load_choices(&f.0), Err(ChoiceError::NoItems { .. })), "{empty:?}");
+    }
     assert!(matches!(
         load_choices(std::path::Path::new("/no/such/file.jsonl")),
         Err(ChoiceError::Jsonl(polylm_trainer::jsonl::JsonlError::Io { .. }))

@@ -462,6 +462,31 @@ fn launch_forwards_a_failure() {
     assert!(text(&o).contains("tokens_per_step"), "{}", text(&o));
 }
 
+#[test]
+fn launch_and_bench_allreduce_refuse_absurd_arguments() {
+    // A mistyped rank count starts nothing (no flood of processes); a buffer larger than the
+    // machine's memory is refused before it is allocated.
+    for (args, want) in
+        [(["--nproc-per-node", "100000"], "is more than"), (["--nproc-per-node", "0"], "at least 1")]
+    {
+        let mut all = vec!["launch"];
+        all.extend_from_slice(&args);
+        all.extend_from_slice(&["--", "bench", "--preset", "tiny", "--device", "cpu"]);
+        let o = polylm(&all);
+        assert!(!o.status.success() && text(&o).contains(want), "{}", text(&o));
+    }
+    for (args, want) in [
+        (&["--sizes-mib", "100000000"][..], "does not fit"),
+        (&["--sizes-mib", "1", "--iters", "0"][..], "--iters must be at least 1"),
+        (&["--sizes-mib", "1", "--timeout-s=-1"][..], "--timeout-s must be a positive number"),
+    ] {
+        let mut all = vec!["bench-allreduce", "--backend", "tcp"];
+        all.extend_from_slice(args);
+        let o = polylm(&all);
+        assert!(!o.status.success() && text(&o).contains(want), "{}", text(&o));
+    }
+}
+
 /// The per-step communication fields of a run's metrics: (buckets, buckets sent during the
 /// backward pass).
 fn bucket_counts(out: &Path) -> Vec<(u64, u64)> {
@@ -546,7 +571,15 @@ fn bench_times_the_data_parallel_path_beside_the_plain_one() {
         text(&o)
     );
     let o = polylm(&["bench", "--preset", "tiny", "--steps", "1", "--device", "cpu", "--accum", "0"]);
-    assert!(!o.status.success() && text(&o).contains("--accum at least 1"), "{}", text(&o));
+    assert!(!o.status.success() && text(&o).contains("--accum and --steps at least 1"), "{}", text(&o));
+    let o = polylm(&["bench", "--preset", "tiny", "--steps", "0", "--device", "cpu"]);
+    assert!(!o.status.success() && text(&o).contains("--steps at least 1"), "{}", text(&o));
+    let o = polylm(&["bench", "--preset", "tiny", "--steps", "1", "--device", "cpu", "--peak-tflops=-5"]);
+    assert!(
+        !o.status.success() && text(&o).contains("--peak-tflops must be a positive number"),
+        "{}",
+        text(&o)
+    );
     // The kernel profile times GPU kernels: on the CPU it is a usage error that says so.
     let o = polylm(&["bench", "--preset", "tiny", "--steps", "1", "--device", "cpu", "--profile"]);
     assert!(!o.status.success() && text(&o).contains("--profile times GPU kernels"), "{}", text(&o));

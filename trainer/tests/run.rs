@@ -132,6 +132,17 @@ fn a_run_trains_validates_checkpoints_and_plots() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("bits/byte"));
+    // Windows longer than the model's context (32 here), or empty, are refused.
+    for (flag, value, want) in [
+        ("--seq", "33", "--seq 33 exceeds the model's context of 32"),
+        ("--seq", "0", "--seq must be at least 1"),
+        ("--batch", "0", "--batch must be at least 1"),
+    ] {
+        let args =
+            ["eval", "--checkpoint", ckpt.to_str().unwrap(), "--data", data.to_str().unwrap(), flag, value];
+        let o = polylm(&args);
+        assert!(!o.status.success() && text(&o).contains(want), "{}", text(&o));
+    }
     let o = polylm(&[
         "generate",
         "--checkpoint",
@@ -172,6 +183,34 @@ fn resuming_gives_bit_identical_losses() {
     }
 }
 
+/// Starts `polylm train --config config` and waits until a folder under its `checkpoints/`
+/// whose name starts with `partial` (a save in progress) appears; returns the running process
+/// and that folder (`None` when the run ended, or two minutes passed, first).
+fn spawn_until_saving(config: &Path, partial: &str) -> (std::process::Child, Option<PathBuf>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_polylm"))
+        .args(["train", "--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let ckpts = config.parent().unwrap().join("checkpoints");
+    let start = Instant::now();
+    loop {
+        let found = std::fs::read_dir(&ckpts).ok().and_then(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(partial))
+        });
+        if found.is_some() {
+            return (child, found);
+        }
+        if child.try_wait().expect("wait").is_some() || start.elapsed() > Duration::from_secs(120) {
+            return (child, None);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn a_sigkill_during_a_save_resumes_from_the_previous_checkpoint() {
     let whole = scratch("kill-ref");
@@ -181,29 +220,11 @@ fn a_sigkill_during_a_save_resumes_from_the_previous_checkpoint() {
 
     let out = scratch("kill");
     let config = write_config(&out, 6, "[debug]\nsave_pause_ms = 400\n");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_polylm"))
-        .args(["train", "--config", config.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
     // Wait until the save of step 4 is under way (its hidden folder exists), then SIGKILL.
     let ckpts = out.join("checkpoints");
-    let start = Instant::now();
-    let killed_mid_save = loop {
-        let partial = std::fs::read_dir(&ckpts)
-            .map(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().starts_with(".tmp-step-00000004")))
-            .unwrap_or(false);
-        if partial {
-            child.kill().expect("SIGKILL");
-            break true;
-        }
-        if child.try_wait().expect("wait").is_some() || start.elapsed() > Duration::from_secs(120) {
-            let _ = child.kill();
-            break false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let (mut child, partial) = spawn_until_saving(&config, ".tmp-step-00000004");
+    let _ = child.kill();
+    let killed_mid_save = partial.is_some();
     let _ = child.wait();
     assert!(killed_mid_save, "the run was killed while writing the step-4 checkpoint");
     assert!(!ckpts.join("step-00000004").exists(), "no half-written checkpoint is visible");
@@ -224,6 +245,31 @@ fn a_sigkill_during_a_save_resumes_from_the_previous_checkpoint() {
         .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
         .count();
     assert_eq!(leftovers, 0, "the interrupted save's folder was cleaned up");
+}
+
+#[test]
+fn a_second_run_on_the_same_folder_is_refused_and_touches_nothing() {
+    let out = scratch("locked");
+    let config = write_config(&out, 6, "[debug]\nsave_pause_ms = 1500\n");
+    // While the first run is in the middle of a save (it holds the lock then for sure)...
+    let (mut child, partial) = spawn_until_saving(&config, ".tmp-step-");
+    // ...a second one is refused with the holder's process id, and has not removed the first
+    // one's save in progress as if it were a crash's leftover.
+    let second = train(&config, &[]);
+    let still_there = partial.as_ref().is_some_and(|p| p.exists());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(partial.is_some(), "the first run reached a save");
+    assert!(!second.status.success(), "{}", text(&second));
+    assert!(
+        text(&second).contains("is in use") && text(&second).contains(&child.id().to_string()),
+        "{}",
+        text(&second)
+    );
+    assert!(still_there, "the second run left the first one's save alone");
+    // Once the first process is gone, the folder is free again.
+    let o = train(&config, &["--set", "debug.save_pause_ms=0"]);
+    assert!(o.status.success(), "{}", text(&o));
 }
 
 #[test]
@@ -256,6 +302,28 @@ fn bad_configs_and_checkpoints_give_clear_errors() {
     assert!(text(&o).contains("train.micro_batch") && text(&o).contains("run.toml"), "{}", text(&o));
     let o = train(&config, &["--set", "optim.lrr=1"]);
     assert!(text(&o).contains("lrr"), "{}", text(&o));
+    // A model that cannot fit the machine's memory, and an absurd thread count: refused up
+    // front with the numbers, not an abort from the allocator or minutes of thread spawning.
+    // (The memory check reads /proc/meminfo: Linux only.)
+    if Path::new("/proc/meminfo").exists() {
+        let o = train(&config, &["--set", "model.layers=1000000000000"]);
+        assert!(!o.status.success() && !text(&o).contains("panicked"), "{}", text(&o));
+        assert!(
+            text(&o).contains("1000000000000 layers") && text(&o).contains("GiB available"),
+            "{}",
+            text(&o)
+        );
+    }
+    let o = train(&config, &["--threads", "100000"]);
+    assert!(!o.status.success() && text(&o).contains("run.threads = 100000"), "{}", text(&o));
+    // A corpus folder that is not there names the field and where relative paths are read from.
+    let o = train(&config, &["--set", "data.dir=/nonexistent-data", "--set", "data.train=no/such/corpus"]);
+    assert!(
+        text(&o).contains("data.train = no/such/corpus: does not exist")
+            && text(&o).contains("current folder"),
+        "{}",
+        text(&o)
+    );
     let o = polylm(&["train", "--config", "/nonexistent/run.toml"]);
     assert!(!o.status.success() && text(&o).contains("/nonexistent/run.toml"), "{}", text(&o));
 
@@ -268,6 +336,38 @@ fn bad_configs_and_checkpoints_give_clear_errors() {
     let o = train(&config, &["--steps", "6"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("optimizer.safetensors"), "{}", text(&o));
+
+    // A whole optimizer file with a negative second moment (no AdamW run writes one; resuming
+    // would make the weights NaN at the first step): an error naming the tensor and the index.
+    let mut damaged = bytes.clone();
+    let header_len = u64::from_le_bytes(damaged[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&damaged[8..8 + header_len]).unwrap();
+    let start = header["transformer.wte.weight.v"]["data_offsets"][0].as_u64().unwrap() as usize;
+    let at = 8 + header_len + start + 4 * 3;
+    damaged[at..at + 4].copy_from_slice(&(-0.5f32).to_le_bytes());
+    std::fs::write(&opt, &damaged).unwrap();
+    let o = train(&config, &["--steps", "6"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("transformer.wte.weight.v[3] = -0.5"), "{}", text(&o));
+    std::fs::write(&opt, &bytes).unwrap();
+
+    // A newest step folder without its trainer state (damaged, or copied in by hand): resuming
+    // neither starts over nor quietly takes the older checkpoint, it says what to do.
+    let stray = out.join("checkpoints/step-00000005");
+    std::fs::create_dir_all(&stray).unwrap();
+    std::fs::copy(out.join("checkpoints/step-00000004/config.json"), stray.join("config.json")).unwrap();
+    let o = train(&config, &["--steps", "6"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("step-00000005")
+            && text(&o).contains("incomplete")
+            && text(&o).contains("step-00000004"),
+        "{}",
+        text(&o)
+    );
+    std::fs::remove_dir_all(&stray).unwrap();
+    let o = train(&config, &["--steps", "6"]);
+    assert!(o.status.success() && text(&o).contains("resuming at step 4"), "{}", text(&o));
 
     // Shards made with another tokenizer.
     let other = scratch("other-tok");
@@ -393,6 +493,39 @@ valid = {train_file:?}
     let l = losses(&sft_out);
     assert_eq!(l.len(), 6, "{log}");
     assert!(l[5].1 < l[0].1, "the response loss falls: {l:?}");
+    let valid_records = |out: &Path| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v.get("eval").is_some())
+            .collect()
+    };
+    assert!(!valid_records(&sft_out).is_empty(), "{log}");
+
+    // A validation example whose prompt alone is longer than a row is cut as training cuts it
+    // (the prompt from the left), so its response is still scored.
+    let long = serde_json::json!({"instruction": "word ".repeat(200), "input": "", "output": "Good morning"});
+    let valid_file = dir.join("valid-long.jsonl");
+    std::fs::write(&valid_file, format!("{long}\n")).unwrap();
+    let long_out = dir.join("sft-long");
+    let o = polylm(&[
+        "sft",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        long_out.to_str().unwrap(),
+        "--steps",
+        "3",
+        "--set",
+        &format!("sft.valid={:?}", valid_file.to_str().unwrap()),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let records = valid_records(&long_out);
+    assert!(!records.is_empty(), "{}", text(&o));
+    for r in records {
+        let (tokens, loss) = (r["tokens"].as_u64().unwrap(), r["loss"].as_f64().unwrap());
+        assert!(tokens > 0 && loss > 0.0 && r["bytes"].as_u64().unwrap() > 0, "{r}");
+    }
     let o = polylm(&[
         "generate",
         "--checkpoint",

@@ -93,9 +93,32 @@ pub fn load_any(path: &Path) -> CliResult<AnyModel> {
         if text.contains("\"polylm-bpe\"") {
             return Ok(AnyModel::Ours(Tokenizer::new(json::from_json_str(&text).map_err(name)?)));
         }
-        return Ok(AnyModel::Hf(HfTokenizer::from_json_str(&text).map_err(name)?));
+        return HfTokenizer::from_json_str(&text).map(AnyModel::Hf).map_err(|e| {
+            // A top-level `format` is ours (a `tokenizer.json` has none): say so rather than
+            // report what a Hugging Face file would lack.
+            match serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v.get("format").cloned())
+            {
+                Some(format) => CliError(format!(
+                    "malformed model file {}: unknown tokenizer format {format} (this build reads \
+                     \"polylm-bpe\", Hugging Face tokenizer.json and SentencePiece .model)",
+                    path.display()
+                )),
+                None => name(e).into(),
+            }
+        });
     }
-    Ok(AnyModel::SentencePiece(Box::new(SentencePieceModel::from_bytes(&bytes).map_err(name)?)))
+    if bytes.is_empty() {
+        return Err(CliError(format!("model file {} is empty", path.display())));
+    }
+    SentencePieceModel::from_bytes(&bytes).map(|m| AnyModel::SentencePiece(Box::new(m))).map_err(
+        |e| match e {
+            TokenizerError::MalformedModel { message, .. } => CliError(format!(
+                "malformed model file {}: not JSON, and not a SentencePiece model either ({message})",
+                path.display()
+            )),
+            other => other.into(),
+        },
+    )
 }
 
 /// Load our own model file (JSON); errors name the file.

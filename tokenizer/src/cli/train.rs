@@ -101,6 +101,12 @@ pub fn run(args: TrainArgs) -> CliResult<()> {
             out_dir.display()
         )));
     }
+    if args.out.is_dir() {
+        return Err(CliError(format!(
+            "cannot write {}: it is a folder (give a file name)",
+            args.out.display()
+        )));
+    }
     let langs = if args.langs.is_empty() { languages_in(&args.corpus, "jsonl")? } else { args.langs.clone() };
     if langs.is_empty() {
         return Err(CliError(format!("no <lang>.jsonl files in {}", args.corpus.display())));

@@ -268,7 +268,7 @@ impl BatchSampler {
                 cursor.position += 1;
                 if cursor.position == stream.docs.len() as u64 {
                     cursor.position = 0;
-                    cursor.epoch += 1;
+                    cursor.epoch = cursor.epoch.wrapping_add(1);
                 }
             }
         }

@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 
 use super::{DistError, Result};
 
+/// More ranks on one node than this many per core are refused: a mistyped count would start
+/// that many processes.
+const MAX_RANKS_PER_CORE: usize = 8;
+
 /// The default rendezvous port of multi-node runs.
 pub const DEFAULT_PORT: u16 = 29500;
 
@@ -43,6 +47,17 @@ pub fn launch(opts: &LaunchOptions) -> Result<i32> {
     if opts.nproc_per_node == 0 || opts.nnodes == 0 {
         return Err(DistError::Usage("--nproc-per-node and --nnodes must be at least 1".into()));
     }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if opts.nproc_per_node > MAX_RANKS_PER_CORE * cores {
+        return Err(DistError::Usage(format!(
+            "--nproc-per-node {} is more than {MAX_RANKS_PER_CORE}× this machine's {cores} cores \
+             (one rank per GPU, or per few cores on the CPU)",
+            opts.nproc_per_node
+        )));
+    }
+    let Some(world) = opts.nproc_per_node.checked_mul(opts.nnodes) else {
+        return Err(DistError::Usage("--nproc-per-node × --nnodes overflows".into()));
+    };
     if opts.node_rank >= opts.nnodes {
         return Err(DistError::Usage(format!(
             "--node-rank {} must be below --nnodes {}",
@@ -61,7 +76,6 @@ pub fn launch(opts: &LaunchOptions) -> Result<i32> {
     };
     let exe = std::env::current_exe()
         .map_err(|source| DistError::Io { what: "finding the polylm binary".into(), source })?;
-    let world = opts.nproc_per_node * opts.nnodes;
     let mut children: Vec<(usize, Child)> = Vec::with_capacity(opts.nproc_per_node);
     for local in 0..opts.nproc_per_node {
         let rank = opts.node_rank * opts.nproc_per_node + local;

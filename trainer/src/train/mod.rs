@@ -46,6 +46,7 @@ use crate::data::{BatchSampler, Curriculum, Dataset, LangEval};
 use crate::dist::{self, World};
 use crate::error::{io_err, Result, TrainError};
 use crate::metrics::MetricsLog;
+use crate::run_lock::RunLock;
 use crate::schedule::Schedule;
 use crate::setup;
 use crate::sft::{self, SftPacker};
@@ -90,9 +91,19 @@ pub(crate) enum Validation {
     Off,
 }
 
+/// Rank 0 (or the only process) holds the run folder's lock for the whole run.
+fn lock_run_folder(config: &RunConfig) -> Result<Option<RunLock>> {
+    if World::from_env()?.is_root() {
+        Ok(Some(RunLock::acquire(&config.run.out_dir)?))
+    } else {
+        Ok(None)
+    }
+}
+
 /// Pretrains as `config` says (the `polylm train` command).
 pub fn train(config: &RunConfig) -> Result<RunSummary> {
-    setup::set_threads(config.run.threads);
+    setup::set_threads(config.run.threads)?;
+    let _lock = lock_run_folder(config)?;
     let log = |s: &str| eprintln!("{s}");
     let tokenizer = setup::ensure_tokenizer(config, &log)?;
     let dataset = setup::ensure_dataset(config, &tokenizer, &log)?;
@@ -114,7 +125,8 @@ pub fn train(config: &RunConfig) -> Result<RunSummary> {
 
 /// Fine-tunes on MultiAlpaca-format data as `config` says (the `polylm sft` command).
 pub fn sft(config: &RunConfig) -> Result<RunSummary> {
-    setup::set_threads(config.run.threads);
+    setup::set_threads(config.run.threads)?;
+    let _lock = lock_run_folder(config)?;
     let section = config.sft.as_ref().ok_or_else(|| TrainError::Config {
         path: config.source.clone(),
         reason: "`polylm sft` needs an `[sft]` section with `train` (MultiAlpaca JSONL)".into(),
@@ -193,6 +205,7 @@ fn fresh_model(
         }
         None => {
             let mc = setup::model_config(config, tokenizer.vocab_size(), Some(eos))?;
+            setup::check_model_fits(&mc, dtype, device)?;
             Gpt::new(mc, DType::F32, config.run.seed)?
         }
     };
@@ -245,10 +258,13 @@ fn run_loop(
     let world_size = world.world_size;
 
     // A model and optimiser: from the latest checkpoint of this run, or fresh.
-    let resume_dir = if config.checkpoint.resume { checkpoint::latest(&ckpt_root)? } else { None };
+    let resume_dir = if config.checkpoint.resume { checkpoint::resume_point(&ckpt_root)? } else { None };
     let (mut model, mut opt, mut state) = match &resume_dir {
         Some(dir) => {
             let probe = setup::model_config(config, tokenizer.vocab_size(), Some(eos));
+            if let Ok(mc) = &probe {
+                setup::check_model_fits(mc, dtype, device)?;
+            }
             let loaded = load_checkpoint(dir, device, config)?;
             if let Ok(mc) = probe {
                 if config.model.init_from.is_none() && *loaded.model.config() != mc {

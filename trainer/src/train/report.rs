@@ -59,8 +59,11 @@ impl LogWindow {
         self.tokens += tokens;
     }
 
+    /// Mean loss and tokens per second of the finite steps since the last call; NaN and 0 when
+    /// every step of the window was skipped.
     pub(super) fn take(&mut self) -> (f64, f64) {
-        let out = (self.loss / self.steps.max(1) as f64, self.tokens as f64 / self.secs.max(1e-9));
+        let mean = if self.steps == 0 { f64::NAN } else { self.loss / self.steps as f64 };
+        let out = (mean, self.tokens as f64 / self.secs.max(1e-9));
         *self = LogWindow::default();
         out
     }
@@ -96,28 +99,33 @@ pub(super) fn sft_validation(
     examples: &[sft::SftExample],
 ) -> Result<LangEval> {
     let _guard = polylm_engine::no_grad();
-    let rows: Vec<(Vec<u32>, Vec<u32>, usize)> = examples
-        .iter()
-        .map(|ex| {
-            let prompt = tokenizer.encode(&sft::prompt_text(&sft::query_text(ex)));
-            let mut all = prompt.clone();
-            all.extend(tokenizer.encode(&ex.output));
-            all.push(eos);
-            all.truncate(seq + 1);
-            let mut ids = all[..all.len() - 1].to_vec();
-            let mut targets: Vec<u32> = all[1..]
-                .iter()
-                .enumerate()
-                .map(|(i, &t)| if i + 1 < prompt.len() { sft::IGNORE } else { t })
-                .collect();
-            let counted = targets.iter().filter(|&&t| t != sft::IGNORE).count();
-            ids.resize(seq, eos);
-            targets.resize(seq, sft::IGNORE);
-            (ids, targets, counted)
-        })
-        .filter(|r| r.2 > 0)
-        .collect();
-    let bytes: u64 = examples.iter().map(|e| e.output.len() as u64).sum();
+    // Rows cut as the training packer cuts them, so a long prompt never leaves a response
+    // unscored; bits per byte count the bytes of the response that was scored.
+    let mut bytes = 0u64;
+    let mut rows: Vec<(Vec<u32>, Vec<u32>, usize)> = Vec::with_capacity(examples.len());
+    for ex in examples {
+        let mut prompt = tokenizer.encode(&sft::prompt_text(&sft::query_text(ex)));
+        let mut response = tokenizer.encode(&ex.output);
+        response.push(eos);
+        if sft::fit_row(&mut prompt, &mut response, seq + 1) {
+            let kept = response.strip_suffix(&[eos]).unwrap_or(&response);
+            bytes += tokenizer.decode(kept)?.len() as u64;
+        } else {
+            bytes += ex.output.len() as u64;
+        }
+        let start = prompt.len();
+        let mut all = prompt;
+        all.extend(response);
+        let mut ids = all[..all.len() - 1].to_vec();
+        let mut targets: Vec<u32> =
+            all[1..].iter().enumerate().map(|(i, &t)| if i + 1 < start { sft::IGNORE } else { t }).collect();
+        let counted = targets.iter().filter(|&&t| t != sft::IGNORE).count();
+        ids.resize(seq, eos);
+        targets.resize(seq, sft::IGNORE);
+        if counted > 0 {
+            rows.push((ids, targets, counted));
+        }
+    }
     let (mut nats, mut tokens) = (0.0f64, 0u64);
     for chunk in rows.chunks(batch.max(1)) {
         let ids: Vec<u32> = chunk.iter().flat_map(|r| r.0.iter().copied()).collect();
