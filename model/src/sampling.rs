@@ -99,7 +99,9 @@ impl Sampler {
             )));
         }
         if let Some(i) = logits.iter().position(|l| l.is_nan()) {
-            return Err(ModelError::BadInput(format!("logit {i} is NaN")));
+            return Err(ModelError::BadInput(format!(
+                "the model's logit for token {i} is NaN (non-finite weights: a damaged or diverged checkpoint?)"
+            )));
         }
         let penalty = self.params.repetition_penalty;
         if penalty != 1.0 {

@@ -54,8 +54,22 @@ pub fn to_json_string(model: &BpeModel) -> String {
 
 /// Parse a model from JSON text, checking format, version and consistency.
 pub fn from_json_str(text: &str) -> Result<BpeModel> {
-    let file: ModelFile =
-        serde_json::from_str(text).map_err(|e| TokenizerError::malformed(format!("invalid JSON: {e}")))?;
+    let file: ModelFile = serde_json::from_str(text).map_err(|e| {
+        // Another format's file is named as such rather than reported field by field.
+        let value = serde_json::from_str::<serde_json::Value>(text).ok();
+        let format = value.as_ref().and_then(|v| v.get("format")).and_then(|f| f.as_str());
+        match (value.as_ref().and_then(|v| v.get("model")), format) {
+            (Some(_), None) => TokenizerError::malformed(format!(
+                "this is a Hugging Face tokenizer.json, not polylm's own {FORMAT:?} format (the \
+                 `tokenizer` commands read both; training needs a tokenizer trained by \
+                 `polylm tokenizer train`)"
+            )),
+            (_, Some(f)) if f != FORMAT => {
+                TokenizerError::malformed(format!("format is {f:?}, expected {FORMAT:?}"))
+            }
+            _ => TokenizerError::malformed(format!("invalid JSON: {e}")),
+        }
+    })?;
     if file.format != FORMAT {
         return Err(TokenizerError::malformed(format!("format is {:?}, expected {FORMAT:?}", file.format)));
     }
@@ -188,6 +202,11 @@ mod tests {
         assert!(from_json_str(&text.replace("\"version\":1", "\"version\":2")).is_err());
         assert!(from_json_str(&text.replace("<0x41>", "<0x42>")).is_err());
         assert!(from_json_str("{}").is_err());
+        let hf = r#"{"version": "1.0", "model": {"type": "BPE", "vocab": {}, "merges": []}}"#;
+        let msg = from_json_str(hf).unwrap_err().to_string();
+        assert!(msg.contains("Hugging Face tokenizer.json"), "{msg}");
+        let msg = from_json_str(r#"{"format": "other", "version": 1}"#).unwrap_err().to_string();
+        assert!(msg.contains("format is \"other\""), "{msg}");
         assert!(from_json_str("").is_err());
     }
 
