@@ -130,11 +130,11 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     }
     let mut incomplete = None;
     for root in [path.join("checkpoints"), path.to_path_buf()] {
-        if let Some(dir) = latest(&root)? {
-            return Ok(dir);
+        let all = scan(&root)?;
+        if let Some((_, dir, _)) = all.iter().rev().find(|(_, _, complete)| *complete) {
+            return Ok(dir.clone());
         }
-        incomplete =
-            incomplete.or_else(|| scan(&root).ok().and_then(|all| all.last().map(|(_, p, _)| p.clone())));
+        incomplete = incomplete.or_else(|| all.last().map(|(_, dir, _)| dir.clone()));
     }
     let reason = match incomplete {
         Some(dir) => format!(

@@ -13,21 +13,26 @@ use crate::config::{parse_device_name, DeviceChoice, RunConfig};
 use crate::data::{self, Dataset, PrepareOptions};
 use crate::error::{io_err, Result, TrainError};
 
-/// More CPU threads than this many per core are refused: they only slow a run down, and a
-/// mistyped count (100000) would spend minutes starting threads.
-const MAX_THREADS_PER_CORE: usize = 8;
+/// More CPU threads, or ranks on one node, than this many per core are refused: they only slow
+/// a run down, and a mistyped count (100000) would spend minutes starting threads or processes.
+pub const MAX_WORKERS_PER_CORE: usize = 8;
+
+/// The machine's cores (1 when unknown).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
 
 /// Sets the size of the global rayon pool (0: leave it at the number of cores). Only the
-/// first call in a process has an effect. A count over [`MAX_THREADS_PER_CORE`] times the
+/// first call in a process has an effect. A count over [`MAX_WORKERS_PER_CORE`] times the
 /// machine's cores is an error.
 pub fn set_threads(threads: usize) -> Result<()> {
     if threads == 0 {
         return Ok(());
     }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if threads > MAX_THREADS_PER_CORE * cores {
+    let cores = cores();
+    if threads > MAX_WORKERS_PER_CORE * cores {
         return Err(TrainError::Usage(format!(
-            "run.threads = {threads} is more than {MAX_THREADS_PER_CORE}× this machine's {cores} cores \
+            "run.threads = {threads} is more than {MAX_WORKERS_PER_CORE}× this machine's {cores} cores \
              (0 uses every core)"
         )));
     }

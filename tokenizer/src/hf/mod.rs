@@ -262,11 +262,13 @@ impl HfTokenizer {
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         let mut tokens = Vec::with_capacity(ids.len());
         for &id in ids {
-            let vocab_size = self.vocab_size();
-            let token = self.id_to_token(id).ok_or(if (id as usize) < vocab_size {
-                TokenizerError::IdUnassigned { id, vocab_size }
-            } else {
-                TokenizerError::IdOutOfRange { id, vocab_size }
+            let token = self.id_to_token(id).ok_or_else(|| {
+                let vocab_size = self.vocab_size();
+                if (id as usize) < vocab_size {
+                    TokenizerError::IdUnassigned { id, vocab_size }
+                } else {
+                    TokenizerError::IdOutOfRange { id, vocab_size }
+                }
             })?;
             if skip_special_tokens && self.added.iter().any(|a| a.id == id && a.special) {
                 continue;

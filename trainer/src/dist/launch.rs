@@ -15,10 +15,7 @@ use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use super::{DistError, Result};
-
-/// More ranks on one node than this many per core are refused: a mistyped count would start
-/// that many processes.
-const MAX_RANKS_PER_CORE: usize = 8;
+use crate::setup::MAX_WORKERS_PER_CORE;
 
 /// The default rendezvous port of multi-node runs.
 pub const DEFAULT_PORT: u16 = 29500;
@@ -47,10 +44,10 @@ pub fn launch(opts: &LaunchOptions) -> Result<i32> {
     if opts.nproc_per_node == 0 || opts.nnodes == 0 {
         return Err(DistError::Usage("--nproc-per-node and --nnodes must be at least 1".into()));
     }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if opts.nproc_per_node > MAX_RANKS_PER_CORE * cores {
+    let cores = crate::setup::cores();
+    if opts.nproc_per_node > MAX_WORKERS_PER_CORE * cores {
         return Err(DistError::Usage(format!(
-            "--nproc-per-node {} is more than {MAX_RANKS_PER_CORE}× this machine's {cores} cores \
+            "--nproc-per-node {} is more than {MAX_WORKERS_PER_CORE}× this machine's {cores} cores \
              (one rank per GPU, or per few cores on the CPU)",
             opts.nproc_per_node
         )));
