@@ -1,7 +1,13 @@
 //! Plain-timer GFLOP/s of the f32 GEMM, one machine-readable line per case.
 //!
 //! Usage: `cargo bench --bench matmul_gflops -- [--sizes 256,512,1024,2048] [--threads 1,2]
-//! [--repeat 5] [--shapes MxNxK,...]`
+//! [--repeat 5] [--shapes MxNxK[:LAYOUT],...]`
+//!
+//! A shape's layout is `nn` (default: A `[m, k]` and B `[k, n]` row-major), `nt` (B stored
+//! `[n, k]` and read transposed, as a forward pass multiplies by a weight) or `tn` (A stored
+//! `[k, m]` and read transposed, as a weight gradient reads the output gradient); e.g. the
+//! `tiny` preset's LM head is `2048x8192x128:nt` forward, `2048x128x8192` and `8192x128x2048:tn`
+//! backward.
 //!
 //! Prints `ours size=1024 threads=1 m=1024 n=1024 k=1024 gflops=123.4 best_ms=17.4 median_ms=17.6`.
 //! Each case is warmed up once, then timed `--repeat` times; `gflops` is from the best run.
@@ -14,11 +20,21 @@ fn parse_list(v: &str) -> Vec<usize> {
     v.split(',').filter(|s| !s.is_empty()).map(|s| s.trim().parse().expect("expected a number")).collect()
 }
 
+/// A `rows × cols` view of `data`: row-major, or (`transposed`) stored `[cols, rows]` and read
+/// transposed.
+fn view(data: &[f32], rows: usize, cols: usize, transposed: bool) -> MatRef<'_, f32> {
+    if transposed {
+        MatRef::row_major(data, cols, rows).expect("operand").t()
+    } else {
+        MatRef::row_major(data, rows, cols).expect("operand")
+    }
+}
+
 fn main() {
     let mut sizes = vec![256, 512, 1024, 2048];
     let mut threads = vec![1, 2];
     let mut repeat = 5usize;
-    let mut shapes: Vec<(usize, usize, usize)> = Vec::new();
+    let mut shapes: Vec<(usize, usize, usize, &'static str)> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -32,8 +48,15 @@ fn main() {
                 shapes = v
                     .split(',')
                     .map(|s| {
-                        let d = s.split('x').map(|x| x.parse().expect("MxNxK")).collect::<Vec<usize>>();
-                        (d[0], d[1], d[2])
+                        let (dims, layout) = s.split_once(':').unwrap_or((s, "nn"));
+                        let layout = match layout {
+                            "nn" => "nn",
+                            "nt" => "nt",
+                            "tn" => "tn",
+                            other => panic!("layout {other}: expected nn, nt or tn"),
+                        };
+                        let d = dims.split('x').map(|x| x.parse().expect("MxNxK")).collect::<Vec<usize>>();
+                        (d[0], d[1], d[2], layout)
                     })
                     .collect();
             }
@@ -41,13 +64,17 @@ fn main() {
             _ => {}
         }
     }
-    let mut cases: Vec<(String, usize, usize, usize)> =
-        sizes.iter().map(|&s| (format!("size={s}"), s, s, s)).collect();
-    cases.extend(shapes.iter().map(|&(m, n, k)| (format!("shape={m}x{n}x{k}"), m, n, k)));
+    let mut cases: Vec<(String, usize, usize, usize, &str)> =
+        sizes.iter().map(|&s| (format!("size={s}"), s, s, s, "nn")).collect();
+    cases.extend(shapes.iter().map(|&(m, n, k, l)| {
+        let suffix = if l == "nn" { String::new() } else { format!(":{l}") };
+        (format!("shape={m}x{n}x{k}{suffix}"), m, n, k, l)
+    }));
     for &t in &threads {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("thread pool");
-        for (label, m, n, k) in &cases {
+        for (label, m, n, k, layout) in &cases {
             let (m, n, k) = (*m, *n, *k);
+            let (a_t, b_t) = (*layout == "tn", *layout == "nt");
             let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 + 3) % 13) as f32 * 0.1 - 0.6).collect();
             let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 + 1) % 11) as f32 * 0.1 - 0.5).collect();
             let mut c = vec![0f32; m * n];
@@ -56,8 +83,8 @@ fn main() {
                 pool.install(|| {
                     gemm(
                         1.0,
-                        MatRef::row_major(&a, m, k).expect("A"),
-                        MatRef::row_major(&b, k, n).expect("B"),
+                        view(&a, m, k, a_t),
+                        view(&b, k, n, b_t),
                         0.0,
                         MatMut::row_major(&mut c, m, n).expect("C"),
                     )

@@ -4,13 +4,15 @@ GPT-2 with the same config, batch and sequence length, side by side in one run.
 
 Usage (from the workspace root):
     cargo build --release -p polylm-model --examples
-    .venv-hf/bin/python scripts/bench_gpt2_vs_torch.py [--rounds 2] [--steps 5]
+    .venv-hf/bin/python scripts/bench_gpt2_vs_torch.py [--rounds 2] [--steps 5] [--baseline-bin PATH]
 
 Each measurement is its own process (so that peak resident memory, VmHWM, is that
 measurement's alone); ours and PyTorch's alternate, per preset and thread count, for
 `--rounds` rounds, and the best round of each is reported. Threads: RAYON_NUM_THREADS for
 ours, torch.set_num_threads (and OMP/MKL_NUM_THREADS) for PyTorch. PyTorch runs float32
 GPT2LMHeadModel with its default attention (sdpa), dropout 0, labels = random targets.
+--baseline-bin adds another build of `bench_model` (an older commit, say) to the same
+alternation, as one more column.
 """
 import argparse
 import json
@@ -80,6 +82,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--torch-child", nargs=2, metavar=("PRESET", "THREADS"))
+    ap.add_argument("--baseline-bin", help="another bench_model build, measured alongside")
     args = ap.parse_args()
     if args.torch_child:
         torch_child(args.torch_child[0], int(args.torch_child[1]), args.steps)
@@ -89,23 +92,31 @@ def main():
         for threads in (1, 2):
             best = {}
             for _ in range(args.rounds):
-                for name, cmd in [
+                cmds = [
                     ("polylm", [BIN, "train", preset, str(batch), str(seq), str(args.steps)]),
                     ("polylm+recompute", [BIN, "train", preset, str(batch), str(seq), str(args.steps), "recompute"]),
                     ("torch", [sys.executable, __file__, "--steps", str(args.steps), "--torch-child", preset, str(threads)]),
-                ]:
+                ]
+                if args.baseline_bin:
+                    cmds.append(("baseline", [args.baseline_bin, "train", preset, str(batch), str(seq), str(args.steps)]))
+                for name, cmd in cmds:
                     r = run(cmd, threads)
                     if name not in best or r["tokens_per_s"] > best[name]["tokens_per_s"]:
                         best[name] = r
             rows.append((preset, threads, best))
             print(json.dumps({"preset": preset, "threads": threads, **{k: v for k, v in best.items()}}), flush=True)
     print()
-    print("| preset | B×T | threads | ours tok/s | PyTorch tok/s | ours / PyTorch | ours peak MiB | ours+recompute tok/s, peak MiB | PyTorch peak MiB |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    extra = " baseline tok/s | ours / baseline |" if args.baseline_bin else ""
+    print("| preset | B×T | threads | ours tok/s | PyTorch tok/s | ours / PyTorch | ours peak MiB | ours+recompute tok/s, peak MiB | PyTorch peak MiB |" + extra)
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if args.baseline_bin else ""))
     for preset, threads, b in rows:
         o, r, t = b["polylm"], b["polylm+recompute"], b["torch"]
-        print(f"| {preset} | {o['batch']}×{o['seq']} | {threads} | {o['tokens_per_s']:.0f} | {t['tokens_per_s']:.0f} | "
-              f"{o['tokens_per_s'] / t['tokens_per_s']:.2f} | {o['peak_rss_mib']:.0f} | {r['tokens_per_s']:.0f}, {r['peak_rss_mib']:.0f} | {t['peak_rss_mib']:.0f} |")
+        line = (f"| {preset} | {o['batch']}×{o['seq']} | {threads} | {o['tokens_per_s']:.0f} | {t['tokens_per_s']:.0f} | "
+                f"{o['tokens_per_s'] / t['tokens_per_s']:.2f} | {o['peak_rss_mib']:.0f} | {r['tokens_per_s']:.0f}, {r['peak_rss_mib']:.0f} | {t['peak_rss_mib']:.0f} |")
+        if args.baseline_bin:
+            base = b["baseline"]["tokens_per_s"]
+            line += f" {base:.0f} | {o['tokens_per_s'] / base:.2f} |"
+        print(line)
 
 
 if __name__ == "__main__":

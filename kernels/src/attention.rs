@@ -17,8 +17,9 @@
 //! dQ (7 tile products per pair, but parallel within a head).
 //!
 //! The tile products and row loops are written so that they vectorise and are compiled for the
-//! best instruction set found at run time (AVX-512, AVX2+FMA or portable); f32 uses the fast
-//! polynomial exponential, f64 libm's.
+//! best instruction set found at run time (AVX-512, AVX2+FMA or portable); f32 tile products
+//! run on explicit AVX-512 (4×32) or AVX2 (4×16) kernels, f32 uses the fast polynomial
+//! exponential, f64 libm's.
 //!
 //! Layout: `q`, `k`, `v`, `out` and their gradients are contiguous `[heads, seq, head_dim]`
 //! (batch and heads flattened together); `lse` is `[heads, seq]`.
@@ -67,8 +68,32 @@ struct Geo {
     dp: usize,
     b: usize,
     nb: usize,
-    /// Whether f32 tile products may use the explicit AVX-512 kernel.
-    avx512: bool,
+    /// The kernel of the f32 tile products.
+    tile: TileKernel,
+}
+
+/// Which kernel runs [`gemm`] on f32 tiles (other types always take the generic loops).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TileKernel {
+    /// The generic register-tiled loops, vectorised by the compiler.
+    Generic,
+    /// Explicit AVX2+FMA intrinsics in 4×16 tiles (the generic 4×32 tile needs all sixteen
+    /// ymm registers for its accumulators alone and spills).
+    Avx2,
+    /// Explicit AVX-512 intrinsics in 4×32 tiles.
+    Avx512,
+}
+
+impl TileKernel {
+    /// The best kernel for `level`, if the CPU supports it.
+    fn for_level(level: SimdLevel) -> TileKernel {
+        match level {
+            _ if !cfg!(target_arch = "x86_64") || !level.is_supported() => TileKernel::Generic,
+            SimdLevel::Avx512 => TileKernel::Avx512,
+            SimdLevel::Avx2Fma => TileKernel::Avx2,
+            SimdLevel::Portable => TileKernel::Generic,
+        }
+    }
 }
 
 impl Geo {
@@ -77,8 +102,7 @@ impl Geo {
             b > 0 && b.rem_euclid(NR) == 0 && NR.rem_euclid(MR) == 0,
             "attention block must be a multiple of {NR}"
         );
-        let avx512 = level == SimdLevel::Avx512 && level.is_supported();
-        Geo { seq, d, dp: d.div_ceil(NR) * NR, b, nb: seq.div_ceil(b), avx512 }
+        Geo { seq, d, dp: d.div_ceil(NR) * NR, b, nb: seq.div_ceil(b), tile: TileKernel::for_level(level) }
     }
     /// First row and number of valid rows of block `blk`.
     fn rows(&self, blk: usize) -> (usize, usize) {
@@ -95,7 +119,7 @@ impl Geo {
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn gemm<T: Real, const FMA: bool>(
-    avx512: bool,
+    tile: TileKernel,
     accumulate: bool,
     m: usize,
     n: usize,
@@ -125,15 +149,20 @@ fn gemm<T: Real, const FMA: bool>(
     assert!((k - 1) * ldb + n <= b.len(), "gemm: B out of bounds");
     assert!((m - 1) * ldc + n <= c.len(), "gemm: C out of bounds");
     #[cfg(target_arch = "x86_64")]
-    if avx512 {
+    if tile != TileKernel::Generic {
         if let (Some(a), Some(b), Some(c)) = (as_f32(a), as_f32(b), as_f32_mut(c)) {
-            // SAFETY: `avx512` is only set when the CPU supports AVX-512F (see `Geo::new`), and
-            // the asserts above bound every index the kernel reads or writes.
-            unsafe { avx512::gemm_f32(accumulate, m, n, k, a, ars, acs, b, ldb, c, ldc) };
+            // SAFETY: `TileKernel::for_level` picks Avx512 / Avx2 only when the CPU supports
+            // that level, and the asserts above bound every index the kernels read or write.
+            unsafe {
+                match tile {
+                    TileKernel::Avx512 => x86::gemm_avx512(accumulate, m, n, k, a, ars, acs, b, ldb, c, ldc),
+                    _ => x86::gemm_avx2(accumulate, m, n, k, a, ars, acs, b, ldb, c, ldc),
+                }
+            }
             return;
         }
     }
-    let _ = avx512;
+    let _ = tile;
     for i0 in (0..m).step_by(MR) {
         for j0 in (0..n).step_by(NR) {
             let mut acc = [[T::ZERO; NR]; MR];
@@ -184,86 +213,114 @@ fn as_f32_mut<T: 'static>(x: &mut [T]) -> Option<&mut [f32]> {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
-    //! The f32 tile product with explicit AVX-512 intrinsics.
+mod x86 {
+    //! The f32 tile products with explicit intrinsics, in tiles of 4 rows × 2 vectors: 4×32 on
+    //! AVX-512, 4×16 on AVX2+FMA (the generic 4×32 tile's sixteen 8-wide accumulators would take
+    //! every ymm register and spill).
     use std::arch::x86_64::*;
 
     use super::{MR, NR};
 
-    /// Same contract as [`super::gemm`] for f32 (`m % 4 == 0`, `n % 32 == 0`).
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512F, and for every `i < m`, `p < k`, `j < n`:
-    /// `i·ars + p·acs < a.len()`, `p·ldb + j < b.len()` and `i·ldc + j < c.len()`.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn gemm_f32(
-        accumulate: bool,
-        m: usize,
-        n: usize,
-        k: usize,
-        a: &[f32],
-        ars: usize,
-        acs: usize,
-        b: &[f32],
-        ldb: usize,
-        c: &mut [f32],
-        ldc: usize,
-    ) {
-        const _: () = assert!(MR == 4 && NR == 32);
-        let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
-        for i0 in (0..m).step_by(4) {
-            for j0 in (0..n).step_by(32) {
-                // SAFETY (all pointer arithmetic below): rows i0..i0+4 < m, columns
-                // j0..j0+32 ≤ n and p < k, which the caller's contract bounds by the slices.
-                let c0 = cp.add(i0 * ldc + j0);
-                let (c1, c2, c3) = (c0.add(ldc), c0.add(2 * ldc), c0.add(3 * ldc));
-                let z = _mm512_setzero_ps();
-                let (mut x00, mut x01, mut x10, mut x11, mut x20, mut x21, mut x30, mut x31) =
-                    (z, z, z, z, z, z, z, z);
-                if accumulate {
-                    x00 = _mm512_loadu_ps(c0);
-                    x01 = _mm512_loadu_ps(c0.add(16));
-                    x10 = _mm512_loadu_ps(c1);
-                    x11 = _mm512_loadu_ps(c1.add(16));
-                    x20 = _mm512_loadu_ps(c2);
-                    x21 = _mm512_loadu_ps(c2.add(16));
-                    x30 = _mm512_loadu_ps(c3);
-                    x31 = _mm512_loadu_ps(c3.add(16));
+    /// Defines `$name`, the f32 tile product for vectors of `$w` lanes, with the contract of
+    /// [`super::gemm`] (`m % 4 == 0`, `n % 32 == 0`).
+    macro_rules! tile_product {
+        ($name:ident, $feature:literal, $w:literal, $zero:ident, $load:ident, $set1:ident, $fma:ident, $store:ident) => {
+            /// # Safety
+            /// The CPU must support the instruction sets of the `target_feature` attribute,
+            /// and for every `i < m`, `p < k`, `j < n`: `i·ars + p·acs < a.len()`,
+            /// `p·ldb + j < b.len()` and `i·ldc + j < c.len()`.
+            #[target_feature(enable = $feature)]
+            #[allow(clippy::too_many_arguments)]
+            pub(super) unsafe fn $name(
+                accumulate: bool,
+                m: usize,
+                n: usize,
+                k: usize,
+                a: &[f32],
+                ars: usize,
+                acs: usize,
+                b: &[f32],
+                ldb: usize,
+                c: &mut [f32],
+                ldc: usize,
+            ) {
+                const _: () = assert!(MR == 4 && NR.is_multiple_of(2 * $w));
+                let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+                for i0 in (0..m).step_by(4) {
+                    // SAFETY (all pointer arithmetic below): rows i0..i0+4 < m, columns
+                    // j0..j0+2w ≤ n and p < k, which the caller's contract bounds by the slices.
+                    let a0 = ap.add(i0 * ars);
+                    let (a1, a2, a3) = (a0.add(ars), a0.add(2 * ars), a0.add(3 * ars));
+                    for j0 in (0..n).step_by(2 * $w) {
+                        let c0 = cp.add(i0 * ldc + j0);
+                        let (c1, c2, c3) = (c0.add(ldc), c0.add(2 * ldc), c0.add(3 * ldc));
+                        let z = $zero();
+                        let (mut x00, mut x01, mut x10, mut x11, mut x20, mut x21, mut x30, mut x31) =
+                            (z, z, z, z, z, z, z, z);
+                        if accumulate {
+                            x00 = $load(c0);
+                            x01 = $load(c0.add($w));
+                            x10 = $load(c1);
+                            x11 = $load(c1.add($w));
+                            x20 = $load(c2);
+                            x21 = $load(c2.add($w));
+                            x30 = $load(c3);
+                            x31 = $load(c3.add($w));
+                        }
+                        let mut brow = bp.add(j0);
+                        let mut off = 0;
+                        for _ in 0..k {
+                            let b0 = $load(brow);
+                            let b1 = $load(brow.add($w));
+                            let v0 = $set1(*a0.add(off));
+                            x00 = $fma(v0, b0, x00);
+                            x01 = $fma(v0, b1, x01);
+                            let v1 = $set1(*a1.add(off));
+                            x10 = $fma(v1, b0, x10);
+                            x11 = $fma(v1, b1, x11);
+                            let v2 = $set1(*a2.add(off));
+                            x20 = $fma(v2, b0, x20);
+                            x21 = $fma(v2, b1, x21);
+                            let v3 = $set1(*a3.add(off));
+                            x30 = $fma(v3, b0, x30);
+                            x31 = $fma(v3, b1, x31);
+                            brow = brow.add(ldb);
+                            off += acs;
+                        }
+                        $store(c0, x00);
+                        $store(c0.add($w), x01);
+                        $store(c1, x10);
+                        $store(c1.add($w), x11);
+                        $store(c2, x20);
+                        $store(c2.add($w), x21);
+                        $store(c3, x30);
+                        $store(c3.add($w), x31);
+                    }
                 }
-                let a0 = ap.add(i0 * ars);
-                let (a1, a2, a3) = (a0.add(ars), a0.add(2 * ars), a0.add(3 * ars));
-                let mut brow = bp.add(j0);
-                let mut off = 0;
-                for _ in 0..k {
-                    let b0 = _mm512_loadu_ps(brow);
-                    let b1 = _mm512_loadu_ps(brow.add(16));
-                    let v0 = _mm512_set1_ps(*a0.add(off));
-                    x00 = _mm512_fmadd_ps(v0, b0, x00);
-                    x01 = _mm512_fmadd_ps(v0, b1, x01);
-                    let v1 = _mm512_set1_ps(*a1.add(off));
-                    x10 = _mm512_fmadd_ps(v1, b0, x10);
-                    x11 = _mm512_fmadd_ps(v1, b1, x11);
-                    let v2 = _mm512_set1_ps(*a2.add(off));
-                    x20 = _mm512_fmadd_ps(v2, b0, x20);
-                    x21 = _mm512_fmadd_ps(v2, b1, x21);
-                    let v3 = _mm512_set1_ps(*a3.add(off));
-                    x30 = _mm512_fmadd_ps(v3, b0, x30);
-                    x31 = _mm512_fmadd_ps(v3, b1, x31);
-                    brow = brow.add(ldb);
-                    off += acs;
-                }
-                _mm512_storeu_ps(c0, x00);
-                _mm512_storeu_ps(c0.add(16), x01);
-                _mm512_storeu_ps(c1, x10);
-                _mm512_storeu_ps(c1.add(16), x11);
-                _mm512_storeu_ps(c2, x20);
-                _mm512_storeu_ps(c2.add(16), x21);
-                _mm512_storeu_ps(c3, x30);
-                _mm512_storeu_ps(c3.add(16), x31);
             }
-        }
+        };
     }
+
+    tile_product!(
+        gemm_avx512,
+        "avx512f,avx2,fma",
+        16,
+        _mm512_setzero_ps,
+        _mm512_loadu_ps,
+        _mm512_set1_ps,
+        _mm512_fmadd_ps,
+        _mm512_storeu_ps
+    );
+    tile_product!(
+        gemm_avx2,
+        "avx2,fma",
+        8,
+        _mm256_setzero_ps,
+        _mm256_loadu_ps,
+        _mm256_set1_ps,
+        _mm256_fmadd_ps,
+        _mm256_storeu_ps
+    );
 }
 
 /// Copies `nrows` rows of `d` values starting at row `r0` of `src` (row stride `d`) into the
@@ -370,7 +427,7 @@ fn forward_block<T: Real, const FMA: bool>(
         load_transposed(kh, k0, krows, g, &mut kt);
         load_rows(vh, k0, krows, g, T::ONE, &mut vb);
         // S = (scale·Q)·Kᵀ
-        gemm::<T, FMA>(g.avx512, false, b, b, d, &qs, dp, 1, &kt, b, &mut s, b);
+        gemm::<T, FMA>(g.tile, false, b, b, d, &qs, dp, 1, &kt, b, &mut s, b);
         for (i, srow) in s.chunks_exact_mut(b).enumerate() {
             if i >= rows {
                 srow.iter_mut().for_each(|x| *x = T::ZERO);
@@ -389,7 +446,7 @@ fn forward_block<T: Real, const FMA: bool>(
             m[i] = m_new;
         }
         // acc += P·V
-        gemm::<T, FMA>(g.avx512, true, b, dp, krows, &s, b, 1, &vb, dp, &mut acc, dp);
+        gemm::<T, FMA>(g.tile, true, b, dp, krows, &s, b, 1, &vb, dp, &mut acc, dp);
     }
     for (i, (orow, lrow)) in out.chunks_exact_mut(d).zip(lse.iter_mut()).enumerate().take(rows) {
         let inv = T::ONE / l[i];
@@ -585,8 +642,8 @@ fn probs_and_dscores<T: Real, const FMA: bool>(
     sc: &mut Scratch<T>,
 ) {
     let (b, d, dp) = (g.b, g.d, g.dp);
-    gemm::<T, FMA>(g.avx512, false, b, b, d, &sc.qb, dp, 1, &sc.kt, b, &mut sc.p, b);
-    gemm::<T, FMA>(g.avx512, false, b, b, d, &sc.dob, dp, 1, &sc.vt, b, &mut sc.ds, b);
+    gemm::<T, FMA>(g.tile, false, b, b, d, &sc.qb, dp, 1, &sc.kt, b, &mut sc.p, b);
+    gemm::<T, FMA>(g.tile, false, b, b, d, &sc.dob, dp, 1, &sc.vt, b, &mut sc.ds, b);
     for (i, (prow, dsrow)) in sc.p.chunks_exact_mut(b).zip(sc.ds.chunks_exact_mut(b)).enumerate() {
         if i >= rows {
             prow.iter_mut().for_each(|x| *x = T::ZERO);
@@ -643,11 +700,11 @@ fn key_block<T: Real, const FMA: bool>(
         let (q0, rows) = load_query_block(g, hin, qb, sc);
         probs_and_dscores::<T, FMA>(g, hin, scale, q0, rows, qb == kb, sc);
         // dV += Pᵀ·dout, dK += dSᵀ·Q (the transposes are read through the A strides).
-        gemm::<T, FMA>(g.avx512, true, b, dp, rows, &sc.p, 1, b, &sc.dob, dp, &mut sc.acc2, dp);
-        gemm::<T, FMA>(g.avx512, true, b, dp, rows, &sc.ds, 1, b, &sc.qb, dp, &mut sc.acc1, dp);
+        gemm::<T, FMA>(g.tile, true, b, dp, rows, &sc.p, 1, b, &sc.dob, dp, &mut sc.acc2, dp);
+        gemm::<T, FMA>(g.tile, true, b, dp, rows, &sc.ds, 1, b, &sc.qb, dp, &mut sc.acc1, dp);
         if let Some(dq_acc) = dq_acc.as_deref_mut() {
             let tile = &mut dq_acc[qb * b * dp..][..b * dp];
-            gemm::<T, FMA>(g.avx512, true, b, dp, krows, &sc.ds, b, 1, &sc.kr, dp, tile, dp);
+            gemm::<T, FMA>(g.tile, true, b, dp, krows, &sc.ds, b, 1, &sc.kr, dp, tile, dp);
         }
     }
     store_rows(g, &sc.acc1, scale, krows, dk);
@@ -691,7 +748,7 @@ fn query_block_dq<T: Real, const FMA: bool>(
         load_transposed(hin.v, k0, krows, g, &mut sc.vt);
         load_rows(hin.k, k0, krows, g, T::ONE, &mut sc.kr);
         probs_and_dscores::<T, FMA>(g, hin, scale, q0, rows, qb == kb, sc);
-        gemm::<T, FMA>(g.avx512, true, b, dp, krows, &sc.ds, b, 1, &sc.kr, dp, &mut sc.acc1, dp);
+        gemm::<T, FMA>(g.tile, true, b, dp, krows, &sc.ds, b, 1, &sc.kr, dp, &mut sc.acc1, dp);
     }
     store_rows(g, &sc.acc1, scale, rows, dq);
 }

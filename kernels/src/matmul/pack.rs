@@ -32,6 +32,9 @@ pub(crate) fn pack<T: Elem, const W: usize>(
     dst: &mut [f32],
 ) {
     debug_assert_eq!(dst.len(), lanes.div_ceil(W) * W * kc);
+    if src.lane_stride == 1 && lanes > 1 {
+        return pack_contiguous_lanes::<T, W>(src, lane0, lanes, k0, kc, dst);
+    }
     for (q, panel) in dst.chunks_exact_mut(W * kc).enumerate() {
         let first = lane0 + q * W;
         let width = W.min(lane0 + lanes - first);
@@ -39,6 +42,51 @@ pub(crate) fn pack<T: Elem, const W: usize>(
     }
 }
 
+/// Panels that [`pack_contiguous_lanes`] fills side by side.
+const PANELS_PER_SWEEP: usize = 16;
+
+/// [`pack`] when the lanes are contiguous (`lane_stride == 1`). Panel by panel would read a
+/// cache line of each step per panel, and with a large power-of-two `k_stride` (a
+/// `[tokens, 8192]` gradient read transposed) those lines all fall in one cache set and are
+/// evicted before the next panel comes back to them; all panels at once would keep one line
+/// of every panel being written. So [`PANELS_PER_SWEEP`] panels are filled side by side: for
+/// each step, the run of their lanes (a few whole cache lines) is read once and dealt out.
+fn pack_contiguous_lanes<T: Elem, const W: usize>(
+    src: Src<'_, T>,
+    lane0: usize,
+    lanes: usize,
+    k0: usize,
+    kc: usize,
+    dst: &mut [f32],
+) {
+    let panel_len = W * kc;
+    let sweep_lanes = PANELS_PER_SWEEP * W;
+    for (sweep, out) in dst.chunks_mut(PANELS_PER_SWEEP * panel_len).enumerate() {
+        let first = sweep * sweep_lanes;
+        let width = sweep_lanes.min(lanes - first);
+        let (full, rest) = (width / W, width % W);
+        for p in 0..kc {
+            let start = lane0 + first + (k0 + p) * src.k_stride;
+            let run = &src.data[start..start + width];
+            for (q, from) in run.chunks_exact(W).enumerate() {
+                let from: &[T; W] = from.try_into().expect("chunks of W values");
+                for (d, s) in out[q * panel_len + p * W..][..W].iter_mut().zip(from) {
+                    *d = s.to_f32();
+                }
+            }
+            if rest > 0 {
+                let to = &mut out[full * panel_len + p * W..][..W];
+                for (d, s) in to.iter_mut().zip(&run[full * W..]) {
+                    *d = s.to_f32();
+                }
+                to[rest..].fill(0.0);
+            }
+        }
+    }
+}
+
+/// Packs one panel of `width <= W` lanes (the rest zero); the lanes are not contiguous unless
+/// `width == 1` ([`pack_contiguous_lanes`] takes the other contiguous cases).
 fn pack_panel<T: Elem, const W: usize>(
     src: Src<'_, T>,
     lane0: usize,
@@ -48,20 +96,15 @@ fn pack_panel<T: Elem, const W: usize>(
     panel: &mut [f32],
 ) {
     let Src { data, lane_stride, k_stride } = src;
+    if width == W && k_stride == 1 {
+        return pack_full_panel_along_k::<T, W>(src, lane0, k0, kc, panel);
+    }
     if width < W {
         for row in panel.chunks_exact_mut(W) {
             row[width..].fill(0.0);
         }
     }
-    if lane_stride == 1 && width > 1 {
-        // Lanes are contiguous: copy one run of `width` values per step.
-        for (p, row) in panel.chunks_exact_mut(W).enumerate() {
-            let start = lane0 + (k0 + p) * k_stride;
-            for (d, s) in row[..width].iter_mut().zip(&data[start..start + width]) {
-                *d = s.to_f32();
-            }
-        }
-    } else if k_stride == 1 {
+    if k_stride == 1 {
         // Each lane is contiguous along k: read it in one run, scatter with stride W.
         for l in 0..width {
             let start = (lane0 + l) * lane_stride + k0;
@@ -75,6 +118,28 @@ fn pack_panel<T: Elem, const W: usize>(
             for (l, d) in row[..width].iter_mut().enumerate() {
                 *d = data[base + (lane0 + l) * lane_stride].to_f32();
             }
+        }
+    }
+}
+
+/// [`pack_panel`] of a whole panel (`W` lanes) whose lanes are each contiguous along k
+/// (`k_stride == 1`): the `W` lanes are read side by side, one step of each per output row,
+/// so every row is written once and whole.
+fn pack_full_panel_along_k<T: Elem, const W: usize>(
+    src: Src<'_, T>,
+    lane0: usize,
+    k0: usize,
+    kc: usize,
+    panel: &mut [f32],
+) {
+    let Src { data, lane_stride, .. } = src;
+    let lanes: [&[T]; W] = std::array::from_fn(|l| {
+        let start = (lane0 + l) * lane_stride + k0;
+        &data[start..start + kc]
+    });
+    for (p, row) in panel.chunks_exact_mut(W).enumerate().take(kc) {
+        for (d, lane) in row.iter_mut().zip(&lanes) {
+            *d = lane[p].to_f32();
         }
     }
 }
@@ -112,4 +177,69 @@ pub(crate) fn with_scratch<R>(
     let r = f(slice);
     key.set(buf);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use half::bf16;
+
+    use super::*;
+
+    /// `pack` written out value by value from its definition.
+    fn naive<T: Elem, const W: usize>(
+        src: Src<'_, T>,
+        lane0: usize,
+        lanes: usize,
+        k0: usize,
+        kc: usize,
+    ) -> Vec<f32> {
+        let mut out = vec![0.0; lanes.div_ceil(W) * W * kc];
+        for q in 0..lanes.div_ceil(W) {
+            for p in 0..kc {
+                for l in 0..W {
+                    let lane = q * W + l;
+                    if lane < lanes {
+                        let at = (lane0 + lane) * src.lane_stride + (k0 + p) * src.k_stride;
+                        out[q * W * kc + p * W + l] = src.data[at].to_f32();
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn check<T: Elem, const W: usize>(to_t: fn(f32) -> T) {
+        // (lanes, kc, layout): lane-contiguous (several sweeps, a ragged end), step-contiguous,
+        // and neither, each from an offset inside a larger matrix.
+        for &(lanes, kc) in
+            &[(1, 5), (W, 3), (3 * W + 1, 7), (PANELS_PER_SWEEP * W + 2 * W - 1, 4), (40 * W, 2)]
+        {
+            for layout in 0..3 {
+                let (rows, cols) = (lanes + 3, kc + 2); // lanes × steps, with a margin
+                let (lane_stride, k_stride) = match layout {
+                    0 => (1, rows),
+                    1 => (cols, 1),
+                    _ => (2 * cols + 1, 2),
+                };
+                let len = (rows - 1) * lane_stride + (cols - 1) * k_stride + 1;
+                let data: Vec<T> =
+                    (0..len).map(|i| to_t(((i * 37 + 11) % 101) as f32 * 0.03 - 1.4)).collect();
+                let src = Src { data: &data, lane_stride, k_stride };
+                let (lane0, k0) = (2, 1);
+                let want = naive::<T, W>(src, lane0, lanes, k0, kc);
+                let mut got = vec![f32::NAN; want.len()];
+                pack::<T, W>(src, lane0, lanes, k0, kc, &mut got);
+                assert_eq!(got, want, "W={W} lanes={lanes} kc={kc} strides ({lane_stride}, {k_stride})");
+            }
+        }
+    }
+
+    #[test]
+    fn packs_every_layout_like_the_definition() {
+        check::<f32, 6>(|v| v);
+        check::<f32, 14>(|v| v);
+        check::<f32, 16>(|v| v);
+        check::<bf16, 32>(bf16::from_f32);
+        check::<bf16, 4>(bf16::from_f32);
+    }
 }
