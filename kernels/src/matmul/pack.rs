@@ -96,7 +96,7 @@ fn pack_panel<T: Elem, const W: usize>(
     panel: &mut [f32],
 ) {
     let Src { data, lane_stride, k_stride } = src;
-    if width == W && k_stride == 1 {
+    if width == W && k_stride == 1 && W <= MAX_SIDE_BY_SIDE {
         return pack_full_panel_along_k::<T, W>(src, lane0, k0, kc, panel);
     }
     if width < W {
@@ -122,9 +122,17 @@ fn pack_panel<T: Elem, const W: usize>(
     }
 }
 
+/// The widest panel [`pack_full_panel_along_k`] packs: its `W` source lines in use at once
+/// share one cache set when the lane stride is a multiple of 4 KiB (a `[tokens, 8192]`
+/// gradient), and x86 L1 caches are at least 8-way. Wider panels (the AVX2 kernel's B, the
+/// AVX-512 kernel's A and B) keep reading one lane at a time.
+const MAX_SIDE_BY_SIDE: usize = 8;
+
 /// [`pack_panel`] of a whole panel (`W` lanes) whose lanes are each contiguous along k
 /// (`k_stride == 1`): the `W` lanes are read side by side, one step of each per output row,
-/// so every row is written once and whole.
+/// so every row is written once and whole and the lanes stream in step (1.45× the one-lane-
+/// at-a-time packing of the `[2048, 8192]` logit gradient for the AVX2 kernel's 6-row panels,
+/// `docs/benchmarks.md`).
 fn pack_full_panel_along_k<T: Elem, const W: usize>(
     src: Src<'_, T>,
     lane0: usize,
