@@ -34,7 +34,8 @@ fn main() {
     let mut sizes = vec![256, 512, 1024, 2048];
     let mut threads = vec![1, 2];
     let mut repeat = 5usize;
-    let mut shapes: Vec<(usize, usize, usize, &'static str)> = Vec::new();
+    // (label, m, n, k, A transposed, B transposed)
+    let mut shapes: Vec<(String, usize, usize, usize, bool, bool)> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -49,14 +50,15 @@ fn main() {
                     .split(',')
                     .map(|s| {
                         let (dims, layout) = s.split_once(':').unwrap_or((s, "nn"));
-                        let layout = match layout {
-                            "nn" => "nn",
-                            "nt" => "nt",
-                            "tn" => "tn",
+                        let (a_t, b_t) = match layout {
+                            "nn" => (false, false),
+                            "nt" => (false, true),
+                            "tn" => (true, false),
                             other => panic!("layout {other}: expected nn, nt or tn"),
                         };
                         let d = dims.split('x').map(|x| x.parse().expect("MxNxK")).collect::<Vec<usize>>();
-                        (d[0], d[1], d[2], layout)
+                        let suffix = if layout == "nn" { String::new() } else { format!(":{layout}") };
+                        (format!("shape={}x{}x{}{suffix}", d[0], d[1], d[2]), d[0], d[1], d[2], a_t, b_t)
                     })
                     .collect();
             }
@@ -64,17 +66,13 @@ fn main() {
             _ => {}
         }
     }
-    let mut cases: Vec<(String, usize, usize, usize, &str)> =
-        sizes.iter().map(|&s| (format!("size={s}"), s, s, s, "nn")).collect();
-    cases.extend(shapes.iter().map(|&(m, n, k, l)| {
-        let suffix = if l == "nn" { String::new() } else { format!(":{l}") };
-        (format!("shape={m}x{n}x{k}{suffix}"), m, n, k, l)
-    }));
+    let mut cases: Vec<(String, usize, usize, usize, bool, bool)> =
+        sizes.iter().map(|&s| (format!("size={s}"), s, s, s, false, false)).collect();
+    cases.extend(shapes);
     for &t in &threads {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("thread pool");
-        for (label, m, n, k, layout) in &cases {
-            let (m, n, k) = (*m, *n, *k);
-            let (a_t, b_t) = (*layout == "tn", *layout == "nt");
+        for (label, m, n, k, a_t, b_t) in &cases {
+            let (m, n, k, a_t, b_t) = (*m, *n, *k, *a_t, *b_t);
             let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 + 3) % 13) as f32 * 0.1 - 0.6).collect();
             let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 + 1) % 11) as f32 * 0.1 - 0.5).collect();
             let mut c = vec![0f32; m * n];

@@ -149,17 +149,17 @@ fn gemm<T: Real, const FMA: bool>(
     assert!((k - 1) * ldb + n <= b.len(), "gemm: B out of bounds");
     assert!((m - 1) * ldc + n <= c.len(), "gemm: C out of bounds");
     #[cfg(target_arch = "x86_64")]
-    if tile != TileKernel::Generic {
-        if let (Some(a), Some(b), Some(c)) = (as_f32(a), as_f32(b), as_f32_mut(c)) {
-            // SAFETY: `TileKernel::for_level` picks Avx512 / Avx2 only when the CPU supports
-            // that level, and the asserts above bound every index the kernels read or write.
-            unsafe {
-                match tile {
-                    TileKernel::Avx512 => x86::gemm_avx512(accumulate, m, n, k, a, ars, acs, b, ldb, c, ldc),
-                    _ => x86::gemm_avx2(accumulate, m, n, k, a, ars, acs, b, ldb, c, ldc),
-                }
+    if let (Some(a), Some(b), Some(c)) = (as_f32(a), as_f32(b), as_f32_mut(c)) {
+        // SAFETY: `TileKernel::for_level` picks Avx512 / Avx2 only when the CPU supports that
+        // level, and the asserts above bound every index the kernels read or write.
+        match tile {
+            TileKernel::Avx512 => {
+                return unsafe { x86::gemm_avx512(accumulate, m, n, k, a, ars, acs, b, ldb, c, ldc) }
             }
-            return;
+            TileKernel::Avx2 => {
+                return unsafe { x86::gemm_avx2(accumulate, m, n, k, a, ars, acs, b, ldb, c, ldc) }
+            }
+            TileKernel::Generic => {}
         }
     }
     let _ = tile;

@@ -86,6 +86,11 @@ fn scan(root: &Path) -> Result<Vec<(u64, PathBuf, bool)>> {
     Ok(found)
 }
 
+/// The newest complete checkpoint of a [`scan`].
+fn newest_complete(all: &[(u64, PathBuf, bool)]) -> Option<&PathBuf> {
+    all.iter().rev().find(|(_, _, complete)| *complete).map(|(_, dir, _)| dir)
+}
+
 /// Complete checkpoints under `root`, oldest first.
 pub fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(scan(root)?.into_iter().filter(|(_, _, complete)| *complete).map(|(s, p, _)| (s, p)).collect())
@@ -104,8 +109,8 @@ pub fn resume_point(root: &Path) -> Result<Option<PathBuf>> {
     let all = scan(root)?;
     match all.last() {
         Some((_, newest, false)) => {
-            let fallback = match all.iter().rev().find(|(_, _, complete)| *complete) {
-                Some((_, dir, _)) => format!("resume from {}", dir.display()),
+            let fallback = match newest_complete(&all) {
+                Some(dir) => format!("resume from {}", dir.display()),
                 None => "start over".to_string(),
             };
             Err(TrainError::Checkpoint {
@@ -131,7 +136,7 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     let mut incomplete = None;
     for root in [path.join("checkpoints"), path.to_path_buf()] {
         let all = scan(&root)?;
-        if let Some((_, dir, _)) = all.iter().rev().find(|(_, _, complete)| *complete) {
+        if let Some(dir) = newest_complete(&all) {
             return Ok(dir.clone());
         }
         incomplete = incomplete.or_else(|| all.last().map(|(_, dir, _)| dir.clone()));

@@ -64,22 +64,21 @@ fn pack_contiguous_lanes<T: Elem, const W: usize>(
     for (sweep, out) in dst.chunks_mut(PANELS_PER_SWEEP * panel_len).enumerate() {
         let first = sweep * sweep_lanes;
         let width = sweep_lanes.min(lanes - first);
-        let (full, rest) = (width / W, width % W);
         for p in 0..kc {
             let start = lane0 + first + (k0 + p) * src.k_stride;
-            let run = &src.data[start..start + width];
-            for (q, from) in run.chunks_exact(W).enumerate() {
-                let from: &[T; W] = from.try_into().expect("chunks of W values");
-                for (d, s) in out[q * panel_len + p * W..][..W].iter_mut().zip(from) {
-                    *d = s.to_f32();
+            for (q, from) in src.data[start..start + width].chunks(W).enumerate() {
+                let to = &mut out[q * panel_len + p * W..][..W];
+                // A whole chunk as `[T; W]`, so that the copy has a constant width.
+                if let Ok(from) = <&[T; W]>::try_from(from) {
+                    for (d, s) in to.iter_mut().zip(from) {
+                        *d = s.to_f32();
+                    }
+                } else {
+                    for (d, s) in to.iter_mut().zip(from) {
+                        *d = s.to_f32();
+                    }
+                    to[from.len()..].fill(0.0);
                 }
-            }
-            if rest > 0 {
-                let to = &mut out[full * panel_len + p * W..][..W];
-                for (d, s) in to.iter_mut().zip(&run[full * W..]) {
-                    *d = s.to_f32();
-                }
-                to[rest..].fill(0.0);
             }
         }
     }
