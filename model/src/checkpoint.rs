@@ -2,8 +2,11 @@
 //! `model.safetensors` (tensor names `transformer.wte.weight`, `transformer.h.{i}.attn.c_attn.weight`,
 //! ..., linear weights `[in, out]` as GPT-2's Conv1D stores them) and `config.json`.
 //!
-//! Loading accepts the names with or without the `transformer.` prefix (files written by
-//! `GPT2LMHeadModel` and by the bare `GPT2Model`), ignores GPT-2's attention-mask buffers
+//! Loading reads the weights in any layout the Hugging Face Hub ships (one safetensors file,
+//! safetensors shards with `model.safetensors.index.json`, a PyTorch `pytorch_model.bin`, or
+//! PyTorch shards with `pytorch_model.bin.index.json`: see [`crate::weights`]), accepts the
+//! names with or without the `transformer.` prefix (files written by `GPT2LMHeadModel` and by
+//! the bare `GPT2Model`), ignores GPT-2's attention-mask buffers
 //! (`h.{i}.attn.bias`, `h.{i}.attn.masked_bias`) and an `lm_head.weight` equal to the token
 //! embedding; any other missing, extra, misshapen or mistyped tensor is an error naming it.
 
@@ -18,7 +21,8 @@ use crate::error::{ModelError, Result};
 use crate::gpt::Gpt;
 use crate::hf_config::{from_hf_json, to_hf_json};
 use crate::params::{param_specs, Params};
-use crate::safetensors::{write_streaming, write_text_atomic, Dtype, MappedFile, TensorSpec, TensorView};
+use crate::safetensors::{write_streaming, write_text_atomic, Dtype, TensorSpec, TensorView};
+use crate::weights::{CheckpointWeights, TensorSource};
 
 /// The weights file's name inside a checkpoint directory.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -59,8 +63,9 @@ pub fn save(model: &Gpt, dir: &Path, dtype: DType) -> Result<()> {
     write_text_atomic(&dir.join(CONFIG_FILE), &to_hf_json(model.config(), torch_dtype))
 }
 
-/// Loads the checkpoint in `dir` with parameters of `dtype` (f32 or bf16; the file may hold
-/// either, or f16).
+/// Loads the checkpoint in `dir` (`config.json` and the weights in any layout of
+/// [`crate::weights::WEIGHT_FILES`]) with parameters of `dtype` (f32 or bf16; the files may
+/// hold either, or f16 or f64).
 pub fn load(dir: &Path, dtype: DType) -> Result<Gpt> {
     let cfg_path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&cfg_path).map_err(crate::error::io_err(&cfg_path))?;
@@ -70,12 +75,12 @@ pub fn load(dir: &Path, dtype: DType) -> Result<Gpt> {
         }
         other => other,
     })?;
-    let file = MappedFile::open(dir.join(WEIGHTS_FILE))?;
-    load_weights(&config, &file, dtype)
+    let weights = CheckpointWeights::open_dir(dir)?;
+    load_weights(&config, &weights, dtype)
 }
 
 /// The name a parameter has in `file`: with the `transformer.` prefix, or without.
-fn find<'a>(file: &'a MappedFile, name: &str) -> Option<TensorView<'a>> {
+fn find<'a>(file: &'a (impl TensorSource + ?Sized), name: &str) -> Option<TensorView<'a>> {
     file.tensor(name).ok().or_else(|| name.strip_prefix("transformer.").and_then(|n| file.tensor(n).ok()))
 }
 
@@ -85,8 +90,9 @@ fn is_ignored_buffer(name: &str) -> bool {
     n.starts_with("h.") && (n.ends_with(".attn.bias") || n.ends_with(".attn.masked_bias"))
 }
 
-/// Builds a model of `config` from a mapped safetensors file, checking every tensor.
-pub fn load_weights(config: &ModelConfig, file: &MappedFile, dtype: DType) -> Result<Gpt> {
+/// Builds a model of `config` from named tensors (a mapped safetensors file, a PyTorch file,
+/// a checkpoint's shards), checking every tensor.
+pub fn load_weights(config: &ModelConfig, file: &(impl TensorSource + ?Sized), dtype: DType) -> Result<Gpt> {
     if !matches!(dtype, DType::F32 | DType::BF16) {
         return Err(ModelError::TensorDType {
             name: "<model>".into(),
@@ -143,8 +149,9 @@ pub fn load_weights(config: &ModelConfig, file: &MappedFile, dtype: DType) -> Re
 }
 
 /// Transformer blocks in `file`: one more than the highest `h.N` index among its tensor names.
-fn layers_in(file: &MappedFile) -> usize {
+fn layers_in(file: &(impl TensorSource + ?Sized)) -> usize {
     file.names()
+        .into_iter()
         .filter_map(|name| {
             let rest = name.strip_prefix("transformer.").unwrap_or(name).strip_prefix("h.")?;
             rest.split_once('.')?.0.parse::<usize>().ok()
@@ -155,7 +162,7 @@ fn layers_in(file: &MappedFile) -> usize {
 }
 
 /// An `lm_head.weight` is accepted only when it equals the token embedding.
-fn check_tied_head(file: &MappedFile, name: &str) -> Result<()> {
+fn check_tied_head(file: &(impl TensorSource + ?Sized), name: &str) -> Result<()> {
     let head = file.tensor(name)?;
     let wte = find(file, "transformer.wte.weight")
         .ok_or_else(|| ModelError::MissingTensor { name: "transformer.wte.weight".into() })?;
@@ -166,8 +173,11 @@ fn check_tied_head(file: &MappedFile, name: &str) -> Result<()> {
             found: head.shape.to_vec(),
         });
     }
-    let same =
-        if head.dtype == wte.dtype { head.data == wte.data } else { head.to_f32()? == wte.to_f32()? };
+    // A PyTorch file's tied head is a view of the embedding's own storage: the same bytes,
+    // equal without reading them (which would fault the released embedding back in).
+    let shared = std::ptr::eq(head.data, wte.data) && head.dtype == wte.dtype;
+    let same = shared
+        || if head.dtype == wte.dtype { head.data == wte.data } else { head.to_f32()? == wte.to_f32()? };
     if same {
         Ok(())
     } else {

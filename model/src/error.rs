@@ -75,6 +75,30 @@ pub enum ModelError {
         /// What is wrong.
         reason: String,
     },
+    /// A PyTorch checkpoint (`pytorch_model.bin`) that cannot be read.
+    #[error("{path}: cannot read PyTorch checkpoint: {reason}")]
+    CorruptPytorch {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A sharded checkpoint's index (`*.index.json`) that does not describe its shards.
+    #[error("{path}: bad shard index: {reason}")]
+    BadIndex {
+        /// The index file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A checkpoint folder without any weights file this crate reads.
+    #[error("{dir}: no weights (looked for {looked_for})")]
+    NoWeights {
+        /// The folder.
+        dir: PathBuf,
+        /// The file names tried, in order.
+        looked_for: String,
+    },
     /// A tensor the model needs that the checkpoint lacks.
     #[error("checkpoint is missing tensor {name}")]
     MissingTensor {

@@ -7,7 +7,9 @@
 //! - [`KvCache`] and [`Gpt::generate`]: incremental decoding of batched prompts of different
 //!   lengths with greedy, temperature, top-k, top-p and repetition-penalty sampling.
 //! - [`safetensors`] and [`checkpoint`]: our own memory-mapped safetensors reader and atomic
-//!   writer, and the `GPT2LMHeadModel` checkpoint layout with its `config.json`.
+//!   writer, and the `GPT2LMHeadModel` checkpoint layout with its `config.json`;
+//!   [`weights`] and [`pytorch`]: checkpoints as the Hub ships them (safetensors or PyTorch
+//!   `pytorch_model.bin`, whole or sharded), read without Python and without running pickles.
 //!
 //! ```
 //! use polylm_engine::DType;
@@ -44,8 +46,10 @@ pub mod hf_config;
 mod infer;
 mod kv_cache;
 mod params;
+pub mod pytorch;
 pub mod safetensors;
 mod sampling;
+pub mod weights;
 
 pub use config::{ModelConfig, PRESETS};
 pub use error::{ModelError, Result};

@@ -53,7 +53,9 @@ enum Command {
     /// Continue prompts with a trained model.
     #[command(
         after_help = "Examples:\n  polylm generate --checkpoint CKPT --prompt \"Die Katze\" --prompt \"El gato\"\n  \
-                            polylm generate --checkpoint CKPT --instruct --prompt \"Translate to French: good morning\""
+                            polylm generate --checkpoint CKPT --instruct --prompt \"Translate to French: good morning\"\n  \
+                            # a model folder downloaded from the Hugging Face Hub, as it is:\n  \
+                            polylm generate --checkpoint ~/hub/gpt2 --prompt \"The meaning of life is\" --temperature 0"
     )]
     Generate(GenerateArgs),
     /// Training throughput (tokens/s, model FLOPs utilisation) of a preset on this machine, and
@@ -239,10 +241,13 @@ struct EvalArgs {
 
 #[derive(Args, Debug)]
 struct GenerateArgs {
-    /// A checkpoint folder, or a run's output folder (its latest checkpoint).
+    /// A checkpoint folder (config.json and model.safetensors, pytorch_model.bin or a sharded
+    /// index of either, as the Hugging Face Hub ships them), or a run's output folder (its
+    /// latest checkpoint).
     #[arg(long)]
     checkpoint: PathBuf,
-    /// The tokenizer (default: the checkpoint's tokenizer.json).
+    /// The tokenizer: ours, a Hugging Face tokenizer.json or a SentencePiece .model (default:
+    /// the checkpoint's tokenizer.json, else its tokenizer.model).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// A prompt (repeatable; all are generated as one batch).
@@ -400,22 +405,63 @@ fn prepare(a: PrepareArgs) -> Result<()> {
     Ok(())
 }
 
-/// The model and tokenizer of a checkpoint folder, on `device`.
+/// The model of a checkpoint folder (or a run's latest), on `device`, and the folder.
+fn open_model(path: &Path, device: &str) -> Result<(Gpt, PathBuf)> {
+    let dir = polylm_trainer::checkpoint::resolve(path)?;
+    eprintln!("checkpoint {}", dir.display());
+    let device = setup::resolve_device(device)?;
+    let mut model = polylm_model::checkpoint::load(&dir, DType::F32)?;
+    model.params_mut().to_device(device)?;
+    Ok((model, dir))
+}
+
+/// The model and our tokenizer of a checkpoint folder, on `device`.
 fn open_checkpoint(
     path: &Path,
     tokenizer: Option<&Path>,
     device: &str,
 ) -> Result<(Gpt, polylm_tokenizer::Tokenizer)> {
-    let dir = polylm_trainer::checkpoint::resolve(path)?;
-    let dir = dir.as_path();
-    eprintln!("checkpoint {}", dir.display());
+    let (model, dir) = open_model(path, device)?;
     let tok_path = tokenizer.map_or_else(|| dir.join(TOKENIZER_FILE), Path::to_path_buf);
     let tokenizer = setup::load_tokenizer(&tok_path)?;
-    let device = setup::resolve_device(device)?;
-    let mut model = polylm_model::checkpoint::load(dir, DType::F32)?;
     model.config().check_tokenizer_vocab(tokenizer.vocab_size())?;
-    model.params_mut().to_device(device)?;
     Ok((model, tokenizer))
+}
+
+/// The tokenizer files a checkpoint folder is searched for when none is given: ours or a
+/// Hugging Face `tokenizer.json`, else a SentencePiece `tokenizer.model` (as Llama-style Hub
+/// repositories ship it).
+const TOKENIZER_FILES: [&str; 2] = [TOKENIZER_FILE, "tokenizer.model"];
+
+/// A tokenizer of any format `polylm tokenizer` reads, for a checkpoint in `dir`.
+fn open_any_tokenizer(dir: &Path, given: Option<&Path>) -> Result<tokcli::AnyModel> {
+    let path = match given {
+        Some(p) => p.to_path_buf(),
+        None => TOKENIZER_FILES.iter().map(|f| dir.join(f)).find(|p| p.is_file()).ok_or_else(|| {
+            TrainError::Usage(format!(
+                "{} holds no tokenizer ({}); give one with --tokenizer",
+                dir.display(),
+                TOKENIZER_FILES.join(" or ")
+            ))
+        })?,
+    };
+    tokcli::AnyModel::load(&path).map_err(|e| TrainError::Usage(e.0))
+}
+
+/// The token a prompt starts with and the one that ends generation. Our tokenizers separate
+/// documents with `</s>`, so it is both; a foreign model starts at its `<s>` (or GPT-2's
+/// `<|endoftext|>`) and stops at the config's `eos_token_id` or the tokenizer's `</s>`.
+fn boundary_tokens(model: &Gpt, tokenizer: &tokcli::AnyModel) -> Result<(u32, u32)> {
+    if let tokcli::AnyModel::Ours(t) = tokenizer {
+        let eos = train::eos_of(t)?;
+        return Ok((eos, eos));
+    }
+    let eos = model.config().eos_token_id.or_else(|| tokenizer.boundary_id(false)).ok_or_else(|| {
+        TrainError::Usage(
+            "neither the config (eos_token_id) nor the tokenizer names an end-of-text token".into(),
+        )
+    })?;
+    Ok((tokenizer.boundary_id(true).unwrap_or(eos), eos))
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
@@ -490,15 +536,17 @@ fn eval(a: EvalArgs) -> Result<()> {
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
-    let (model, tokenizer) = open_checkpoint(&a.checkpoint, a.tokenizer.as_deref(), &a.device)?;
-    let eos = train::eos_of(&tokenizer)?;
+    let (model, dir) = open_model(&a.checkpoint, &a.device)?;
+    let tokenizer = open_any_tokenizer(&dir, a.tokenizer.as_deref())?;
+    model.config().check_tokenizer_vocab(tokenizer.vocab_size())?;
+    let (start, eos) = boundary_tokens(&model, &tokenizer)?;
     let context = model.config().context;
     let prompts: Vec<Vec<u32>> = a
         .prompt
         .iter()
         .map(|p| {
             let text = if a.instruct { sft::prompt_text(p) } else { p.clone() };
-            let mut ids = vec![eos];
+            let mut ids = vec![start];
             ids.extend(tokenizer.encode(&text));
             if ids.len() > context {
                 ids.drain(..ids.len() - context);
@@ -518,10 +566,10 @@ fn generate(a: GenerateArgs) -> Result<()> {
     };
     let outs = model.generate(&prompts, &params)?;
     for (ids, g) in prompts.iter().zip(outs) {
-        // Decoded with the prompt (less the leading </s>), so the word boundary comes out right.
-        let mut all = ids[usize::from(ids.first() == Some(&eos))..].to_vec();
+        // Decoded with the prompt (less the start token), so the word boundary comes out right.
+        let mut all = ids[usize::from(ids.first() == Some(&start))..].to_vec();
         all.extend(&g.tokens);
-        println!("{}", tokenizer.decode(&all)?);
+        println!("{}", tokenizer.decode(&all).map_err(|e| TrainError::Usage(e.0))?);
         println!("---");
     }
     Ok(())
