@@ -20,6 +20,12 @@ and, for `polylm generate` on a Hub checkpoint (trainer/tests/hub_checkpoint.rs)
     bin/tokenizer.json    a 64-token Metaspace BPE trained by the `tokenizers` library
     bin/generate.json     prompts, and the text transformers' greedy generate gives for each
                           (the prompt starts with <s>, stops at the config's eos_token_id)
+    bin/choices.jsonl     multiple-choice items ({"prompt", "choices", "gold"})
+    bin/choices.ref.json  transformers' log-likelihood of each choice given its prompt
+                          (tokens as trainer/src/choice.rs takes them)
+and two tiny torch.save files of broadcast views (stride 0): views/small.pt, an (2, 3) view of a
+3-element storage, and views/huge.pt, a view of 10^12 elements of a 1-element storage, which a
+reader must refuse rather than try to allocate.
 """
 import json
 import os
@@ -36,6 +42,12 @@ TEXT = [
     "Everyone has the right to life, liberty and security of person.",
 ]
 PROMPTS = ["All human", "Everyone has"]
+CHOICES = [
+    ("All human", [" beings", " rights", " free"], 0),
+    ("Everyone has", [" life", " the right"], 1),
+    ("They are", [" endowed", " born", " equal"], 2),
+    ("", [" All", " They"], 0),
+]
 NEW_TOKENS = 8
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,6 +131,36 @@ def main():
         full = out[0].tolist()
         cases.append({"prompt": prompt, "max_new_tokens": new, "ids": full, "text": tok.decode(full[1:], skip_special_tokens=True)})
     json.dump({"cases": cases}, open(os.path.join(d, "generate.json"), "w"), indent=2)
+
+    # Multiple choice: the prompt's ids, and each choice's ids as the suffix that tokenizing
+    # prompt + choice adds (or the choice alone when the prompt's ids are not a prefix); an
+    # empty prompt is the config's eos_token_id. The sum of log P(choice token | before).
+    def enc(text):
+        return tok.encode(text, add_special_tokens=False).ids if text else []
+
+    refs = []
+    with open(os.path.join(d, "choices.jsonl"), "w") as f:
+        for prompt, choices, gold in CHOICES:
+            f.write(json.dumps({"prompt": prompt, "choices": choices, "gold": gold}) + "\n")
+            p = enc(prompt) or [model.config.eos_token_id]
+            logliks = []
+            for c in choices:
+                whole = enc(prompt + c)
+                cont = whole[len(p):] if prompt and len(whole) > len(p) and whole[: len(p)] == p else enc(c)
+                assert len(p + cont) <= model.config.n_positions, (prompt, c, len(p + cont))
+                ids = torch.tensor([p + cont])
+                with torch.no_grad():
+                    logp = torch.log_softmax(model(ids).logits[0].double(), -1)
+                logliks.append(sum(logp[len(p) - 1 + i, t].item() for i, t in enumerate(cont)))
+            refs.append({"prompt": prompt, "loglik": logliks})
+    json.dump({"items": refs}, open(os.path.join(d, "choices.ref.json"), "w"), indent=2)
+
+    d = os.path.join(OUT, "views")
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    row = torch.tensor([1.5, -2.0, 3.25])
+    torch.save({"x": row.expand(2, 3)}, os.path.join(d, "small.pt"))
+    torch.save({"x": torch.tensor([7.0]).expand(10**12)}, os.path.join(d, "huge.pt"))
 
     for name in sorted(os.listdir(OUT)):
         print(name, sorted(os.listdir(os.path.join(OUT, name))))

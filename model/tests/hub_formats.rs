@@ -198,3 +198,14 @@ proptest! {
         let _ = load_bin(&dir, &bytes);
     }
 }
+
+#[test]
+fn broadcast_views_are_copied_and_huge_ones_refused() {
+    let small = TorchFile::open(hub("views").join("small.pt")).unwrap();
+    let x = small.tensor("x").unwrap();
+    assert_eq!(x.shape, &[2usize, 3][..]);
+    assert_eq!(x.to_f32().unwrap(), vec![1.5, -2.0, 3.25, 1.5, -2.0, 3.25]);
+    // 10^12 elements of one stored float: an error naming the tensor, not a 4 TB allocation.
+    let err = TorchFile::open(hub("views").join("huge.pt")).unwrap_err().to_string();
+    assert!(err.contains("tensor x") && err.contains("contiguous"), "{err}");
+}

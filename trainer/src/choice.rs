@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use polylm_engine::{no_grad, DType};
 use polylm_model::{Batch, Gpt, ModelError};
+use polylm_tokenizer::cli::AnyModel;
 use polylm_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -200,17 +201,51 @@ impl ChoiceReport {
     }
 }
 
+/// What scoring needs of a tokenizer: text to ids, and the end-of-text id that stands for an
+/// empty prompt. Ours and every format `polylm tokenizer` reads (a Hugging Face
+/// `tokenizer.json`, a SentencePiece `.model`) are one.
+pub trait TextEncoder {
+    /// Text to ids.
+    fn encode_text(&self, text: &str) -> Vec<u32>;
+    /// The end-of-text id, if the tokenizer has one.
+    fn end_of_text(&self) -> Option<u32>;
+}
+
+impl TextEncoder for Tokenizer {
+    fn encode_text(&self, text: &str) -> Vec<u32> {
+        self.encode(text)
+    }
+
+    fn end_of_text(&self) -> Option<u32> {
+        self.model().special_id("</s>")
+    }
+}
+
+impl TextEncoder for AnyModel {
+    fn encode_text(&self, text: &str) -> Vec<u32> {
+        self.encode(text)
+    }
+
+    fn end_of_text(&self) -> Option<u32> {
+        self.boundary_id(false)
+    }
+}
+
 /// The token ids of a prompt and of one choice continuing it (see the module docs): the
 /// choice's ids are the suffix that tokenizing `prompt + choice` adds after the prompt's ids,
 /// or the choice tokenized alone when tokenization merges across the boundary.
-pub fn choice_tokens(tokenizer: &Tokenizer, prompt: &str, choice: &str) -> (Vec<u32>, Vec<u32>) {
-    let p = tokenizer.encode(prompt);
-    let whole = tokenizer.encode(&format!("{prompt}{choice}"));
+pub fn choice_tokens(
+    tokenizer: &(impl TextEncoder + ?Sized),
+    prompt: &str,
+    choice: &str,
+) -> (Vec<u32>, Vec<u32>) {
+    let p = tokenizer.encode_text(prompt);
+    let whole = tokenizer.encode_text(&format!("{prompt}{choice}"));
     if whole.len() > p.len() && whole.starts_with(&p) {
         let c = whole[p.len()..].to_vec();
         (p, c)
     } else {
-        (p, tokenizer.encode(choice))
+        (p, tokenizer.encode_text(choice))
     }
 }
 
@@ -288,10 +323,10 @@ pub fn log_softmax_at(row: &[f32], target: usize) -> f64 {
 /// per-token log-likelihoods.
 pub fn score_choices(
     model: &Gpt,
-    tokenizer: &Tokenizer,
+    tokenizer: &(impl TextEncoder + ?Sized),
     items: &[ChoiceItem],
 ) -> Result<ChoiceReport, ChoiceError> {
-    let eos = model.config().eos_token_id.or_else(|| tokenizer.model().special_id("</s>"));
+    let eos = model.config().eos_token_id.or_else(|| tokenizer.end_of_text());
     let mut scores = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let bad = |reason: String| ChoiceError::BadItem { item: i, reason };
@@ -305,7 +340,7 @@ pub fn score_choices(
                 item.choices.len()
             )));
         }
-        let mut context = tokenizer.encode(&item.prompt);
+        let mut context = tokenizer.encode_text(&item.prompt);
         let mut conts = Vec::with_capacity(item.choices.len());
         for (k, choice) in item.choices.iter().enumerate() {
             let (_, c) = choice_tokens(tokenizer, &item.prompt, choice);

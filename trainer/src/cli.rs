@@ -47,7 +47,9 @@ enum Command {
     #[command(
         after_help = "Examples:\n  polylm eval --checkpoint runs/quickstart --data runs/quickstart/data\n  \
                             polylm eval --checkpoint CKPT --choices items.jsonl\n  \
-                            polylm eval --checkpoint CKPT --compression ../shared/data/valid"
+                            polylm eval --checkpoint CKPT --compression ../shared/data/valid\n  \
+                            # a model folder downloaded from the Hugging Face Hub, with its tokenizer:\n  \
+                            polylm eval --checkpoint ~/hub/polylm-1.7b --choices xcopa.jsonl --compression ../shared/data/valid"
     )]
     Eval(EvalArgs),
     /// Continue prompts with a trained model.
@@ -204,15 +206,24 @@ fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
+/// The model and tokenizer that `eval` and `generate` read.
 #[derive(Args, Debug)]
-struct EvalArgs {
-    /// A checkpoint folder (model.safetensors + config.json, tokenizer.json), or a run's
-    /// output folder (its latest checkpoint).
+struct CheckpointArgs {
+    /// A checkpoint folder (config.json and model.safetensors, pytorch_model.bin or a sharded
+    /// index of either, as the Hugging Face Hub ships them), or a run's output folder (its
+    /// latest checkpoint).
     #[arg(long)]
     checkpoint: PathBuf,
-    /// The tokenizer (default: the checkpoint's tokenizer.json).
+    /// The tokenizer: ours, a Hugging Face tokenizer.json or a SentencePiece .model (default:
+    /// the checkpoint's tokenizer.json, else its tokenizer.model).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct EvalArgs {
+    #[command(flatten)]
+    source: CheckpointArgs,
     /// Prepared shards whose `valid` split gives per-language loss and bits per byte.
     #[arg(long)]
     data: Option<PathBuf>,
@@ -241,15 +252,8 @@ struct EvalArgs {
 
 #[derive(Args, Debug)]
 struct GenerateArgs {
-    /// A checkpoint folder (config.json and model.safetensors, pytorch_model.bin or a sharded
-    /// index of either, as the Hugging Face Hub ships them), or a run's output folder (its
-    /// latest checkpoint).
-    #[arg(long)]
-    checkpoint: PathBuf,
-    /// The tokenizer: ours, a Hugging Face tokenizer.json or a SentencePiece .model (default:
-    /// the checkpoint's tokenizer.json, else its tokenizer.model).
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    source: CheckpointArgs,
     /// A prompt (repeatable; all are generated as one batch).
     #[arg(long, required = true)]
     prompt: Vec<String>,
@@ -405,26 +409,16 @@ fn prepare(a: PrepareArgs) -> Result<()> {
     Ok(())
 }
 
-/// The model of a checkpoint folder (or a run's latest), on `device`, and the folder.
-fn open_model(path: &Path, device: &str) -> Result<(Gpt, PathBuf)> {
-    let dir = polylm_trainer::checkpoint::resolve(path)?;
+/// The model of a checkpoint folder (or a run's latest), on `device`, and its tokenizer of
+/// any format `polylm tokenizer` reads.
+fn open_checkpoint(source: &CheckpointArgs, device: &str) -> Result<(Gpt, tokcli::AnyModel)> {
+    let dir = polylm_trainer::checkpoint::resolve(&source.checkpoint)?;
     eprintln!("checkpoint {}", dir.display());
     let device = setup::resolve_device(device)?;
     let mut model = polylm_model::checkpoint::load(&dir, DType::F32)?;
-    model.params_mut().to_device(device)?;
-    Ok((model, dir))
-}
-
-/// The model and our tokenizer of a checkpoint folder, on `device`.
-fn open_checkpoint(
-    path: &Path,
-    tokenizer: Option<&Path>,
-    device: &str,
-) -> Result<(Gpt, polylm_tokenizer::Tokenizer)> {
-    let (model, dir) = open_model(path, device)?;
-    let tok_path = tokenizer.map_or_else(|| dir.join(TOKENIZER_FILE), Path::to_path_buf);
-    let tokenizer = setup::load_tokenizer(&tok_path)?;
+    let tokenizer = open_any_tokenizer(&dir, source.tokenizer.as_deref())?;
     model.config().check_tokenizer_vocab(tokenizer.vocab_size())?;
+    model.params_mut().to_device(device)?;
     Ok((model, tokenizer))
 }
 
@@ -474,13 +468,20 @@ fn eval(a: EvalArgs) -> Result<()> {
             return Err(TrainError::Usage(format!("{flag} must be at least 1")));
         }
     }
-    let (model, tokenizer) = open_checkpoint(&a.checkpoint, a.tokenizer.as_deref(), &a.device)?;
+    let (model, tokenizer) = open_checkpoint(&a.source, &a.device)?;
     let mut report = serde_json::Map::new();
     let mut did_something = false;
     if let Some(dir) = &a.data {
         did_something = true;
+        let tokcli::AnyModel::Ours(ours) = &tokenizer else {
+            return Err(TrainError::Usage(
+                "--data needs the tokenizer the shards were prepared with (one of ours); this \
+                 checkpoint's is a Hugging Face or SentencePiece one: use --choices or --compression"
+                    .into(),
+            ));
+        };
         let dataset = Dataset::open(dir)?;
-        dataset.check_tokenizer(&tokenizer)?;
+        dataset.check_tokenizer(ours)?;
         let context = model.config().context;
         let seq = a.seq.unwrap_or(context);
         if seq > context {
@@ -514,8 +515,7 @@ fn eval(a: EvalArgs) -> Result<()> {
     }
     if let Some(dir) = &a.compression {
         did_something = true;
-        let model = tokcli::AnyModel::Ours(tokenizer.clone());
-        let rows = tokcli::compression(&model, dir, None).map_err(|e| TrainError::Usage(e.0))?;
+        let rows = tokcli::compression(&tokenizer, dir, None).map_err(|e| TrainError::Usage(e.0))?;
         println!("lang   docs      bytes     tokens  bytes/token");
         for r in &rows {
             println!(
@@ -536,9 +536,7 @@ fn eval(a: EvalArgs) -> Result<()> {
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
-    let (model, dir) = open_model(&a.checkpoint, &a.device)?;
-    let tokenizer = open_any_tokenizer(&dir, a.tokenizer.as_deref())?;
-    model.config().check_tokenizer_vocab(tokenizer.vocab_size())?;
+    let (model, tokenizer) = open_checkpoint(&a.source, &a.device)?;
     let (start, eos) = boundary_tokens(&model, &tokenizer)?;
     let context = model.config().context;
     let prompts: Vec<Vec<u32>> = a

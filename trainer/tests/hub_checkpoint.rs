@@ -76,3 +76,46 @@ fn a_hub_checkpoint_without_a_tokenizer_asks_for_one() {
     assert!(o.status.success(), "{}", text(&o));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn choice_log_likelihoods_on_a_hub_checkpoint_match_transformers() {
+    let dir = hub_bin();
+    let model = polylm_model::checkpoint::load(&dir, polylm_engine::DType::F32).unwrap();
+    let tokenizer = polylm_tokenizer::cli::AnyModel::load(&dir.join("tokenizer.json")).unwrap();
+    let items = polylm_trainer::choice::load_choices(&dir.join("choices.jsonl")).unwrap();
+    let report = polylm_trainer::choice::score_choices(&model, &tokenizer, &items).unwrap();
+    let refs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("choices.ref.json")).unwrap()).unwrap();
+    let refs = refs["items"].as_array().unwrap();
+    assert_eq!(refs.len(), report.scores.len());
+    for (score, want) in report.scores.iter().zip(refs) {
+        let want: Vec<f64> = want["loglik"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!(score.loglik.len(), want.len());
+        for (got, want) in score.loglik.iter().zip(&want) {
+            assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "{:?} against {want:?}", score.loglik);
+        }
+    }
+    // The same through `polylm eval`, whose report counts the items and the accuracy.
+    let out = scratch("hub-eval");
+    let json = out.join("eval.json");
+    let o = polylm(&[
+        "eval",
+        "--checkpoint",
+        dir.to_str().unwrap(),
+        "--choices",
+        dir.join("choices.jsonl").to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let entry = &r[dir.join("choices.jsonl").display().to_string()];
+    assert_eq!(entry["items"], items.len());
+    assert_eq!(entry["accuracy"].as_f64().unwrap(), report.accuracy);
+    // Shards need our tokenizer: a clear error, not a panic.
+    let o = polylm(&["eval", "--checkpoint", dir.to_str().unwrap(), "--data", out.to_str().unwrap()]);
+    assert!(!o.status.success() && text(&o).contains("--data needs the tokenizer"), "{}", text(&o));
+    std::fs::remove_dir_all(&out).ok();
+}

@@ -77,8 +77,16 @@ struct Storage {
 }
 
 /// Builds the record of tensor `name` viewing `storage`, checking that every element the view
-/// reaches lies inside the storage.
-fn record(map: &[u8], name: &str, t: &TensorRef, storage: &Storage) -> Result<Record, String> {
+/// reaches lies inside the storage. A strided view is gathered into a copy, which `budget`
+/// (bytes still allowed for copies) bounds: a view with zero strides can describe far more
+/// elements than the file holds, and a damaged file must not make us allocate them.
+fn record(
+    map: &[u8],
+    name: &str,
+    t: &TensorRef,
+    storage: &Storage,
+    budget: &mut usize,
+) -> Result<Record, String> {
     if t.dtype != storage.dtype {
         return Err(format!("tensor {name} views storage {} with another dtype", t.key));
     }
@@ -120,7 +128,15 @@ fn record(map: &[u8], name: &str, t: &TensorRef, storage: &Storage) -> Result<Re
             Bytes::Mapped(base..base + numel * size)
         } else {
             // A strided view: gather its elements in row-major order.
-            let mut out = Vec::with_capacity(numel * size);
+            let bytes = numel.checked_mul(size).filter(|&b| b <= *budget).ok_or_else(|| {
+                format!(
+                    "tensor {name}: a strided view of {numel} elements (shape {:?}, stride {:?}) would \
+                     copy more than the file holds; save it with .contiguous()",
+                    t.shape, t.stride
+                )
+            })?;
+            *budget -= bytes;
+            let mut out = Vec::with_capacity(bytes);
             let mut index = vec![0usize; shape.len()];
             for _ in 0..numel {
                 let at: usize = index.iter().zip(&t.stride).map(|(&i, &s)| i * s as usize).sum();
@@ -151,9 +167,12 @@ fn records(
         return Err("the state dict holds no tensors".into());
     }
     let mut out = BTreeMap::new();
+    // Copies of strided views may add up to the file's own size (a transposed weight is
+    // copied once), never more.
+    let mut budget = map.len();
     for (name, t) in tensors {
         let s = storage(&t.key)?;
-        out.insert(name.to_string(), record(map, name, t, &s)?);
+        out.insert(name.to_string(), record(map, name, t, &s, &mut budget)?);
     }
     Ok(out)
 }
