@@ -20,6 +20,20 @@ def fnv_ids(h, ids):
     return h
 
 
+def read_jsonl(path, limit_bytes=None, limit_lines=None):
+    """The `text` of each record of a JSONL file, stopping once `limit_bytes` bytes of text or
+    `limit_lines` records have been read."""
+    out, total = [], 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            text = json.loads(line)["text"]
+            out.append(text)
+            total += len(text.encode("utf-8"))
+            if (limit_bytes and total >= limit_bytes) or (limit_lines and len(out) >= limit_lines):
+                break
+    return out
+
+
 def text_sets():
     """`valid-<lang>`: every record of data/valid/<lang>.jsonl, whole; `udhr-<lang>`: every
     non-empty line of data/udhr/<lang>.txt."""

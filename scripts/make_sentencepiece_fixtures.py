@@ -16,29 +16,13 @@ import json
 import os
 import sentencepiece as spm
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.path.join(ROOT, "..", "shared", "data")
-if not os.path.isdir(DATA):
-    DATA = "/work/shared/data"
+from fixture_sets import DATA, ROOT, read_jsonl
+
 OUT = os.path.join(ROOT, "tokenizer", "tests", "fixtures", "sentencepiece")
 LANGS = ["en", "de", "ru", "zh"]
 TRAIN_BYTES = 150_000  # per language
 LINES = 120
 MAX_CHARS = 200  # truncate long validation lines to keep the fixture small
-
-
-def read_jsonl(path, limit_bytes=None, limit_lines=None):
-    out, total = [], 0
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            text = json.loads(line)["text"]
-            out.append(text)
-            total += len(text.encode("utf-8"))
-            if limit_bytes is not None and total >= limit_bytes:
-                break
-            if limit_lines is not None and len(out) >= limit_lines:
-                break
-    return out
 
 
 def varint(data, pos):
@@ -86,8 +70,10 @@ def fields(data):
 
 
 def strip_charsmap(model):
-    """Drop NormalizerSpec.precompiled_charsmap (field 3.2, ~240 KB): the Rust importer
-    implements NFKC itself and ignores it. Reference ids come from the unstripped model."""
+    """Drop NormalizerSpec.precompiled_charsmap (field 3.2, ~240 KB) to keep the fixtures
+    small: the Rust importer then normalises by its NFKC fallback, which agrees with the map on
+    these languages. Reference ids come from the unstripped model. (normalizer.model, from
+    make_sentencepiece_normalizer_fixtures.py, keeps its map.)"""
     out = bytearray()
     for num, wire, raw in fields(model):
         if num == 3 and wire == 2:

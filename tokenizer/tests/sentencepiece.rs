@@ -9,8 +9,9 @@
 //! ```
 //!
 //! (the script strips the ~240 KB precompiled normaliser map from the saved models after
-//! computing the reference ids; the importer does not use it). If a fixture is absent the tests
-//! print a message and pass.
+//! computing the reference ids, so these models exercise the importer's NFKC fallback; the map
+//! itself is tested by `sentencepiece_normalizer.rs`). If a fixture is absent the tests print a
+//! message and pass.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -4,25 +4,33 @@
 //! - [`SentencePieceModel`]: normalisation, encoding (BPE merges by piece score, unigram
 //!   Viterbi), byte fallback and decoding.
 //!
-//! # Normalisation and its deviation from SentencePiece
+//! # Normalisation
 //!
-//! SentencePiece normalises with a precompiled character map (`nmt_nfkc` by default: NFKC plus
-//! a few extra mappings), applied by greedy longest match. This importer ignores the map and
-//! instead applies Unicode NFKC to the whole text, plus the `nmt` extras it knows: C0/C1 control
-//! characters other than tab, LF, CR and form feed are removed; tab, LF, CR, form feed and
-//! U+200B (zero width space) become a space; U+FEFF is removed. Texts whose NFKC differs from
-//! the character-by-character map (rare combining sequences) may therefore normalise slightly
-//! differently. Models whose rule is `identity` are not normalised.
+//! SentencePiece normalises with the precompiled character map its model file carries
+//! (`nmt_nfkc` by default: NFKC plus mappings such as control and format characters to a space
+//! or nothing), applied left to right by longest match, with user-defined pieces copied as they
+//! are; then it drops leading, trailing and repeated spaces, adds the dummy prefix and escapes
+//! spaces as `▁`. This importer does exactly that when the map is present ([`charsmap`]).
 //!
-//! User-defined pieces are matched only as ordinary vocabulary entries (SentencePiece matches them
-//! first and freezes them), and UNUSED pieces are never produced.
+//! A model without a map (one stripped to save space) is normalised by approximation: Unicode
+//! NFKC over the whole text plus the `nmt` extras this importer knows (C0/C1 controls other
+//! than tab, LF, CR and form feed removed; those four and U+200B become a space; U+FEFF
+//! removed). That differs from the map wherever NFKC reorders combining marks (Arabic harakat,
+//! Hebrew points, Thai tone marks typed in another order) and for the format characters the
+//! map turns into spaces (U+200E, U+200F, ...). Models whose rule is `identity` are not
+//! normalised.
+//!
+//! User-defined pieces are copied unnormalised, kept whole and never merged by BPE (unigram
+//! gives them SentencePiece's length bonus); UNUSED pieces are never produced.
 
+pub mod charsmap;
 pub mod proto;
 
 use std::collections::{BinaryHeap, HashMap};
 use std::path::Path;
 
 use crate::error::{Result, TokenizerError};
+use charsmap::PrecompiledCharsMap;
 use proto::{ModelProto, ModelType, PieceType};
 
 const META: char = '\u{2581}';
@@ -40,6 +48,10 @@ pub struct SentencePieceModel {
     max_piece_chars: usize,
     min_score: f32,
     max_score: f32,
+    /// The model's compiled normalisation rules, when the file carries them.
+    charsmap: Option<PrecompiledCharsMap>,
+    /// User-defined pieces, which normalisation copies unchanged (longest first at a position).
+    user_defined: Vec<String>,
 }
 
 impl SentencePieceModel {
@@ -115,7 +127,28 @@ impl SentencePieceModel {
             min_score = 0.0;
             max_score = 0.0;
         }
-        Ok(SentencePieceModel { proto, vocab, bytes, unk_id, max_piece_chars, min_score, max_score })
+        let charsmap = match proto.normalizer_spec.precompiled_charsmap.as_slice() {
+            [] => None,
+            blob => Some(PrecompiledCharsMap::parse(blob)?),
+        };
+        let mut user_defined: Vec<String> = proto
+            .pieces
+            .iter()
+            .filter(|p| p.kind == PieceType::UserDefined)
+            .map(|p| p.piece.clone())
+            .collect();
+        user_defined.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        Ok(SentencePieceModel {
+            proto,
+            vocab,
+            bytes,
+            unk_id,
+            max_piece_chars,
+            min_score,
+            max_score,
+            charsmap,
+            user_defined,
+        })
     }
 
     /// The parsed proto.
@@ -140,6 +173,80 @@ impl SentencePieceModel {
 
     /// Normalises `text` as the model's normalizer spec says (see the module docs).
     pub fn normalize(&self, text: &str) -> String {
+        match &self.charsmap {
+            Some(map) => self.normalize_with(map, text),
+            None => self.normalize_approximately(text),
+        }
+    }
+
+    /// The next normalised piece of `input` and the bytes it consumes: a user-defined piece as
+    /// it is, else the longest rule of the map, else one character unchanged.
+    fn normalize_prefix<'a>(&'a self, map: &'a PrecompiledCharsMap, input: &'a str) -> (&'a str, usize) {
+        if let Some(p) = self.user_defined.iter().find(|p| !p.is_empty() && input.starts_with(p.as_str())) {
+            return (p, p.len());
+        }
+        if let Some((len, to)) = map.longest_match(input.as_bytes()) {
+            // A key ends on a character boundary in any map SentencePiece builds (its keys are
+            // whole characters); one that does not is ignored rather than splitting a character.
+            if input.is_char_boundary(len) {
+                return (to, len);
+            }
+        }
+        let len = input.chars().next().map_or(0, char::len_utf8);
+        (&input[..len], len)
+    }
+
+    /// SentencePiece's normaliser, step for step: pieces from [`Self::normalize_prefix`];
+    /// with `remove_extra_whitespaces`, leading spaces dropped, a piece's leading spaces
+    /// dropped after a piece that ended in one, trailing spaces dropped; the dummy prefix; `▁`
+    /// for spaces.
+    fn normalize_with(&self, map: &PrecompiledCharsMap, text: &str) -> String {
+        let spec = &self.proto.normalizer_spec;
+        let space = if spec.escape_whitespaces { "\u{2581}" } else { " " };
+        let mut input = text;
+        if spec.remove_extra_whitespaces {
+            while !input.is_empty() {
+                let (piece, len) = self.normalize_prefix(map, input);
+                if piece != " " {
+                    break;
+                }
+                input = &input[len..];
+            }
+        }
+        let mut out = String::with_capacity(text.len() + 3);
+        if input.is_empty() {
+            return out;
+        }
+        if spec.add_dummy_prefix {
+            out.push_str(space);
+        }
+        let mut prev_space = spec.remove_extra_whitespaces;
+        while !input.is_empty() {
+            let (mut piece, len) = self.normalize_prefix(map, input);
+            if prev_space {
+                piece = piece.trim_start_matches(' ');
+            }
+            if !piece.is_empty() {
+                if spec.escape_whitespaces {
+                    out.push_str(&piece.replace(' ', space));
+                } else {
+                    out.push_str(piece);
+                }
+                prev_space = piece.ends_with(' ');
+            }
+            input = &input[len..];
+            prev_space = prev_space && spec.remove_extra_whitespaces;
+        }
+        if spec.remove_extra_whitespaces {
+            while out.ends_with(space) {
+                out.truncate(out.len() - space.len());
+            }
+        }
+        out
+    }
+
+    /// The approximation for models without a map (see the module docs).
+    fn normalize_approximately(&self, text: &str) -> String {
         let spec = &self.proto.normalizer_spec;
         let unicode: String = if spec.name == "identity" {
             text.to_string()
@@ -195,6 +302,8 @@ impl SentencePieceModel {
             len: usize,
             prev: Option<usize>,
             next: Option<usize>,
+            /// A user-defined piece: one symbol from the start, never merged.
+            frozen: bool,
         }
         #[derive(PartialEq)]
         struct Cand {
@@ -214,15 +323,26 @@ impl SentencePieceModel {
                 Some(self.cmp(o))
             }
         }
+        // The initial symbols: a user-defined piece where one starts (the longest), else one
+        // character.
         let mut syms: Vec<Sym> = Vec::new();
-        for (i, (start, c)) in norm.char_indices().enumerate() {
-            syms.push(Sym { start, len: c.len_utf8(), prev: i.checked_sub(1), next: None });
+        let mut start = 0;
+        while start < norm.len() {
+            let rest = &norm[start..];
+            let user = self.user_defined.iter().find(|p| !p.is_empty() && rest.starts_with(p.as_str()));
+            let len = user.map_or_else(|| rest.chars().next().map_or(1, char::len_utf8), |p| p.len());
+            let i = syms.len();
+            syms.push(Sym { start, len, prev: i.checked_sub(1), next: None, frozen: user.is_some() });
             if i > 0 {
                 syms[i - 1].next = Some(i);
             }
+            start += len;
         }
         let mut heap = BinaryHeap::new();
         let push = |heap: &mut BinaryHeap<Cand>, syms: &[Sym], l: usize, r: usize| {
+            if syms[l].frozen || syms[r].frozen {
+                return;
+            }
             let piece = &norm[syms[l].start..syms[r].start + syms[r].len];
             if let Some(&id) = self.vocab.get(piece) {
                 heap.push(Cand {

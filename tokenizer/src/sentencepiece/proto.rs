@@ -237,8 +237,9 @@ impl Default for TrainerSpec {
 pub struct NormalizerSpec {
     /// The rule name (`nmt_nfkc`, `nfkc`, `identity`, ...).
     pub name: String,
-    /// Whether the model file carries a precompiled character map (the importer ignores it).
-    pub has_precompiled_charsmap: bool,
+    /// The precompiled character map (the compiled normalisation rules), empty when the model
+    /// file has none.
+    pub precompiled_charsmap: Vec<u8>,
     /// Prepend a space to the text.
     pub add_dummy_prefix: bool,
     /// Strip both ends and collapse runs of spaces.
@@ -251,7 +252,7 @@ impl Default for NormalizerSpec {
     fn default() -> Self {
         NormalizerSpec {
             name: String::new(),
-            has_precompiled_charsmap: false,
+            precompiled_charsmap: Vec::new(),
             add_dummy_prefix: true,
             remove_extra_whitespaces: true,
             escape_whitespaces: true,
@@ -323,7 +324,7 @@ fn parse_normalizer(buf: &[u8]) -> Result<NormalizerSpec> {
     while let Some((field, v)) = r.next_field()? {
         match field {
             1 => n.name = as_string(v, "NormalizerSpec.name")?,
-            2 => n.has_precompiled_charsmap = !as_bytes(v, "NormalizerSpec.precompiled_charsmap")?.is_empty(),
+            2 => n.precompiled_charsmap = as_bytes(v, "NormalizerSpec.precompiled_charsmap")?.to_vec(),
             3 => n.add_dummy_prefix = as_bool(v, "NormalizerSpec.add_dummy_prefix")?,
             4 => n.remove_extra_whitespaces = as_bool(v, "NormalizerSpec.remove_extra_whitespaces")?,
             5 => n.escape_whitespaces = as_bool(v, "NormalizerSpec.escape_whitespaces")?,
