@@ -137,10 +137,15 @@ pub struct Pickle {
 }
 
 /// How a persistent id becomes a value: the zip format's `('storage', type, key, location,
-/// numel)` and the legacy format's longer tuples share their first five fields.
+/// numel)` and the legacy format's `(..., view_metadata)` share their first five fields. A
+/// legacy storage that is a view of another (`view_metadata` not `None`, which only very old
+/// PyTorch wrote) is refused rather than read at the wrong offset.
 fn persistent_storage(nodes: &[Node], pid: Id) -> Option<Node> {
     let Node::Tuple(items) = &nodes[pid] else { return None };
     let field = |i: usize| items.get(i).map(|&id| &nodes[id]);
+    if field(5).is_some_and(|view| *view != Node::None) {
+        return None;
+    }
     if field(0) != Some(&Node::Str("storage".into())) {
         return None;
     }
@@ -585,7 +590,7 @@ impl<'a> Machine<'a> {
             b'Q' => {
                 let pid = self.pop()?;
                 let node = persistent_storage(&self.nodes, pid).ok_or_else(|| {
-                    format!("pickle byte {at}: a persistent id that is not a typed storage")
+                    format!("pickle byte {at}: a persistent id that is not a typed storage (or is a storage view)")
                 })?;
                 self.push(node);
             }
@@ -700,6 +705,22 @@ mod tests {
                 stride: vec![3, 1]
             }
         );
+    }
+
+    #[test]
+    fn legacy_storage_ids_read_and_views_are_refused() {
+        // ('storage', FloatStorage, '0', 'cpu', 7, view_metadata) as the legacy format writes it.
+        let pid = |view: &[u8]| {
+            let mut p = b"\x80\x02(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000".to_vec();
+            p.extend(b"X\x03\x00\x00\x00cpuK\x07");
+            p.extend(view);
+            p.extend(b"tQ.");
+            p
+        };
+        let p = parse(&pid(b"N")).unwrap();
+        assert_eq!(p.nodes[p.root], Node::Storage { dtype: StorageDtype::F32, key: "0".into(), numel: 7 });
+        let err = parse(&pid(b"(X\x01\x00\x00\x00vK\x02K\x03t")).unwrap_err();
+        assert!(err.contains("storage view"), "{err}");
     }
 
     #[test]
