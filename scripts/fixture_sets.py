@@ -34,6 +34,16 @@ def read_jsonl(path, limit_bytes=None, limit_lines=None):
     return out
 
 
+def training_lines(langs, limit_bytes):
+    """The non-blank lines of the first `limit_bytes` bytes of data/corpus/<lang>.jsonl of each
+    language in `langs`, as SentencePiece trains on them."""
+    lines = []
+    for lang in langs:
+        for text in read_jsonl(os.path.join(DATA, "corpus", f"{lang}.jsonl"), limit_bytes=limit_bytes):
+            lines.extend(t for t in text.split("\n") if t.strip())
+    return lines
+
+
 def text_sets():
     """`valid-<lang>`: every record of data/valid/<lang>.jsonl, whole; `udhr-<lang>`: every
     non-empty line of data/udhr/<lang>.txt."""

@@ -16,7 +16,7 @@ import json
 import os
 import sentencepiece as spm
 
-from fixture_sets import DATA, ROOT, read_jsonl
+from fixture_sets import DATA, ROOT, read_jsonl, training_lines
 
 OUT = os.path.join(ROOT, "tokenizer", "tests", "fixtures", "sentencepiece")
 LANGS = ["en", "de", "ru", "zh"]
@@ -88,10 +88,7 @@ def strip_charsmap(model):
 
 def main():
     os.makedirs(OUT, exist_ok=True)
-    train = []
-    for lang in LANGS:
-        for text in read_jsonl(os.path.join(DATA, "corpus", f"{lang}.jsonl"), limit_bytes=TRAIN_BYTES):
-            train.extend(t for t in text.split("\n") if t.strip())
+    train = training_lines(LANGS, TRAIN_BYTES)
     common = dict(vocab_size=2000, byte_fallback=True, character_coverage=0.98,
                   num_threads=4, minloglevel=2)
     for name, extra in [("bpe", dict(model_type="bpe", split_digits=True)),

@@ -24,7 +24,7 @@ import unicodedata
 
 import sentencepiece as spm
 
-from fixture_sets import DATA, ROOT, read_jsonl
+from fixture_sets import DATA, ROOT, read_jsonl, training_lines
 
 OUT = os.path.join(ROOT, "tokenizer", "tests", "fixtures", "sentencepiece")
 LANGS = ["ar", "de", "en", "es", "fr", "he", "id", "it", "ja", "ko", "nl", "pl", "pt", "ru", "th",
@@ -64,10 +64,7 @@ def texts():
 
 def main():
     os.makedirs(OUT, exist_ok=True)
-    train = []
-    for lang in LANGS:
-        for text in read_jsonl(os.path.join(DATA, "corpus", f"{lang}.jsonl"), limit_bytes=TRAIN_BYTES):
-            train.extend(t for t in text.split("\n") if t.strip())
+    train = training_lines(LANGS, TRAIN_BYTES)
     path = os.path.join(OUT, "normalizer.model")
     with open(path, "wb") as f:
         spm.SentencePieceTrainer.train(
