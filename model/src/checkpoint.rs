@@ -175,9 +175,11 @@ fn check_tied_head(file: &(impl TensorSource + ?Sized), name: &str) -> Result<()
     }
     // A PyTorch file's tied head is a view of the embedding's own storage: the same bytes,
     // equal without reading them (which would fault the released embedding back in).
-    let shared = std::ptr::eq(head.data, wte.data) && head.dtype == wte.dtype;
-    let same = shared
-        || if head.dtype == wte.dtype { head.data == wte.data } else { head.to_f32()? == wte.to_f32()? };
+    let same = if head.dtype == wte.dtype {
+        std::ptr::eq(head.data, wte.data) || head.data == wte.data
+    } else {
+        head.to_f32()? == wte.to_f32()?
+    };
     if same {
         Ok(())
     } else {

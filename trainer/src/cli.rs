@@ -415,8 +415,9 @@ fn open_checkpoint(source: &CheckpointArgs, device: &str) -> Result<(Gpt, tokcli
     let dir = polylm_trainer::checkpoint::resolve(&source.checkpoint)?;
     eprintln!("checkpoint {}", dir.display());
     let device = setup::resolve_device(device)?;
-    let mut model = polylm_model::checkpoint::load(&dir, DType::F32)?;
+    // The tokenizer first: a missing one is an error before minutes of loading weights.
     let tokenizer = open_any_tokenizer(&dir, source.tokenizer.as_deref())?;
+    let mut model = polylm_model::checkpoint::load(&dir, DType::F32)?;
     model.config().check_tokenizer_vocab(tokenizer.vocab_size())?;
     model.params_mut().to_device(device)?;
     Ok((model, tokenizer))

@@ -50,7 +50,8 @@ pub struct SentencePieceModel {
     max_score: f32,
     /// The model's compiled normalisation rules, when the file carries them.
     charsmap: Option<PrecompiledCharsMap>,
-    /// User-defined pieces, which normalisation copies unchanged (longest first at a position).
+    /// User-defined pieces (non-empty), which normalisation copies unchanged and BPE keeps
+    /// whole, longest first so that a search finds the longest at a position.
     user_defined: Vec<String>,
 }
 
@@ -134,7 +135,7 @@ impl SentencePieceModel {
         let mut user_defined: Vec<String> = proto
             .pieces
             .iter()
-            .filter(|p| p.kind == PieceType::UserDefined)
+            .filter(|p| p.kind == PieceType::UserDefined && !p.piece.is_empty())
             .map(|p| p.piece.clone())
             .collect();
         user_defined.sort_by_key(|p| std::cmp::Reverse(p.len()));
@@ -179,10 +180,15 @@ impl SentencePieceModel {
         }
     }
 
+    /// The longest user-defined piece that `text` starts with.
+    fn user_defined_prefix(&self, text: &str) -> Option<&str> {
+        self.user_defined.iter().map(String::as_str).find(|p| text.starts_with(p))
+    }
+
     /// The next normalised piece of `input` and the bytes it consumes: a user-defined piece as
     /// it is, else the longest rule of the map, else one character unchanged.
     fn normalize_prefix<'a>(&'a self, map: &'a PrecompiledCharsMap, input: &'a str) -> (&'a str, usize) {
-        if let Some(p) = self.user_defined.iter().find(|p| !p.is_empty() && input.starts_with(p.as_str())) {
+        if let Some(p) = self.user_defined_prefix(input) {
             return (p, p.len());
         }
         if let Some((len, to)) = map.longest_match(input.as_bytes()) {
@@ -227,10 +233,12 @@ impl SentencePieceModel {
                 piece = piece.trim_start_matches(' ');
             }
             if !piece.is_empty() {
-                if spec.escape_whitespaces {
-                    out.push_str(&piece.replace(' ', space));
-                } else {
-                    out.push_str(piece);
+                // Spaces written as `space` (`▁` when escaping) without a copy per piece.
+                for (i, run) in piece.split(' ').enumerate() {
+                    if i > 0 {
+                        out.push_str(space);
+                    }
+                    out.push_str(run);
                 }
                 prev_space = piece.ends_with(' ');
             }
@@ -329,8 +337,8 @@ impl SentencePieceModel {
         let mut start = 0;
         while start < norm.len() {
             let rest = &norm[start..];
-            let user = self.user_defined.iter().find(|p| !p.is_empty() && rest.starts_with(p.as_str()));
-            let len = user.map_or_else(|| rest.chars().next().map_or(1, char::len_utf8), |p| p.len());
+            let user = self.user_defined_prefix(rest);
+            let len = user.map_or_else(|| rest.chars().next().map_or(1, char::len_utf8), str::len);
             let i = syms.len();
             syms.push(Sym { start, len, prev: i.checked_sub(1), next: None, frozen: user.is_some() });
             if i > 0 {
