@@ -20,6 +20,32 @@ def fnv_ids(h, ids):
     return h
 
 
+def set_entry(ids_all):
+    """The reference of one text set from the ids of each text: text and id counts and the FNV
+    hash over all of them."""
+    h, n = FNV_OFFSET, 0
+    for ids in ids_all:
+        h = fnv_ids(h, ids)
+        n += len(ids)
+    return {"texts": len(ids_all), "ids": n, "fnv64": f"{h:016x}"}
+
+
+def model_entry(tok, sets, samples, check=None):
+    """The reference of a `tokenizers` tokenizer: `sets` hashed with `set_entry`, the ids and
+    decoded text of `samples`; `check(set_name, texts, ids_all)` sees every set's ids."""
+    entry = {"sets": {}, "samples": {}, "decoded": {}}
+    for set_name, texts in sets.items():
+        ids_all = [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+        if check:
+            check(set_name, texts, ids_all)
+        entry["sets"][set_name] = set_entry(ids_all)
+    for set_name, texts in samples.items():
+        ids = [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+        entry["samples"][set_name] = ids
+        entry["decoded"][set_name] = [tok.decode(i, skip_special_tokens=False) for i in ids]
+    return entry
+
+
 def read_jsonl(path, limit_bytes=None, limit_lines=None):
     """The `text` of each record of a JSONL file, stopping once `limit_bytes` bytes of text or
     `limit_lines` records have been read."""

@@ -39,7 +39,7 @@ import tiktoken
 import tiktoken.load
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from fixture_sets import DATA, FNV_OFFSET, ROOT, fnv_ids, text_sets  # noqa: E402
+from fixture_sets import DATA, ROOT, model_entry, text_sets  # noqa: E402
 
 OUT = os.path.join(ROOT, "tokenizer", "tests", "fixtures", "hf")
 GPT2 = os.path.join(ROOT, "tokenizer", "tests", "fixtures", "large", "gpt2")
@@ -177,22 +177,12 @@ def main():
     toks["gpt2"] = gpt2
     out = {"samples": samples, "models": {}}
     for name, tok in toks.items():
-        entry = {"sets": {}, "samples": {}, "decoded": {}}
-        for set_name, texts in sets.items():
-            ids_all = [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
-            if name == "gpt2":
-                ref = [tt.encode_ordinary(t) for t in texts]
-                bad = sum(a != b for a, b in zip(ids_all, ref))
-                assert bad == 0, f"tokenizers and tiktoken differ on {bad} texts of {set_name}"
-            h, n = FNV_OFFSET, 0
-            for ids in ids_all:
-                h = fnv_ids(h, ids)
-                n += len(ids)
-            entry["sets"][set_name] = {"texts": len(texts), "ids": n, "fnv64": f"{h:016x}"}
-        for set_name, texts in samples.items():
-            ids = [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
-            entry["samples"][set_name] = ids
-            entry["decoded"][set_name] = [tok.decode(i, skip_special_tokens=False) for i in ids]
+        def against_tiktoken(set_name, texts, ids_all):
+            ref = [tt.encode_ordinary(t) for t in texts]
+            bad = sum(a != b for a, b in zip(ids_all, ref))
+            assert bad == 0, f"tokenizers and tiktoken differ on {bad} texts of {set_name}"
+
+        entry = model_entry(tok, sets, samples, against_tiktoken if name == "gpt2" else None)
         out["models"][name] = entry
         print(name, sum(s["ids"] for s in entry["sets"].values()), "ids on the full sets")
     with open(os.path.join(OUT, "reference.json"), "w", encoding="utf-8") as f:

@@ -34,20 +34,27 @@ struct Reference {
 
 use common::fixtures;
 
-fn reference() -> &'static Reference {
-    static R: std::sync::OnceLock<Reference> = std::sync::OnceLock::new();
-    R.get_or_init(|| {
-        let text = std::fs::read_to_string(fixtures().join("hf/reference.json")).expect("reference readable");
-        serde_json::from_str(&text).expect("reference parses")
-    })
+fn read_reference(path: &str) -> Reference {
+    let text = std::fs::read_to_string(fixtures().join(path)).expect("reference readable");
+    serde_json::from_str(&text).expect("reference parses")
+}
+
+/// `hf/reference.json` (models by name) or, for names starting `spm/`, `hf/spm/reference.json`.
+fn reference(name: &str) -> (&'static Reference, &str) {
+    static HF: std::sync::OnceLock<Reference> = std::sync::OnceLock::new();
+    static SPM: std::sync::OnceLock<Reference> = std::sync::OnceLock::new();
+    match name.strip_prefix("spm/") {
+        Some(model) => (SPM.get_or_init(|| read_reference("hf/spm/reference.json")), model),
+        None => (HF.get_or_init(|| read_reference("hf/reference.json")), name),
+    }
 }
 
 /// Sample ids and decoded texts must equal the reference.
 type Decoder<'a> = Option<&'a dyn Fn(&[u32]) -> String>;
 
 fn check_samples(name: &str, encode: &dyn Fn(&str) -> Vec<u32>, decode: Decoder<'_>) {
-    let r = reference();
-    let m = &r.models[name];
+    let (r, model) = reference(name);
+    let m = &r.models[model];
     let mut n = 0;
     for (set, texts) in &r.samples {
         for (k, text) in texts.iter().enumerate() {
@@ -68,7 +75,8 @@ fn check_sets(name: &str, encode: &(dyn Fn(&str) -> Vec<u32> + Sync)) {
         println!("skipping the full sets of {name}: {} is absent", common::DATA);
         return;
     }
-    let m = &reference().models[name];
+    let (r, model) = reference(name);
+    let m = &r.models[model];
     let mut failed = Vec::new();
     let (mut texts_n, mut ids_n) = (0, 0);
     for (set, want) in &m.sets {
@@ -180,6 +188,33 @@ fn gpt2_tokenizer_json_and_roundtrip_export() {
     check_samples("gpt2", &|s| back.encode(s), Some(&|ids| back.decode(ids, false).unwrap()));
 }
 
+/// What `transformers` writes for SentencePiece models (`hf/spm/`, see
+/// `scripts/make_hf_sentencepiece_fixtures.py`): Unigram models, the Precompiled normaliser,
+/// Replace and Split with regular expressions, WhitespaceSplit. Each also survives our export.
+fn check_converted(name: &str, byte_fallback: bool) {
+    let t = hf(&format!("{name}.json"));
+    assert_eq!(t.byte_fallback(), byte_fallback, "{name}");
+    check_samples(name, &|s| t.encode(s), Some(&|ids| t.decode(ids, false).unwrap()));
+    check_sets(name, &|s| t.encode(s));
+    let back = HfTokenizer::from_json_str(&t.to_json_string()).unwrap();
+    check_samples(name, &|s| back.encode(s), Some(&|ids| back.decode(ids, false).unwrap()));
+}
+
+#[test]
+fn sentencepiece_unigram_as_converted_by_transformers() {
+    check_converted("spm/unigram", true);
+}
+
+#[test]
+fn sentencepiece_unigram_as_xlm_roberta() {
+    check_converted("spm/xlmr", false);
+}
+
+#[test]
+fn sentencepiece_bpe_as_converted_by_transformers() {
+    check_converted("spm/bpe", true);
+}
+
 #[test]
 fn added_tokens_in_text() {
     let mut t = hf("metaspace.json");
@@ -190,15 +225,24 @@ fn added_tokens_in_text() {
     assert!(!t.encode("a<s>b").contains(&s));
 }
 
-#[test]
-fn malformed_files_are_typed_errors() {
-    let text = std::fs::read_to_string(fixtures().join("hf/bytelevel.json")).unwrap();
+/// An edit of a JSON document.
+type JsonEdit<'a> = &'a dyn Fn(&mut serde_json::Value);
+
+/// A fixture `tokenizer.json`'s text, and a function giving its text after an edit.
+fn editable(name: &str) -> (String, impl Fn(JsonEdit<'_>) -> String) {
+    let text = std::fs::read_to_string(fixtures().join("hf").join(name)).unwrap();
     let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let edit = |f: &dyn Fn(&mut serde_json::Value)| {
+    let edit = move |f: JsonEdit<'_>| {
         let mut d = doc.clone();
         f(&mut d);
         d.to_string()
     };
+    (text, edit)
+}
+
+#[test]
+fn malformed_files_are_typed_errors() {
+    let (text, edit) = editable("bytelevel.json");
     for bad in [
         String::new(),
         "[]".to_string(),
@@ -219,6 +263,33 @@ fn malformed_files_are_typed_errors() {
         }
     }
     assert!(matches!(HfTokenizer::load(fixtures().join("hf/absent.json")), Err(TokenizerError::Io { .. })));
+}
+
+/// The parts of converted SentencePiece files: each damage is a MalformedModel naming it.
+#[test]
+fn malformed_unigram_precompiled_and_regex_parts_are_named() {
+    let (_, edit) = editable("spm/unigram.json");
+    fn precompiled(d: &mut serde_json::Value) -> &mut serde_json::Value {
+        let n = d["normalizer"]["normalizers"].as_array_mut().unwrap();
+        n.iter_mut().find(|n| n["type"] == "Precompiled").unwrap()
+    }
+    for (bad, says) in [
+        (edit(&|d| d["model"]["vocab"][3] = serde_json::json!(["x"])), "Unigram vocab entry 3"),
+        (edit(&|d| d["model"]["vocab"][3] = serde_json::json!([1, 2.0])), "Unigram vocab entry 3"),
+        (edit(&|d| d["model"]["unk_id"] = 1_000_000.into()), "unk_id 1000000"),
+        (edit(&|d| d["model"]["vocab"] = serde_json::json!([])), "vocab is empty"),
+        (edit(&|d| precompiled(d)["precompiled_charsmap"] = "@@@@".into()), "not base64"),
+        (edit(&|d| precompiled(d)["precompiled_charsmap"] = "AAAA".into()), "precompiled_charsmap"),
+        (edit(&|d| d["normalizer"]["normalizers"][1]["pattern"]["Regex"] = "\\s+".into()), "\\s"),
+        (edit(&|d| d["pre_tokenizer"]["pretokenizers"][1]["pattern"]["Regex"] = "(?<=a)b".into()), "(?: )"),
+    ] {
+        match HfTokenizer::from_json_str(&bad) {
+            Err(e @ TokenizerError::MalformedModel { .. }) => {
+                assert!(e.to_string().contains(says), "{e} should mention {says:?}")
+            }
+            other => panic!("expected MalformedModel ({says}), got {:?}", other.map(|t| t.vocab_size())),
+        }
+    }
     let t = hf("bytelevel.json");
     assert!(matches!(t.decode(&[u32::MAX - 1], false), Err(TokenizerError::IdOutOfRange { .. })));
 }
@@ -236,6 +307,23 @@ mod robustness {
         })
     }
 
+    /// Every fixture `tokenizer.json`, loaded once.
+    fn all_fixtures() -> &'static [HfTokenizer] {
+        static T: std::sync::OnceLock<Vec<HfTokenizer>> = std::sync::OnceLock::new();
+        T.get_or_init(|| {
+            [
+                "bytelevel.json",
+                "metaspace.json",
+                "llama.json",
+                "spm/unigram.json",
+                "spm/xlmr.json",
+                "spm/bpe.json",
+            ]
+            .map(hf)
+            .into()
+        })
+    }
+
     fn bytes_of(name: &str) -> Vec<u8> {
         std::fs::read(fixtures().join("hf").join(name)).unwrap()
     }
@@ -250,11 +338,11 @@ mod robustness {
             prop_assert_eq!(ours.encode(&text), h.encode(&text));
         }
 
-        /// Decoding what a fixture encodes never fails, for any text.
+        /// Decoding what a fixture encodes never fails, for any text (combining marks after
+        /// any character included, for the grapheme clusters of the Precompiled normaliser).
         #[test]
-        fn encode_decode_any_text(text in "\\PC{0,60}") {
-            for name in ["bytelevel.json", "metaspace.json", "llama.json"] {
-                let t = hf(name);
+        fn encode_decode_any_text(text in "(\\PC[\u{300}-\u{36f}\u{3099}\u{200d}]{0,3}){0,30}") {
+            for t in all_fixtures() {
                 let ids = t.encode(&text);
                 prop_assert!(t.decode(&ids, false).is_ok());
             }
@@ -262,8 +350,12 @@ mod robustness {
 
         /// Corrupted or cut `tokenizer.json` bytes give Ok or a typed error, never a panic.
         #[test]
-        fn corrupted_json_never_panics(flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6), cut in any::<usize>()) {
-            let mut bytes = bytes_of("metaspace.json");
+        fn corrupted_json_never_panics(
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6),
+            cut in any::<usize>(),
+            unigram in any::<bool>(),
+        ) {
+            let mut bytes = bytes_of(if unigram { "spm/unigram.json" } else { "metaspace.json" });
             let len = bytes.len();
             for (pos, val) in flips {
                 bytes[pos % len] = val;

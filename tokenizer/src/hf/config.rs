@@ -6,10 +6,16 @@ use serde_json::{Map, Value};
 use crate::bytelevel::{GPT2_PATTERN, GPT2_PATTERN_TIKTOKEN};
 use crate::error::{Result, TokenizerError};
 use crate::hash::FxHashMap;
+use std::sync::Arc;
+
+use crate::hf::base64;
 use crate::hf::bpe::HfBpe;
+use crate::hf::regex::Regex;
 use crate::hf::steps::{Behavior, Decode, Normalize, PreTokenize, Prepend};
-use crate::hf::AddedToken;
+use crate::hf::unigram::HfUnigram;
+use crate::hf::{AddedToken, HfModel};
 use crate::pretokenize::META_RUNS_PATTERN;
+use crate::sentencepiece::charsmap::PrecompiledCharsMap;
 
 fn bad(message: impl Into<String>) -> TokenizerError {
     TokenizerError::malformed(format!("tokenizer.json: {}", message.into()))
@@ -74,6 +80,11 @@ fn prepend_scheme(o: &Map<String, Value>) -> Result<Prepend> {
     }
 }
 
+/// A `Regex` pattern, or an error naming what in it is not supported.
+fn regex(source: &str, what: &str) -> Result<Regex> {
+    Regex::new(source).map_err(|e| bad(format!("unsupported {what}: {e}")))
+}
+
 /// The normaliser, flattened (`null` gives no steps).
 pub(crate) fn normalizers(v: &Value, out: &mut Vec<Normalize>) -> Result<()> {
     if v.is_null() {
@@ -96,9 +107,18 @@ pub(crate) fn normalizers(v: &Value, out: &mut Vec<Normalize>) -> Result<()> {
         "Strip" => Normalize::Strip(flag(o, "strip_left", true)?, flag(o, "strip_right", true)?),
         "Replace" => match pattern(o, "Replace")? {
             (Some(s), _) => Normalize::Replace(s, string(o, "content", "Replace")?),
-            (_, Some(r)) => return Err(bad(format!("unsupported Replace normalizer with a regex {r:?}"))),
+            (_, Some(r)) => {
+                Normalize::ReplaceRegex(regex(&r, "Replace normalizer")?, string(o, "content", "Replace")?)
+            }
             _ => return Err(bad("Replace has no pattern")),
         },
+        "Precompiled" => {
+            let coded = string(o, "precompiled_charsmap", "Precompiled")?;
+            let blob = base64::decode(&coded)
+                .ok_or_else(|| bad("Precompiled.precompiled_charsmap is not base64"))?;
+            let map = PrecompiledCharsMap::parse(&blob).map_err(|e| bad(format!("Precompiled: {e}")))?;
+            Normalize::Precompiled(Arc::new(map))
+        }
         t => return Err(bad(format!("unsupported normalizer type {t:?}"))),
     };
     out.push(step);
@@ -138,6 +158,7 @@ pub(crate) fn pre_tokenizers(v: &Value, out: &mut Vec<PreTokenize>) -> Result<()
             prepend: prepend_scheme(o)?,
             split: flag(o, "split", true)?,
         },
+        "WhitespaceSplit" => PreTokenize::WhitespaceSplit,
         "Digits" => PreTokenize::Digits { individual: flag(o, "individual_digits", false)? },
         "Split" => {
             let invert = flag(o, "invert", false)?;
@@ -149,10 +170,7 @@ pub(crate) fn pre_tokenizers(v: &Value, out: &mut Vec<PreTokenize>) -> Result<()
                 }
                 (_, Some(r)) if r == META_RUNS_PATTERN => PreTokenize::SplitMetaRuns { behavior, invert },
                 (_, Some(r)) => {
-                    return Err(bad(format!(
-                        "unsupported Split regex {r:?} (only the GPT-2 expression and our own word split \
-                         are built in)"
-                    )))
+                    PreTokenize::SplitRegex { regex: regex(&r, "Split pre-tokenizer")?, behavior, invert }
                 }
                 _ => return Err(bad("Split has no pattern")),
             }
@@ -206,15 +224,39 @@ pub(crate) fn decoders(v: &Value, out: &mut Vec<Decode>) -> Result<()> {
     Ok(())
 }
 
-/// The BPE model.
-pub(crate) fn model(v: &Value) -> Result<HfBpe> {
+/// The model: BPE or Unigram.
+pub(crate) fn model(v: &Value) -> Result<HfModel> {
     let o = obj(v, "model")?;
     match o.get("type").and_then(Value::as_str) {
-        Some("BPE") => {}
-        None if o.contains_key("merges") => {}
-        Some(t) => return Err(bad(format!("unsupported model type {t:?} (only BPE)"))),
-        None => return Err(bad("model has no type")),
+        Some("BPE") => bpe(o).map(HfModel::Bpe),
+        Some("Unigram") => unigram(o).map(HfModel::Unigram),
+        None if o.contains_key("merges") => bpe(o).map(HfModel::Bpe),
+        Some(t) => Err(bad(format!("unsupported model type {t:?} (BPE and Unigram are supported)"))),
+        None => Err(bad("model has no type")),
     }
+}
+
+/// The `Unigram` model: `vocab` as `[piece, score]` pairs in id order, `unk_id`, `byte_fallback`.
+fn unigram(o: &Map<String, Value>) -> Result<HfUnigram> {
+    let mut pieces = Vec::new();
+    for (i, entry) in list(o, "vocab", "model")?.iter().enumerate() {
+        let pair = match entry.as_array().map(Vec::as_slice) {
+            Some([Value::String(p), s]) => s.as_f64().map(|s| (p.clone(), s)),
+            _ => None,
+        };
+        pieces.push(pair.ok_or_else(|| bad(format!("Unigram vocab entry {i} is not [piece, score]")))?);
+    }
+    let unk_id = match o.get("unk_id") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64().and_then(|i| u32::try_from(i).ok()).ok_or_else(|| bad("unk_id is not a 32-bit id"))?,
+        ),
+    };
+    HfUnigram::new(pieces, unk_id, flag(o, "byte_fallback", false)?)
+}
+
+/// The `BPE` model.
+fn bpe(o: &Map<String, Value>) -> Result<HfBpe> {
     for key in ["continuing_subword_prefix", "end_of_word_suffix"] {
         match o.get(key) {
             None | Some(Value::Null) => {}

@@ -20,8 +20,11 @@ use serde_json::{json, Map, Value};
 
 use crate::bytelevel::GPT2_PATTERN;
 use crate::error::Result;
+use crate::hf::base64;
 use crate::hf::bpe::HfBpe;
 use crate::hf::steps::{Behavior, Decode, Normalize, PreTokenize, Prepend};
+use crate::hf::unigram::HfUnigram;
+use crate::hf::HfModel;
 use crate::hf::{vocab_map, AddedToken, HfTokenizer};
 use crate::json::write_atomic;
 use crate::model::{BpeModel, DEFAULT_SPECIALS};
@@ -55,7 +58,13 @@ fn normalizer_json(n: &Normalize) -> Value {
         Normalize::Lowercase => json!({"type": "Lowercase"}),
         Normalize::Prepend(p) => json!({"type": "Prepend", "prepend": p}),
         Normalize::Replace(a, b) => json!({"type": "Replace", "pattern": {"String": a}, "content": b}),
+        Normalize::ReplaceRegex(r, b) => {
+            json!({"type": "Replace", "pattern": {"Regex": r.as_str()}, "content": b})
+        }
         Normalize::Strip(l, r) => json!({"type": "Strip", "strip_left": l, "strip_right": r}),
+        Normalize::Precompiled(map) => {
+            json!({"type": "Precompiled", "precompiled_charsmap": base64::encode(&map.to_bytes())})
+        }
     }
 }
 
@@ -70,6 +79,10 @@ fn pre_tokenizer_json(p: &PreTokenize) -> Value {
         PreTokenize::SplitString { pattern, behavior: b, invert } => json!({
             "type": "Split", "pattern": {"String": pattern}, "behavior": behavior(*b), "invert": invert
         }),
+        PreTokenize::SplitRegex { regex, behavior: b, invert } => json!({
+            "type": "Split", "pattern": {"Regex": regex.as_str()}, "behavior": behavior(*b), "invert": invert
+        }),
+        PreTokenize::WhitespaceSplit => json!({"type": "WhitespaceSplit"}),
         PreTokenize::SplitGpt2 { behavior: b, invert } => json!({
             "type": "Split", "pattern": {"Regex": GPT2_PATTERN}, "behavior": behavior(*b), "invert": invert
         }),
@@ -111,7 +124,19 @@ fn sequence(mut items: Vec<Value>, key: &str) -> Value {
     }
 }
 
-fn model_json(m: &HfBpe) -> Value {
+fn model_json(m: &HfModel) -> Value {
+    match m {
+        HfModel::Bpe(m) => bpe_json(m),
+        HfModel::Unigram(m) => unigram_json(m),
+    }
+}
+
+fn unigram_json(m: &HfUnigram) -> Value {
+    let vocab: Vec<Value> = m.pieces.iter().map(|(p, s)| json!([p, s])).collect();
+    json!({"type": "Unigram", "unk_id": m.unk_id, "vocab": vocab, "byte_fallback": m.byte_fallback})
+}
+
+fn bpe_json(m: &HfBpe) -> Value {
     let mut vocab: Vec<(&String, &u32)> = m.vocab.iter().collect();
     vocab.sort_by_key(|&(_, id)| *id);
     let vocab: Map<String, Value> = vocab.into_iter().map(|(t, &id)| (t.clone(), Value::from(id))).collect();
@@ -171,7 +196,7 @@ impl HfTokenizer {
                 special: true,
             })
             .collect();
-        let mut tok = Self::from_parts(normalizers, pre, bpe, decoders, added)?;
+        let mut tok = Self::from_parts(normalizers, pre, HfModel::Bpe(bpe), decoders, added)?;
         tok.set_encode_special_tokens(true);
         Ok(tok)
     }

@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::error::{Result, TokenizerError};
 use crate::hf::bpe::HfBpe;
 use crate::hf::steps::{Decode, PreTokenize};
+use crate::hf::HfModel;
 use crate::hf::{vocab_map, AddedToken, HfTokenizer};
 
 /// GPT-2's end-of-text token, an added special token when `encoder.json` has it.
@@ -58,7 +59,7 @@ impl HfTokenizer {
         Self::from_parts(
             Vec::new(),
             vec![PreTokenize::ByteLevel { add_prefix_space: false, use_regex: true }],
-            bpe,
+            HfModel::Bpe(bpe),
             vec![Decode::ByteLevel],
             added,
         )

@@ -1,22 +1,28 @@
-//! Hugging Face `tokenizer.json` for BPE models: import, encode/decode, export.
+//! Hugging Face `tokenizer.json`: import, encode/decode, export.
 //!
 //! [`HfTokenizer`] runs a `tokenizer.json` the way the `tokenizers` library does, for the parts
-//! that BPE tokenizers use:
+//! that BPE and unigram tokenizers use:
 //!
 //! - added tokens (matched in the text before anything else, leftmost-longest, with `lstrip`,
 //!   `rstrip`, `single_word`; `normalized` ones are matched after normalisation);
-//! - normalisers `NFC`, `NFD`, `NFKC`, `NFKD`, `Lowercase`, `Prepend`, `Replace` (literal),
-//!   `Strip` and `Sequence`;
+//! - normalisers `NFC`, `NFD`, `NFKC`, `NFKD`, `Lowercase`, `Prepend`, `Replace` (a literal or a
+//!   regular expression, see [`regex`]), `Strip`, `Precompiled` (a SentencePiece character map,
+//!   applied per grapheme cluster as `tokenizers` does) and `Sequence`;
 //! - pre-tokenizers `ByteLevel` (GPT-2 byte map and split, see [`crate::bytelevel`]),
-//!   `Metaspace`, `Split` (a literal, the GPT-2 expression, or our own word split
-//!   [`crate::pretokenize::META_RUNS_PATTERN`]), `Digits` and `Sequence`;
-//! - the `BPE` model (ranked merges, `unk_token`, `fuse_unk`, `byte_fallback`, `ignore_merges`);
+//!   `Metaspace`, `Split` (a literal, the GPT-2 expression, our own word split
+//!   [`crate::pretokenize::META_RUNS_PATTERN`], or another regular expression), `WhitespaceSplit`,
+//!   `Digits` and `Sequence`;
+//! - the `BPE` model (ranked merges, `unk_token`, `fuse_unk`, `byte_fallback`, `ignore_merges`)
+//!   and the `Unigram` model (Viterbi over piece scores, fused unknowns, `byte_fallback`; see
+//!   [`unigram`]);
 //! - decoders `ByteLevel`, `Metaspace`, `Replace` (literal), `ByteFallback`, `Fuse`, `Strip`,
 //!   `Sequence`.
 //!
-//! Anything else (unigram/WordPiece models, other regular expressions, BERT normalisers, ...) is
-//! a [`TokenizerError::MalformedModel`] naming it. The post-processor is not run: [`HfTokenizer::encode`]
-//! gives what `tokenizer.encode(text, add_special_tokens=False).ids` gives in Python.
+//! That covers what `transformers` writes when it converts a SentencePiece model (generic,
+//! Llama, T5 or XLM-R style). Anything else (WordPiece models, regular expressions beyond
+//! [`regex`]'s subset, BERT normalisers, ...) is a [`TokenizerError::MalformedModel`] naming it.
+//! The post-processor is not run: [`HfTokenizer::encode`] gives what
+//! `tokenizer.encode(text, add_special_tokens=False).ids` gives in Python.
 //!
 //! Both styles of BPE file work: byte-level (GPT-2, loaded from a `tokenizer.json` or from
 //! `encoder.json` + `vocab.bpe` by [`HfTokenizer::from_gpt2_files`]) and SentencePiece style (`▁`,
@@ -29,13 +35,17 @@
 //!
 //! Known simplifications: `normalized` added tokens are looked for in each normalised segment
 //! (not through offsets back into the original), and a `single_word` token whose word check fails
-//! is simply not matched at that position. Neither shows on the fixtures' texts.
+//! is simply not matched at that position. Neither shows on the fixtures' texts. A Unigram model
+//! without an unknown id drops a character no piece covers (`tokenizers` fails to encode).
 
+mod base64;
 mod bpe;
 mod config;
 mod export;
 mod gpt2;
+mod regex;
 mod steps;
+mod unigram;
 
 use std::path::Path;
 
@@ -48,6 +58,7 @@ use crate::hash::FxHashMap;
 use bpe::HfBpe;
 pub use gpt2::GPT2_END_OF_TEXT;
 use steps::{Decode, Normalize, PreTokenize};
+use unigram::HfUnigram;
 
 /// One entry of `added_tokens`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,12 +79,42 @@ pub struct AddedToken {
     pub special: bool,
 }
 
-/// A BPE tokenizer read from a Hugging Face `tokenizer.json` (see the module docs).
+/// The model of a `tokenizer.json`.
+#[derive(Debug)]
+enum HfModel {
+    Bpe(HfBpe),
+    Unigram(HfUnigram),
+}
+
+impl HfModel {
+    fn vocab(&self) -> &FxHashMap<String, u32> {
+        match self {
+            HfModel::Bpe(m) => &m.vocab,
+            HfModel::Unigram(m) => &m.vocab,
+        }
+    }
+
+    fn encode_piece(&self, piece: &str, out: &mut Vec<u32>) {
+        match self {
+            HfModel::Bpe(m) => m.encode_piece(piece, out),
+            HfModel::Unigram(m) => m.encode_piece(piece, out),
+        }
+    }
+
+    fn byte_fallback(&self) -> bool {
+        match self {
+            HfModel::Bpe(m) => m.byte_fallback(),
+            HfModel::Unigram(m) => m.byte_fallback,
+        }
+    }
+}
+
+/// A tokenizer read from a Hugging Face `tokenizer.json` (see the module docs).
 #[derive(Debug)]
 pub struct HfTokenizer {
     normalizers: Vec<Normalize>,
     pre_tokenizers: Vec<PreTokenize>,
-    model: HfBpe,
+    model: HfModel,
     decoders: Vec<Decode>,
     added: Vec<AddedToken>,
     /// Every id's token text (`None`: an id no token has).
@@ -116,11 +157,11 @@ impl HfTokenizer {
     fn from_parts(
         normalizers: Vec<Normalize>,
         pre_tokenizers: Vec<PreTokenize>,
-        model: HfBpe,
+        model: HfModel,
         decoders: Vec<Decode>,
         added: Vec<AddedToken>,
     ) -> Result<Self> {
-        let max_id = model.vocab.values().chain(added.iter().map(|a| &a.id)).copied().max();
+        let max_id = model.vocab().values().chain(added.iter().map(|a| &a.id)).copied().max();
         let len = max_id.map_or(0, |m| m as usize + 1);
         if len > (1 << 26) {
             return Err(TokenizerError::malformed(format!(
@@ -129,7 +170,7 @@ impl HfTokenizer {
             )));
         }
         let mut id_to_token = vec![None; len];
-        for (piece, &id) in &model.vocab {
+        for (piece, &id) in model.vocab() {
             id_to_token[id as usize] = Some(piece.clone());
         }
         for a in &added {
@@ -200,7 +241,7 @@ impl HfTokenizer {
             .iter()
             .find(|a| a.content == token)
             .map(|a| a.id)
-            .or_else(|| self.model.vocab.get(token).copied())
+            .or_else(|| self.model.vocab().get(token).copied())
     }
 
     /// Whether the model falls back to `<0xNN>` byte tokens.
@@ -238,15 +279,17 @@ impl HfTokenizer {
     fn encode_normalized(&self, text: String, first: bool, out: &mut Vec<u32>) {
         // Byte level alone (GPT-2): split and encode without a String per piece; the same ids
         // as the general path below.
-        if let [PreTokenize::ByteLevel { add_prefix_space, use_regex }] = self.pre_tokenizers.as_slice() {
+        if let (HfModel::Bpe(model), [PreTokenize::ByteLevel { add_prefix_space, use_regex }]) =
+            (&self.model, self.pre_tokenizers.as_slice())
+        {
             let text = if *add_prefix_space && !text.starts_with(' ') { format!(" {text}") } else { text };
             let mut buf = String::with_capacity(64);
             if *use_regex {
                 for part in split_gpt2(&text) {
-                    self.model.encode_raw_piece(part, &self.byte_table, &mut buf, out);
+                    model.encode_raw_piece(part, &self.byte_table, &mut buf, out);
                 }
             } else if !text.is_empty() {
-                self.model.encode_raw_piece(&text, &self.byte_table, &mut buf, out);
+                model.encode_raw_piece(&text, &self.byte_table, &mut buf, out);
             }
             return;
         }
@@ -283,7 +326,7 @@ impl HfTokenizer {
 
     /// The vocabulary as `(token, id)` pairs, by id.
     pub fn vocab(&self) -> Vec<(&str, u32)> {
-        let mut v: Vec<(&str, u32)> = self.model.vocab.iter().map(|(t, &i)| (t.as_str(), i)).collect();
+        let mut v: Vec<(&str, u32)> = self.model.vocab().iter().map(|(t, &i)| (t.as_str(), i)).collect();
         v.sort_by_key(|&(_, i)| i);
         v
     }

@@ -1,12 +1,17 @@
 //! The normaliser, pre-tokenizer and decoder steps of a `tokenizer.json` that this crate runs,
 //! each applied the way Hugging Face `tokenizers` applies it.
 
+use std::sync::Arc;
+
 use unicode_normalization::UnicodeNormalization;
+use unicode_segmentation::UnicodeSegmentation;
 
 use crate::bytelevel::{bytes_to_chars, char_to_byte, split_gpt2};
 use crate::hf::bpe::parse_byte_token;
+use crate::hf::regex::Regex;
 use crate::normalize::{nfc, nfkc};
 use crate::pretokenize::meta_run_spans;
+use crate::sentencepiece::charsmap::PrecompiledCharsMap;
 
 /// One normaliser step.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,8 +25,14 @@ pub(crate) enum Normalize {
     Prepend(String),
     /// Replace every occurrence of a literal string.
     Replace(String, String),
+    /// Replace every match of a regular expression (see [`crate::hf::regex`]) by a literal.
+    ReplaceRegex(Regex, String),
     /// Strip whitespace at the left and/or right end.
     Strip(bool, bool),
+    /// A SentencePiece character map, applied the way `tokenizers` applies it: each extended
+    /// grapheme cluster shorter than 6 bytes that starts with a key is replaced whole by the
+    /// shortest such key's replacement; other clusters character by character.
+    Precompiled(Arc<PrecompiledCharsMap>),
 }
 
 impl Normalize {
@@ -46,10 +57,41 @@ impl Normalize {
                     text.replace(from.as_str(), to)
                 }
             }
+            Normalize::ReplaceRegex(regex, to) => {
+                let matches = regex.find_iter(&text);
+                if matches.is_empty() {
+                    return text;
+                }
+                let mut out = String::with_capacity(text.len());
+                let mut pos = 0;
+                for (a, b) in matches {
+                    out.push_str(&text[pos..a]);
+                    out.push_str(to);
+                    pos = b;
+                }
+                out.push_str(&text[pos..]);
+                out
+            }
             Normalize::Strip(left, right) => {
                 let t = if *left { text.trim_start() } else { &text };
                 let t = if *right { t.trim_end() } else { t };
                 t.to_string()
+            }
+            Normalize::Precompiled(map) => {
+                let mut out = String::with_capacity(text.len());
+                for grapheme in text.graphemes(true) {
+                    if grapheme.len() < 6 {
+                        if let Some(to) = map.shortest_match(grapheme.as_bytes()) {
+                            out.push_str(to);
+                            continue;
+                        }
+                    }
+                    for (i, c) in grapheme.char_indices() {
+                        let one = &grapheme[i..i + c.len_utf8()];
+                        out.push_str(map.shortest_match(one.as_bytes()).unwrap_or(one));
+                    }
+                }
+                out
             }
         }
     }
@@ -82,6 +124,10 @@ pub(crate) enum PreTokenize {
     Metaspace { replacement: char, prepend: Prepend, split: bool },
     /// Split on a literal string.
     SplitString { pattern: String, behavior: Behavior, invert: bool },
+    /// Split on the matches of a regular expression (see [`crate::hf::regex`]).
+    SplitRegex { regex: Regex, behavior: Behavior, invert: bool },
+    /// Split on whitespace (`char::is_whitespace`), dropping it.
+    WhitespaceSplit,
     /// Split with the GPT-2 expression.
     SplitGpt2 { behavior: Behavior, invert: bool },
     /// Split with [`crate::pretokenize::META_RUNS_PATTERN`] (our own models' word split, before digits).
@@ -202,7 +248,8 @@ impl PreTokenize {
                         PrependScheme::First => first,
                         PrependScheme::Never => false,
                     };
-                    if add && !s.starts_with(*replacement) {
+                    // `tokenizers` prepends nothing to an empty string.
+                    if add && !s.is_empty() && !s.starts_with(*replacement) {
                         s.insert(0, *replacement);
                     }
                     if *split {
@@ -218,6 +265,21 @@ impl PreTokenize {
                         m = invert_spans(&m, p.len());
                     }
                     out.extend(split_by(&p, &m, *behavior, first));
+                }
+                PreTokenize::SplitRegex { regex, behavior, invert } => {
+                    let mut m = regex.find_iter(&p);
+                    if *invert {
+                        m = invert_spans(&m, p.len());
+                    }
+                    out.extend(split_by(&p, &m, *behavior, first));
+                }
+                PreTokenize::WhitespaceSplit => {
+                    let m: Vec<(usize, usize)> = p
+                        .char_indices()
+                        .filter(|(_, c)| c.is_whitespace())
+                        .map(|(i, c)| (i, i + c.len_utf8()))
+                        .collect();
+                    out.extend(split_by(&p, &m, Behavior::Removed, first));
                 }
                 PreTokenize::SplitGpt2 { behavior, invert } => {
                     let mut m = Vec::new();

@@ -62,29 +62,67 @@ impl PrecompiledCharsMap {
     /// The longest key that `input` starts with (among the first [`MAX_RESULTS`] prefixes the
     /// trie holds, as SentencePiece searches): its length in bytes and its replacement.
     pub fn longest_match(&self, input: &[u8]) -> Option<(usize, &str)> {
+        let mut best = None;
+        self.walk(input, &mut |len, at, found| {
+            if found < MAX_RESULTS {
+                // Later matches are longer.
+                best = Some((len, at));
+            }
+            true
+        });
+        let (len, at) = best?;
+        Some((len, self.replacement(at)?))
+    }
+
+    /// The replacement of the shortest key that `input` starts with: what Hugging Face
+    /// `tokenizers` uses for a whole grapheme (its `Precompiled` normaliser).
+    pub fn shortest_match(&self, input: &[u8]) -> Option<&str> {
+        let mut first = None;
+        self.walk(input, &mut |_, at, _| {
+            first = Some(at);
+            false
+        });
+        self.replacement(first?)
+    }
+
+    /// Follows `input` down the trie, calling `leaf(length, value, leaves before)` at each key
+    /// it passes until `leaf` says stop.
+    fn walk(&self, input: &[u8], leaf: &mut dyn FnMut(usize, u32, usize) -> bool) {
         let units = &self.units;
-        let mut pos = offset(*units.first()?);
-        let mut best: Option<(usize, u32)> = None;
+        let Some(&root) = units.first() else { return };
+        let mut pos = offset(root);
         let mut found = 0;
         for (i, &byte) in input.iter().enumerate() {
             pos ^= usize::from(byte);
-            let unit = *units.get(pos)?;
+            let Some(&unit) = units.get(pos) else { return };
             if label(unit) != u32::from(byte) {
-                break;
+                return;
             }
             pos ^= offset(unit);
             if has_leaf(unit) {
-                if found < MAX_RESULTS {
-                    // Later matches are longer.
-                    best = Some((i + 1, value(*units.get(pos)?)));
+                let Some(&v) = units.get(pos) else { return };
+                if !leaf(i + 1, value(v), found) {
+                    return;
                 }
                 found += 1;
             }
         }
-        let (len, at) = best?;
+    }
+
+    /// The NUL-terminated replacement at byte offset `at`.
+    fn replacement(&self, at: u32) -> Option<&str> {
         let rest = self.replacements.get(at as usize..)?;
         let end = rest.iter().position(|&b| b == 0)?;
-        Some((len, std::str::from_utf8(&rest[..end]).ok()?))
+        std::str::from_utf8(&rest[..end]).ok()
+    }
+
+    /// The map as the `precompiled_charsmap` bytes it was parsed from.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4 + self.units.len() * 4 + self.replacements.len());
+        out.extend_from_slice(&((self.units.len() * 4) as u32).to_le_bytes());
+        out.extend(self.units.iter().flat_map(|u| u.to_le_bytes()));
+        out.extend_from_slice(&self.replacements);
+        out
     }
 }
 
@@ -136,6 +174,10 @@ mod tests {
         assert_eq!(m.longest_match("\u{a0}x".as_bytes()), Some((2, " ")));
         assert_eq!(m.longest_match(b"xyz"), None);
         assert_eq!(m.longest_match(b""), None);
+        assert_eq!(m.shortest_match(b"abc"), Some("A"));
+        assert_eq!(m.shortest_match(b"xa"), None);
+        let blob = map(&[(b"a", "A")]);
+        assert_eq!(PrecompiledCharsMap::parse(&blob).unwrap().to_bytes(), blob);
     }
 
     #[test]
