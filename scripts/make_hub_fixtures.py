@@ -23,9 +23,14 @@ and, for `polylm generate` on a Hub checkpoint (trainer/tests/hub_checkpoint.rs)
     bin/choices.jsonl     multiple-choice items ({"prompt", "choices", "gold"})
     bin/choices.ref.json  transformers' log-likelihood of each choice given its prompt
                           (tokens as trainer/src/choice.rs takes them)
+and training_checkpoint/pytorch_model.bin: a training script's torch.save of
+{"model": state dict, "optimizer": AdamW's state (tensors of its own), "step", "args"}, the
+state dict's names prefixed as DistributedDataParallel around torch.compile leaves them
+(`module._orig_mod.transformer...`);
 and two tiny torch.save files of broadcast views (stride 0): views/small.pt, an (2, 3) view of a
 3-element storage, and views/huge.pt, a view of 10^12 elements of a 1-element storage, which a
-reader must refuse rather than try to allocate.
+reader must refuse rather than try to allocate; views/nested.pt holds its state dict two
+levels down ({"state_dict": {"module": {"module.x": ...}}}).
 """
 import json
 import os
@@ -155,12 +160,23 @@ def main():
             refs.append({"prompt": prompt, "loglik": logliks})
     json.dump({"items": refs}, open(os.path.join(d, "choices.ref.json"), "w"), indent=2)
 
+    d = fresh("training_checkpoint")
+    model = GPT2LMHeadModel.from_pretrained(os.path.join(GPT2, "two_layer"))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.tensor([[1, 2, 3]]), labels=torch.tensor([[1, 2, 3]])).loss.backward()
+    opt.step()
+    wrapped = {f"module._orig_mod.{k}": v for k, v in sd.items()}
+    torch.save({"step": 1, "model": wrapped, "optimizer": opt.state_dict(), "args": {"lr": 1e-3, "name": "run"}},
+               os.path.join(d, "pytorch_model.bin"))
+
     d = os.path.join(OUT, "views")
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
     row = torch.tensor([1.5, -2.0, 3.25])
     torch.save({"x": row.expand(2, 3)}, os.path.join(d, "small.pt"))
     torch.save({"x": torch.tensor([7.0]).expand(10**12)}, os.path.join(d, "huge.pt"))
+    # A state dict two wrapping levels down, with DDP's prefix.
+    torch.save({"meta": {"epoch": 1}, "state_dict": {"module": {"module.x": row}}}, os.path.join(d, "nested.pt"))
 
     for name in sorted(os.listdir(OUT)):
         print(name, sorted(os.listdir(os.path.join(OUT, name))))

@@ -4,7 +4,9 @@
 //!
 //! Loading reads the weights in any layout the Hugging Face Hub ships (one safetensors file,
 //! safetensors shards with `model.safetensors.index.json`, a PyTorch `pytorch_model.bin`, or
-//! PyTorch shards with `pytorch_model.bin.index.json`: see [`crate::weights`]), accepts the
+//! PyTorch shards with `pytorch_model.bin.index.json`: see [`crate::weights`]; a PyTorch file
+//! may also be a training script's checkpoint holding the state dict under `model`,
+//! `state_dict`, ... with DDP's `module.` names, see [`crate::pytorch`]), accepts the
 //! names with or without the `transformer.` prefix (files written by `GPT2LMHeadModel` and by
 //! the bare `GPT2Model`), ignores GPT-2's attention-mask buffers
 //! (`h.{i}.attn.bias`, `h.{i}.attn.masked_bias`) and an `lm_head.weight` equal to the token

@@ -61,6 +61,7 @@ fn every_hub_layout_loads_the_same_weights() {
         ("bin_legacy", "two_layer"),
         ("safetensors_sharded", "two_layer"),
         ("bin_sharded_bf16", "two_layer_bf16"),
+        ("training_checkpoint", "two_layer"),
     ] {
         for dtype in [DType::F32, DType::BF16] {
             let want = checkpoint::load(&fixtures().join("gpt2").join(source), dtype).unwrap();
@@ -95,6 +96,23 @@ fn a_pytorch_file_lists_its_tensors_with_dtypes_and_shapes() {
     assert_eq!((wpe.dtype.name(), wpe.shape), ("F32", &[16usize, 16][..]));
     let scalar = f.tensor("transformer.h.0.attn.masked_bias").unwrap();
     assert_eq!((scalar.shape, scalar.to_f32().unwrap()), (&[][..], vec![-1e4]));
+}
+
+/// A training script's checkpoint: the state dict found under "model" beside the optimizer's
+/// tensors, its DDP and torch.compile prefixes removed.
+#[test]
+fn a_training_checkpoint_gives_its_model_state_dict() {
+    let f = TorchFile::open(hub("training_checkpoint").join("pytorch_model.bin")).unwrap();
+    let names: Vec<&str> = f.names().collect();
+    assert!(names.contains(&"transformer.wte.weight"), "{names:?}");
+    assert!(names.iter().all(|n| n.starts_with("transformer.") || n.starts_with("lm_head.")), "{names:?}");
+    let plain = TorchFile::open(hub("bin").join("pytorch_model.bin")).unwrap();
+    let a = f.tensor("transformer.h.1.mlp.c_fc.weight").unwrap();
+    let b = plain.tensor("transformer.h.1.mlp.c_fc.weight").unwrap();
+    assert_eq!((a.shape, a.data), (b.shape, b.data));
+    let nested = TorchFile::open(hub("views").join("nested.pt")).unwrap();
+    assert_eq!(nested.names().collect::<Vec<_>>(), ["x"]);
+    assert_eq!(nested.tensor("x").unwrap().to_f32().unwrap(), [1.5, -2.0, 3.25]);
 }
 
 #[test]

@@ -10,6 +10,10 @@
 //!   a magic-number pickle, the protocol version, a system-info pickle, the state dict, the list
 //!   of storage keys, then each storage as an element count and its bytes.
 //!
+//! The state dict may be the pickle's root or sit inside a training checkpoint's dict (under
+//! one of [`pickle::WRAPPER_KEYS`]); a prefix that wrapping the model adds to every name
+//! (`module.`, `_orig_mod.`) is removed.
+//!
 //! - [`zip`]: the stored-entry ZIP directory (ZIP64 included).
 //! - [`pickle`]: the code-free pickle interpreter.
 
@@ -271,6 +275,21 @@ fn read_legacy(map: &[u8]) -> Result<BTreeMap<String, Record>, String> {
     })
 }
 
+/// The prefixes that wrapping a model adds to every name of its state dict:
+/// `DistributedDataParallel` / `DataParallel` (`module.`) and `torch.compile` (`_orig_mod.`).
+pub const WRAPPER_PREFIXES: [&str; 2] = ["module.", "_orig_mod."];
+
+/// `tensors` with a prefix of [`WRAPPER_PREFIXES`] removed when every name has it (repeatedly:
+/// a compiled model inside DDP has both).
+fn without_wrapper_prefix(mut tensors: BTreeMap<String, Record>) -> BTreeMap<String, Record> {
+    while let Some(prefix) =
+        WRAPPER_PREFIXES.iter().find(|p| !tensors.is_empty() && tensors.keys().all(|k| k.starts_with(*p)))
+    {
+        tensors = tensors.into_iter().map(|(k, v)| (k[prefix.len()..].to_string(), v)).collect();
+    }
+    tensors
+}
+
 impl TorchFile {
     /// Maps `path` and reads its state dict: every tensor's dtype, shape and bytes checked
     /// against the file.
@@ -288,7 +307,7 @@ impl TorchFile {
         } else {
             return Err(corrupt("neither a torch.save zip archive nor the legacy format".into()));
         };
-        Ok(TorchFile { path: path.to_path_buf(), map, tensors })
+        Ok(TorchFile { path: path.to_path_buf(), map, tensors: without_wrapper_prefix(tensors) })
     }
 
     /// The file's path.

@@ -630,6 +630,11 @@ impl<'a> Machine<'a> {
     }
 }
 
+/// The keys under which training scripts save a state dict inside a bigger dict, in the order
+/// they are looked for (PyTorch Lightning and most scripts: `state_dict`; fairseq, Megatron and
+/// many others: `model`; DeepSpeed: `module`; the PyTorch tutorials: `model_state_dict`).
+pub const WRAPPER_KEYS: [&str; 4] = ["state_dict", "model", "module", "model_state_dict"];
+
 /// Interprets the pickle at the start of `data` up to its `STOP`.
 pub fn parse(data: &[u8]) -> Result<Pickle, String> {
     let mut m = Machine { data, pos: 0, nodes: Vec::new(), stack: Vec::new(), memo: Default::default() };
@@ -641,10 +646,38 @@ pub fn parse(data: &[u8]) -> Result<Pickle, String> {
 }
 
 impl Pickle {
-    /// The root's `(key, tensor)` entries when the root is a dict of string keys; entries whose
-    /// value is not a tensor are skipped. `None` when the root is not such a dict.
+    /// The state dict's `(key, tensor)` entries: the root's when it is a dict of string keys
+    /// holding tensors; when it holds none, those of the first dict found under one of
+    /// [`WRAPPER_KEYS`] (a training checkpoint's `{"model": state_dict, "optimizer": ...}`), up
+    /// to two levels down. Entries whose value is not a tensor are skipped. `None` when the root
+    /// is not a dict of string keys.
     pub fn tensors(&self) -> Option<Vec<(&str, &TensorRef)>> {
-        let Node::Dict(pairs) = &self.nodes[self.root] else { return None };
+        let root = self.dict_tensors(self.root)?;
+        if !root.is_empty() {
+            return Some(root);
+        }
+        let mut frontier = vec![self.root];
+        for _ in 0..2 {
+            let mut next = Vec::new();
+            for &node in &frontier {
+                for key in WRAPPER_KEYS {
+                    if let Some(inner) = self.dict_entry(node, key) {
+                        match self.dict_tensors(inner) {
+                            Some(t) if !t.is_empty() => return Some(t),
+                            Some(_) => next.push(inner),
+                            None => {}
+                        }
+                    }
+                }
+            }
+            frontier = next;
+        }
+        Some(root)
+    }
+
+    /// The tensors of the dict `node` (`None`: not a dict of string keys).
+    fn dict_tensors(&self, node: usize) -> Option<Vec<(&str, &TensorRef)>> {
+        let Node::Dict(pairs) = &self.nodes[node] else { return None };
         let mut out = Vec::with_capacity(pairs.len());
         for &(k, v) in pairs {
             let Node::Str(key) = &self.nodes[k] else { return None };
@@ -653,6 +686,12 @@ impl Pickle {
             }
         }
         Some(out)
+    }
+
+    /// The value under the string key `key` of the dict `node`.
+    fn dict_entry(&self, node: usize, key: &str) -> Option<usize> {
+        let Node::Dict(pairs) = &self.nodes[node] else { return None };
+        pairs.iter().find(|&&(k, _)| matches!(&self.nodes[k], Node::Str(s) if s == key)).map(|&(_, v)| v)
     }
 
     /// The strings of a list root (the legacy format's storage keys), or `None`.
