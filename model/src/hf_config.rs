@@ -32,6 +32,11 @@ fn get_f64(obj: &Map<String, Value>, key: &str) -> Result<Option<f64>> {
     }
 }
 
+/// The names `transformers` gives the tanh approximation of GeLU (the one this model computes):
+/// `gelu_new` (GPT-2), `gelu_pytorch_tanh`, `gelu_fast` and `gelu_accurate` are the same function
+/// written differently. The exact GeLU (`gelu`, with erf) is not among them.
+pub const TANH_GELU_NAMES: [&str; 4] = ["gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_accurate"];
+
 /// Parses a Hugging Face GPT-2 `config.json` (`n_embd`, `n_layer`, `n_head`, `n_positions`,
 /// `n_inner`, `vocab_size`, `layer_norm_epsilon`, `initializer_range`, `eos_token_id`).
 ///
@@ -48,8 +53,11 @@ pub fn from_hf_json(text: &str) -> Result<ModelConfig> {
     }
     let unsupported = |field: &'static str, reason: String| Err(ModelError::InvalidConfig { field, reason });
     if let Some(act) = obj.get("activation_function").and_then(Value::as_str) {
-        if act != "gelu_new" && act != "gelu_pytorch_tanh" {
-            return unsupported("activation_function", format!("{act:?}: only the tanh GeLU is implemented"));
+        if !TANH_GELU_NAMES.contains(&act) {
+            return unsupported(
+                "activation_function",
+                format!("{act:?}: only the tanh GeLU is implemented ({})", TANH_GELU_NAMES.join(", ")),
+            );
         }
     }
     for (key, bad) in [

@@ -115,11 +115,15 @@ fn hf_config_json_round_trips_and_refuses_other_architectures() {
         (50257, 12, 768, 12, 3072, 1024)
     );
     assert_eq!(c.param_count(), 124_439_808); // GPT-2 small, the well-known figure
-    let relu = gpt2.replace("gelu_new", "relu");
-    assert!(matches!(
-        from_hf_json(&relu),
-        Err(ModelError::InvalidConfig { field: "activation_function", .. })
-    ));
+    for tanh in ["gelu_pytorch_tanh", "gelu_fast", "gelu_accurate"] {
+        assert_eq!(from_hf_json(&gpt2.replace("gelu_new", tanh)).unwrap(), c, "{tanh}");
+    }
+    for other in ["relu", "gelu", "quick_gelu"] {
+        assert!(matches!(
+            from_hf_json(&gpt2.replace("gelu_new", other)),
+            Err(ModelError::InvalidConfig { field: "activation_function", .. })
+        ));
+    }
     let untied = gpt2.replace("\"n_ctx\"", "\"tie_word_embeddings\": false, \"n_ctx\"");
     assert!(matches!(from_hf_json(&untied), Err(ModelError::InvalidConfig { .. })));
     assert!(matches!(from_hf_json("[1, 2]"), Err(ModelError::ConfigParse { .. })));

@@ -582,6 +582,24 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Any pattern compiles or is refused, and any compiled one searches any text, without
+        /// panicking and with matches that are in order, disjoint and on character boundaries.
+        #[test]
+        fn any_pattern_on_any_text(pattern in "[ab\\\\()|*+?{},0-9\\[\\]^.:Az-]{0,12}", text in "[ab{},é-]{0,12}") {
+            if let Ok(re) = Regex::new(&pattern) {
+                let mut last = 0;
+                for (a, b) in re.find_iter(&text) {
+                    proptest::prop_assert!(last <= a && a <= b && b <= text.len());
+                    proptest::prop_assert!(text.is_char_boundary(a) && text.is_char_boundary(b));
+                    last = b;
+                }
+            }
+        }
+    }
+
     #[test]
     fn unsupported_syntax_is_named() {
         for p in [
