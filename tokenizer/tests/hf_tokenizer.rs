@@ -39,13 +39,16 @@ fn read_reference(path: &str) -> Reference {
     serde_json::from_str(&text).expect("reference parses")
 }
 
-/// `hf/reference.json` (models by name) or, for names starting `spm/`, `hf/spm/reference.json`.
+/// `hf/reference.json` (models by name) or, for names `<dir>/<model>` (`spm/unigram`,
+/// `regex/llama3`), `hf/<dir>/reference.json`.
 fn reference(name: &str) -> (&'static Reference, &str) {
     static HF: std::sync::OnceLock<Reference> = std::sync::OnceLock::new();
     static SPM: std::sync::OnceLock<Reference> = std::sync::OnceLock::new();
-    match name.strip_prefix("spm/") {
-        Some(model) => (SPM.get_or_init(|| read_reference("hf/spm/reference.json")), model),
-        None => (HF.get_or_init(|| read_reference("hf/reference.json")), name),
+    static REGEX: std::sync::OnceLock<Reference> = std::sync::OnceLock::new();
+    match name.split_once('/') {
+        Some(("spm", model)) => (SPM.get_or_init(|| read_reference("hf/spm/reference.json")), model),
+        Some(("regex", model)) => (REGEX.get_or_init(|| read_reference("hf/regex/reference.json")), model),
+        _ => (HF.get_or_init(|| read_reference("hf/reference.json")), name),
     }
 }
 
@@ -215,6 +218,12 @@ fn sentencepiece_bpe_as_converted_by_transformers() {
     check_converted("spm/bpe", true);
 }
 
+/// A byte-level BPE split by the GPT-4 expression first, as Llama 3's and Qwen2's files are.
+#[test]
+fn gpt4_style_regex_split_parity() {
+    check_converted("regex/llama3", false);
+}
+
 #[test]
 fn added_tokens_in_text() {
     let mut t = hf("metaspace.json");
@@ -280,7 +289,7 @@ fn malformed_unigram_precompiled_and_regex_parts_are_named() {
         (edit(&|d| d["model"]["vocab"] = serde_json::json!([])), "vocab is empty"),
         (edit(&|d| precompiled(d)["precompiled_charsmap"] = "@@@@".into()), "not base64"),
         (edit(&|d| precompiled(d)["precompiled_charsmap"] = "AAAA".into()), "precompiled_charsmap"),
-        (edit(&|d| d["normalizer"]["normalizers"][1]["pattern"]["Regex"] = "\\s+".into()), "\\s"),
+        (edit(&|d| d["normalizer"]["normalizers"][1]["pattern"]["Regex"] = "\\p{Han}+".into()), "Han"),
         (edit(&|d| d["pre_tokenizer"]["pretokenizers"][1]["pattern"]["Regex"] = "(?<=a)b".into()), "(?: )"),
     ] {
         match HfTokenizer::from_json_str(&bad) {

@@ -19,8 +19,9 @@
 //!   `Sequence`.
 //!
 //! That covers what `transformers` writes when it converts a SentencePiece model (generic,
-//! Llama, T5 or XLM-R style). Anything else (WordPiece models, regular expressions beyond
-//! [`regex`]'s subset, BERT normalisers, ...) is a [`TokenizerError::MalformedModel`] naming it.
+//! Llama, T5 or XLM-R style) and the byte-level files split by a GPT-4-style expression (Llama 3,
+//! Qwen2). Anything else (WordPiece models, regular expressions beyond [`regex`]'s subset, such
+//! as script properties, BERT normalisers, ...) is a [`TokenizerError::MalformedModel`] naming it.
 //! The post-processor is not run: [`HfTokenizer::encode`] gives what
 //! `tokenizer.encode(text, add_special_tokens=False).ids` gives in Python.
 //!
