@@ -11,7 +11,10 @@ Committed output, tokenizer/tests/fixtures/hf/regex/:
                     files are: Split on the GPT-4 expression (letters, numbers in runs of up to
                     three, punctuation, `\\s+(?!\\S)`), then ByteLevel without its own regex;
                     vocab 1000, trained here with `tokenizers` on the 18 languages
-    reference.json  {"samples", "models": {"llama3": ...}} as in make_hf_tokenizer_fixtures.py,
+    words.json      a BPE over the Whitespace pre-tokenizer (words and runs of other non-space
+                    characters) after NFD, StripAccents and Lowercase; vocab 1000
+    reference.json  {"samples", "models": {"llama3": ..., "words": ...}} as in
+                    make_hf_tokenizer_fixtures.py,
                     and "regex": [[pattern, text, text with each match replaced by "<>"]]
 """
 import json
@@ -84,17 +87,27 @@ def train_llama3_style():
     return tok
 
 
+def train_words():
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.StripAccents(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=["[UNK]"], show_progress=False)
+    tok.train_from_iterator(training_lines(LANGS, 40_000), trainer)
+    return tok
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
-    tok = train_llama3_style()
-    tok.save(os.path.join(OUT, "llama3.json"))
+    toks = {"llama3": train_llama3_style(), "words": train_words()}
     sets = text_sets()
     samples = {name: [texts[0][:SAMPLE_CHARS]] for name, texts in sets.items()}
     samples["edge"] = EDGE
-    entry = model_entry(tok, sets, samples)
-    print("llama3", sum(s["ids"] for s in entry["sets"].values()), "ids on the full sets")
-    cases = [[p, t, normalizers.Replace(Regex(p), "<>").normalize_str(t)] for p, texts in REGEX for t in texts]
-    out = {"samples": samples, "models": {"llama3": entry}, "regex": cases}
+    out = {"samples": samples, "models": {}}
+    for name, tok in toks.items():
+        tok.save(os.path.join(OUT, f"{name}.json"))
+        out["models"][name] = model_entry(tok, sets, samples)
+        print(name, sum(s["ids"] for s in out["models"][name]["sets"].values()), "ids on the full sets")
+    out["regex"] = [[p, t, normalizers.Replace(Regex(p), "<>").normalize_str(t)] for p, texts in REGEX for t in texts]
     with open(os.path.join(OUT, "reference.json"), "w", encoding="utf-8") as f:
         json.dump(out, f, ensure_ascii=False, separators=(",", ":"))
 

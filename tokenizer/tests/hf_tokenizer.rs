@@ -224,6 +224,12 @@ fn gpt4_style_regex_split_parity() {
     check_converted("regex/llama3", false);
 }
 
+/// `Whitespace` words after `NFD`, `StripAccents` and `Lowercase` (a BERT-style front end).
+#[test]
+fn whitespace_words_without_accents_parity() {
+    check_converted("regex/words", false);
+}
+
 #[test]
 fn added_tokens_in_text() {
     let mut t = hf("metaspace.json");

@@ -80,6 +80,9 @@ fn prepend_scheme(o: &Map<String, Value>) -> Result<Prepend> {
     }
 }
 
+/// What the `Whitespace` pre-tokenizer keeps (everything else is dropped).
+const WHITESPACE_PATTERN: &str = r"\w+|[^\w\s]+";
+
 /// A `Regex` pattern, or an error naming what in it is not supported.
 fn regex(source: &str, what: &str) -> Result<Regex> {
     Regex::new(source).map_err(|e| bad(format!("unsupported {what}: {e}")))
@@ -103,6 +106,7 @@ pub(crate) fn normalizers(v: &Value, out: &mut Vec<Normalize>) -> Result<()> {
         "NFKC" => Normalize::Nfkc,
         "NFKD" => Normalize::Nfkd,
         "Lowercase" => Normalize::Lowercase,
+        "StripAccents" => Normalize::StripAccents,
         "Prepend" => Normalize::Prepend(string(o, "prepend", "Prepend")?),
         "Strip" => Normalize::Strip(flag(o, "strip_left", true)?, flag(o, "strip_right", true)?),
         "Replace" => match pattern(o, "Replace")? {
@@ -159,6 +163,12 @@ pub(crate) fn pre_tokenizers(v: &Value, out: &mut Vec<PreTokenize>) -> Result<()
             split: flag(o, "split", true)?,
         },
         "WhitespaceSplit" => PreTokenize::WhitespaceSplit,
+        // Words and runs of other non-space characters, the rest dropped.
+        "Whitespace" => PreTokenize::SplitRegex {
+            regex: regex(WHITESPACE_PATTERN, "Whitespace pre-tokenizer")?,
+            behavior: Behavior::Removed,
+            invert: true,
+        },
         "Digits" => PreTokenize::Digits { individual: flag(o, "individual_digits", false)? },
         "Split" => {
             let invert = flag(o, "invert", false)?;

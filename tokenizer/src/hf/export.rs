@@ -62,6 +62,7 @@ fn normalizer_json(n: &Normalize) -> Value {
             json!({"type": "Replace", "pattern": {"Regex": r.as_str()}, "content": b})
         }
         Normalize::Strip(l, r) => json!({"type": "Strip", "strip_left": l, "strip_right": r}),
+        Normalize::StripAccents => json!({"type": "StripAccents"}),
         Normalize::Precompiled(map) => {
             json!({"type": "Precompiled", "precompiled_charsmap": base64::encode(&map.to_bytes())})
         }

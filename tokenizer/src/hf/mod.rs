@@ -5,12 +5,13 @@
 //!
 //! - added tokens (matched in the text before anything else, leftmost-longest, with `lstrip`,
 //!   `rstrip`, `single_word`; `normalized` ones are matched after normalisation);
-//! - normalisers `NFC`, `NFD`, `NFKC`, `NFKD`, `Lowercase`, `Prepend`, `Replace` (a literal or a
+//! - normalisers `NFC`, `NFD`, `NFKC`, `NFKD`, `Lowercase`, `StripAccents`, `Prepend`, `Replace` (a literal or a
 //!   regular expression, see [`regex`]), `Strip`, `Precompiled` (a SentencePiece character map,
 //!   applied per grapheme cluster as `tokenizers` does) and `Sequence`;
 //! - pre-tokenizers `ByteLevel` (GPT-2 byte map and split, see [`crate::bytelevel`]),
 //!   `Metaspace`, `Split` (a literal, the GPT-2 expression, our own word split
 //!   [`crate::pretokenize::META_RUNS_PATTERN`], or another regular expression), `WhitespaceSplit`,
+//!   `Whitespace`,
 //!   `Digits` and `Sequence`;
 //! - the `BPE` model (ranked merges, `unk_token`, `fuse_unk`, `byte_fallback`, `ignore_merges`)
 //!   and the `Unigram` model (Viterbi over piece scores, fused unknowns, `byte_fallback`; see

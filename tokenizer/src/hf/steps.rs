@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use unicode_general_category::{get_general_category, GeneralCategory};
 use unicode_normalization::UnicodeNormalization;
 use unicode_segmentation::UnicodeSegmentation;
 
@@ -29,6 +30,8 @@ pub(crate) enum Normalize {
     ReplaceRegex(Regex, String),
     /// Strip whitespace at the left and/or right end.
     Strip(bool, bool),
+    /// Remove non-spacing marks (category Mn), as `StripAccents` does after `NFD`.
+    StripAccents,
     /// A SentencePiece character map, applied the way `tokenizers` applies it: each extended
     /// grapheme cluster shorter than 6 bytes that starts with a key is replaced whole by the
     /// shortest such key's replacement; other clusters character by character.
@@ -76,6 +79,9 @@ impl Normalize {
                 let t = if *left { text.trim_start() } else { &text };
                 let t = if *right { t.trim_end() } else { t };
                 t.to_string()
+            }
+            Normalize::StripAccents => {
+                text.chars().filter(|&c| get_general_category(c) != GeneralCategory::NonspacingMark).collect()
             }
             Normalize::Precompiled(map) => {
                 let mut out = String::with_capacity(text.len());
