@@ -6,7 +6,7 @@
 //!   layout (so `polylm eval`, `generate` and `transformers` read the folder directly);
 //! - `optimizer.safetensors`: AdamW's f32 master weights and moments (`<param>.master`,
 //!   `<param>.m`, `<param>.v`);
-//! - `tokenizer.json`: the tokenizer the run used;
+//! - `tokenizer.json` (or `tokenizer.model` for a SentencePiece one): the tokenizer the run used;
 //! - `trainer_state.json`: step, tokens, data position, counters (written last).
 //!
 //! Atomicity: everything is written into a hidden sibling `.tmp-step-<N>-<pid>/`, each file
@@ -32,8 +32,10 @@ use crate::error::{io_err, Result, TrainError};
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 /// The trainer state file's name (the last one written).
 pub const STATE_FILE: &str = "trainer_state.json";
-/// The tokenizer copy's name.
+/// The tokenizer copy's name (JSON: ours or a Hugging Face `tokenizer.json`).
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// The tokenizer copy's name when it is a SentencePiece model.
+pub const SENTENCEPIECE_TOKENIZER_FILE: &str = "tokenizer.model";
 /// The version of [`TrainerState`]'s format.
 pub const STATE_VERSION: u32 = 1;
 
@@ -229,12 +231,22 @@ fn write_all(tmp: &Path, req: &SaveRequest<'_>) -> Result<()> {
     pause();
     write_optimizer(&tmp.join(OPTIMIZER_FILE), req.model, req.optimizer)?;
     pause();
-    let tok = tmp.join(TOKENIZER_FILE);
+    let tok = tmp.join(tokenizer_copy_name(req.tokenizer)?);
     fs::copy(req.tokenizer, &tok).map_err(io_err(req.tokenizer))?;
     fs::File::open(&tok).and_then(|f| f.sync_all()).map_err(io_err(&tok))?;
     let state = serde_json::to_string_pretty(req.state).expect("the trainer state always serialises");
     write_text_atomic(&tmp.join(STATE_FILE), &state)?;
     sync_dir(tmp)
+}
+
+/// What a checkpoint calls its copy of the tokenizer at `path`: [`TOKENIZER_FILE`] for JSON,
+/// [`SENTENCEPIECE_TOKENIZER_FILE`] for anything else (a protobuf `.model`).
+fn tokenizer_copy_name(path: &Path) -> Result<&'static str> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(256);
+    fs::File::open(path).and_then(|f| f.take(256).read_to_end(&mut head)).map_err(io_err(path))?;
+    let is_json = head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    Ok(if is_json { TOKENIZER_FILE } else { SENTENCEPIECE_TOKENIZER_FILE })
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {

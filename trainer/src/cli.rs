@@ -9,6 +9,7 @@ use polylm_tokenizer::cli as tokcli;
 use polylm_trainer::bench::{self, BenchOptions};
 use polylm_trainer::checkpoint::TOKENIZER_FILE;
 use polylm_trainer::data::{self, Dataset, PrepareOptions};
+use polylm_trainer::tokenizer::RunTokenizer;
 use polylm_trainer::{choice, dist, setup, sft, train, RunConfig, TrainError};
 
 type Result<T> = std::result::Result<T, TrainError>;
@@ -138,7 +139,8 @@ enum DataCommand {
 
 #[derive(Args, Debug)]
 struct PrepareArgs {
-    /// Our tokenizer JSON.
+    /// The tokenizer: ours, a Hugging Face tokenizer.json or a SentencePiece .model (a released
+    /// model's own, to train on from its checkpoint).
     #[arg(long)]
     tokenizer: PathBuf,
     /// Folder of `<lang>.jsonl` (`{"text": ...}`) or `<lang>.txt` training text.
@@ -411,7 +413,7 @@ fn prepare(a: PrepareArgs) -> Result<()> {
 
 /// The model of a checkpoint folder (or a run's latest), on `device`, and its tokenizer of
 /// any format `polylm tokenizer` reads.
-fn open_checkpoint(source: &CheckpointArgs, device: &str) -> Result<(Gpt, tokcli::AnyModel)> {
+fn open_checkpoint(source: &CheckpointArgs, device: &str) -> Result<(Gpt, RunTokenizer)> {
     let dir = polylm_trainer::checkpoint::resolve(&source.checkpoint)?;
     eprintln!("checkpoint {}", dir.display());
     let device = setup::resolve_device(device)?;
@@ -429,7 +431,7 @@ fn open_checkpoint(source: &CheckpointArgs, device: &str) -> Result<(Gpt, tokcli
 const TOKENIZER_FILES: [&str; 2] = [TOKENIZER_FILE, "tokenizer.model"];
 
 /// A tokenizer of any format `polylm tokenizer` reads, for a checkpoint in `dir`.
-fn open_any_tokenizer(dir: &Path, given: Option<&Path>) -> Result<tokcli::AnyModel> {
+fn open_any_tokenizer(dir: &Path, given: Option<&Path>) -> Result<RunTokenizer> {
     let path = match given {
         Some(p) => p.to_path_buf(),
         None => TOKENIZER_FILES.iter().map(|f| dir.join(f)).find(|p| p.is_file()).ok_or_else(|| {
@@ -440,17 +442,18 @@ fn open_any_tokenizer(dir: &Path, given: Option<&Path>) -> Result<tokcli::AnyMod
             ))
         })?,
     };
-    tokcli::AnyModel::load(&path).map_err(|e| TrainError::Usage(e.0))
+    RunTokenizer::load(&path)
 }
 
 /// The token a prompt starts with and the one that ends generation. Our tokenizers separate
 /// documents with `</s>`, so it is both; a foreign model starts at its `<s>` (or GPT-2's
 /// `<|endoftext|>`) and stops at the config's `eos_token_id` or the tokenizer's `</s>`.
-fn boundary_tokens(model: &Gpt, tokenizer: &tokcli::AnyModel) -> Result<(u32, u32)> {
-    if let tokcli::AnyModel::Ours(t) = tokenizer {
-        let eos = train::eos_of(t)?;
+fn boundary_tokens(model: &Gpt, tokenizer: &RunTokenizer) -> Result<(u32, u32)> {
+    if tokenizer.as_ours().is_some() {
+        let eos = train::eos_of(tokenizer)?;
         return Ok((eos, eos));
     }
+    let tokenizer = tokenizer.any();
     let eos = model.config().eos_token_id.or_else(|| tokenizer.boundary_id(false)).ok_or_else(|| {
         TrainError::Usage(
             "neither the config (eos_token_id) nor the tokenizer names an end-of-text token".into(),
@@ -474,15 +477,8 @@ fn eval(a: EvalArgs) -> Result<()> {
     let mut did_something = false;
     if let Some(dir) = &a.data {
         did_something = true;
-        let tokcli::AnyModel::Ours(ours) = &tokenizer else {
-            return Err(TrainError::Usage(
-                "--data needs the tokenizer the shards were prepared with (one of ours); this \
-                 checkpoint's is a Hugging Face or SentencePiece one: use --choices or --compression"
-                    .into(),
-            ));
-        };
         let dataset = Dataset::open(dir)?;
-        dataset.check_tokenizer(ours)?;
+        dataset.check_tokenizer(&tokenizer)?;
         let context = model.config().context;
         let seq = a.seq.unwrap_or(context);
         if seq > context {
@@ -516,7 +512,7 @@ fn eval(a: EvalArgs) -> Result<()> {
     }
     if let Some(dir) = &a.compression {
         did_something = true;
-        let rows = tokcli::compression(&tokenizer, dir, None).map_err(|e| TrainError::Usage(e.0))?;
+        let rows = tokcli::compression(tokenizer.any(), dir, None).map_err(|e| TrainError::Usage(e.0))?;
         println!("lang   docs      bytes     tokens  bytes/token");
         for r in &rows {
             println!(
@@ -568,7 +564,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
         // Decoded with the prompt (less the start token), so the word boundary comes out right.
         let mut all = ids[usize::from(ids.first() == Some(&start))..].to_vec();
         all.extend(&g.tokens);
-        println!("{}", tokenizer.decode(&all).map_err(|e| TrainError::Usage(e.0))?);
+        println!("{}", tokenizer.decode(&all)?);
         println!("---");
     }
     Ok(())

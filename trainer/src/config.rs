@@ -108,7 +108,9 @@ pub struct ModelSection {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TokenizerSection {
-    /// Our tokenizer JSON.
+    /// The tokenizer: ours (JSON), or a released model's own (a Hugging Face `tokenizer.json`
+    /// or a SentencePiece `.model`, as PolyLM's), to continue training or fine-tune its
+    /// checkpoint (`model.init_from`) with the tokenizer it was trained with.
     pub path: PathBuf,
     /// Train it on `data.train` when the file does not exist.
     #[serde(default)]

@@ -17,6 +17,7 @@ pub mod run_lock;
 pub mod schedule;
 pub mod setup;
 pub mod sft;
+pub mod tokenizer;
 pub mod train;
 
 pub use config::RunConfig;

@@ -9,6 +9,8 @@ use polylm_engine::{DType, Device};
 use polylm_model::ModelConfig;
 use polylm_tokenizer::{json as tokjson, LanguageCorpus, Tokenizer, TrainConfig};
 
+use crate::tokenizer::RunTokenizer;
+
 use crate::config::{parse_device_name, DeviceChoice, RunConfig};
 use crate::data::{self, Dataset, PrepareOptions};
 use crate::error::{io_err, Result, TrainError};
@@ -108,8 +110,9 @@ pub fn resolve_dtype(name: &str, device: Device) -> Result<DType> {
     }
 }
 
-/// Loads our tokenizer JSON from `path`.
-pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+/// Loads the tokenizer at `path`: ours, a Hugging Face `tokenizer.json` or a SentencePiece
+/// `.model`.
+pub fn load_tokenizer(path: &Path) -> Result<RunTokenizer> {
     if !path.exists() {
         return Err(TrainError::Usage(format!(
             "tokenizer {} does not exist (train one with `polylm tokenizer train`, or set \
@@ -117,12 +120,12 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
             path.display()
         )));
     }
-    Ok(Tokenizer::new(tokjson::load(path)?))
+    RunTokenizer::load(path)
 }
 
 /// The tokenizer of `config`, trained on `data.train` first when it is missing and
 /// `tokenizer.train_if_missing` is set.
-pub fn ensure_tokenizer(config: &RunConfig, log: &dyn Fn(&str)) -> Result<Tokenizer> {
+pub fn ensure_tokenizer(config: &RunConfig, log: &dyn Fn(&str)) -> Result<RunTokenizer> {
     let t = &config.tokenizer;
     if t.path.exists() || !t.train_if_missing {
         return load_tokenizer(&t.path);
@@ -150,7 +153,7 @@ pub fn ensure_tokenizer(config: &RunConfig, log: &dyn Fn(&str)) -> Result<Tokeni
     }
     tokjson::save(&model, &t.path)?;
     log(&format!("tokenizer written to {} in {:.1} s", t.path.display(), start.elapsed().as_secs_f64()));
-    Ok(Tokenizer::new(model))
+    Ok(RunTokenizer::ours(Tokenizer::new(model)))
 }
 
 /// The languages of a corpus folder (`<lang>.jsonl` files), or `wanted` after checking each
@@ -190,7 +193,11 @@ pub fn languages_in(dir: &Path, wanted: Option<&[String]>) -> Result<Vec<String>
 /// The prepared shards of `config`, prepared from `data.train` (and `data.valid`,
 /// `data.pairs`) first when `data.dir` holds none. Checks that they were made with
 /// `tokenizer`.
-pub fn ensure_dataset(config: &RunConfig, tokenizer: &Tokenizer, log: &dyn Fn(&str)) -> Result<Arc<Dataset>> {
+pub fn ensure_dataset(
+    config: &RunConfig,
+    tokenizer: &RunTokenizer,
+    log: &dyn Fn(&str),
+) -> Result<Arc<Dataset>> {
     let d = &config.data;
     if !d.dir.join("manifest.json").exists() {
         let Some(train) = &d.train else {

@@ -17,8 +17,8 @@
 
 use std::path::Path;
 
+use crate::tokenizer::RunTokenizer;
 use polylm_engine::Rng;
-use polylm_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -112,7 +112,7 @@ pub struct TokenizedExample {
 }
 
 /// Tokenizes examples (in parallel): the prompt and the response separately.
-pub fn tokenize_examples(examples: &[SftExample], tokenizer: &Tokenizer) -> Vec<TokenizedExample> {
+pub fn tokenize_examples(examples: &[SftExample], tokenizer: &RunTokenizer) -> Vec<TokenizedExample> {
     let prompts: Vec<String> = examples.iter().map(|e| prompt_text(&query_text(e))).collect();
     let responses: Vec<&str> = examples.iter().map(|e| e.output.as_str()).collect();
     let p = tokenizer.encode_batch(&prompts);
@@ -186,7 +186,7 @@ impl SftPacker {
     /// rows of `seq` input tokens, shuffling each epoch from `seed`.
     pub fn new(
         examples: &[SftExample],
-        tokenizer: &Tokenizer,
+        tokenizer: &RunTokenizer,
         eos_id: u32,
         seq: usize,
         seed: u64,

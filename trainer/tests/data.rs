@@ -10,6 +10,7 @@ use polylm_trainer::data::{
     prepare, validate, write_shard, BatchSampler, Curriculum, DataError, Dataset, DocMeta, PrepareOptions,
     SamplerState, Shard, SplitMix64, StageConfig,
 };
+use polylm_trainer::tokenizer::RunTokenizer;
 
 const LANGS: [&str; 3] = ["de", "en", "zh"];
 const MAX_DOCS: usize = 50;
@@ -50,9 +51,13 @@ fn train_tokenizer(vocab_size: usize, docs: usize) -> Tokenizer {
     Tokenizer::new(polylm_tokenizer::train(&corpora, &cfg).unwrap())
 }
 
-fn tokenizer() -> &'static Tokenizer {
-    static T: OnceLock<Tokenizer> = OnceLock::new();
-    T.get_or_init(|| train_tokenizer(600, 60))
+fn tokenizer() -> &'static RunTokenizer {
+    static T: OnceLock<RunTokenizer> = OnceLock::new();
+    T.get_or_init(|| RunTokenizer::ours(train_tokenizer(600, 60)))
+}
+
+fn ours() -> &'static Tokenizer {
+    tokenizer().as_ours().expect("our tokenizer")
 }
 
 /// The dataset prepared once (3 languages, 50 documents each, train + valid).
@@ -193,7 +198,7 @@ fn prepare_real_corpus_and_open() {
     assert_eq!(ds.langs("valid"), LANGS);
     assert!(ds.langs("pairs").is_empty());
     assert_eq!(ds.vocab_size(), 600);
-    assert_eq!(Some(ds.eos_id()), tokenizer().model().special_id("</s>"));
+    assert_eq!(Some(ds.eos_id()), ours().model().special_id("</s>"));
     assert!(ds.source_id("manpages").is_some(), "{:?}", ds.manifest().sources);
     assert!(ds.source_id("no-such-source").is_none());
     for lang in LANGS {
@@ -206,7 +211,7 @@ fn prepare_real_corpus_and_open() {
         let text = v["text"].as_str().unwrap();
         let mut ids = Vec::new();
         shard.doc_tokens(0, &mut ids);
-        assert_eq!(tokenizer().decode(&ids).unwrap(), tokenizer().roundtrip_text(text));
+        assert_eq!(tokenizer().decode(&ids).unwrap(), ours().roundtrip_text(text));
         let meta = shard.doc_meta(0);
         assert_eq!(meta.bytes as usize, text.len());
         assert_eq!(ds.manifest().sources[meta.source as usize], v["source"].as_str().unwrap());
@@ -215,7 +220,7 @@ fn prepare_real_corpus_and_open() {
 
     // Another tokenizer does not match.
     let other = train_tokenizer(500, 20);
-    let err = ds.check_tokenizer(&other).unwrap_err();
+    let err = ds.check_tokenizer(&RunTokenizer::ours(other)).unwrap_err();
     assert!(matches!(err, DataError::TokenizerMismatch { .. }), "{err}");
     assert!(err.to_string().contains("data prepare"), "{err}");
 

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{losses, polylm, prepare_small, scratch, step_records, text};
+use common::{losses, polylm, prepare_small, scratch, step_records, text, TINY_MODEL};
 
 use polylm_trainer::dist::tcp::TcpCollective;
 use polylm_trainer::dist::{launch::free_port, Collective, DistError, World};
@@ -219,12 +219,7 @@ out_dir = {out:?}
 seed = 7
 device = "cpu"
 threads = 1
-[model]
-preset = "tiny"
-layers = 1
-hidden = 32
-heads = 2
-context = 32
+{TINY_MODEL}
 [tokenizer]
 path = {tok:?}
 [data]

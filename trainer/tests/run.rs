@@ -526,18 +526,7 @@ valid = {train_file:?}
         let (tokens, loss) = (r["tokens"].as_u64().unwrap(), r["loss"].as_f64().unwrap());
         assert!(tokens > 0 && loss > 0.0 && r["bytes"].as_u64().unwrap() > 0, "{r}");
     }
-    let o = polylm(&[
-        "generate",
-        "--checkpoint",
-        sft_out.join("checkpoints/step-00000006").to_str().unwrap(),
-        "--instruct",
-        "--prompt",
-        "Name a colour",
-        "--max-new-tokens",
-        "3",
-        "--device",
-        "cpu",
-    ]);
+    let o = common::generate_instruct(&sft_out.join("checkpoints/step-00000006"), "Name a colour", 3);
     assert!(o.status.success(), "{}", text(&o));
 }
 

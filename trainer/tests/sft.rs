@@ -9,6 +9,7 @@ use polylm_trainer::sft::{
     load_sft, parse_sft, prompt_text, query_text, training_text, SftError, SftExample, SftPacker, SftState,
     TokenizedExample, IGNORE,
 };
+use polylm_trainer::tokenizer::RunTokenizer;
 use proptest::prelude::*;
 
 mod common;
@@ -297,18 +298,18 @@ fn bad_arguments_and_states_are_refused() {
     assert!(matches!(p.restore(s), Err(SftError::StateMismatch(_))));
 }
 
-fn tiny_tokenizer() -> Tokenizer {
+fn tiny_tokenizer() -> RunTokenizer {
     let texts: Vec<String> = (0..200)
         .map(|i| format!("translate the sentence number {i} into english please. the answer is yes or no."))
         .collect();
     let config = TrainConfig { vocab_size: 400, ..TrainConfig::default() };
-    Tokenizer::new(train(&[LanguageCorpus::new("en", texts)], &config).unwrap())
+    RunTokenizer::ours(Tokenizer::new(train(&[LanguageCorpus::new("en", texts)], &config).unwrap()))
 }
 
 #[test]
 fn packs_real_tokenized_examples() {
     let tok = tiny_tokenizer();
-    let eos = tok.model().special_id("</s>").unwrap();
+    let eos = tok.eos().unwrap();
     let example = ex("translate the sentence", Some("number 5"), "the answer is yes.");
     let mut p = SftPacker::new(std::slice::from_ref(&example), &tok, eos, 64, 0).unwrap();
     let prompt = tok.encode(&prompt_text(&query_text(&example)));

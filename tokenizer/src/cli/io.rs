@@ -14,7 +14,7 @@ pub enum AnyModel {
     Ours(Tokenizer),
     /// A SentencePiece `.model` (protobuf).
     SentencePiece(Box<SentencePieceModel>),
-    /// A Hugging Face `tokenizer.json` (BPE).
+    /// A Hugging Face `tokenizer.json` (BPE or Unigram).
     Hf(HfTokenizer),
 }
 
@@ -34,10 +34,11 @@ impl AnyModel {
     }
 
     /// Many texts to ids, in parallel.
-    pub fn encode_batch(&self, texts: &[String]) -> Vec<Vec<u32>> {
+    pub fn encode_batch<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Vec<Vec<u32>> {
         match self {
             AnyModel::Ours(t) => t.encode_batch(texts),
-            _ => texts.par_iter().map(|t| self.encode(t)).collect(),
+            AnyModel::Hf(h) => h.encode_batch(texts),
+            AnyModel::SentencePiece(_) => texts.par_iter().map(|t| self.encode(t.as_ref())).collect(),
         }
     }
 

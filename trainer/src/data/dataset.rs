@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use polylm_tokenizer::Tokenizer;
+use crate::tokenizer::RunTokenizer;
 
 use super::error::{DataError, Result};
-use super::manifest::{tokenizer_fingerprint, Manifest, MANIFEST_FILE};
+use super::manifest::{Manifest, MANIFEST_FILE};
 use super::shard::Shard;
 
 /// A prepared dataset directory (see [`prepare`](fn@super::prepare)), with every shard memory-mapped.
@@ -93,8 +93,8 @@ impl Dataset {
 
     /// Checks that `t` is the tokenizer the data was prepared with
     /// ([`DataError::TokenizerMismatch`] otherwise).
-    pub fn check_tokenizer(&self, t: &Tokenizer) -> Result<()> {
-        let found = tokenizer_fingerprint(t);
+    pub fn check_tokenizer(&self, t: &RunTokenizer) -> Result<()> {
+        let found = t.fingerprint();
         let info = &self.manifest.tokenizer;
         if found != info.fingerprint || t.vocab_size() as u64 != u64::from(info.vocab_size) {
             return Err(DataError::TokenizerMismatch {

@@ -19,14 +19,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use polylm_tokenizer::Tokenizer;
+use crate::tokenizer::RunTokenizer;
 use serde::Deserialize;
 
 use super::error::{DataError, Result};
-use super::manifest::{
-    tokenizer_fingerprint, Manifest, ShardInfo, TokenizerInfo, MANIFEST_FILE, MANIFEST_FORMAT,
-    MANIFEST_VERSION,
-};
+use super::manifest::{Manifest, ShardInfo, TokenizerInfo, MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION};
 use super::shard::ShardWriter;
 
 /// What to prepare and where.
@@ -257,7 +254,7 @@ fn encode_shard(
     out_dir: &Path,
     split: &str,
     lang: &str,
-    tokenizer: &Tokenizer,
+    tokenizer: &RunTokenizer,
     sources: &mut Sources,
 ) -> Result<ShardInfo> {
     let file = format!("{split}/{lang}.bin");
@@ -294,9 +291,9 @@ fn create_dir(path: &Path) -> Result<()> {
 }
 
 /// Prepares a dataset (see the module documentation); `progress` receives one line per shard.
-pub fn prepare(opts: &PrepareOptions, tokenizer: &Tokenizer, progress: &dyn Fn(&str)) -> Result<Manifest> {
-    let eos_id = tokenizer.model().special_id("</s>").ok_or_else(|| {
-        DataError::BadInput("the tokenizer has no \"</s>\" special token to separate documents".into())
+pub fn prepare(opts: &PrepareOptions, tokenizer: &RunTokenizer, progress: &dyn Fn(&str)) -> Result<Manifest> {
+    let eos_id = tokenizer.eos().ok_or_else(|| {
+        DataError::BadInput("the tokenizer has no end-of-sequence token (</s>) to separate documents".into())
     })?;
     let vocab_size = u32::try_from(tokenizer.vocab_size())
         .map_err(|_| DataError::BadInput(format!("vocabulary of {} tokens", tokenizer.vocab_size())))?;
@@ -413,7 +410,7 @@ pub fn prepare(opts: &PrepareOptions, tokenizer: &Tokenizer, progress: &dyn Fn(&
     let manifest = Manifest {
         format: MANIFEST_FORMAT.to_string(),
         version: MANIFEST_VERSION,
-        tokenizer: TokenizerInfo { fingerprint: tokenizer_fingerprint(tokenizer), vocab_size, eos_id },
+        tokenizer: TokenizerInfo { fingerprint: tokenizer.fingerprint().to_string(), vocab_size, eos_id },
         sources: sources.names,
         splits,
     };

@@ -37,7 +37,6 @@ use std::time::{Duration, Instant};
 use indicatif::ProgressBar;
 use polylm_engine::{global_grad_norm, AdamW, AdamWHyper, DType, Device, Tensor};
 use polylm_model::{Batch, Gpt};
-use polylm_tokenizer::Tokenizer;
 use serde_json::{json, Value};
 
 use crate::checkpoint::{self, SaveRequest, TrainerState, STATE_VERSION};
@@ -50,6 +49,7 @@ use crate::run_lock::RunLock;
 use crate::schedule::Schedule;
 use crate::setup;
 use crate::sft::{self, SftPacker};
+use crate::tokenizer::RunTokenizer;
 
 mod ddp;
 mod report;
@@ -132,7 +132,7 @@ pub fn sft(config: &RunConfig) -> Result<RunSummary> {
         reason: "`polylm sft` needs an `[sft]` section with `train` (MultiAlpaca JSONL)".into(),
     })?;
     let tokenizer = setup::load_tokenizer(&config.tokenizer.path)?;
-    let eos = eos_of(&tokenizer)?;
+    let eos = sft_eos(config, &tokenizer)?;
     let examples = sft::load_sft(&section.train)?;
     let packer = SftPacker::new(&examples, &tokenizer, eos, config.train.seq_len, config.run.seed)?;
     if packer.truncated() > 0 {
@@ -150,12 +150,37 @@ pub fn sft(config: &RunConfig) -> Result<RunSummary> {
     run_loop(config, &tokenizer, eos, Box::new(SftSource { packer }), validation)
 }
 
+/// The id that ends each SFT example: the initial checkpoint's `eos_token_id` when its
+/// `config.json` names one (what a released model was trained to end with, and what `polylm
+/// generate` stops at), else the tokenizer's end-of-sequence id.
+fn sft_eos(config: &RunConfig, tokenizer: &RunTokenizer) -> Result<u32> {
+    let tokenizer_eos = eos_of(tokenizer);
+    let Some(path) = &config.model.init_from else { return tokenizer_eos };
+    let dir = checkpoint::resolve(path)?;
+    let file = dir.join(polylm_model::checkpoint::CONFIG_FILE);
+    let text = std::fs::read_to_string(&file).map_err(io_err(&file))?;
+    let Some(eos) = polylm_model::hf_config::from_hf_json(&text)?.eos_token_id else { return tokenizer_eos };
+    if eos as usize >= tokenizer.vocab_size() {
+        return Err(TrainError::Usage(format!(
+            "{}: eos_token_id {eos} is not an id of the tokenizer {} ({} ids)",
+            file.display(),
+            config.tokenizer.path.display(),
+            tokenizer.vocab_size()
+        )));
+    }
+    if let Ok(t) = tokenizer_eos {
+        if t != eos {
+            eprintln!("examples end with id {eos}, the checkpoint's eos_token_id (the tokenizer's end-of-sequence is {t})");
+        }
+    }
+    Ok(eos)
+}
+
 /// The tokenizer's end-of-sequence id.
-pub fn eos_of(tokenizer: &Tokenizer) -> Result<u32> {
+pub fn eos_of(tokenizer: &RunTokenizer) -> Result<u32> {
     tokenizer
-        .model()
-        .special_id("</s>")
-        .ok_or_else(|| TrainError::Usage("the tokenizer has no </s> token".into()))
+        .eos()
+        .ok_or_else(|| TrainError::Usage("the tokenizer has no end-of-sequence (</s>) token".into()))
 }
 
 /// Weight decay per parameter: none for biases and other 1-D parameters.
@@ -183,7 +208,7 @@ fn dtype_name(dtype: DType) -> &'static str {
 /// f32 master weights made before the parameters are cast to the training precision.
 fn fresh_model(
     config: &RunConfig,
-    tokenizer: &Tokenizer,
+    tokenizer: &RunTokenizer,
     eos: u32,
     device: Device,
     dtype: DType,
@@ -226,7 +251,7 @@ fn fresh_model(
 
 fn run_loop(
     config: &RunConfig,
-    tokenizer: &Tokenizer,
+    tokenizer: &RunTokenizer,
     eos: u32,
     mut source: Box<dyn BatchSource>,
     validation: Validation,

@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::tokenizer::RunTokenizer;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use polylm_model::{Batch, Gpt, SamplingParams};
-use polylm_tokenizer::Tokenizer;
 use serde_json::{json, Value};
 
 use crate::config::RunConfig;
@@ -71,7 +71,7 @@ impl LogWindow {
 
 pub(super) fn validate(
     model: &Gpt,
-    tokenizer: &Tokenizer,
+    tokenizer: &RunTokenizer,
     eos: u32,
     config: &RunConfig,
     v: &Validation,
@@ -92,7 +92,7 @@ pub(super) fn validate(
 /// over the responses' bytes).
 pub(super) fn sft_validation(
     model: &Gpt,
-    tokenizer: &Tokenizer,
+    tokenizer: &RunTokenizer,
     eos: u32,
     seq: usize,
     batch: usize,
@@ -221,7 +221,12 @@ pub fn write_plots(out: &Path, metrics: &Path) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn print_samples(model: &Gpt, tokenizer: &Tokenizer, eos: u32, config: &RunConfig) -> Result<()> {
+pub(super) fn print_samples(
+    model: &Gpt,
+    tokenizer: &RunTokenizer,
+    eos: u32,
+    config: &RunConfig,
+) -> Result<()> {
     let s = &config.samples;
     if s.prompts.is_empty() {
         return Ok(());

@@ -41,6 +41,19 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// `polylm generate --instruct` on the CPU: `max_new` tokens after `prompt` from the checkpoint
+/// folder `ckpt`.
+pub fn generate_instruct(ckpt: &Path, prompt: &str, max_new: usize) -> std::process::Output {
+    let max_new = max_new.to_string();
+    let args = ["--instruct", "--prompt", prompt, "--max-new-tokens", &max_new, "--device", "cpu"];
+    let mut all = vec!["generate", "--checkpoint", ckpt.to_str().expect("a UTF-8 path")];
+    all.extend(args);
+    polylm(&all)
+}
+
+/// The `[model]` section of a one-layer `tiny` model with a context of 32 tokens.
+pub const TINY_MODEL: &str = "[model]\npreset = \"tiny\"\nlayers = 1\nhidden = 32\nheads = 2\ncontext = 32\n";
+
 /// Runs the `polylm` binary with `args`.
 pub fn polylm(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_polylm")).args(args).output().expect("runs polylm")
