@@ -180,6 +180,9 @@ pub struct SaveRequest<'a> {
     pub state: &'a TrainerState,
     /// The tokenizer file to copy in.
     pub tokenizer: &'a Path,
+    /// The copy's name: [`TOKENIZER_FILE`] or [`SENTENCEPIECE_TOKENIZER_FILE`] (see
+    /// [`crate::tokenizer::RunTokenizer::file_name`]).
+    pub tokenizer_file: &'a str,
     /// Checkpoints to keep after this one is written.
     pub keep: usize,
     /// A pause between files (for the crash tests: gives a test time to kill the process in
@@ -231,22 +234,12 @@ fn write_all(tmp: &Path, req: &SaveRequest<'_>) -> Result<()> {
     pause();
     write_optimizer(&tmp.join(OPTIMIZER_FILE), req.model, req.optimizer)?;
     pause();
-    let tok = tmp.join(tokenizer_copy_name(req.tokenizer)?);
+    let tok = tmp.join(req.tokenizer_file);
     fs::copy(req.tokenizer, &tok).map_err(io_err(req.tokenizer))?;
     fs::File::open(&tok).and_then(|f| f.sync_all()).map_err(io_err(&tok))?;
     let state = serde_json::to_string_pretty(req.state).expect("the trainer state always serialises");
     write_text_atomic(&tmp.join(STATE_FILE), &state)?;
     sync_dir(tmp)
-}
-
-/// What a checkpoint calls its copy of the tokenizer at `path`: [`TOKENIZER_FILE`] for JSON,
-/// [`SENTENCEPIECE_TOKENIZER_FILE`] for anything else (a protobuf `.model`).
-fn tokenizer_copy_name(path: &Path) -> Result<&'static str> {
-    use std::io::Read;
-    let mut head = Vec::with_capacity(256);
-    fs::File::open(path).and_then(|f| f.take(256).read_to_end(&mut head)).map_err(io_err(path))?;
-    let is_json = head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-    Ok(if is_json { TOKENIZER_FILE } else { SENTENCEPIECE_TOKENIZER_FILE })
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {

@@ -221,16 +221,6 @@ impl TextEncoder for Tokenizer {
     }
 }
 
-impl TextEncoder for crate::tokenizer::RunTokenizer {
-    fn encode_text(&self, text: &str) -> Vec<u32> {
-        self.encode(text)
-    }
-
-    fn end_of_text(&self) -> Option<u32> {
-        self.eos()
-    }
-}
-
 impl TextEncoder for AnyModel {
     fn encode_text(&self, text: &str) -> Vec<u32> {
         self.encode(text)

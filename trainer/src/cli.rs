@@ -496,7 +496,7 @@ fn eval(a: EvalArgs) -> Result<()> {
     for path in &a.choices {
         did_something = true;
         let items = choice::load_choices(path)?;
-        let r = choice::score_choices(&model, &tokenizer, &items)?;
+        let r = choice::score_choices(&model, tokenizer.any(), &items)?;
         println!(
             "{}: {} items, accuracy {:.4} (length-normalised {:.4})",
             path.display(),

@@ -8,9 +8,10 @@
 
 use std::path::Path;
 
-use polylm_tokenizer::cli::AnyModel;
+use polylm_tokenizer::cli::{any_from_bytes, AnyModel};
 use polylm_tokenizer::Tokenizer;
 
+use crate::checkpoint::{SENTENCEPIECE_TOKENIZER_FILE, TOKENIZER_FILE};
 use crate::data::manifest::{fnv1a64, tokenizer_fingerprint};
 use crate::error::{io_err, Result, TrainError};
 
@@ -29,14 +30,24 @@ impl RunTokenizer {
 
     /// Loads `path`: our JSON, a Hugging Face `tokenizer.json` or a SentencePiece `.model`.
     pub fn load(path: &Path) -> Result<RunTokenizer> {
-        let model = AnyModel::load(path).map_err(|e| TrainError::Usage(e.0))?;
-        Ok(match model {
+        if !path.exists() {
+            return Err(TrainError::Usage(format!("tokenizer {} does not exist", path.display())));
+        }
+        let bytes = std::fs::read(path).map_err(io_err(path))?;
+        let fingerprint = format!("{:016x}", fnv1a64(&bytes));
+        Ok(match any_from_bytes(path, bytes).map_err(|e| TrainError::Usage(e.0))? {
             AnyModel::Ours(t) => RunTokenizer::ours(t),
-            other => {
-                let bytes = std::fs::read(path).map_err(io_err(path))?;
-                RunTokenizer { model: other, fingerprint: format!("{:016x}", fnv1a64(&bytes)) }
-            }
+            other => RunTokenizer { model: other, fingerprint },
         })
+    }
+
+    /// What a checkpoint calls its copy of this tokenizer's file: `tokenizer.model` for a
+    /// SentencePiece model, `tokenizer.json` for the JSON formats.
+    pub fn file_name(&self) -> &'static str {
+        match self.model {
+            AnyModel::SentencePiece(_) => SENTENCEPIECE_TOKENIZER_FILE,
+            _ => TOKENIZER_FILE,
+        }
     }
 
     /// Text to ids.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use polylm_engine::{AdamW, AdamWHyper, DType, Device, Tensor};
 use polylm_model::{Batch, Gpt, ModelConfig};
-use polylm_trainer::checkpoint::{self, SaveRequest, TrainerState, STATE_VERSION};
+use polylm_trainer::checkpoint::{self, SaveRequest, TrainerState, STATE_VERSION, TOKENIZER_FILE};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("polylm-ckpt-{}-{name}", std::process::id()));
@@ -74,7 +74,15 @@ fn save(
     keep: usize,
 ) -> polylm_trainer::Result<PathBuf> {
     let s = state(step);
-    let req = SaveRequest { model, optimizer: opt, state: &s, tokenizer, keep, pause: None };
+    let req = SaveRequest {
+        model,
+        optimizer: opt,
+        state: &s,
+        tokenizer,
+        tokenizer_file: TOKENIZER_FILE,
+        keep,
+        pause: None,
+    };
     checkpoint::save(root, &req)
 }
 

@@ -83,6 +83,11 @@ pub fn load_any(path: &Path) -> CliResult<AnyModel> {
         return Err(CliError(format!("model file {} does not exist", path.display())));
     }
     let bytes = std::fs::read(path).map_err(|e| CliError(format!("cannot read {}: {e}", path.display())))?;
+    any_from_bytes(path, bytes)
+}
+
+/// [`load_any`] on the bytes of the file at `path` (named in errors), already read.
+pub fn any_from_bytes(path: &Path, bytes: Vec<u8>) -> CliResult<AnyModel> {
     let name = |e: TokenizerError| match e {
         TokenizerError::MalformedModel { message, .. } => {
             TokenizerError::MalformedModel { path: Some(path.to_path_buf()), message }

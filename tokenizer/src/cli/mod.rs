@@ -44,7 +44,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-pub use io::{load_any, load_tokenizer, read_stdin, read_utf8_file, utf8, AnyModel, Stdout};
+pub use io::{any_from_bytes, load_any, load_tokenizer, read_stdin, read_utf8_file, utf8, AnyModel, Stdout};
 pub use stats::{article_spans, compression, LangCompression, StatsArgs};
 pub use train::{languages_in, TrainArgs};
 

@@ -215,6 +215,18 @@ fn find_all(s: &str, pattern: &str) -> Vec<(usize, usize)> {
     s.match_indices(pattern).map(|(i, m)| (i, i + m.len())).collect()
 }
 
+/// `s` split on the spans `matches` (or, with `invert`, on what lies between them).
+fn split_on(
+    s: &str,
+    matches: Vec<(usize, usize)>,
+    behavior: Behavior,
+    invert: bool,
+    at_start: bool,
+) -> Vec<Piece> {
+    let m = if invert { invert_spans(&matches, s.len()) } else { matches };
+    split_by(s, &m, behavior, at_start)
+}
+
 /// The complement of sorted, disjoint spans within `0..len`.
 fn invert_spans(spans: &[(usize, usize)], len: usize) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
@@ -266,18 +278,10 @@ impl PreTokenize {
                     }
                 }
                 PreTokenize::SplitString { pattern, behavior, invert } => {
-                    let mut m = find_all(&p, pattern);
-                    if *invert {
-                        m = invert_spans(&m, p.len());
-                    }
-                    out.extend(split_by(&p, &m, *behavior, first));
+                    out.extend(split_on(&p, find_all(&p, pattern), *behavior, *invert, first));
                 }
                 PreTokenize::SplitRegex { regex, behavior, invert } => {
-                    let mut m = regex.find_iter(&p);
-                    if *invert {
-                        m = invert_spans(&m, p.len());
-                    }
-                    out.extend(split_by(&p, &m, *behavior, first));
+                    out.extend(split_on(&p, regex.find_iter(&p), *behavior, *invert, first));
                 }
                 PreTokenize::WhitespaceSplit => {
                     let m: Vec<(usize, usize)> = p
@@ -294,17 +298,10 @@ impl PreTokenize {
                         m.push((pos, pos + part.len()));
                         pos += part.len();
                     }
-                    if *invert {
-                        m = invert_spans(&m, p.len());
-                    }
-                    out.extend(split_by(&p, &m, *behavior, first));
+                    out.extend(split_on(&p, m, *behavior, *invert, first));
                 }
                 PreTokenize::SplitMetaRuns { behavior, invert } => {
-                    let mut m = meta_run_spans(&p);
-                    if *invert {
-                        m = invert_spans(&m, p.len());
-                    }
-                    out.extend(split_by(&p, &m, *behavior, first));
+                    out.extend(split_on(&p, meta_run_spans(&p), *behavior, *invert, first));
                 }
                 PreTokenize::Digits { individual } => {
                     let mut m: Vec<(usize, usize)> = Vec::new();

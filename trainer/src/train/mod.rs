@@ -426,6 +426,7 @@ fn run_loop(
                 optimizer: gathered.as_ref().unwrap_or(opt),
                 state,
                 tokenizer: &config.tokenizer.path,
+                tokenizer_file: tokenizer.file_name(),
                 keep: config.checkpoint.keep,
                 pause,
             };

@@ -149,18 +149,19 @@ impl CharSet {
 }
 
 /// The simple lower-case form of `c` (itself when it has none or several).
-pub(super) fn fold(c: char) -> char {
-    let mut l = c.to_lowercase();
-    match (l.next(), l.next()) {
-        (Some(x), None) => x,
-        _ => c,
-    }
+fn fold(c: char) -> char {
+    single(c.to_lowercase()).unwrap_or(c)
 }
 
+/// The simple upper-case form of `c` (itself when it has none or several).
 fn upper(c: char) -> char {
-    let mut u = c.to_uppercase();
-    match (u.next(), u.next()) {
-        (Some(x), None) => x,
-        _ => c,
+    single(c.to_uppercase()).unwrap_or(c)
+}
+
+/// The only item of `it`, if it has exactly one.
+fn single(mut it: impl Iterator<Item = char>) -> Option<char> {
+    match (it.next(), it.next()) {
+        (Some(x), None) => Some(x),
+        _ => None,
     }
 }
