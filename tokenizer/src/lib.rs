@@ -29,6 +29,7 @@ pub mod error;
 mod hash;
 pub mod hf;
 pub mod json;
+mod lattice;
 mod merge;
 pub mod model;
 pub mod normalize;

@@ -1,7 +1,7 @@
 //! The `Unigram` model of a `tokenizer.json` (what `transformers` writes for SentencePiece
 //! unigram models: T5, XLM-R, mBART, and generic conversions), encoded as `tokenizers` does.
 //!
-//! Each pre-tokenised piece is segmented by Viterbi: the path through the piece's characters
+//! Each pre-tokenised piece is segmented by Viterbi (the shared unigram lattice): the path through the piece's characters
 //! whose vocabulary pieces have the largest total score (f64, ties to the earlier candidate in
 //! `tokenizers`' order: shorter keys first, left to right). A character that no single-character
 //! piece covers is an unknown of score `min score − 10`. On the best path, runs of unknowns are
@@ -12,6 +12,7 @@
 use crate::cache::{WordCache, MAX_CACHED_WORD_BYTES};
 use crate::error::{Result, TokenizerError};
 use crate::hash::FxHashMap;
+use crate::lattice::{self, UnigramVocabulary};
 
 /// The score penalty of an unknown character below the lowest piece score.
 const UNK_PENALTY: f64 = 10.0;
@@ -32,16 +33,6 @@ pub(crate) struct HfUnigram {
     /// here.
     prefixes: FxHashMap<String, Option<u32>>,
     cache: WordCache,
-}
-
-/// The best path ending at a byte position.
-#[derive(Clone, Copy)]
-struct Best {
-    score: f64,
-    /// Where the last piece starts (`usize::MAX`: not reached).
-    start: usize,
-    /// The last piece's id (an unknown character: the unknown id, `None` without one).
-    id: Option<u32>,
 }
 
 impl HfUnigram {
@@ -107,55 +98,10 @@ impl HfUnigram {
     }
 
     fn encode_uncached(&self, text: &str, out: &mut Vec<u32>) {
-        let unreached = Best { score: 0.0, start: usize::MAX, id: None };
-        let mut best = vec![unreached; text.len() + 1];
-        best[0].start = 0;
-        let unk_score = self.min_score - UNK_PENALTY;
-        let offer = |best: &mut [Best], end: usize, start: usize, score: f64, id: Option<u32>| {
-            let b = &mut best[end];
-            if b.start == usize::MAX || score > b.score {
-                *b = Best { score, start, id };
-            }
-        };
-        for (start, c) in text.char_indices() {
-            if best[start].start == usize::MAX {
-                continue;
-            }
-            let here = best[start].score;
-            let char_end = start + c.len_utf8();
-            let mut single = false;
-            // Every piece starting here, shortest first.
-            let mut end = char_end;
-            while let Some(&entry) = self.prefixes.get(&text[start..end]) {
-                if let Some(id) = entry {
-                    offer(&mut best, end, start, here + self.pieces[id as usize].1, Some(id));
-                    single |= end == char_end;
-                }
-                match text[end..].chars().next() {
-                    Some(n) => end += n.len_utf8(),
-                    None => break,
-                }
-            }
-            if !single {
-                offer(&mut best, char_end, start, here + unk_score, self.unk_id);
-            }
-        }
-        // Back from the end: pieces, with runs of unknowns (and the unknown piece itself, as in
-        // `tokenizers`) fused.
-        let mut spans: Vec<(usize, usize, Option<u32>)> = Vec::new();
-        let mut end = text.len();
-        while end > 0 {
-            let b = best[end];
-            match spans.last_mut() {
-                Some((s, _, id)) if b.id == self.unk_id && *id == self.unk_id => *s = b.start,
-                _ => spans.push((b.start, end, b.id)),
-            }
-            end = b.start;
-        }
-        for &(s, e, id) in spans.iter().rev() {
-            match id {
-                Some(id) if id != self.unk_id.unwrap_or(u32::MAX) => out.push(id),
-                _ => self.push_unknown(&text[s..e], out),
+        for segment in lattice::best_path(self, text) {
+            match segment.id {
+                Some(id) if !self.is_unknown(Some(id)) => out.push(id),
+                _ => self.push_unknown(&text[segment.start..segment.end], out),
             }
         }
     }
@@ -177,6 +123,32 @@ impl HfUnigram {
         if let Some(unk) = self.unk_id {
             out.push(unk);
         }
+    }
+}
+
+impl UnigramVocabulary for HfUnigram {
+    type Score = f64;
+
+    /// Every piece starting here, shortest first, extended only while the text so far prefixes
+    /// some piece.
+    fn pieces_at(&self, text: &str, start: usize, mut offer: impl FnMut(usize, u32, f64)) {
+        let ends = text[start..].char_indices().skip(1).map(|(i, _)| start + i).chain([text.len()]);
+        for end in ends {
+            match self.prefixes.get(&text[start..end]) {
+                Some(&Some(id)) => offer(end, id, self.pieces[id as usize].1),
+                Some(None) => {}
+                None => break,
+            }
+        }
+    }
+
+    fn unknown_score(&self) -> f64 {
+        self.min_score - UNK_PENALTY
+    }
+
+    /// Unknown nodes and the unknown piece itself fuse, as in `tokenizers`.
+    fn is_unknown(&self, id: Option<u32>) -> bool {
+        id.is_none() || id == self.unk_id
     }
 }
 

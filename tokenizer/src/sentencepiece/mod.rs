@@ -30,6 +30,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::path::Path;
 
 use crate::error::{Result, TokenizerError};
+use crate::lattice::{self, UnigramVocabulary};
 use charsmap::PrecompiledCharsMap;
 use proto::{ModelProto, ModelType, PieceType};
 
@@ -396,57 +397,10 @@ impl SentencePieceModel {
         out
     }
 
-    /// Unigram: Viterbi over all vocabulary pieces (maximum total score, f32 sums as in
-    /// SentencePiece; a user-defined piece scores `chars * max_score - 0.1`; earliest start and then shortest piece win ties). A position with no
-    /// single-character piece gets an unknown node scored `min_score - 10`; runs of unknown
-    /// characters are merged into one unknown segment.
+    /// Unigram: Viterbi over the pieces the encoder may produce (the shared unigram lattice,
+    /// f32 sums as in SentencePiece); runs of unknown characters become one unknown segment.
     fn unigram_segments<'a>(&self, norm: &'a str) -> Vec<(&'a str, Option<u32>)> {
-        let bounds: Vec<usize> =
-            norm.char_indices().map(|(i, _)| i).chain(std::iter::once(norm.len())).collect();
-        let n = bounds.len() - 1;
-        // best[k] = (score, start char index, id) of the best path ending at char boundary k.
-        let mut best: Vec<Option<(f32, usize, Option<u32>)>> = vec![None; n + 1];
-        best[0] = Some((0.0, 0, None));
-        let unk_score = self.min_score - UNK_PENALTY;
-        for start in 0..n {
-            let Some((here, _, _)) = best[start] else { continue };
-            let mut has_single = false;
-            for end in start + 1..=n.min(start + self.max_piece_chars) {
-                let piece = &norm[bounds[start]..bounds[end]];
-                if let Some(&id) = self.vocab.get(piece) {
-                    let p = &self.proto.pieces[id as usize];
-                    let score = if p.kind == PieceType::UserDefined {
-                        (end - start) as f32 * self.max_score - 0.1
-                    } else {
-                        p.score
-                    };
-                    if end == start + 1 {
-                        has_single = true;
-                    }
-                    let cand = here + score;
-                    if best[end].is_none_or(|(s, _, _)| cand > s) {
-                        best[end] = Some((cand, start, Some(id)));
-                    }
-                }
-            }
-            if !has_single {
-                let cand = here + unk_score;
-                if best[start + 1].is_none_or(|(s, _, _)| cand > s) {
-                    best[start + 1] = Some((cand, start, None));
-                }
-            }
-        }
-        let mut rev: Vec<(usize, usize, Option<u32>)> = Vec::new();
-        let mut end = n;
-        while end > 0 {
-            let (_, start, id) = best[end].expect("every position is reachable");
-            match (id, rev.last_mut()) {
-                (None, Some(last)) if last.2.is_none() => last.0 = start,
-                _ => rev.push((start, end, id)),
-            }
-            end = start;
-        }
-        rev.into_iter().rev().map(|(s, e, id)| (&norm[bounds[s]..bounds[e]], id)).collect()
+        lattice::best_path(self, norm).into_iter().map(|s| (&norm[s.start..s.end], s.id)).collect()
     }
 
     /// Decodes ids back to text: byte pieces are joined as UTF-8 (invalid sequences become
@@ -488,6 +442,36 @@ impl SentencePieceModel {
 }
 
 /// `<0xNN>` → the byte.
+impl UnigramVocabulary for SentencePieceModel {
+    type Score = f32;
+
+    /// Normal and user-defined pieces of up to the longest piece's length, shortest first; a
+    /// user-defined piece scores `chars × max score − 0.1`, as SentencePiece scores them.
+    fn pieces_at(&self, text: &str, start: usize, mut offer: impl FnMut(usize, u32, f32)) {
+        let mut end = start;
+        for (chars, c) in (1..=self.max_piece_chars).zip(text[start..].chars()) {
+            end += c.len_utf8();
+            if let Some(&id) = self.vocab.get(&text[start..end]) {
+                let p = &self.proto.pieces[id as usize];
+                let score = if p.kind == PieceType::UserDefined {
+                    chars as f32 * self.max_score - 0.1
+                } else {
+                    p.score
+                };
+                offer(end, id, score);
+            }
+        }
+    }
+
+    fn unknown_score(&self) -> f32 {
+        self.min_score - UNK_PENALTY
+    }
+
+    fn is_unknown(&self, id: Option<u32>) -> bool {
+        id.is_none()
+    }
+}
+
 fn parse_byte_piece(piece: &str) -> Option<u8> {
     let hex = piece.strip_prefix("<0x")?.strip_suffix('>')?;
     if hex.len() != 2 {
