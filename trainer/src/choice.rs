@@ -84,15 +84,15 @@ pub struct ChoiceItem {
     pub gold: usize,
 }
 
-/// Reads multiple-choice items from JSON Lines: `{"prompt": str, "choices": [str, ...], "gold":
-/// int}` per line (other fields ignored, blank lines skipped). There must be at least one
+/// Reads multiple-choice items: `{"prompt": str, "choices": [str, ...], "gold": int}` per line
+/// (JSON Lines; blank lines skipped) or as one JSON array (other fields ignored). There must be at least one
 /// choice, none empty, and `gold` must name one of them. Errors name the file and the line.
 pub fn load_choices(path: &Path) -> Result<Vec<ChoiceItem>, ChoiceError> {
     let bytes = crate::jsonl::read(path)?;
     parse_choices(&bytes, path)
 }
 
-/// Parses multiple-choice JSON Lines from memory (see [`load_choices`]); `path` only names the
+/// Parses multiple-choice items from memory, JSON Lines or a JSON array (see [`load_choices`]); `path` only names the
 /// source in errors.
 pub fn parse_choices(bytes: &[u8], path: &Path) -> Result<Vec<ChoiceItem>, ChoiceError> {
     let records = crate::jsonl::records(bytes, path, r#"{"prompt", "choices", "gold"}"#)?;

@@ -229,7 +229,8 @@ struct EvalArgs {
     /// Prepared shards whose `valid` split gives per-language loss and bits per byte.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Multiple-choice JSONL ({"prompt", "choices", "gold"}), scored by log-likelihood.
+    /// Multiple-choice items ({"prompt", "choices", "gold"}) as JSON Lines or a JSON array, scored
+    /// by log-likelihood.
     #[arg(long)]
     choices: Vec<PathBuf>,
     /// Folder of `<lang>.jsonl` texts: the tokenizer's bytes per token per language.

@@ -267,9 +267,10 @@ pub struct SamplesSection {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SftSection {
-    /// MultiAlpaca-format training JSONL (`instruction`, `input`, `output`).
+    /// MultiAlpaca-format training data (`instruction`, `input`, `output`): a JSON Lines file,
+    /// a JSON array file, or a folder of such files (every `.jsonl` and `.json`).
     pub train: PathBuf,
-    /// Validation JSONL of the same format (its response-token loss is reported).
+    /// Validation data of the same forms (its response-token loss is reported).
     pub valid: Option<PathBuf>,
 }
 

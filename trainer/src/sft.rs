@@ -15,7 +15,7 @@
 //! shuffled order that depends only on the seed and the epoch, and the packer resumes exactly
 //! from its [`SftState`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::tokenizer::RunTokenizer;
 use polylm_engine::Rng;
@@ -35,6 +35,9 @@ pub enum SftError {
     /// Nothing to pack.
     #[error("no SFT examples to pack")]
     NoExamples,
+    /// A folder given as SFT data that holds no `.jsonl` or `.json` file.
+    #[error("{} holds no .jsonl or .json file of SFT examples", .0.display())]
+    NoFiles(PathBuf),
     /// A sequence length too short to hold a prompt token and a target.
     #[error("sequence length {0} is too short for SFT packing (at least 2)")]
     SeqTooShort(usize),
@@ -57,15 +60,42 @@ pub struct SftExample {
     pub output: String,
 }
 
-/// Reads a MultiAlpaca JSON Lines file: one object `{"instruction": str, "input": str or null,
-/// "output": str}` per line (other fields are ignored, a missing `input` is `None`, empty and
-/// blank lines are skipped). Errors name the file and the line.
+/// Reads MultiAlpaca examples: objects `{"instruction": str, "input": str or null, "output":
+/// str}` (other fields are ignored, a missing `input` is `None`), one per line (JSON Lines,
+/// blank lines skipped) or as one JSON array (as Alpaca-style data is often released). A folder
+/// is read whole: every `.jsonl` and `.json` file in it, in name order (MultiAlpaca comes as one
+/// file per language). Errors name the file and the line.
 pub fn load_sft(path: &Path) -> Result<Vec<SftExample>, SftError> {
-    parse_sft(&crate::jsonl::read(path)?, path)
+    let mut out = Vec::new();
+    for file in sft_files(path)? {
+        out.extend(parse_sft(&crate::jsonl::read(&file)?, &file)?);
+    }
+    Ok(out)
 }
 
-/// Parses MultiAlpaca JSON Lines from memory (see [`load_sft`]); `path` only names the source
-/// in errors.
+/// The files [`load_sft`] reads for `path`: the file itself, or a folder's `.jsonl` and `.json`
+/// files in name order.
+pub fn sft_files(path: &Path) -> Result<Vec<PathBuf>, SftError> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let io = |source| crate::jsonl::JsonlError::Io { path: path.to_path_buf(), source };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(io)? {
+        let file = entry.map_err(io)?.path();
+        if file.is_file() && file.extension().is_some_and(|e| e == "jsonl" || e == "json") {
+            files.push(file);
+        }
+    }
+    if files.is_empty() {
+        return Err(SftError::NoFiles(path.to_path_buf()));
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Parses MultiAlpaca examples of one file from memory, JSON Lines or a JSON array (see
+/// [`load_sft`]); `path` only names the source in errors.
 pub fn parse_sft(bytes: &[u8], path: &Path) -> Result<Vec<SftExample>, SftError> {
     let records = crate::jsonl::records(bytes, path, r#"{"instruction", "input", "output"}"#)?;
     let mut out = Vec::with_capacity(records.len());

@@ -40,6 +40,48 @@ fn loads_multialpaca_lines() {
     );
 }
 
+#[test]
+fn loads_json_arrays_and_folders_of_files() {
+    // Alpaca-style releases: one pretty-printed JSON array per file, one file per language.
+    let dir = common::scratch("sft-folder");
+    let array = serde_json::to_string_pretty(&serde_json::json!([
+        {"instruction": "Übersetze", "input": "Hello", "output": "Hallo"},
+        {"instruction": "Nenne eine Farbe.", "input": "", "output": "Blau", "lang": "de"},
+    ]))
+    .unwrap();
+    std::fs::write(dir.join("de.json"), &array).unwrap();
+    std::fs::write(
+        dir.join("ar.jsonl"),
+        "{\"instruction\": \"سؤال\", \"input\": null, \"output\": \"جواب\"}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("README.txt"), "not data").unwrap();
+    std::fs::create_dir(dir.join("old.json")).unwrap();
+    let want = vec![
+        ex("سؤال", None, "جواب"),
+        ex("Übersetze", Some("Hello"), "Hallo"),
+        ex("Nenne eine Farbe.", Some(""), "Blau"),
+    ];
+    assert_eq!(load_sft(&dir).unwrap(), want);
+    assert_eq!(load_sft(&dir.join("de.json")).unwrap(), want[1..]);
+
+    // An error in an array names the file and the line of the bad object.
+    let broken = array.replacen("\"Blau\"", "7", 1);
+    std::fs::write(dir.join("de.json"), &broken).unwrap();
+    let msg = load_sft(&dir).unwrap_err().to_string();
+    // The second object starts on the second line that is a lone `{`.
+    let line = broken.lines().enumerate().filter(|(_, l)| l.trim() == "{").nth(1).unwrap().0 + 1;
+    assert!(
+        msg.contains(&format!("de.json:{line}:")) && msg.contains("\"output\" must be a string"),
+        "{msg}"
+    );
+
+    let empty = common::scratch("sft-empty");
+    std::fs::write(empty.join("notes.md"), "").unwrap();
+    assert!(matches!(load_sft(&empty), Err(SftError::NoFiles(_))));
+    assert!(load_sft(&empty).unwrap_err().to_string().contains("holds no .jsonl or .json file"));
+}
+
 fn err_of(text: &[u8]) -> String {
     let f = TempFile::new(text);
     let e = load_sft(&f.0).unwrap_err();

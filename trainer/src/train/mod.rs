@@ -134,6 +134,13 @@ pub fn sft(config: &RunConfig) -> Result<RunSummary> {
     let tokenizer = setup::load_tokenizer(&config.tokenizer.path)?;
     let eos = sft_eos(config, &tokenizer)?;
     let examples = sft::load_sft(&section.train)?;
+    let files = sft::sft_files(&section.train)?.len();
+    eprintln!(
+        "sft data: {} examples from {}{}",
+        examples.len(),
+        section.train.display(),
+        if files > 1 { format!(" ({files} files)") } else { String::new() }
+    );
     let packer = SftPacker::new(&examples, &tokenizer, eos, config.train.seq_len, config.run.seed)?;
     if packer.truncated() > 0 {
         eprintln!(
