@@ -73,6 +73,21 @@ pub fn load_sft(path: &Path) -> Result<Vec<SftExample>, SftError> {
     Ok(out)
 }
 
+/// [`load_sft`] kept apart by file: for a folder, each file's examples under its name without
+/// the extension (MultiAlpaca's files are named by language), else one group named `sft`.
+/// Validation reports a loss per group.
+pub fn load_sft_groups(path: &Path) -> Result<Vec<(String, Vec<SftExample>)>, SftError> {
+    if !path.is_dir() {
+        return Ok(vec![("sft".to_string(), load_sft(path)?)]);
+    }
+    let mut groups = Vec::new();
+    for file in sft_files(path)? {
+        let name = file.file_stem().map_or_else(|| "sft".into(), |s| s.to_string_lossy().into_owned());
+        groups.push((name, parse_sft(&crate::jsonl::read(&file)?, &file)?));
+    }
+    Ok(groups)
+}
+
 /// The files [`load_sft`] reads for `path`: the file itself, or a folder's `.jsonl` and `.json`
 /// files in name order.
 pub fn sft_files(path: &Path) -> Result<Vec<PathBuf>, SftError> {

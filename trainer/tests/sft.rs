@@ -6,8 +6,8 @@ use std::path::Path;
 
 use polylm_tokenizer::{train, LanguageCorpus, Tokenizer, TrainConfig};
 use polylm_trainer::sft::{
-    load_sft, parse_sft, prompt_text, query_text, training_text, SftError, SftExample, SftPacker, SftState,
-    TokenizedExample, IGNORE,
+    load_sft, load_sft_groups, parse_sft, prompt_text, query_text, training_text, SftError, SftExample,
+    SftPacker, SftState, TokenizedExample, IGNORE,
 };
 use polylm_trainer::tokenizer::RunTokenizer;
 use proptest::prelude::*;
@@ -64,6 +64,10 @@ fn loads_json_arrays_and_folders_of_files() {
     ];
     assert_eq!(load_sft(&dir).unwrap(), want);
     assert_eq!(load_sft(&dir.join("de.json")).unwrap(), want[1..]);
+    // Validation keeps the files apart, named by language.
+    let groups = load_sft_groups(&dir).unwrap();
+    assert_eq!(groups, vec![("ar".to_string(), want[..1].to_vec()), ("de".to_string(), want[1..].to_vec())]);
+    assert_eq!(load_sft_groups(&dir.join("de.json")).unwrap(), vec![("sft".to_string(), want[1..].to_vec())]);
 
     // An error in an array names the file and the line of the bad object.
     let broken = array.replacen("\"Blau\"", "7", 1);

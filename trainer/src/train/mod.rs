@@ -85,8 +85,8 @@ pub struct RunSummary {
 pub(crate) enum Validation {
     /// Per-language loss and bits per byte on the shards' `valid` split.
     Shards(Arc<Dataset>),
-    /// Response-token loss on SFT validation examples.
-    Sft(Vec<sft::SftExample>),
+    /// Response-token loss on SFT validation examples, per named group (per file of a folder).
+    Sft(Vec<(String, Vec<sft::SftExample>)>),
     /// None available.
     Off,
 }
@@ -151,7 +151,7 @@ pub fn sft(config: &RunConfig) -> Result<RunSummary> {
         );
     }
     let validation = match &section.valid {
-        Some(p) => Validation::Sft(sft::load_sft(p)?),
+        Some(p) => Validation::Sft(sft::load_sft_groups(p)?),
         None => Validation::Off,
     };
     run_loop(config, &tokenizer, eos, Box::new(SftSource { packer }), validation)

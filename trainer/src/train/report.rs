@@ -82,20 +82,24 @@ pub(super) fn validate(
         Validation::Shards(d) => {
             Ok(data::validate(model, d, "valid", seq, config.eval.batch, config.eval.max_tokens_per_lang)?)
         }
-        Validation::Sft(examples) => {
-            Ok(vec![sft_validation(model, tokenizer, eos, seq, config.eval.batch, examples)?])
-        }
+        Validation::Sft(groups) => groups
+            .iter()
+            .map(|(name, examples)| {
+                sft_validation(model, tokenizer, eos, seq, config.eval.batch, name, examples)
+            })
+            .collect(),
     }
 }
 
-/// Response-token loss over the SFT validation examples, one example per row (bits per byte
-/// over the responses' bytes).
+/// Response-token loss over the SFT validation examples of group `name`, one example per row
+/// (bits per byte over the responses' bytes).
 pub(super) fn sft_validation(
     model: &Gpt,
     tokenizer: &RunTokenizer,
     eos: u32,
     seq: usize,
     batch: usize,
+    name: &str,
     examples: &[sft::SftExample],
 ) -> Result<LangEval> {
     let _guard = polylm_engine::no_grad();
@@ -136,7 +140,7 @@ pub(super) fn sft_validation(
         tokens += counted as u64;
     }
     Ok(LangEval {
-        lang: "sft".into(),
+        lang: name.to_string(),
         tokens,
         bytes,
         loss: nats / tokens.max(1) as f64,
