@@ -143,7 +143,7 @@ struct PrepareArgs {
     /// model's own, to train on from its checkpoint).
     #[arg(long)]
     tokenizer: PathBuf,
-    /// Folder of `<lang>.jsonl` (`{"text": ...}`) or `<lang>.txt` training text.
+    /// Folder of `<lang>.jsonl` (`{"text": ...}`), `<lang>.txt` or `<lang>/` folders of such parts.
     #[arg(long)]
     train: PathBuf,
     /// Folder of validation text, same layout.

@@ -131,7 +131,8 @@ pub struct TokenizerSection {
 pub struct DataSection {
     /// Prepared shards (`polylm data prepare` output).
     pub dir: PathBuf,
-    /// Text to prepare shards from when `dir` has none: a folder of `<lang>.jsonl` / `.txt`.
+    /// Text to prepare shards from when `dir` has none: a folder of `<lang>.jsonl` / `.txt` (or
+    /// `<lang>/` folders of parts).
     pub train: Option<PathBuf>,
     /// Validation text (same layout as `train`).
     pub valid: Option<PathBuf>,

@@ -2,7 +2,8 @@
 //! (trained when missing and asked for), the prepared shards (prepared when missing), and the
 //! model's config.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use polylm_engine::{DType, Device};
@@ -12,6 +13,7 @@ use polylm_tokenizer::{json as tokjson, LanguageCorpus, Tokenizer, TrainConfig};
 use crate::tokenizer::RunTokenizer;
 
 use crate::config::{parse_device_name, DeviceChoice, RunConfig};
+use crate::data::prepare::{list_inputs, DocReader};
 use crate::data::{self, Dataset, PrepareOptions};
 use crate::error::{io_err, Result, TrainError};
 
@@ -135,17 +137,22 @@ pub fn ensure_tokenizer(config: &RunConfig, log: &dyn Fn(&str)) -> Result<RunTok
         reason: "`tokenizer.train_if_missing` needs `data.train` (the text to train on)".into(),
     })?;
     config_folder("data.train", corpus_dir)?;
-    let langs = languages_in(corpus_dir, config.data.langs.as_deref())?;
+    let inputs = language_inputs(corpus_dir, config.data.langs.as_deref())?;
     log(&format!(
         "training a {}-token tokenizer on {} languages from {}",
         t.vocab_size,
-        langs.len(),
+        inputs.len(),
         corpus_dir.display()
     ));
     let start = std::time::Instant::now();
-    let lang_refs: Vec<&str> = langs.iter().map(String::as_str).collect();
-    let corpora: Vec<LanguageCorpus> =
-        polylm_tokenizer::corpus::read_language_dir(corpus_dir, &lang_refs, t.max_docs_per_lang)?;
+    // The documents `data prepare` will read, so the tokenizer learns the text it will encode.
+    let mut corpora = Vec::with_capacity(inputs.len());
+    for (lang, files) in inputs {
+        let texts = DocReader::open(files, t.max_docs_per_lang)?
+            .map(|doc| doc.map(|d| d.text))
+            .collect::<std::result::Result<Vec<String>, _>>()?;
+        corpora.push(LanguageCorpus::new(lang, texts));
+    }
     let train_config = TrainConfig { vocab_size: t.vocab_size, alpha: t.alpha, ..TrainConfig::default() };
     let model = polylm_tokenizer::train(&corpora, &train_config)?;
     if let Some(parent) = t.path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -156,36 +163,30 @@ pub fn ensure_tokenizer(config: &RunConfig, log: &dyn Fn(&str)) -> Result<RunTok
     Ok(RunTokenizer::ours(Tokenizer::new(model)))
 }
 
-/// The languages of a corpus folder (`<lang>.jsonl` files), or `wanted` after checking each
-/// is there.
-pub fn languages_in(dir: &Path, wanted: Option<&[String]>) -> Result<Vec<String>> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
-        let path = entry.map_err(io_err(dir))?.path();
-        if path.extension().is_some_and(|e| e == "jsonl" || e == "txt") {
-            if let Some(stem) = path.file_stem() {
-                found.push(stem.to_string_lossy().into_owned());
-            }
-        }
-    }
-    found.sort();
-    found.dedup();
+/// The inputs of a corpus folder by language (`<lang>.jsonl`, `<lang>.txt` or a `<lang>/` folder
+/// of parts, as `data prepare` reads them): all of them, or those of `wanted` after checking
+/// each is there.
+pub fn language_inputs(dir: &Path, wanted: Option<&[String]>) -> Result<BTreeMap<String, Vec<PathBuf>>> {
+    let mut found = list_inputs(dir)?;
     match wanted {
-        None if found.is_empty() => {
-            Err(TrainError::Usage(format!("{} holds no <lang>.jsonl or <lang>.txt files", dir.display())))
-        }
+        None if found.is_empty() => Err(TrainError::Usage(format!(
+            "{} holds no <lang>.jsonl or <lang>.txt files (or <lang>/ folders of them)",
+            dir.display()
+        ))),
         None => Ok(found),
         Some(w) => {
+            let mut picked = BTreeMap::new();
             for lang in w {
-                if !found.contains(lang) {
+                let Some(files) = found.remove(lang) else {
                     return Err(TrainError::Usage(format!(
-                        "language {lang:?} has no file in {} (found: {})",
+                        "language {lang:?} has no input in {} (found: {})",
                         dir.display(),
-                        found.join(", ")
+                        found.keys().cloned().collect::<Vec<_>>().join(", ")
                     )));
-                }
+                };
+                picked.insert(lang.clone(), files);
             }
-            Ok(w.to_vec())
+            Ok(picked)
         }
     }
 }

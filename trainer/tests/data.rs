@@ -325,6 +325,52 @@ fn malformed_inputs_name_the_line() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+#[test]
+fn folders_of_parts_stream_in_batches() {
+    // A language split into parts (read in name order as one input), more documents than one
+    // encoding batch, and a document limit that ends inside the second part.
+    let Some(data) = shared_data() else { return };
+    let dir = temp_dir("parts");
+    let input = dir.join("in");
+    std::fs::create_dir_all(input.join("en")).unwrap();
+    std::fs::create_dir_all(input.join("notes")).unwrap();
+    std::fs::write(input.join("notes/README.md"), "not an input").unwrap();
+    let texts: Vec<String> = first_texts(&data.join("corpus/en.jsonl"), 1500);
+    let (head, tail) = texts.split_at(1200);
+    let jsonl: String =
+        head.iter().map(|t| format!("{}\n", serde_json::json!({"text": t, "source": "a"}))).collect();
+    std::fs::write(input.join("en/part-0.jsonl"), jsonl).unwrap();
+    // Plain text parts hold blank-line separated documents, so only texts without blank lines.
+    let plain: Vec<String> = tail
+        .iter()
+        .map(|t| t.lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join("\n"))
+        .collect();
+    std::fs::write(input.join("en/part-1.txt"), plain.join("\n\n")).unwrap();
+    let out = dir.join("out");
+    let opts = PrepareOptions { train: input.clone(), out: out.clone(), ..Default::default() };
+    let m = prepare(&opts, tokenizer(), &|_| {}).unwrap();
+    assert_eq!(
+        m.splits["train"].iter().map(|s| (s.lang.as_str(), s.docs)).collect::<Vec<_>>(),
+        [("en", 1500)]
+    );
+    let want: Vec<&String> = head.iter().chain(&plain).filter(|t| !t.is_empty()).collect();
+    let dataset = Dataset::open(&out).unwrap();
+    let shard = dataset.shard("train", "en").unwrap();
+    assert_eq!(shard.num_docs(), want.len());
+    let mut ids = Vec::new();
+    for (i, text) in want.iter().enumerate() {
+        ids.clear();
+        shard.doc_tokens(i, &mut ids);
+        assert_eq!(ids, ours().encode(text), "document {i}");
+        assert_eq!(shard.doc_meta(i).bytes as usize, text.len(), "document {i}");
+    }
+
+    let opts = PrepareOptions { max_docs_per_lang: Some(1250), ..opts };
+    let m = prepare(&opts, tokenizer(), &|_| {}).unwrap();
+    assert_eq!(m.splits["train"][0].docs, 1250);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 fn stage(name: &str) -> StageConfig {
     StageConfig { name: name.into(), start_step: Some(0), ..Default::default() }
 }

@@ -4,7 +4,12 @@
 //! - `<lang>.jsonl`: one JSON object per non-blank line, `"text"` required, `"source"` optional
 //!   (default `"unknown"`); other fields are ignored;
 //! - `<lang>.txt`: one document per block of lines separated by blank lines (source
-//!   `"unknown"`).
+//!   `"unknown"`);
+//! - `<lang>/`: a folder of such `.jsonl` (or `.json`) and `.txt` parts, read in name order as
+//!   one input (a large corpus split into files).
+//!
+//! Inputs are streamed ([`DocReader`]): memory holds one batch of documents at a time, however
+//! large the corpus, and a large input reports its progress every 256 MB.
 //!
 //! Bilingual pairs (optional): a JSONL file (or a directory of them) with lines
 //! `{"src_lang", "tgt_lang", "src", "tgt"}` (and an optional `"source"`, default `"pairs"`); each
@@ -29,7 +34,7 @@ use super::shard::ShardWriter;
 /// What to prepare and where.
 #[derive(Clone, Debug, Default)]
 pub struct PrepareOptions {
-    /// Directory of training inputs `<lang>.jsonl` or `<lang>.txt`.
+    /// Directory of training inputs `<lang>.jsonl`, `<lang>.txt` or `<lang>/` folders of parts.
     pub train: PathBuf,
     /// Directory of validation inputs, same layout (optional).
     pub valid: Option<PathBuf>,
@@ -46,8 +51,11 @@ pub struct PrepareOptions {
 /// The source id of the default source name.
 pub const UNKNOWN_SOURCE: &str = "unknown";
 
-/// Documents encoded per parallel batch.
+/// Documents encoded per parallel batch (at most).
 const ENCODE_CHUNK: usize = 1024;
+
+/// Text bytes encoded per parallel batch (at most, past one document).
+const ENCODE_CHUNK_BYTES: usize = 32 << 20;
 
 /// A document read from an input file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,55 +122,144 @@ fn parse_json_line<T: for<'de> Deserialize<'de>>(line: &str, path: &Path, no: us
 }
 
 /// Reads the documents of one input file (`.jsonl`/`.json`: JSON lines; anything else: blank-line
-/// separated paragraphs), at most `max_docs` of them.
+/// separated paragraphs), at most `max_docs` of them. [`DocReader`] streams them instead.
 pub fn read_docs(path: &Path, max_docs: Option<usize>) -> Result<Vec<RawDoc>> {
-    let data = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    let limit = max_docs.unwrap_or(usize::MAX);
-    let mut docs = Vec::new();
-    let jsonl = matches!(path.extension().and_then(|e| e.to_str()), Some("jsonl") | Some("json"));
-    if limit == 0 {
-        return Ok(docs);
+    DocReader::open(vec![path.to_path_buf()], max_docs)?.collect()
+}
+
+/// The documents of one language's input files, read one line at a time (memory stays at one
+/// document however large the files are): `.jsonl`/`.json` files give one document per
+/// non-blank line (`"text"`, optional `"source"`; empty texts are skipped), other files one
+/// per block of lines separated by blank lines. Stops after `max_docs` documents.
+pub struct DocReader {
+    /// Files still to open, in reading order (reversed, so the next is last).
+    pending: Vec<PathBuf>,
+    current: Option<OpenInput>,
+    /// Bytes of the files already finished.
+    done_bytes: u64,
+    left: usize,
+    line: Vec<u8>,
+}
+
+/// The file a [`DocReader`] is in.
+struct OpenInput {
+    path: PathBuf,
+    reader: std::io::BufReader<std::fs::File>,
+    jsonl: bool,
+    /// 1-based number of the last line read.
+    line_no: usize,
+    bytes: u64,
+}
+
+impl DocReader {
+    /// A reader over `files` in order, checking that each exists before any is read.
+    pub fn open(files: Vec<PathBuf>, max_docs: Option<usize>) -> Result<DocReader> {
+        for f in &files {
+            std::fs::metadata(f).map_err(|e| DataError::io(f, e))?;
+        }
+        let mut pending = files;
+        pending.reverse();
+        Ok(DocReader {
+            pending,
+            current: None,
+            done_bytes: 0,
+            left: max_docs.unwrap_or(usize::MAX),
+            line: Vec::new(),
+        })
     }
-    if jsonl {
-        for line in utf8_lines(&data, path) {
-            let (no, line) = line?;
-            if line.trim().is_empty() {
-                continue;
+
+    /// Bytes of input read so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.done_bytes + self.current.as_ref().map_or(0, |c| c.bytes)
+    }
+
+    /// The next line of the current file (without its `\n` or `\r\n`) and its number, or
+    /// `None` at the end of the file.
+    fn next_line(&mut self) -> Result<Option<(usize, &str)>> {
+        use std::io::BufRead;
+        let Some(input) = self.current.as_mut() else { return Ok(None) };
+        self.line.clear();
+        let n = input.reader.read_until(b'\n', &mut self.line).map_err(|e| DataError::io(&input.path, e))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        input.bytes += n as u64;
+        input.line_no += 1;
+        let raw = self.line.strip_suffix(b"\n").unwrap_or(&self.line);
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let text = std::str::from_utf8(raw)
+            .map_err(|_| DataError::InvalidUtf8 { path: input.path.clone(), line: input.line_no })?;
+        Ok(Some((input.line_no, text)))
+    }
+
+    /// The next document of the current file, if any.
+    fn next_in_file(&mut self) -> Result<Option<RawDoc>> {
+        let Some(input) = &self.current else { return Ok(None) };
+        let (path, jsonl) = (input.path.clone(), input.jsonl);
+        if jsonl {
+            while let Some((no, line)) = self.next_line()? {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let d: DocLine = parse_json_line(line, &path, no)?;
+                let text = required(string_field(d.text, "text", &path, no)?, "text", &path, no)?;
+                let source =
+                    string_field(d.source, "source", &path, no)?.unwrap_or_else(|| UNKNOWN_SOURCE.into());
+                if text.is_empty() {
+                    continue;
+                }
+                return Ok(Some(RawDoc { text, source }));
             }
-            let d: DocLine = parse_json_line(line, path, no)?;
-            let text = required(string_field(d.text, "text", path, no)?, "text", path, no)?;
-            let source = string_field(d.source, "source", path, no)?.unwrap_or_else(|| UNKNOWN_SOURCE.into());
-            if text.is_empty() {
-                continue;
-            }
-            docs.push(RawDoc { text, source });
-            if docs.len() >= limit {
+            return Ok(None);
+        }
+        let mut block = String::new();
+        while let Some((_, line)) = self.next_line()? {
+            if !line.trim().is_empty() {
+                if !block.is_empty() {
+                    block.push('\n');
+                }
+                block.push_str(line);
+            } else if !block.is_empty() {
                 break;
             }
         }
-    } else {
-        let mut block: Vec<&str> = Vec::new();
-        let flush = |block: &mut Vec<&str>, docs: &mut Vec<RawDoc>| {
-            if !block.is_empty() {
-                docs.push(RawDoc { text: block.join("\n"), source: UNKNOWN_SOURCE.into() });
-                block.clear();
+        Ok((!block.is_empty()).then(|| RawDoc { text: block, source: UNKNOWN_SOURCE.into() }))
+    }
+
+    fn next_doc(&mut self) -> Result<Option<RawDoc>> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        loop {
+            if let Some(doc) = self.next_in_file()? {
+                self.left -= 1;
+                return Ok(Some(doc));
             }
-        };
-        for line in utf8_lines(&data, path) {
-            let (_, line) = line?;
-            if line.trim().is_empty() {
-                flush(&mut block, &mut docs);
-                if docs.len() >= limit {
-                    return Ok(docs);
-                }
-            } else {
-                block.push(line);
+            if let Some(finished) = self.current.take() {
+                self.done_bytes += finished.bytes;
+            }
+            let Some(path) = self.pending.pop() else { return Ok(None) };
+            let file = std::fs::File::open(&path).map_err(|e| DataError::io(&path, e))?;
+            let jsonl = matches!(path.extension().and_then(|e| e.to_str()), Some("jsonl") | Some("json"));
+            let reader = std::io::BufReader::with_capacity(1 << 20, file);
+            self.current = Some(OpenInput { path, reader, jsonl, line_no: 0, bytes: 0 });
+        }
+    }
+}
+
+impl Iterator for DocReader {
+    type Item = Result<RawDoc>;
+
+    fn next(&mut self) -> Option<Result<RawDoc>> {
+        match self.next_doc() {
+            Ok(doc) => doc.map(Ok),
+            Err(e) => {
+                // No more documents after an error.
+                self.left = 0;
+                Some(Err(e))
             }
         }
-        flush(&mut block, &mut docs);
-        docs.truncate(limit);
     }
-    Ok(docs)
 }
 
 /// Reads bilingual pairs, grouped by `"<src_lang>-<tgt_lang>"` (at most `max_docs` per group).
@@ -204,29 +301,59 @@ fn valid_lang_code(code: &str) -> bool {
     !code.is_empty() && code.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// The `<lang>.jsonl` / `<lang>.txt` files of an input directory, by language.
-pub fn list_inputs(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
+/// The inputs of a directory, by language: a `<lang>.jsonl` or `<lang>.txt` file, or a `<lang>/`
+/// folder whose `.jsonl`, `.json` and `.txt` files are read in name order (a large corpus split
+/// into parts). Two inputs for one language are an error; folders without such files are not
+/// inputs.
+pub fn list_inputs(dir: &Path) -> Result<BTreeMap<String, Vec<PathBuf>>> {
     let entries = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
-    let mut out: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut out: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     for entry in entries {
         let path = entry.map_err(|e| DataError::io(dir, e))?.path();
-        let ext = path.extension().and_then(|e| e.to_str());
-        if !matches!(ext, Some("jsonl") | Some("txt")) || !path.is_file() {
-            continue;
-        }
-        let Some(lang) = path.file_stem().and_then(|s| s.to_str()).map(str::to_string) else { continue };
-        if !valid_lang_code(&lang) {
-            continue;
-        }
-        if let Some(prev) = out.insert(lang.clone(), path.clone()) {
+        let (lang, files) = if path.is_dir() {
+            let Some(lang) = path.file_name().and_then(|s| s.to_str()) else { continue };
+            if !valid_lang_code(lang) {
+                continue;
+            }
+            let parts = input_parts(&path)?;
+            if parts.is_empty() {
+                continue;
+            }
+            (lang.to_string(), parts)
+        } else {
+            let ext = path.extension().and_then(|e| e.to_str());
+            if !matches!(ext, Some("jsonl") | Some("txt")) || !path.is_file() {
+                continue;
+            }
+            let Some(lang) = path.file_stem().and_then(|s| s.to_str()) else { continue };
+            if !valid_lang_code(lang) {
+                continue;
+            }
+            (lang.to_string(), vec![path.clone()])
+        };
+        if let Some(prev) = out.insert(lang.clone(), files) {
             return Err(DataError::BadInput(format!(
                 "two inputs for language {lang:?}: {} and {}",
-                prev.display(),
+                prev[0].display(),
                 path.display()
             )));
         }
     }
     Ok(out)
+}
+
+/// The `.jsonl`, `.json` and `.txt` files of a `<lang>/` folder, in name order.
+fn input_parts(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut parts = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
+        let path = entry.map_err(|e| DataError::io(dir, e))?.path();
+        let ext = path.extension().and_then(|e| e.to_str());
+        if matches!(ext, Some("jsonl") | Some("json") | Some("txt")) && path.is_file() {
+            parts.push(path);
+        }
+    }
+    parts.sort();
+    Ok(parts)
 }
 
 /// Source names and their ids, in order of first appearance.
@@ -249,23 +376,77 @@ impl Sources {
     }
 }
 
+/// Where [`encode_shard`] takes its documents from.
+trait DocSource {
+    /// The next document, `None` at the end.
+    fn next_doc(&mut self) -> Result<Option<RawDoc>>;
+    /// Input bytes read so far (for progress).
+    fn bytes_read(&self) -> u64;
+}
+
+impl DocSource for DocReader {
+    fn next_doc(&mut self) -> Result<Option<RawDoc>> {
+        DocReader::next_doc(self)
+    }
+
+    fn bytes_read(&self) -> u64 {
+        DocReader::bytes_read(self)
+    }
+}
+
+/// Documents already in memory (bilingual pairs, grouped by language pair).
+impl DocSource for std::vec::IntoIter<RawDoc> {
+    fn next_doc(&mut self) -> Result<Option<RawDoc>> {
+        Ok(self.next())
+    }
+
+    fn bytes_read(&self) -> u64 {
+        0
+    }
+}
+
+/// Input bytes between two progress lines of one shard.
+const PROGRESS_EVERY_BYTES: u64 = 256 << 20;
+
+/// Encodes the documents of `reader` into `<out_dir>/<split>/<lang>.bin`, a batch at a time
+/// (memory stays at one batch of text), reporting progress on large inputs. `None` when the
+/// input holds no document (no shard is written).
+#[allow(clippy::too_many_arguments)]
 fn encode_shard(
-    docs: &[RawDoc],
+    reader: &mut dyn DocSource,
+    total_bytes: u64,
     out_dir: &Path,
     split: &str,
     lang: &str,
     tokenizer: &RunTokenizer,
     sources: &mut Sources,
-) -> Result<ShardInfo> {
+    progress: &dyn Fn(&str),
+) -> Result<Option<ShardInfo>> {
     let file = format!("{split}/{lang}.bin");
     let path = out_dir.join(&file);
     let vocab_size = u32::try_from(tokenizer.vocab_size())
         .map_err(|_| DataError::BadInput(format!("vocabulary of {} tokens", tokenizer.vocab_size())))?;
-    let mut writer = ShardWriter::create(&path, vocab_size)?;
-    for chunk in docs.chunks(ENCODE_CHUNK) {
-        let texts: Vec<&str> = chunk.iter().map(|d| d.text.as_str()).collect();
+    let mut writer: Option<ShardWriter> = None;
+    let mut next_report = PROGRESS_EVERY_BYTES;
+    let mut batch: Vec<RawDoc> = Vec::with_capacity(ENCODE_CHUNK);
+    loop {
+        batch.clear();
+        let mut text_bytes = 0;
+        while batch.len() < ENCODE_CHUNK && text_bytes < ENCODE_CHUNK_BYTES {
+            let Some(doc) = reader.next_doc()? else { break };
+            text_bytes += doc.text.len();
+            batch.push(doc);
+        }
+        if batch.is_empty() {
+            break;
+        }
+        let writer = match &mut writer {
+            Some(w) => w,
+            None => writer.insert(ShardWriter::create(&path, vocab_size)?),
+        };
+        let texts: Vec<&str> = batch.iter().map(|d| d.text.as_str()).collect();
         let encoded = tokenizer.encode_batch(&texts);
-        for (doc, ids) in chunk.iter().zip(encoded) {
+        for (doc, ids) in batch.iter().zip(encoded) {
             let bytes = u32::try_from(doc.text.len()).map_err(|_| {
                 DataError::BadInput(format!(
                     "{split}/{lang}: a document of {} bytes (at most 4 GiB)",
@@ -275,15 +456,26 @@ fn encode_shard(
             let source = sources.id(&doc.source)?;
             writer.push(&ids, bytes, source)?;
         }
+        let read = reader.bytes_read();
+        if total_bytes > 0 && read >= next_report {
+            progress(&format!(
+                "{split}/{lang}: {:.1} of {:.1} GB read, {} documents so far",
+                read as f64 / 1e9,
+                total_bytes as f64 / 1e9,
+                writer.docs()
+            ));
+            next_report = read + PROGRESS_EVERY_BYTES;
+        }
     }
+    let Some(writer) = writer else { return Ok(None) };
     let totals = writer.finish()?;
-    Ok(ShardInfo {
+    Ok(Some(ShardInfo {
         lang: lang.to_string(),
         file,
         docs: totals.docs,
         tokens: totals.tokens,
         bytes: totals.bytes,
-    })
+    }))
 }
 
 fn create_dir(path: &Path) -> Result<()> {
@@ -338,41 +530,39 @@ pub fn prepare(opts: &PrepareOptions, tokenizer: &RunTokenizer, progress: &dyn F
     let mut sources = Sources::default();
     sources.id(UNKNOWN_SOURCE)?;
     let mut splits: BTreeMap<String, Vec<ShardInfo>> = BTreeMap::new();
-    let mut do_split =
-        |split: &str, inputs: Vec<(String, Vec<RawDoc>)>, sources: &mut Sources| -> Result<()> {
-            if inputs.is_empty() {
-                return Ok(());
-            }
-            create_dir(&opts.out.join(split))?;
-            for (lang, docs) in inputs {
-                let info = encode_shard(&docs, &opts.out, split, &lang, tokenizer, sources)?;
-                progress(&format!(
-                    "{split}/{lang}: {} documents, {} tokens, {} bytes ({:.2} bytes/token)",
-                    info.docs,
-                    info.tokens,
-                    info.bytes,
-                    info.bytes as f64 / info.tokens.max(1) as f64
-                ));
-                splits.entry(split.to_string()).or_default().push(info);
-            }
-            Ok(())
+    let mut shard = |split: &str, lang: &str, docs: &mut dyn DocSource, total_bytes: u64| -> Result<bool> {
+        create_dir(&opts.out.join(split))?;
+        let Some(info) =
+            encode_shard(docs, total_bytes, &opts.out, split, lang, tokenizer, &mut sources, progress)?
+        else {
+            return Ok(false);
         };
+        progress(&format!(
+            "{split}/{lang}: {} documents, {} tokens, {} bytes ({:.2} bytes/token)",
+            info.docs,
+            info.tokens,
+            info.bytes,
+            info.bytes as f64 / info.tokens.max(1) as f64
+        ));
+        splits.entry(split.to_string()).or_default().push(info);
+        Ok(true)
+    };
 
     for (split, inputs) in [("train", &train_inputs), ("valid", &valid_inputs)] {
         for lang in &langs {
-            let Some(path) = inputs.get(lang) else {
+            let Some(files) = inputs.get(lang) else {
                 if split == "valid" {
                     progress(&format!("valid/{lang}: no validation input, skipped"));
                 }
                 continue;
             };
-            // One language at a time keeps memory to one language's text and tokens.
-            let docs = read_docs(path, opts.max_docs_per_lang)?;
-            if docs.is_empty() {
-                progress(&format!("{split}/{lang}: no documents in {}, skipped", path.display()));
-                continue;
+            // One language at a time, streamed: memory stays at one batch of text.
+            let total_bytes = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
+            let mut reader = DocReader::open(files.clone(), opts.max_docs_per_lang)?;
+            if !shard(split, lang, &mut reader, total_bytes)? {
+                let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+                progress(&format!("{split}/{lang}: no documents in {}, skipped", names.join(", ")));
             }
-            do_split(split, vec![(lang.clone(), docs)], &mut sources)?;
         }
     }
     if let Some(pairs) = &opts.pairs {
@@ -401,7 +591,9 @@ pub fn prepare(opts: &PrepareOptions, tokenizer: &RunTokenizer, progress: &dyn F
         if groups.is_empty() {
             return Err(DataError::NoData(format!("no bilingual pairs in {}", pairs.display())));
         }
-        do_split("pairs", groups.into_iter().collect(), &mut sources)?;
+        for (pair, docs) in groups {
+            shard("pairs", &pair, &mut docs.into_iter(), 0)?;
+        }
     }
 
     if !splits.contains_key("train") {
