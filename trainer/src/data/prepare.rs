@@ -8,8 +8,9 @@
 //! - `<lang>/`: a folder of such `.jsonl` (or `.json`) and `.txt` parts, read in name order as
 //!   one input (a large corpus split into files).
 //!
-//! Inputs are streamed ([`DocReader`]): memory holds one batch of documents at a time, however
-//! large the corpus, and a large input reports its progress every 256 MB.
+//! Language inputs are streamed ([`DocReader`]): memory holds one batch of documents at a time,
+//! however large the corpus, and a large input reports its progress every 256 MB. Bilingual
+//! pairs are grouped by language pair in memory (they are usually a small share).
 //!
 //! Bilingual pairs (optional): a JSONL file (or a directory of them) with lines
 //! `{"src_lang", "tgt_lang", "src", "tgt"}` (and an optional `"source"`, default `"pairs"`); each
