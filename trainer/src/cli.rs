@@ -143,7 +143,8 @@ struct PrepareArgs {
     /// model's own, to train on from its checkpoint).
     #[arg(long)]
     tokenizer: PathBuf,
-    /// Folder of `<lang>.jsonl` (`{"text": ...}`), `<lang>.txt` or `<lang>/` folders of such parts.
+    /// Folder of `<lang>.jsonl` (`{"text": ...}`), `<lang>.txt` or `<lang>/` folders of such parts
+    /// (any of them may be gzip-compressed: `en.jsonl.gz`).
     #[arg(long)]
     train: PathBuf,
     /// Folder of validation text, same layout.

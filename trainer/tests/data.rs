@@ -371,6 +371,68 @@ fn folders_of_parts_stream_in_batches() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+#[test]
+fn gzip_inputs_read_as_their_text() {
+    use std::io::Write;
+    let Some(data) = shared_data() else { return };
+    let dir = temp_dir("gzip");
+    let (plain_in, gz_in) = (dir.join("plain"), dir.join("gz"));
+    for d in [&plain_in, &gz_in.join("de")] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let jsonl = |lang: &str, n: usize| -> Vec<u8> {
+        let src = std::fs::read_to_string(data.join(format!("corpus/{lang}.jsonl"))).unwrap();
+        src.lines().take(n).flat_map(|l| format!("{l}\n").into_bytes()).collect()
+    };
+    let gzip = |bytes: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap()
+    };
+    let (en, de) = (jsonl("en", 40), jsonl("de", 60));
+    std::fs::write(plain_in.join("en.jsonl"), &en).unwrap();
+    std::fs::write(plain_in.join("de.jsonl"), &de).unwrap();
+    std::fs::write(gz_in.join("en.jsonl.gz"), gzip(&en)).unwrap();
+    // Two gzip members in one part (as concatenated parts are), and a plain part after it.
+    let cut = de.iter().enumerate().filter(|(_, &b)| b == b'\n').nth(29).unwrap().0 + 1;
+    let mut two = gzip(&de[..cut / 2]);
+    two.extend(gzip(&de[cut / 2..cut]));
+    std::fs::write(gz_in.join("de/0.jsonl.gz"), two).unwrap();
+    std::fs::write(gz_in.join("de/1.jsonl"), &de[cut..]).unwrap();
+    // A manifest beside the inputs is not a language.
+    std::fs::write(gz_in.join("manifest.json"), "{}").unwrap();
+    let run = |input: &Path, out: &str| {
+        let out = dir.join(out);
+        let opts = PrepareOptions { train: input.to_path_buf(), out: out.clone(), ..Default::default() };
+        let m = prepare(&opts, tokenizer(), &|_| {}).unwrap();
+        (m, out)
+    };
+    let (m_plain, out_plain) = run(&plain_in, "out-plain");
+    let (m_gz, out_gz) = run(&gz_in, "out-gz");
+    assert_eq!(m_plain.splits, m_gz.splits);
+    assert_eq!(
+        m_gz.splits["train"].iter().map(|s| (s.lang.as_str(), s.docs)).collect::<Vec<_>>(),
+        [("de", 60), ("en", 40)]
+    );
+    for lang in ["de", "en"] {
+        let file = format!("train/{lang}.bin");
+        assert_eq!(std::fs::read(out_plain.join(&file)).unwrap(), std::fs::read(out_gz.join(&file)).unwrap());
+    }
+
+    // A damaged or truncated gzip file is an error naming it.
+    let whole = gzip(&en);
+    for (name, bytes) in [("truncated", whole[..whole.len() / 2].to_vec()), ("not gzip", en.clone())] {
+        std::fs::write(gz_in.join("en.jsonl.gz"), &bytes).unwrap();
+        let opts = PrepareOptions { train: gz_in.clone(), out: dir.join("out-bad"), ..Default::default() };
+        let err = prepare(&opts, tokenizer(), &|_| {}).unwrap_err();
+        assert!(
+            matches!(err, DataError::Io { .. }) && err.to_string().contains("en.jsonl.gz"),
+            "{name}: {err}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 fn stage(name: &str) -> StageConfig {
     StageConfig { name: name.into(), start_step: Some(0), ..Default::default() }
 }

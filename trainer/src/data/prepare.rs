@@ -6,7 +6,9 @@
 //! - `<lang>.txt`: one document per block of lines separated by blank lines (source
 //!   `"unknown"`);
 //! - `<lang>/`: a folder of such `.jsonl` (or `.json`) and `.txt` parts, read in name order as
-//!   one input (a large corpus split into files).
+//!   one input (a large corpus split into files);
+//! - any of these files gzip-compressed, with `.gz` appended (`en.jsonl.gz`), as mC4 and
+//!   CC-100 ship.
 //!
 //! Language inputs are streamed ([`DocReader`]): memory holds one batch of documents at a time,
 //! however large the corpus, and a large input reports its progress every 256 MB. Bilingual
@@ -22,8 +24,13 @@
 //! `<out>/valid/<lang>.bin`, `<out>/pairs/<src>-<tgt>.bin` and, last, `<out>/manifest.json`
 //! (any previous manifest is removed first, so an interrupted run never looks complete).
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use flate2::read::MultiGzDecoder;
 
 use crate::tokenizer::RunTokenizer;
 use serde::Deserialize;
@@ -123,15 +130,16 @@ fn parse_json_line<T: for<'de> Deserialize<'de>>(line: &str, path: &Path, no: us
 }
 
 /// Reads the documents of one input file (`.jsonl`/`.json`: JSON lines; anything else: blank-line
-/// separated paragraphs), at most `max_docs` of them. [`DocReader`] streams them instead.
+/// separated paragraphs; `.gz` appended: gzip-compressed), at most `max_docs` of them. [`DocReader`] streams them instead.
 pub fn read_docs(path: &Path, max_docs: Option<usize>) -> Result<Vec<RawDoc>> {
     DocReader::open(vec![path.to_path_buf()], max_docs)?.collect()
 }
 
 /// The documents of one language's input files, read one line at a time (memory stays at one
-/// document however large the files are): `.jsonl`/`.json` files give one document per
-/// non-blank line (`"text"`, optional `"source"`; empty texts are skipped), other files one
-/// per block of lines separated by blank lines. Stops after `max_docs` documents.
+/// document however large the files are; `.gz` files are decompressed as they are read):
+/// `.jsonl`/`.json` files give one document per non-blank line (`"text"`, optional `"source"`;
+/// empty texts are skipped), other files one per block of lines separated by blank lines.
+/// Stops after `max_docs` documents.
 pub struct DocReader {
     /// Files still to open, in reading order (reversed, so the next is last).
     pending: Vec<PathBuf>,
@@ -145,11 +153,56 @@ pub struct DocReader {
 /// The file a [`DocReader`] is in.
 struct OpenInput {
     path: PathBuf,
-    reader: std::io::BufReader<std::fs::File>,
+    /// The file's text (decompressed when it is gzip).
+    reader: Box<dyn BufRead>,
     jsonl: bool,
     /// 1-based number of the last line read.
     line_no: usize,
-    bytes: u64,
+    /// Bytes of the file (compressed, when it is) read so far.
+    bytes: Rc<Cell<u64>>,
+}
+
+/// How an input file is read, by its name: `.jsonl` and `.json` are JSON lines, anything else
+/// plain text; a further `.gz` means gzip-compressed (`en.jsonl.gz`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct InputFormat {
+    jsonl: bool,
+    gzip: bool,
+}
+
+impl InputFormat {
+    fn of(path: &Path) -> InputFormat {
+        let (_, jsonl, gzip) = split_input_name(path);
+        InputFormat { jsonl, gzip }
+    }
+}
+
+/// An input's name without its format extensions (`en.jsonl.gz` → `en`), whether it is JSON
+/// lines (`.jsonl`/`.json`) and whether it is gzip-compressed (`.gz`). The stem is `None` when
+/// the name has no input extension (`.jsonl`, `.json` or `.txt`, each optionally `.gz`).
+fn split_input_name(path: &Path) -> (Option<&str>, bool, bool) {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let (name, gzip) = name.strip_suffix(".gz").map_or((name, false), |n| (n, true));
+    for (ext, jsonl) in [(".jsonl", true), (".json", true), (".txt", false)] {
+        if let Some(stem) = name.strip_suffix(ext) {
+            return (Some(stem), jsonl, gzip);
+        }
+    }
+    (None, false, gzip)
+}
+
+/// A reader that counts the bytes it passes on (the compressed bytes of a gzip input).
+struct Counting<R> {
+    inner: R,
+    count: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.set(self.count.get() + n as u64);
+        Ok(n)
+    }
 }
 
 impl DocReader {
@@ -171,20 +224,18 @@ impl DocReader {
 
     /// Bytes of input read so far.
     pub fn bytes_read(&self) -> u64 {
-        self.done_bytes + self.current.as_ref().map_or(0, |c| c.bytes)
+        self.done_bytes + self.current.as_ref().map_or(0, |c| c.bytes.get())
     }
 
     /// The next line of the current file (without its `\n` or `\r\n`) and its number, or
     /// `None` at the end of the file.
     fn next_line(&mut self) -> Result<Option<(usize, &str)>> {
-        use std::io::BufRead;
         let Some(input) = self.current.as_mut() else { return Ok(None) };
         self.line.clear();
         let n = input.reader.read_until(b'\n', &mut self.line).map_err(|e| DataError::io(&input.path, e))?;
         if n == 0 {
             return Ok(None);
         }
-        input.bytes += n as u64;
         input.line_no += 1;
         let raw = self.line.strip_suffix(b"\n").unwrap_or(&self.line);
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
@@ -237,13 +288,20 @@ impl DocReader {
                 return Ok(Some(doc));
             }
             if let Some(finished) = self.current.take() {
-                self.done_bytes += finished.bytes;
+                self.done_bytes += finished.bytes.get();
             }
             let Some(path) = self.pending.pop() else { return Ok(None) };
             let file = std::fs::File::open(&path).map_err(|e| DataError::io(&path, e))?;
-            let jsonl = matches!(path.extension().and_then(|e| e.to_str()), Some("jsonl") | Some("json"));
-            let reader = std::io::BufReader::with_capacity(1 << 20, file);
-            self.current = Some(OpenInput { path, reader, jsonl, line_no: 0, bytes: 0 });
+            let bytes = Rc::new(Cell::new(0));
+            let counted = Counting { inner: file, count: Rc::clone(&bytes) };
+            let format = InputFormat::of(&path);
+            let reader: Box<dyn BufRead> = if format.gzip {
+                // Multi-member, as `pigz` and concatenated `.gz` parts write them.
+                Box::new(BufReader::with_capacity(1 << 20, MultiGzDecoder::new(BufReader::new(counted))))
+            } else {
+                Box::new(BufReader::with_capacity(1 << 20, counted))
+            };
+            self.current = Some(OpenInput { path, reader, jsonl: format.jsonl, line_no: 0, bytes });
         }
     }
 }
@@ -302,9 +360,9 @@ fn valid_lang_code(code: &str) -> bool {
     !code.is_empty() && code.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// The inputs of a directory, by language: a `<lang>.jsonl` or `<lang>.txt` file, or a `<lang>/`
-/// folder whose `.jsonl`, `.json` and `.txt` files are read in name order (a large corpus split
-/// into parts). Two inputs for one language are an error; folders without such files are not
+/// The inputs of a directory, by language: a `<lang>.jsonl` or `<lang>.txt` file (either may be
+/// gzip-compressed: `<lang>.jsonl.gz`), or a `<lang>/` folder whose `.jsonl`, `.json` and `.txt`
+/// files (each optionally `.gz`) are read in name order (a large corpus split into parts). Two inputs for one language are an error; folders without such files are not
 /// inputs.
 pub fn list_inputs(dir: &Path) -> Result<BTreeMap<String, Vec<PathBuf>>> {
     let entries = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
@@ -322,12 +380,10 @@ pub fn list_inputs(dir: &Path) -> Result<BTreeMap<String, Vec<PathBuf>>> {
             }
             (lang.to_string(), parts)
         } else {
-            let ext = path.extension().and_then(|e| e.to_str());
-            if !matches!(ext, Some("jsonl") | Some("txt")) || !path.is_file() {
-                continue;
-            }
-            let Some(lang) = path.file_stem().and_then(|s| s.to_str()) else { continue };
-            if !valid_lang_code(lang) {
+            // `.json` files beside the inputs are not inputs (a `manifest.json`, say).
+            let is_json = path.to_str().is_some_and(|p| p.ends_with(".json") || p.ends_with(".json.gz"));
+            let (Some(lang), false) = (split_input_name(&path).0, is_json) else { continue };
+            if !valid_lang_code(lang) || !path.is_file() {
                 continue;
             }
             (lang.to_string(), vec![path.clone()])
@@ -343,13 +399,13 @@ pub fn list_inputs(dir: &Path) -> Result<BTreeMap<String, Vec<PathBuf>>> {
     Ok(out)
 }
 
-/// The `.jsonl`, `.json` and `.txt` files of a `<lang>/` folder, in name order.
+/// The `.jsonl`, `.json` and `.txt` files (each optionally `.gz`) of a `<lang>/` folder, in
+/// name order.
 fn input_parts(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut parts = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
         let path = entry.map_err(|e| DataError::io(dir, e))?.path();
-        let ext = path.extension().and_then(|e| e.to_str());
-        if matches!(ext, Some("jsonl") | Some("json") | Some("txt")) && path.is_file() {
+        if split_input_name(&path).0.is_some() && path.is_file() {
             parts.push(path);
         }
     }
