@@ -13,7 +13,7 @@ use polylm_tokenizer::{json as tokjson, LanguageCorpus, Tokenizer, TrainConfig};
 use crate::tokenizer::RunTokenizer;
 
 use crate::config::{parse_device_name, DeviceChoice, RunConfig};
-use crate::data::prepare::{list_inputs, DocReader};
+use crate::data::input::{list_inputs, DocReader};
 use crate::data::{self, Dataset, PrepareOptions};
 use crate::error::{io_err, Result, TrainError};
 

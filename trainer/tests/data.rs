@@ -433,6 +433,55 @@ fn gzip_inputs_read_as_their_text() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+#[test]
+fn pairs_stream_into_one_shard_per_language_pair() {
+    use std::io::Write;
+    let Some(data) = shared_data() else { return };
+    let dir = temp_dir("pairs");
+    let input = dir.join("in");
+    let pairs = dir.join("pairs");
+    for d in [&input, &pairs] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::copy(data.join("corpus/en.jsonl"), input.join("en.jsonl")).unwrap();
+    // 1,500 pairs (more than one encoding batch) alternating two language pairs, over a plain
+    // and a gzip file.
+    let line = |i: usize| {
+        let tgt = if i.is_multiple_of(2) { "de" } else { "fr" };
+        format!(
+            "{}\n",
+            serde_json::json!({"src_lang": "en", "tgt_lang": tgt, "src": format!("pair {i}"), "tgt": format!("Paar {i}")})
+        )
+    };
+    let first: String = (0..900).map(line).collect();
+    let second: String = (900..1500).map(line).collect();
+    std::fs::write(pairs.join("a.jsonl"), first).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(second.as_bytes()).unwrap();
+    std::fs::write(pairs.join("b.jsonl.gz"), gz.finish().unwrap()).unwrap();
+    let out = dir.join("out");
+    let opts = PrepareOptions {
+        train: input.clone(),
+        pairs: Some(pairs.clone()),
+        out: out.clone(),
+        max_docs_per_lang: Some(700),
+        ..Default::default()
+    };
+    let m = prepare(&opts, tokenizer(), &|_| {}).unwrap();
+    assert_eq!(
+        m.splits["pairs"].iter().map(|s| (s.lang.as_str(), s.docs)).collect::<Vec<_>>(),
+        [("en-de", 700), ("en-fr", 700)]
+    );
+    let dataset = Dataset::open(&out).unwrap();
+    let mut ids = Vec::new();
+    for (pair, doc, i) in [("en-de", 0, 0), ("en-de", 699, 1398), ("en-fr", 450, 901), ("en-fr", 699, 1399)] {
+        ids.clear();
+        dataset.shard("pairs", pair).unwrap().doc_tokens(doc, &mut ids);
+        assert_eq!(tokenizer().decode(&ids).unwrap(), format!("pair {i}\nPaar {i}"), "{pair} {doc}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 fn stage(name: &str) -> StageConfig {
     StageConfig { name: name.into(), start_step: Some(0), ..Default::default() }
 }

@@ -2,6 +2,8 @@
 //!
 //! - [`shard`]: the binary token shard (u16 or u32 tokens, per-document index, checksum),
 //!   written atomically and read through a validated memory map;
+//! - [`input`]: the inputs of `data prepare` (per-language files or folders of parts, plain or
+//!   gzip), streamed as documents and bilingual pairs;
 //! - [`prepare`](mod@prepare): `polylm data prepare`, per-language text/JSONL (and bilingual pairs) →
 //!   shards and a [`Manifest`];
 //! - [`dataset`]: a prepared directory opened as a [`Dataset`];
@@ -15,6 +17,7 @@
 pub mod curriculum;
 pub mod dataset;
 pub mod error;
+pub mod input;
 pub mod manifest;
 pub mod prepare;
 pub mod sampler;
