@@ -66,23 +66,20 @@ pub struct SftExample {
 /// is read whole: every `.jsonl` and `.json` file in it, in name order (MultiAlpaca comes as one
 /// file per language). Errors name the file and the line.
 pub fn load_sft(path: &Path) -> Result<Vec<SftExample>, SftError> {
-    let mut out = Vec::new();
-    for file in sft_files(path)? {
-        out.extend(parse_sft(&crate::jsonl::read(&file)?, &file)?);
-    }
-    Ok(out)
+    Ok(load_sft_groups(path)?.into_iter().flat_map(|(_, examples)| examples).collect())
 }
 
 /// [`load_sft`] kept apart by file: for a folder, each file's examples under its name without
 /// the extension (MultiAlpaca's files are named by language), else one group named `sft`.
 /// Validation reports a loss per group.
 pub fn load_sft_groups(path: &Path) -> Result<Vec<(String, Vec<SftExample>)>, SftError> {
-    if !path.is_dir() {
-        return Ok(vec![("sft".to_string(), load_sft(path)?)]);
-    }
+    let one_file = !path.is_dir();
     let mut groups = Vec::new();
     for file in sft_files(path)? {
-        let name = file.file_stem().map_or_else(|| "sft".into(), |s| s.to_string_lossy().into_owned());
+        let name = match file.file_stem() {
+            Some(stem) if !one_file => stem.to_string_lossy().into_owned(),
+            _ => "sft".to_string(),
+        };
         groups.push((name, parse_sft(&crate::jsonl::read(&file)?, &file)?));
     }
     Ok(groups)
@@ -90,7 +87,7 @@ pub fn load_sft_groups(path: &Path) -> Result<Vec<(String, Vec<SftExample>)>, Sf
 
 /// The files [`load_sft`] reads for `path`: the file itself, or a folder's `.jsonl` and `.json`
 /// files in name order.
-pub fn sft_files(path: &Path) -> Result<Vec<PathBuf>, SftError> {
+fn sft_files(path: &Path) -> Result<Vec<PathBuf>, SftError> {
     if !path.is_dir() {
         return Ok(vec![path.to_path_buf()]);
     }

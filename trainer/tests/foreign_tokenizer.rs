@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{losses, polylm, scratch, shared, text, TINY_MODEL};
+use common::{losses, polylm, run_sft, scratch, shared, text, TINY_MODEL};
 
 fn hub_bin() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/hub/bin")
@@ -27,41 +27,11 @@ fn sft_of_a_hub_checkpoint_with_its_own_tokenizer_json() {
     let train_file = dir.join("sft.jsonl");
     std::fs::write(&train_file, jsonl).unwrap();
     let out = dir.join("run");
-    let config = format!(
-        r#"
-[run]
-name = "foreign-sft"
-out_dir = {out:?}
-device = "cpu"
-[model]
-init_from = {hub:?}
-[tokenizer]
-path = {tok:?}
-[data]
-dir = "unused"
-[optim]
-lr = 3e-3
-warmup_steps = 1
-[train]
-steps = 6
-seq_len = 15
-micro_batch = 2
-[checkpoint]
-every = 6
-[eval]
-every = 6
-[log]
-progress = false
-[sft]
-train = {train_file:?}
-valid = {train_file:?}
-"#,
-        hub = hub_bin(),
-        tok = hub_bin().join("tokenizer.json"),
-    );
-    let cfg = dir.join("sft.toml");
-    std::fs::write(&cfg, config).unwrap();
-    let o = polylm(&["sft", "--config", cfg.to_str().unwrap()]);
+    let settings =
+        "[optim]\nlr = 3e-3\nwarmup_steps = 1\n[train]\nsteps = 6\nseq_len = 15\nmicro_batch = 2\n\
+                    [checkpoint]\nevery = 6\n[eval]\nevery = 6";
+    let tok = hub_bin().join("tokenizer.json");
+    let o = run_sft(&dir, "foreign-sft", &out, &hub_bin(), &tok, &train_file, settings);
     let log = text(&o);
     assert!(o.status.success(), "{log}");
     // The fixture's config ends sequences with id 63, its tokenizer's </s> is 2: the

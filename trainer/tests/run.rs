@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{losses, polylm, prepare_small, scratch, shared, text};
+use common::{losses, polylm, prepare_small, run_sft, scratch, shared, text};
 
 /// A tokenizer and prepared shards shared by the tests (three languages, a few dozen
 /// documents each), built once.
@@ -455,39 +455,10 @@ fn sft_trains_on_responses_and_generate_uses_the_template() {
     std::fs::write(&train_file, &jsonl).unwrap();
     let (tok, _) = prepared();
     let sft_out = dir.join("sft-run");
-    let config = format!(
-        r#"
-[run]
-name = "sft"
-out_dir = {sft_out:?}
-device = "cpu"
-[model]
-init_from = {:?}
-[tokenizer]
-path = {tok:?}
-[data]
-dir = "unused"
-[optim]
-lr = 1e-3
-[train]
-steps = 6
-seq_len = 32
-micro_batch = 2
-[checkpoint]
-every = 3
-[eval]
-every = 3
-[log]
-progress = false
-[sft]
-train = {train_file:?}
-valid = {train_file:?}
-"#,
-        base.join("checkpoints/step-00000004")
-    );
-    let cfg = dir.join("sft.toml");
-    std::fs::write(&cfg, config).unwrap();
-    let o = polylm(&["sft", "--config", cfg.to_str().unwrap()]);
+    let settings = "[optim]\nlr = 1e-3\n[train]\nsteps = 6\nseq_len = 32\nmicro_batch = 2\n\
+                    [checkpoint]\nevery = 3\n[eval]\nevery = 3";
+    let base_ckpt = base.join("checkpoints/step-00000004");
+    let o = run_sft(&dir, "sft", &sft_out, &base_ckpt, tok, &train_file, settings);
     let log = text(&o);
     assert!(o.status.success(), "{log}");
     let l = losses(&sft_out);
@@ -508,6 +479,7 @@ valid = {train_file:?}
     let valid_file = dir.join("valid-long.jsonl");
     std::fs::write(&valid_file, format!("{long}\n")).unwrap();
     let long_out = dir.join("sft-long");
+    let cfg = dir.join("sft.toml"); // written by `run_sft`
     let o = polylm(&[
         "sft",
         "--config",

@@ -18,7 +18,7 @@ use super::error::{DataError, Result};
 pub const UNKNOWN_SOURCE: &str = "unknown";
 
 /// The source name of bilingual pairs whose line names none.
-pub const PAIRS_SOURCE: &str = "pairs";
+const PAIRS_SOURCE: &str = "pairs";
 
 /// A document read from an input file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,13 +71,6 @@ fn parse_json_line<T: for<'de> Deserialize<'de>>(line: &str, path: &Path, no: us
         line: no,
         message: e.to_string(),
     })
-}
-
-/// Reads the documents of one input file (`.jsonl`/`.json`: JSON lines; anything else: blank-line
-/// separated paragraphs; `.gz` appended: gzip-compressed), at most `max_docs` of them.
-/// [`DocReader`] streams them instead.
-pub fn read_docs(path: &Path, max_docs: Option<usize>) -> Result<Vec<RawDoc>> {
-    DocReader::open(vec![path.to_path_buf()], max_docs)?.collect()
 }
 
 /// How an input file is read, by its name: `.jsonl` and `.json` are JSON lines, anything else

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use crate::tokenizer::RunTokenizer;
 
 use super::error::{DataError, Result};
-pub use super::input::{list_inputs, read_docs, DocReader, PairReader, RawDoc, UNKNOWN_SOURCE};
+use super::input::{list_inputs, DocReader, PairReader, RawDoc, UNKNOWN_SOURCE};
 use super::manifest::{Manifest, ShardInfo, TokenizerInfo, MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION};
 use super::shard::ShardWriter;
 

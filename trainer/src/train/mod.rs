@@ -133,8 +133,9 @@ pub fn sft(config: &RunConfig) -> Result<RunSummary> {
     })?;
     let tokenizer = setup::load_tokenizer(&config.tokenizer.path)?;
     let eos = sft_eos(config, &tokenizer)?;
-    let examples = sft::load_sft(&section.train)?;
-    let files = sft::sft_files(&section.train)?.len();
+    let groups = sft::load_sft_groups(&section.train)?;
+    let files = groups.len();
+    let examples: Vec<sft::SftExample> = groups.into_iter().flat_map(|(_, examples)| examples).collect();
     eprintln!(
         "sft data: {} examples from {}{}",
         examples.len(),

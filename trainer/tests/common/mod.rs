@@ -51,6 +51,28 @@ pub fn generate_instruct(ckpt: &Path, prompt: &str, max_new: usize) -> std::proc
     polylm(&all)
 }
 
+/// Runs `polylm sft` on the CPU with a config written to `dir/sft.toml`: the run `name` in `out`,
+/// fine-tuning the checkpoint `init_from` with `tokenizer` on `train_file` (also the validation
+/// data), with `settings` (the `[optim]`, `[train]`, `[checkpoint]` and `[eval]` sections).
+pub fn run_sft(
+    dir: &Path,
+    name: &str,
+    out: &Path,
+    init_from: &Path,
+    tokenizer: &Path,
+    train_file: &Path,
+    settings: &str,
+) -> std::process::Output {
+    let config = format!(
+        "[run]\nname = {name:?}\nout_dir = {out:?}\ndevice = \"cpu\"\n[model]\ninit_from = {init_from:?}\n\
+         [tokenizer]\npath = {tokenizer:?}\n[data]\ndir = \"unused\"\n{settings}\n[log]\nprogress = false\n\
+         [sft]\ntrain = {train_file:?}\nvalid = {train_file:?}\n"
+    );
+    let cfg = dir.join("sft.toml");
+    std::fs::write(&cfg, config).expect("writes the config");
+    polylm(&["sft", "--config", cfg.to_str().expect("a UTF-8 path")])
+}
+
 /// The `[model]` section of a one-layer `tiny` model with a context of 32 tokens.
 pub const TINY_MODEL: &str = "[model]\npreset = \"tiny\"\nlayers = 1\nhidden = 32\nheads = 2\ncontext = 32\n";
 
