@@ -70,6 +70,18 @@ impl Table {
         println!("{line}");
         let _ = writeln!(self.rows, "{line}");
     }
+    /// [`Table::add`] for a measurement that may have failed: a failure is a row of its own
+    /// (the kernel's error), and the rows after it are still measured.
+    fn add_result(&mut self, name: &str, shape: &str, ms: CudaResult<f64>, bytes: f64) {
+        match ms {
+            Ok(ms) => self.add(name, shape, ms, bytes),
+            Err(e) => {
+                let line = format!("| {name} | {shape} | failed: {e} | | | |");
+                println!("{line}");
+                let _ = writeln!(self.rows, "{line}");
+            }
+        }
+    }
     fn add_flops(&mut self, name: &str, shape: &str, ms: f64, flops: f64) {
         let line = format!("| {name} | {shape} | {ms:.3} | {:.1} TFLOP/s | | |", flops / ms / 1e9);
         println!("{line}");
@@ -121,21 +133,21 @@ fn bench_layernorm(
     let tag = format!("{kernel:?}").to_lowercase();
     let ms = dev.time_ms(ITERS, || {
         layernorm_forward_with(kernel, &x, None, &w, &b, 1e-5, HIDDEN, &mut out, &mut mean, &mut rstd)
-    })?;
-    t.add(&format!("layernorm forward ({tag})"), &shape, ms, 2.0 * e2 * n as f64);
+    });
+    t.add_result(&format!("layernorm forward ({tag})"), &shape, ms, 2.0 * e2 * n as f64);
     let ms = dev.time_ms(ITERS, || {
         let res = Some(ResidualAdd { residual: &r, sum_out: &mut sum });
         layernorm_forward_with(kernel, &x, res, &w, &b, 1e-5, HIDDEN, &mut out, &mut mean, &mut rstd)
-    })?;
-    t.add(&format!("layernorm forward + residual add ({tag})"), &shape, ms, 4.0 * e2 * n as f64);
+    });
+    t.add_result(&format!("layernorm forward + residual add ({tag})"), &shape, ms, 4.0 * e2 * n as f64);
     for (dres, name, bytes) in
         [(None, "layernorm backward", 3.0), (Some(&r), "layernorm backward + residual grad", 4.0)]
     {
         let ms = dev.time_ms(ITERS, || {
             let grads = LayerNormGrads { dx: &mut dx, dweight: &mut dw, dbias: &mut db, accumulate: false };
             layernorm_backward_with(kernel, &x, &w, &mean, &rstd, &dout, dres, HIDDEN, grads)
-        })?;
-        t.add(&format!("{name} ({tag})"), &shape, ms, bytes * e2 * n as f64);
+        });
+        t.add_result(&format!("{name} ({tag})"), &shape, ms, bytes * e2 * n as f64);
     }
     Ok(())
 }
@@ -192,8 +204,8 @@ fn run(dev: &Arc<CudaDevice>) -> CudaResult<String> {
                     CrossEntropyOutputs { loss: &mut loss, lse: &mut lse },
                     GradScale::Uniform(1.0 / rows as f32),
                 )
-            })?;
-            t.add(name, &format!("{rows}×{VOCAB} bf16"), ms, 2.0 * e2 * n as f64);
+            });
+            t.add_result(name, &format!("{rows}×{VOCAB} bf16"), ms, 2.0 * e2 * n as f64);
         }
     }
 

@@ -5,18 +5,18 @@
 #                                         # and the compiled kernels into gpu-bin/
 #   scripts/gpu-check.sh run [PART ...]   # on the GPU machine (with gpu-bin/ carried)
 #
-# `run` goes through the parts in the order of what the open issues need most: matmul (tests
-# and benchmark against cuBLAS), attention (tests, benchmark, PyTorch SDPA), kernels (tests and
-# bandwidths), engine (the whole model's ops three ways, the optimiser), trainer (PolyLM-1.7B
-# MFU, data-parallel overhead, NCCL, a training run), gate (the NVRTC gate with the machine's
-# NVRTC). Name parts to run only those (a second device call continues with what the first left).
+# `run` goes through the parts in the order of what the open issues need most: kernels (tests
+# and bandwidths), engine (the whole model's ops four ways, the optimiser), trainer (PolyLM-1.7B
+# MFU and its kernel profile, data-parallel overhead, NCCL, a training run), attention (tests,
+# benchmark, PyTorch SDPA), matmul (tests and benchmark against cuBLAS), gate (the NVRTC gate
+# with the machine's NVRTC). Name parts to run only those (a second device call continues with what the first left).
 # Every step's limit is cut to what is left before GPU_CHECK_DEADLINE seconds (default 540, for
 # a device call of 600 s); a step that no longer fits is written down as skipped, so the
 # results of the steps that ran always come back.
 #
 # `run` writes to $OUT (or ./gpu-out): results.md (card, date, each step's pass/fail or skip,
-# the benchmark tables) and the raw logs. docs/gpu-results.md records what it printed, with the
-# card and date.
+# the benchmark tables) and logs.tar.gz (the raw logs, tables and training metrics).
+# docs/gpu-results.md records what it printed, with the card and date.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -82,22 +82,46 @@ fits() {
     return 1
 }
 
-# Runs test binary $2 as entry $1 with a limit of $3 seconds, the kernels chosen by $4 (simple:
-# the defaults; tc: tensor-core matmul and flash attention; hopper: those with their Hopper
-# paths, the streamed layernorm and the one-read cross-entropy) and the test arguments after.
+# The POLYLM_GPU_* settings (as `env` takes them) of kernel set $1: default (none: the shipped
+# choice, tensor-core matmul and flash attention with their Hopper forward paths on sm_90, cached
+# layernorm, row cross-entropy), simple (the simple matmul and attention), tc (the portable
+# tensor-core kernels, no Hopper path), hopper (every Hopper path, the Hopper flash backward
+# too, the streamed layernorm, the one-read cluster cross-entropy), streamed and cluster (the
+# defaults with the streamed layernorm, with the cluster cross-entropy).
+kernel_env() {
+    case $1 in
+        default) echo "" ;;
+        simple) echo "POLYLM_GPU_MATMUL=simple POLYLM_GPU_ATTENTION=simple" ;;
+        tc) echo "POLYLM_GPU_MATMUL_HOPPER=0 POLYLM_GPU_FLASH_HOPPER=0" ;;
+        hopper) echo "POLYLM_GPU_FLASH_HOPPER=all POLYLM_GPU_LAYERNORM=streamed POLYLM_GPU_CROSS_ENTROPY=cluster" ;;
+        streamed) echo "POLYLM_GPU_LAYERNORM=streamed" ;;
+        cluster) echo "POLYLM_GPU_CROSS_ENTROPY=cluster" ;;
+        *) echo "unknown kernel set '$1'" >&2; return 2 ;;
+    esac
+}
+
+# Every POLYLM_GPU_* variable unset, so that a kernel set means the same whatever the caller's
+# environment holds.
+unset_kernel_env() {
+    local v
+    for v in MATMUL MATMUL_HOPPER ATTENTION FLASH_HOPPER LAYERNORM CROSS_ENTROPY; do
+        unset "POLYLM_GPU_$v"
+    done
+}
+
+# Runs test binary $2 as entry $1 with a limit of $3 seconds, the kernels chosen by set $4 (see
+# kernel_env) and the test arguments after.
 run_test() {
     local label=$1 bin=$2 limit=$3 mode=$4
     shift 4
     fits "$label" "$limit" || return 1
     limit=$(limit_for "$limit")
-    local log=${label/:/-} mm=simple attn=simple hop=0 ln=cached ce=rows
-    [ "$mode" != simple ] && mm=tc && attn=flash
-    [ "$mode" = hopper ] && hop=1 && ln=streamed && ce=cluster
+    local log=${label/:/-} envs
+    envs=$(kernel_env "$mode")
     echo "== $label"
     local ok=0 t0=$SECONDS
-    if POLYLM_GPU_MATMUL=$mm POLYLM_GPU_ATTENTION=$attn POLYLM_GPU_MATMUL_HOPPER=$hop \
-        POLYLM_GPU_FLASH_HOPPER=$hop POLYLM_GPU_LAYERNORM=$ln POLYLM_GPU_CROSS_ENTROPY=$ce \
-        timeout "$limit" "gpu-bin/$bin" --test-threads=4 --nocapture "$@" >"$out/$log.log" 2>&1; then
+    # shellcheck disable=SC2086
+    if env $envs timeout "$limit" "gpu-bin/$bin" --test-threads=4 --nocapture "$@" >"$out/$log.log" 2>&1; then
         echo "- \`$label\`: passed ($((SECONDS - t0)) s)" >>"$out/results.md"
     else
         local rc=$?
@@ -144,7 +168,9 @@ run_polylm() {
         envs+=("$1")
         shift
     done
-    env ${envs[@]+"${envs[@]}"} timeout "$(limit_for "$limit")" "$@" >"$out/$name.log" 2>&1
+    last_status=0
+    env ${envs[@]+"${envs[@]}"} timeout "$(limit_for "$limit")" "$@" >"$out/$name.log" 2>&1 || last_status=$?
+    return $last_status
 }
 
 # The kernel cache: the modules compiled by `build`, then whatever this machine's NVRTC still
@@ -168,8 +194,8 @@ part_cache() {
 kernel_part() {
     local ok=0
     { echo; echo "## $1"; echo; } >>"$out/results.md"
-    run_test "$2" "$2" 150 simple --skip hopper || ok=1
-    run_test "$2:hopper" "$2" 90 simple hopper || ok=1
+    run_test "$2" "$2" 150 tc --skip hopper || ok=1
+    run_test "$2:hopper" "$2" 90 default hopper || ok=1
     run_bench "$1" "$3" "$4" 200 || ok=1
     return $ok
 }
@@ -204,39 +230,42 @@ part_attention() {
 part_kernels() {
     local ok=0
     { echo; echo "## Kernels"; echo; } >>"$out/results.md"
-    run_test cuda_kernels cuda_kernels 180 simple || ok=1
+    run_test cuda_kernels cuda_kernels 180 default || ok=1
     run_bench "kernel bandwidths" cuda_kernels_bench kernels-bench 200 || ok=1
     return $ok
 }
 
-# The engine's ops and the tiny model on the GPU against the CPU: with every fast kernel
-# (hopper), the portable tensor-core ones (tc) and the defaults (simple); the optimiser.
+# The engine's ops and the tiny model on the GPU against the CPU: on the shipped kernels
+# (default), every Hopper path (hopper), the portable tensor-core ones (tc) and the simple ones
+# (simple); the optimiser.
 part_engine() {
     local ok=0
     { echo; echo "## Engine"; echo; } >>"$out/results.md"
+    run_test cuda_engine cuda_engine 120 default || ok=1
     run_test cuda_engine:hopper cuda_engine 120 hopper || ok=1
     run_test cuda_engine:tc cuda_engine 120 tc || ok=1
-    run_test cuda_engine cuda_engine 120 simple || ok=1
-    run_test cuda_optim cuda_optim 90 simple || ok=1
+    run_test cuda_engine:simple cuda_engine 120 simple || ok=1
+    run_test cuda_optim cuda_optim 90 default || ok=1
     return $ok
 }
 
-# Issue 9: `polylm bench` of PolyLM-1.7B on the fast kernels (tensor-core matmul and flash
-# attention with their Hopper paths, streamed layernorm, one-read cross-entropy), with the
-# data-parallel path's overhead over NCCL and a kernel-by-kernel profile; the NCCL tests and
-# all-reduce bandwidth at world size 1; a short quickstart run on the GPU; the same benchmarks
-# on the default kernels and the model benchmark last.
+# Issue 9: `polylm bench` of PolyLM-1.7B on the shipped kernels (tensor-core matmul and flash
+# attention with their Hopper paths), its kernel-by-kernel profile, four micro-batches per step,
+# the streamed layernorm and the cluster cross-entropy, the data-parallel path's overhead over NCCL;
+# the NCCL tests and all-reduce bandwidth at world size 1; a short quickstart run on the GPU;
+# the simple kernels and the model benchmark last.
 part_trainer() {
-    local ok=0 fast="POLYLM_GPU_MATMUL=tc POLYLM_GPU_ATTENTION=flash POLYLM_GPU_MATMUL_HOPPER=1"
-    fast="$fast POLYLM_GPU_FLASH_HOPPER=1 POLYLM_GPU_LAYERNORM=streamed POLYLM_GPU_CROSS_ENTROPY=cluster"
+    local ok=0
     { echo; echo "## polylm bench"; echo; } >>"$out/results.md"
-    # 4 micro-batches per step (32K tokens) spread the optimiser's fixed cost (about 12 ms for
-    # 1.7B parameters) as training does.
-    local runs=("fast|--preset polylm-1.7b --batch 4 --seq 2048 --recompute --steps 3 --ddp nccl"
-        "fast|--preset polylm-1.7b --batch 4 --accum 4 --seq 2048 --recompute --steps 2"
-        "fast|--preset polylm-1.7b --batch 4 --seq 2048 --steps 3"
-        "fast|--preset polylm-1.7b --batch 4 --seq 2048 --recompute --steps 2 --profile"
-        "fast|--preset small --batch 16 --seq 256 --ddp nccl")
+    # Batch 4 × 2048 without recomputation fits in 43 GB (an H100's 80 GB too); --accum spreads
+    # the optimiser's fixed cost (about 12 ms for 1.7B parameters) as training does.
+    local runs=("default|--preset polylm-1.7b --batch 4 --seq 2048 --steps 3"
+        "default|--preset polylm-1.7b --batch 4 --seq 2048 --steps 1 --profile"
+        "default|--preset polylm-1.7b --batch 4 --accum 4 --seq 2048 --steps 2"
+        "streamed|--preset polylm-1.7b --batch 4 --seq 2048 --steps 3"
+        "cluster|--preset polylm-1.7b --batch 4 --seq 2048 --steps 3"
+        "default|--preset polylm-1.7b --batch 4 --seq 2048 --recompute --steps 3 --ddp nccl"
+        "default|--preset small --batch 16 --seq 256 --ddp nccl")
     bench_runs "${runs[@]}" || ok=1
     run_test nccl nccl 60 simple || ok=1
     { echo; echo "## polylm bench-allreduce --backend nccl (world size 1)"; echo; } >>"$out/results.md"
@@ -260,23 +289,22 @@ part_trainer() {
         [ "$last_skipped" = 1 ] || echo "polylm train FAILED: $(tail -5 "$out/train.log")" >>"$out/results.md"
         ok=1
     fi
-    { echo; echo "## polylm bench on the default kernels"; echo; } >>"$out/results.md"
-    runs=("default|--preset small --batch 16 --seq 256 --ddp nccl"
-        "default|--preset polylm-1.7b --batch 4 --seq 2048 --recompute --steps 1 --profile")
+    { echo; echo "## polylm bench on the simple kernels"; echo; } >>"$out/results.md"
+    runs=("simple|--preset small --batch 16 --seq 256"
+        "simple|--preset polylm-1.7b --batch 4 --seq 2048 --steps 1")
     bench_runs "${runs[@]}" || ok=1
     run_bench "model benchmark" gpu_model_bench model 200 || ok=1
     return $ok
 }
 
-# Runs `polylm bench` for each "KERNELS|ARGS" given (KERNELS: default or fast, as in
-# part_trainer), one line of results.md each, the profile as a block.
+# Runs `polylm bench` for each "KERNELS|ARGS" given (KERNELS: a kernel set of kernel_env), one
+# line of results.md each, the profile as a block.
 bench_runs() {
     local ok=0 spec kernels args envs log
     for spec in "$@"; do
         kernels=${spec%%|*}
         args=${spec#*|}
-        envs=""
-        [ "$kernels" = fast ] && envs=$fast
+        envs=$(kernel_env "$kernels")
         bench_run=$((bench_run + 1))
         log="$out/polylm-bench-$bench_run.log"
         # shellcheck disable=SC2086
@@ -286,7 +314,9 @@ bench_runs() {
                 { echo; echo '```'; sed -n '/^profile (/,$p' "$log"; echo '```'; } >>"$out/results.md"
             fi
         else
-            [ "$last_skipped" = 1 ] || echo "- $kernels kernels, \`polylm bench $args\`: FAILED $(tail -3 "$log")" >>"$out/results.md"
+            local why=FAILED
+            [ "$last_status" = 124 ] && why="TIMED OUT"
+            [ "$last_skipped" = 1 ] || echo "- $kernels kernels, \`polylm bench $args\`: $why $(tail -3 "$log")" >>"$out/results.md"
             ok=1
         fi
     done
@@ -299,6 +329,16 @@ part_gate() {
     run_test nvrtc_gate nvrtc_gate 120 simple
 }
 
+# Packs everything under $out but results.md into logs.tar.gz: the device tool brings back
+# at most eight files.
+pack_logs() {
+    local files
+    files=$(cd "$out" && find . -maxdepth 1 -type f ! -name results.md ! -name logs.tar.gz -printf '%P\n')
+    [ -n "$files" ] || return 0
+    # shellcheck disable=SC2086
+    (cd "$out" && tar czf logs.tar.gz $files && rm -f $files)
+}
+
 # `run [PART ...]`: the parts named (cache is always first), else all of them in order.
 run() {
     out="${OUT:-gpu-out}"
@@ -306,10 +346,11 @@ run() {
     started=$SECONDS
     skipped=0
     last_skipped=0
+    last_status=0
     bench_run=0
     mkdir -p "$out"
     local parts=("$@")
-    [ ${#parts[@]} = 0 ] && parts=(matmul attention kernels engine trainer gate)
+    [ ${#parts[@]} = 0 ] && parts=(kernels engine trainer attention matmul gate)
     local part
     for part in "${parts[@]}"; do
         case $part in
@@ -326,6 +367,7 @@ run() {
         mkdir -p /tmp/polylm-nccl && ln -sf "$nccl_lib" /tmp/polylm-nccl/libnccl.so
         export LD_LIBRARY_PATH="/tmp/polylm-nccl:$LD_LIBRARY_PATH"
     fi
+    unset_kernel_env
     export POLYLM_KERNEL_CACHE=/tmp/polylm-kernel-cache
     export POLYLM_REQUIRE_NVRTC=1
     local card
@@ -345,6 +387,7 @@ run() {
     done
     echo >>"$out/results.md"
     echo "Finished in $((SECONDS - started)) s$([ $skipped = 1 ] && echo '; some steps were skipped for time')." >>"$out/results.md"
+    pack_logs
     cat "$out/results.md"
     return $status
 }

@@ -136,10 +136,10 @@ fn every_model_op_matches_the_cpu_on_the_gpu() {
     });
 }
 
-/// The fully connected layers in bf16 on the GPU against f32 on the CPU: with
-/// `POLYLM_GPU_MATMUL=tc` (gpu-check's second and third runs) the bias and GeLU are fused into
-/// the tensor-core product and the backward starts from the saved pre-activation; without it
-/// this is the composition of matmul, add and bias_gelu. Outputs and all three gradients
+/// The fully connected layers in bf16 on the GPU against f32 on the CPU: on the tensor-core
+/// product (the default; every gpu-check run but `simple`) the bias and GeLU are fused into its
+/// store and the backward starts from the saved pre-activation; with
+/// `POLYLM_GPU_MATMUL=simple` this is the composition of matmul, add and bias_gelu. Outputs and all three gradients
 /// (accumulated into gradients the inputs already hold) within bf16 tolerance.
 #[test]
 fn linear_layers_in_bf16_match_the_cpu() {
@@ -199,10 +199,10 @@ fn linear_layers_in_bf16_match_the_cpu() {
 
 /// Attention as a PolyLM block runs it, in bf16 on the GPU against f32 on the CPU: q, k, v as a
 /// permuted view of one `[batch, seq, 3, heads, head_dim]` projection (head dimension 64, a
-/// ragged length), the output transposed back to `[batch, seq, heads·head_dim]`. Under
-/// gpu-check's `tc` and `hopper` runs (`POLYLM_GPU_ATTENTION=flash`) the flash kernels read the
-/// projection in place, write the output token-major and the gradient into the projection's
-/// layout; otherwise the simple kernel runs on copies. Output and gradient within bf16
+/// ragged length), the output transposed back to `[batch, seq, heads·head_dim]`. On the flash
+/// kernels (the default; every gpu-check run but `simple`) they read the projection in place,
+/// write the output token-major and the gradient into the projection's layout; with
+/// `POLYLM_GPU_ATTENTION=simple` the simple kernel runs on copies. Output and gradient within bf16
 /// tolerance.
 #[test]
 fn attention_on_a_fused_projection_in_bf16_matches_the_cpu() {

@@ -1029,8 +1029,7 @@ fn an_mbarrier_wait_that_never_completes_fails_instead_of_hanging() {
     let output = child.wait_with_output().expect("the probe's output");
     let text =
         format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    let line =
-        text.lines().find(|l| l.starts_with("probe: ")).unwrap_or_else(|| panic!("no report:\n{text}"));
+    let line = probe_report(&text).unwrap_or_else(|| panic!("no report:\n{text}"));
     // The synchronisation reports the fault as an error, after the 4 s timeout and well before
     // a minute.
     assert!(line.starts_with("probe: Some("), "the wait completed or was not reported: {line}");
@@ -1038,4 +1037,20 @@ fn an_mbarrier_wait_that_never_completes_fails_instead_of_hanging() {
         line.rsplit(" after ").next().and_then(|s| s.trim_end_matches(" s").parse().ok()).expect(line);
     assert!((3.9..30.0).contains(&seconds), "failed after {seconds} s, expected about 4: {line}");
     println!("{line}");
+}
+
+/// The probe child's `probe: ...` report in its output. The harness prints `test NAME ... `
+/// before it on the same line (on the H200 the first version looked for the report at the
+/// start of a line and missed it).
+fn probe_report(text: &str) -> Option<&str> {
+    text.lines().find_map(|l| l.find("probe: ").map(|at| &l[at..]))
+}
+
+#[test]
+fn the_probe_report_is_found_after_the_harness_prefix() {
+    let text =
+        "\nrunning 1 test\ntest an_mbarrier_wait ... probe: Some(\"illegal address\") after 4.15 s\nok\n";
+    assert_eq!(probe_report(text), Some("probe: Some(\"illegal address\") after 4.15 s"));
+    assert_eq!(probe_report("probe: None after 0.01 s\n"), Some("probe: None after 0.01 s"));
+    assert_eq!(probe_report("running 1 test\nok\n"), None);
 }

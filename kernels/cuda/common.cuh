@@ -206,6 +206,18 @@ __device__ __forceinline__ void store4(T* p, const float* in) {
     }
 }
 
+/// Adds `a` and `b` atomically to the f32 pair at `p` (a global address, 8-byte aligned): one
+/// vector reduction on sm_90 and later (`red.global.add.v2.f32`: half the L2 atomic operations
+/// of flash attention's dQ accumulation), two scalar atomics before.
+__device__ __forceinline__ void atomic_add_f32x2(float* p, float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(POLYLM_HOST_EMULATION)
+    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(p), "f"(a), "f"(b) : "memory");
+#else
+    atomicAdd(p, a);
+    atomicAdd(p + 1, b);
+#endif
+}
+
 /// Instantiates `MACRO(T, suffix)` for the three storage types.
 #define FOR_EACH_DTYPE(MACRO) MACRO(float, f32) MACRO(bf16, bf16) MACRO(f16, f16)
 

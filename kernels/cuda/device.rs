@@ -343,9 +343,15 @@ impl CudaDevice {
         Ok(p.rows())
     }
 
-    /// Sets the dynamic shared memory a kernel may use above the default 48 KiB.
+    /// Lets `f` launch with `bytes` of dynamic shared memory: a block may hold 48 KiB of shared
+    /// memory, static and dynamic together, unless the kernel opts in to more. (The static part
+    /// counts: the streamed layernorm's 48 KiB ring beside its reduction scratch was refused
+    /// with `CUDA_ERROR_INVALID_VALUE` on an H200 before it did.)
     pub(crate) fn allow_shared_memory(&self, f: &CudaFunction, bytes: u32) -> CudaResult<()> {
-        if bytes <= 48 * 1024 {
+        let static_bytes = f
+            .get_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
+            .map_err(CudaError::driver("reading a kernel's static shared memory"))?;
+        if !needs_shared_opt_in(bytes, static_bytes.max(0) as u32) {
             return Ok(());
         }
         f.set_attribute(
@@ -513,4 +519,30 @@ pub(crate) fn rows_of(op: &'static str, what: &str, n: usize, cols: usize) -> Cu
         return Err(CudaError::invalid(op, format!("{what} of {n} elements is not whole rows of {cols}")));
     }
     Ok(n / cols)
+}
+
+/// The shared memory a block may use without opting in: static and dynamic together.
+const DEFAULT_SHARED_LIMIT: u32 = 48 * 1024;
+
+/// Whether a launch with `dynamic` bytes of dynamic shared memory, in a kernel that declares
+/// `static_bytes` itself, must first raise the kernel's dynamic limit.
+fn needs_shared_opt_in(dynamic: u32, static_bytes: u32) -> bool {
+    dynamic > 0 && dynamic.saturating_add(static_bytes) > DEFAULT_SHARED_LIMIT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::needs_shared_opt_in;
+
+    #[test]
+    fn static_shared_memory_counts_toward_the_opt_in() {
+        // The streamed layernorm with a residual at 2048 bf16 columns: a 48 KiB ring beside its
+        // reduction scratch.
+        assert!(needs_shared_opt_in(48 * 1024, 256));
+        assert!(!needs_shared_opt_in(48 * 1024, 0));
+        assert!(!needs_shared_opt_in(24 * 1024, 256));
+        assert!(needs_shared_opt_in(160 * 1024, 0));
+        // No dynamic memory: nothing to raise, whatever the kernel declares.
+        assert!(!needs_shared_opt_in(0, 48 * 1024));
+    }
 }

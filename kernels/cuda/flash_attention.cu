@@ -520,14 +520,8 @@ __device__ __forceinline__ void flash_bwd(FlashDims a, const T* __restrict__ q, 
 #pragma unroll
                 for (int nt = 0; nt < 4; nt++) {
                     const int col = dc * 32 + nt * 8 + 2 * t4;
-                    if (qr < T_) {
-                        atomicAdd(acc0 + col, c[nt][0]);
-                        atomicAdd(acc0 + col + 1, c[nt][1]);
-                    }
-                    if (qr + 8 < T_) {
-                        atomicAdd(acc1 + col, c[nt][2]);
-                        atomicAdd(acc1 + col + 1, c[nt][3]);
-                    }
+                    if (qr < T_) atomic_add_f32x2(acc0 + col, c[nt][0], c[nt][1]);
+                    if (qr + 8 < T_) atomic_add_f32x2(acc1 + col, c[nt][2], c[nt][3]);
                 }
             }
         }

@@ -15,10 +15,13 @@
 //! Only bf16 and f16 storage with head dimension 64 or 128 run here ([`supports`]); other cases
 //! get a [`CudaError::Invalid`], and the caller keeps the simple kernel for them.
 //!
-//! The forward has a second kernel for Hopper, [`super::flash_attention_hopper`] (`wgmma`, TMA,
-//! warp specialisation; the backward has none and stays here). [`forward`] picks it on a
-//! compute-capability-9.0 device **only when `POLYLM_GPU_FLASH_HOPPER=1`**, because it has not yet
-//! run on a GPU; [`forward_with`] forces either kernel (tests and benchmarks do).
+//! Forward and backward have second kernels for Hopper, [`super::flash_attention_hopper`]
+//! (`wgmma`, TMA, warp specialisation). On a compute-capability-9.0 device [`forward`] runs the
+//! Hopper forward and [`backward`] the portable backward by default, the pair that measured
+//! fastest on an H200 (docs/gpu-results.md, 2026-11-30: the Hopper forward 1.3-1.6 times the
+//! portable one, the Hopper backward no faster at 2048 and slower from 4096);
+//! `POLYLM_GPU_FLASH_HOPPER` changes that ([`HOPPER_ENV`]). [`forward_with`] and
+//! [`backward_with`] force either kernel (tests and benchmarks do).
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
@@ -160,7 +163,7 @@ fn tiles_grid(
 /// Which forward kernel [`forward_with`] runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ForwardKernel {
-    /// The Hopper kernel on a compute-capability-9.0 device when `POLYLM_GPU_FLASH_HOPPER=1`,
+    /// The Hopper kernel on a compute-capability-9.0 device unless `POLYLM_GPU_FLASH_HOPPER=0`,
     /// else the portable one (what [`forward`] does).
     Auto,
     /// The portable `mma.sync` kernel of this module, on any device.
@@ -169,15 +172,26 @@ pub enum ForwardKernel {
     Hopper,
 }
 
-/// Whether `POLYLM_GPU_FLASH_HOPPER=1` asks [`forward`] for the Hopper kernel (off by default
-/// until it has passed its tests on a GPU).
-pub fn hopper_requested() -> bool {
-    super::device::env_is("POLYLM_GPU_FLASH_HOPPER", "1")
+/// The environment variable that picks the kernels on a compute-capability-9.0 device: unset
+/// or `forward`, the Hopper forward and the portable backward (the default); `1` or `all`, both
+/// Hopper kernels; `0`, both portable.
+pub const HOPPER_ENV: &str = "POLYLM_GPU_FLASH_HOPPER";
+
+/// Whether [`HOPPER_ENV`] lets the automatic choice run the Hopper kernel of the `backward`
+/// pass (or of the forward) on a device that has it.
+pub fn hopper_requested(backward: bool) -> bool {
+    use super::device::env_is;
+    if backward {
+        env_is(HOPPER_ENV, "1") || env_is(HOPPER_ENV, "all")
+    } else {
+        !env_is(HOPPER_ENV, "0")
+    }
 }
 
 /// Forward: writes `out = softmax(scale·q·kᵀ + mask)·v` and the per-row log-sum-exp `lse` of the
-/// scaled scores (`[batch, heads, seq]`, f32), which [`backward`] needs. Runs the portable kernel,
-/// or the Hopper one on an sm_90 device when `POLYLM_GPU_FLASH_HOPPER=1` ([`ForwardKernel::Auto`]).
+/// scaled scores (`[batch, heads, seq]`, f32), which [`backward`] needs. Runs the Hopper kernel on
+/// an sm_90 device unless `POLYLM_GPU_FLASH_HOPPER=0`, else the portable one
+/// ([`ForwardKernel::Auto`]).
 ///
 /// Errors with [`CudaError::Invalid`] when the shape is unsupported ([`FlashShape::validate`])
 /// or a buffer is shorter than the shape needs.
@@ -233,7 +247,7 @@ pub fn forward_strided<T: FloatElem>(
         ForwardKernel::Portable => Some(false),
         ForwardKernel::Hopper => Some(true),
     };
-    if uses_hopper(OP, &dev, forced)? {
+    if uses_hopper(OP, &dev, forced, false)? {
         return super::flash_attention_hopper::forward::<T>(&dev, &ops, shape, lse);
     }
     let shared = forward_shared_bytes(shape.head_dim);
@@ -247,18 +261,19 @@ pub fn forward_strided<T: FloatElem>(
     dev.launch(args, cfg, "launching flash_fwd")
 }
 
-/// Whether a call runs the Hopper kernels: as `forced` says (an error for `Some(true)` on a
-/// device other than compute capability 9.0), else when `POLYLM_GPU_FLASH_HOPPER=1` on such a
-/// device.
+/// Whether a call (of the `backward` pass, or the forward) runs the Hopper kernel: as `forced`
+/// says (an error for `Some(true)` on a device other than compute capability 9.0), else as
+/// [`hopper_requested`] says on such a device.
 fn uses_hopper(
     op: &'static str,
     dev: &std::sync::Arc<super::CudaDevice>,
     forced: Option<bool>,
+    backward: bool,
 ) -> CudaResult<bool> {
     match forced {
         Some(true) => super::flash_attention_hopper::require_hopper(op, dev).map(|()| true),
         Some(false) => Ok(false),
-        None => Ok(hopper_requested() && super::flash_attention_hopper::runs_on(dev)),
+        None => Ok(hopper_requested(backward) && super::flash_attention_hopper::runs_on(dev)),
     }
 }
 
@@ -268,8 +283,8 @@ pub type FlashGrads<'a, T> = super::attention::AttentionGrads<'a, T>;
 /// Which kernel [`backward_with`] runs between the shared pre-pass and dQ kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackwardKernel {
-    /// The Hopper kernel on a compute-capability-9.0 device when `POLYLM_GPU_FLASH_HOPPER=1`,
-    /// else the portable one (what [`backward`] does).
+    /// The Hopper kernel on a compute-capability-9.0 device when `POLYLM_GPU_FLASH_HOPPER=1`
+    /// (or `all`), else the portable one (what [`backward`] does).
     Auto,
     /// The portable `mma.sync` kernel of this module, on any device.
     Portable,
@@ -282,7 +297,7 @@ pub enum BackwardKernel {
 /// output gradient `dout`. The probabilities are recomputed tile by tile from `lse`; the only
 /// workspace is an f32 dQ accumulator of the size of `q` and the `[batch, heads, seq]` row dots.
 /// Runs the portable kernel, or the Hopper one on an sm_90 device when
-/// `POLYLM_GPU_FLASH_HOPPER=1` ([`BackwardKernel::Auto`]).
+/// `POLYLM_GPU_FLASH_HOPPER=1` or `all` ([`BackwardKernel::Auto`]).
 ///
 /// Errors like [`forward`].
 #[allow(clippy::too_many_arguments)]
@@ -392,7 +407,7 @@ fn backward_operands<T: FloatElem>(
 ) -> CudaResult<()> {
     const OP: &str = "flash_attention_backward";
     check_len(OP, "lse", lse, shape.lse_len())?;
-    let hopper = uses_hopper(OP, dev, forced_hopper)?;
+    let hopper = uses_hopper(OP, dev, forced_hopper, true)?;
     let rows = shape.lse_len();
     let n = shape.qkv_len();
     let dq_acc = dev.alloc::<f32>(n)?;

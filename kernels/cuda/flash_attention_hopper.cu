@@ -648,10 +648,7 @@ __device__ __forceinline__ void flash_bwd_hopper(FlashDims a, const FhTensorMap*
                 if (q >= T_) continue;
                 float* row = dq_acc + ((i64)bh * T_ + q) * D + hf * 64 + 2 * t4;
 #pragma unroll
-                for (int j = 0; j < 8; j++) {
-                    atomicAdd(row + 8 * j, dq[4 * j + 2 * r]);
-                    atomicAdd(row + 8 * j + 1, dq[4 * j + 2 * r + 1]);
-                }
+                for (int j = 0; j < 8; j++) atomic_add_f32x2(row + 8 * j, dq[4 * j + 2 * r], dq[4 * j + 2 * r + 1]);
             }
         }
         // Every wgmma reading this stage of Q and dO has completed: release it.

@@ -23,9 +23,9 @@
 //! On Hopper (H100, H200: sm_90, compiled as sm_90a) there is a second path,
 //! [`super::matmul_wgmma`]: `wgmma` fed by TMA through an mbarrier ring, warp-specialised, with
 //! 128×128 and 128×256 tiles ([`Tile::Hopper128x128`], [`Tile::Hopper128x256`]) for views TMA
-//! can read (unit innermost stride, 16-byte aligned base and strides). It has **not yet run on a
-//! GPU**, so [`gemm_tc`] picks it only when `POLYLM_GPU_MATMUL_HOPPER=1` is set (then for every
-//! eligible product on an sm_90 device, the tile by [`super::matmul_wgmma::choose_hopper_tile`]);
+//! can read (unit innermost stride, 16-byte aligned base and strides). [`gemm_tc`] picks it for
+//! every eligible product on an sm_90 device (the tile by
+//! [`super::matmul_wgmma::choose_hopper_tile`]) unless `POLYLM_GPU_MATMUL_HOPPER=0`;
 //! [`gemm_tc_with`] with a Hopper tile forces it (the tests and the benchmark do).
 //!
 //! [`bias_grad`] sums the columns of `dY` (the bias gradient) deterministically. [`CublasGemm`]
@@ -236,7 +236,7 @@ fn fast_path_ok<T: FloatElem>(v: &MatView<'_, T>, unit_is_col: bool, batch: usiz
 }
 
 /// `C[b] = act(alpha·A[b]·B[b] + bias) + beta·C[b]` on tensor cores, the tile chosen by
-/// [`choose_tile`] (or, with `POLYLM_GPU_MATMUL_HOPPER=1` on sm_90, the Hopper path); see the
+/// [`choose_tile`] (or on sm_90, unless `POLYLM_GPU_MATMUL_HOPPER=0`, the Hopper path); see the
 /// module documentation. `c` is row-major `m × n` per batch entry.
 pub fn gemm_tc<T: TensorCoreElem, O: FloatElem>(
     dims: GemmDims,

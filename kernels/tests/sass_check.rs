@@ -9,6 +9,8 @@
 //!   batch, head and row strides): the TMA tensor loads;
 //! - `SYNCS`: the mbarrier operations (arrive with a transaction count, waits);
 //! - `USETMAXREG`: the producer/consumer register rebalancing;
+//! - `REDG.E.ADD.F32x2` (the flash attention backward): dQ added to its f32 accumulator by
+//!   pairs, never by single values;
 //!
 //! and no local-memory traffic (`LDL`/`STL`: spills or stack arrays would show there). It also
 //! reads the one-read cross-entropy (`kernels/cuda/cross_entropy.cu`, sm_90) for its bulk
@@ -227,13 +229,23 @@ fn hopper_flash_attention_sass_has_hgmma_and_tma() {
         check_pipeline(name, body, "UTMALDG.4D", &mut failures);
     }
     // The backward: Sᵀ and dPᵀ read K-major operands, dV/dK an N-major B with A in registers,
-    // dQ an M-major A (the dSᵀ rows) and an N-major B.
+    // dQ an M-major A (the dSᵀ rows) and an N-major B, added into the f32 accumulator by pairs.
     for name in ["bf16", "f16"].iter().flat_map(|t| [64, 128].map(|d| format!("flash_bwd_hopper_{t}_d{d}"))) {
         let Some(body) = kernel_body(&kernels, &name, &mut failures) else { continue };
         let hgmma =
             |needle: &str| body.lines().filter(|l| l.contains("HGMMA.") && l.contains(needle)).count();
         let (all, tnsp_a, tnsp_b) = (hgmma(""), hgmma(".tnspA"), hgmma(".tnspB"));
-        println!("{name:<26} {all:>3}× HGMMA ({tnsp_a} with tnspA, {tnsp_b} with tnspB)");
+        // dQ is accumulated by pairs: vector reductions only (`REDG.E.ADD.F32x2`).
+        let reductions =
+            |needle: &str| body.lines().filter(|l| l.contains("REDG.") && l.contains(needle)).count();
+        let (pairs, all_red) = (reductions(".ADD.F32x2"), reductions(".ADD.F32"));
+        println!(
+            "{name:<26} {all:>3}× HGMMA ({tnsp_a} with tnspA, {tnsp_b} with tnspB), {pairs}× REDG.ADD.F32x2"
+        );
+        if pairs == 0 || pairs != all_red {
+            failures
+                .push(format!("{name}: {all_red} f32 reductions, {pairs} of them pairs (want pairs only)"));
+        }
         if tnsp_a == 0 || tnsp_b <= tnsp_a || tnsp_b == all {
             failures.push(format!("{name}: {all} HGMMA, {tnsp_a} tnspA, {tnsp_b} tnspB (want K-major, N-major and M-major reads)"));
         }

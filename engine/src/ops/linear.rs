@@ -1,8 +1,8 @@
 //! Fully connected layers over the last axis: `x·w + b` ([`Tensor::linear`]) and
 //! `gelu(x·w + b)` ([`Tensor::linear_gelu`]).
 //!
-//! Where the product runs on the GPU's tensor-core kernel (bf16/f16 with
-//! `POLYLM_GPU_MATMUL=tc`), the bias, and the GeLU with its pre-activation saved for the
+//! Where the product runs on the GPU's tensor-core kernel (bf16/f16, unless
+//! `POLYLM_GPU_MATMUL=simple`), the bias, and the GeLU with its pre-activation saved for the
 //! backward pass, are fused into the product's store: one pass over the output instead of
 //! two or three. Everywhere else a layer is the composition `x.matmul(w)?.add(b)` (or
 //! `.bias_gelu(b)`), so the CPU results are those of the separate ops, bit for bit. The
@@ -122,7 +122,7 @@ mod gpu {
 
     /// `x·w + b` (and its GeLU, with the pre-activation when asked) in one product with the
     /// epilogue fused, or `None` when the tensor-core path does not take it (the CPU, f32,
-    /// `POLYLM_GPU_MATMUL` not `tc`, a strided `x`, an empty product).
+    /// `POLYLM_GPU_MATMUL=simple`, a strided `x`, an empty product).
     pub(super) fn fused(
         x: &Tensor,
         w: &Tensor,

@@ -304,7 +304,8 @@ impl Tensor {
     }
 }
 
-/// Whether bf16/f16 products on a GPU run on the tensor-core kernel (`POLYLM_GPU_MATMUL=tc`).
+/// Whether bf16/f16 products on a GPU run on the tensor-core kernel (unless
+/// `POLYLM_GPU_MATMUL=simple`).
 pub(super) fn tensor_cores() -> bool {
     gpu::tensor_cores()
 }
@@ -324,12 +325,12 @@ mod gpu {
     use crate::layout::Layout;
     use crate::{Result, Tensor};
 
-    /// Whether bf16/f16 products run on the tensor-core kernel (`matmul_tc`) rather than the
-    /// simple tiled one: `POLYLM_GPU_MATMUL=tc` turns it on. It stays off by default until
-    /// the tensor-core kernel has passed its GPU tests (see docs/gpu-results.md).
+    /// Whether bf16/f16 products run on the tensor-core kernel (`matmul_tc`, which passed its
+    /// tests on an H200, docs/gpu-results.md) rather than the simple tiled one: yes unless
+    /// `POLYLM_GPU_MATMUL=simple`.
     pub(super) fn tensor_cores() -> bool {
         static ON: OnceLock<bool> = OnceLock::new();
-        *ON.get_or_init(|| std::env::var("POLYLM_GPU_MATMUL").is_ok_and(|v| v == "tc"))
+        *ON.get_or_init(|| std::env::var("POLYLM_GPU_MATMUL").map_or(true, |v| v != "simple"))
     }
 
     /// The product kernel of each element type.

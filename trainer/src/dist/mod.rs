@@ -9,8 +9,8 @@
 //!   all-gather of f32 tensors (gradient buckets), which NCCL runs on the GPU where they lie
 //!   and the TCP backend through the host ([`tensor`]). Two backends implement it:
 //!   [`tcp::TcpCollective`] (CPU, over TCP; deterministic: every rank gets bit-identical
-//!   sums, added in rank order) and [`nccl::NcclCollective`] (NCCL through cudarc; **compiled
-//!   but not yet run on a GPU**).
+//!   sums, added in rank order) and [`nccl::NcclCollective`] (NCCL through cudarc; run on one
+//!   GPU only so far, see its module).
 //! - [`rendezvous`] connects the ranks: rank 0 listens on `MASTER_ADDR:MASTER_PORT`, the others
 //!   connect with retries, every wait has a deadline, and a rank that never arrives is named in
 //!   the error. Rank 0 hands every rank a payload (the NCCL unique id).

@@ -1,6 +1,6 @@
 //! The GPU paths of causal attention: the simple kernel on dense copies, or flash attention for
-//! bf16/f16 with head dimension 64 or 128 when `POLYLM_GPU_ATTENTION=flash` (off by default
-//! until the flash kernels have passed their GPU tests; see docs/gpu-results.md).
+//! bf16/f16 with head dimension 64 or 128 (the default; `POLYLM_GPU_ATTENTION=simple` keeps the
+//! simple kernel; the flash kernels passed their tests on an H200, see docs/gpu-results.md).
 //!
 //! Flash attention reads its operands where they lie: `q`, `k`, `v`, the saved output and the
 //! output gradient are passed at their own strides whenever the kernels can take them (16-byte
@@ -42,7 +42,7 @@ fn simple_shape(dims: AttentionDims, scale: f64) -> AttentionShape {
 pub(super) fn use_flash<T: GpuElem>(dims: AttentionDims) -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     dims.qkv_len() > 0
-        && *ON.get_or_init(|| std::env::var("POLYLM_GPU_ATTENTION").is_ok_and(|v| v == "flash"))
+        && *ON.get_or_init(|| std::env::var("POLYLM_GPU_ATTENTION").map_or(true, |v| v != "simple"))
         && flash::supports::<T>(dims.head_dim)
 }
 
