@@ -12,6 +12,11 @@
 //! products of random factors, generated on the device), never constants. Each product is
 //! timed with CUDA events over several runs after a warm-up. Set `POLYLM_BENCH_OUT=path` to
 //! also write the table as Markdown.
+//!
+//! On sm_90 a second table takes the Hopper path apart at each shape: the other Hopper tile,
+//! and the chosen tile with no epilogue at all (`Epilogue::Discard`), so that the difference
+//! is what storing the tile costs. (On the H200, 2026-11-30, the Hopper path fell furthest
+//! behind cuBLAS where K is short, as if each tile paid a fixed cost of some 16 K slices.)
 
 mod common;
 
@@ -58,6 +63,8 @@ struct Bench {
     dev: Arc<CudaDevice>,
     blas: Option<CublasGemm>,
     rows: String,
+    /// The Hopper diagnostics table's rows.
+    hopper_rows: String,
 }
 
 /// Milliseconds and TFLOP/s cells of one timing.
@@ -77,10 +84,13 @@ fn ratio(ours: &Result<f64, String>, theirs: &Result<f64, String>) -> String {
 }
 
 impl Bench {
-    /// Times our kernel with `tile` (the tile that ran is returned with the time).
+    /// Times our kernel with `tile`, storing nothing when `discard` (the main loop alone); the
+    /// tile that ran is returned with the time.
+    #[allow(clippy::too_many_arguments)]
     fn ours<O: FloatElem>(
         &self,
         tile: Tile,
+        discard: bool,
         iters: usize,
         dims: GemmDims,
         a: MatView<'_, bf16>,
@@ -89,7 +99,8 @@ impl Bench {
     ) -> (Result<f64, String>, String) {
         let mut used = None;
         let ms = self.dev.time_ms(iters, || {
-            used = Some(gemm_tc_with(Some(tile), dims, a, b, c, Epilogue::None)?);
+            let epilogue = if discard { Epilogue::Discard } else { Epilogue::None };
+            used = Some(gemm_tc_with(Some(tile), dims, a, b, c, epilogue)?);
             Ok(())
         });
         (ms.map_err(|e| e.to_string()), used.map_or("-".to_string(), |t| format!("{t:?}")))
@@ -109,10 +120,10 @@ impl Bench {
         let iters = ((1e14 / flops) as usize).clamp(3, 20);
         let sms = self.dev.multiprocessors();
         let portable_tile = choose_tile(sms, dims.m, dims.n, dims.batch);
-        let (portable, portable_used) = self.ours(portable_tile, iters, dims, a, b, c);
+        let (portable, portable_used) = self.ours(portable_tile, false, iters, dims, a, b, c);
+        let hopper_tile = choose_hopper_tile(sms, dims.m, dims.n, dims.batch);
         let (hopper, hopper_used) = if device_supported(&self.dev) {
-            let tile = choose_hopper_tile(sms, dims.m, dims.n, dims.batch);
-            self.ours(tile, iters, dims, a, b, c)
+            self.ours(hopper_tile, false, iters, dims, a, b, c)
         } else {
             (Err("not sm_90".to_string()), "-".to_string())
         };
@@ -132,6 +143,41 @@ impl Bench {
         );
         println!("{line}");
         let _ = writeln!(self.rows, "{line}");
+        if device_supported(&self.dev) {
+            self.hopper_diagnostics(label, hopper_tile, &hopper, iters, dims, (a, b), c);
+        }
+    }
+
+    /// The Hopper diagnostics row of one shape: `chosen` (which ran in `chosen_ms`) against the
+    /// other Hopper tile and against itself with nothing stored.
+    #[allow(clippy::too_many_arguments)]
+    fn hopper_diagnostics<O: FloatElem>(
+        &mut self,
+        label: &str,
+        chosen: Tile,
+        chosen_ms: &Result<f64, String>,
+        iters: usize,
+        dims: GemmDims,
+        (a, b): (MatView<'_, bf16>, MatView<'_, bf16>),
+        c: &mut DeviceBuf<O>,
+    ) {
+        let flops = 2.0 * (dims.m * dims.n * dims.k * dims.batch) as f64;
+        let other = if chosen == Tile::Hopper128x256 { Tile::Hopper128x128 } else { Tile::Hopper128x256 };
+        let (other_ms, _) = self.ours(other, false, iters, dims, a, b, c);
+        let (bare_ms, _) = self.ours(chosen, true, iters, dims, a, b, c);
+        let (c_ms, c_tf) = cells(chosen_ms, flops);
+        let (o_ms, o_tf) = cells(&other_ms, flops);
+        let (b_ms, b_tf) = cells(&bare_ms, flops);
+        let store = match (chosen_ms, &bare_ms) {
+            (Ok(with), Ok(without)) => format!("{:.0}%", 100.0 * (with - without) / with),
+            _ => "-".into(),
+        };
+        let line = format!(
+            "| {label} | {}×{}×{} | {chosen:?} | {c_ms} | {c_tf} | {other:?} | {o_ms} | {o_tf} | {b_ms} | {b_tf} | {store} |",
+            dims.m, dims.n, dims.k
+        );
+        println!("{line}");
+        let _ = writeln!(self.hopper_rows, "{line}");
     }
 }
 
@@ -155,7 +201,7 @@ fn run(dev: &Arc<CudaDevice>) -> CudaResult<String> {
             None
         }
     };
-    let mut bench = Bench { dev: Arc::clone(dev), blas, rows: String::new() };
+    let mut bench = Bench { dev: Arc::clone(dev), blas, rows: String::new(), hopper_rows: String::new() };
     let a = dev.arch();
     println!("device: {} (sm_{}{}), {} SMs", dev.name(), a.major, a.minor, dev.multiprocessors());
     let header =
@@ -210,7 +256,18 @@ fn run(dev: &Arc<CudaDevice>) -> CudaResult<String> {
             bench.case(&format!("{name} dW = Xᵀ·dY"), dims, xv.t(), dyv, &mut dw);
         }
     }
-    Ok(format!("device: {}\n\n{header}\n{}", dev.name(), bench.rows))
+    let mut md = format!("device: {}\n\n{header}\n{}", dev.name(), bench.rows);
+    if !bench.hopper_rows.is_empty() {
+        let _ = write!(
+            md,
+            "\nThe Hopper path taken apart (no epilogue: the product computed, nothing stored; \
+             store share: the time the stores add):\n\n\
+             | product | M×N×K | tile | ms | TFLOP/s | other tile | ms | TFLOP/s | no epilogue ms | TFLOP/s | store share |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|\n{}",
+            bench.hopper_rows
+        );
+    }
+    Ok(md)
 }
 
 fn main() {

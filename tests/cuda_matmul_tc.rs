@@ -479,3 +479,26 @@ fn bad_shapes_are_errors_not_panics() {
         assert!(gemm_tc_with(hopper, dims, av, bv, &mut c, Epilogue::None).is_err());
     }
 }
+
+/// `Epilogue::Discard` (the benchmark's main-loop-only timing) computes the product and stores
+/// nothing: a poisoned output stays poisoned on every kernel, the Hopper ones included.
+#[test]
+fn discard_stores_nothing() {
+    let Some(dev) = device("gemm_tc discard") else { return };
+    let mut rng = Rng::new(23);
+    let (m, n, k) = (200, 136, 72);
+    let a = upload::<bf16>(&dev, &random_exact::<bf16>(&mut rng, m * k, 1.0));
+    let b = upload::<bf16>(&dev, &random_exact::<bf16>(&mut rng, k * n, 1.0));
+    let mut tiles = vec![Tile::Large128x128, Tile::Small64x64, Tile::Generic64x64];
+    if matmul_wgmma::device_supported(&dev) {
+        tiles.extend([Tile::Hopper128x128, Tile::Hopper128x256]);
+    }
+    for tile in tiles {
+        let mut c = poisoned::<bf16>(&dev, m * n);
+        let dims = GemmDims { m, n, k, batch: 1, alpha: 1.0, beta: 0.0 };
+        let (av, bv) = (MatView::row_major(&a, m, k), MatView::row_major(&b, k, n));
+        gemm_tc_with(Some(tile), dims, av, bv, &mut c, Epilogue::Discard).expect("gemm_tc discard");
+        let values = dev.download(&c).expect("download");
+        assert!(values.iter().all(|v| v.to_bits() == 0xFFFF), "{tile:?} wrote into C");
+    }
+}

@@ -299,6 +299,7 @@ template <> __device__ __forceinline__ u32 pack2<f16>(float lo, float hi) {
 #define GEMM_FLAG_GELU 2
 #define GEMM_FLAG_PRE 4
 #define GEMM_FLAG_VEC 8
+#define GEMM_FLAG_DISCARD 16  // no epilogue at all: times the main loop alone (benchmarks)
 
 /// Stores v0 at p[0] and, if `both`, v1 at p[1]; as one 8- or 4-byte store when `vec`.
 template <class O>

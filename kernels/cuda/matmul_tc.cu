@@ -129,6 +129,7 @@ __device__ __forceinline__ void load_tile_generic(unsigned short* dst, const T* 
 template <class O, int MT, int NT>
 __device__ __forceinline__ void epilogue_tile(const TcShape& s, void* Cv, void* prev, const void* biasv, i64 row0,
                                               i64 col0, const float (&acc)[MT][NT][4]) {
+    if (s.flags & GEMM_FLAG_DISCARD) return;
     const i64 bz = blockIdx.z;
     O* C = reinterpret_cast<O*>(Cv) + bz * s.c_bs;
     O* pre = prev ? reinterpret_cast<O*>(prev) + bz * s.c_bs : nullptr;

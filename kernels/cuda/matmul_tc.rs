@@ -68,6 +68,10 @@ pub enum Epilogue<'a, O: FloatElem> {
         /// Where to store the pre-activation, if wanted.
         pre_activation: Option<&'a mut DeviceBuf<O>>,
     },
+    /// No epilogue: the product is computed and nothing is stored (`C` is left as it was).
+    /// A diagnostic for benchmarks, which time the main loop alone with it: the difference
+    /// from [`Epilogue::None`] is what the stores cost.
+    Discard,
 }
 
 /// A kernel configuration (block tile and load path).
@@ -180,6 +184,7 @@ const FLAG_BIAS: i32 = 1;
 const FLAG_GELU: i32 = 2;
 const FLAG_PRE: i32 = 4;
 const FLAG_VEC: i32 = 8;
+const FLAG_DISCARD: i32 = 16;
 
 fn out_kind<O: FloatElem>() -> i32 {
     match O::NAME {
@@ -273,6 +278,7 @@ pub fn gemm_tc_with<T: TensorCoreElem, O: FloatElem>(
     }
     let (bias, pre, mut flags) = match epilogue {
         Epilogue::None => (None, None, 0),
+        Epilogue::Discard => (None, None, FLAG_DISCARD),
         Epilogue::Bias(bias) => (Some(bias), None, FLAG_BIAS),
         Epilogue::BiasGelu { bias, pre_activation } => {
             let flags = FLAG_BIAS | FLAG_GELU | if pre_activation.is_some() { FLAG_PRE } else { 0 };

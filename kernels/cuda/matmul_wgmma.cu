@@ -116,6 +116,7 @@ __device__ __forceinline__ void wgmma_step(float (&d)[BN / 2], u64 da, u64 db) {
 template <class O, int BN>
 __device__ __forceinline__ void wg_epilogue(const WgShape& s, void* Cv, void* prev, const void* biasv, i64 bz, i64 row0,
                                             i64 col0, const float (&acc)[BN / 2]) {
+    if (s.flags & GEMM_FLAG_DISCARD) return;
     O* C = reinterpret_cast<O*>(Cv) + bz * s.c_bs;
     O* pre = prev ? reinterpret_cast<O*>(prev) + bz * s.c_bs : nullptr;
     const O* bias = reinterpret_cast<const O*>(biasv);
