@@ -10,7 +10,12 @@
 //! goals on an H100: 450 TFLOP/s forward, 300 forward + backward at 2048), forward and backward.
 //! At sequence 2048 the `model layout` rows time the strided entry points on the layout a
 //! PolyLM block uses (q, k, v read in place from the fused projection, output token-major,
-//! gradients packed), which spare the engine every copy around attention.
+//! gradients packed), which spare the engine every copy around attention. The `flash (Hopper),
+//! no dQ` rows run the Hopper backward with [`flash_attention::set_backward_probe`] on: dQ's
+//! products and its f32 atomic adds are skipped. dQ is one of the backward's five products, so
+//! a difference from the full backward well beyond a fifth is the atomics' (on the H200,
+//! 2026-11-30, both backward kernels ran at the same 120 TFLOP/s at 2048 although their
+//! tensor-core paths differ).
 //! Prints a Markdown table; `POLYLM_BENCH_OUT=path` also writes it to a file.
 
 mod common;
@@ -228,6 +233,13 @@ fn run(dev: &Arc<CudaDevice>) -> CudaResult<String> {
         if flash_attention_hopper::runs_on(dev) {
             let hopper = (ForwardKernel::Hopper, BackwardKernel::Hopper);
             rows.push(("flash (Hopper)", time_flash(dev, &mut bufs, &shape, 10, hopper)?));
+        }
+        if flash_attention_hopper::runs_on(dev) {
+            flash_attention::set_backward_probe(true);
+            let hopper = (ForwardKernel::Hopper, BackwardKernel::Hopper);
+            let probed = time_flash(dev, &mut bufs, &shape, 10, hopper);
+            flash_attention::set_backward_probe(false);
+            rows.push(("flash (Hopper), no dQ", probed?));
         }
         if seq == PACKED_SEQ {
             let portable = (ForwardKernel::Portable, BackwardKernel::Portable);

@@ -670,3 +670,63 @@ fn unsupported_shapes_are_rejected_without_a_device() {
         assert!(flash_attention_hopper::shared_bytes(d) <= 227 * 1024, "d{d}");
     }
 }
+
+/// The benchmark's probe (`set_backward_probe`): with it on, the Hopper backward skips dQ (it
+/// comes out exactly zero) and dK, dV are bit for bit those of the full pass; off again, dQ is
+/// back. The portable backward ignores it. The probe is the calling thread's only.
+#[test]
+fn the_backward_probe_skips_dq_alone() {
+    let Some(dev) = device("flash backward probe") else { return };
+    let shape = FlashShape::new(2, 2, 200, 128, true);
+    let n = shape.qkv_len();
+    let mut rng = Rng::new(77);
+    let (q, _) = random_on::<bf16>(&dev, &mut rng, n, 1.5);
+    let (k, _) = random_on::<bf16>(&dev, &mut rng, n, 1.5);
+    let (v, _) = random_on::<bf16>(&dev, &mut rng, n, 1.0);
+    let (dout, _) = random_on::<bf16>(&dev, &mut rng, n, 1.0);
+    let mut out = poisoned::<bf16>(&dev, n);
+    let mut lse = poisoned::<f32>(&dev, shape.lse_len());
+    flash_attention::forward_with(ForwardKernel::Portable, &q, &k, &v, &shape, &mut out, &mut lse)
+        .expect("forward");
+    let mut kernels = vec![(BackwardKernel::Portable, false)];
+    if flash_attention_hopper::runs_on(&dev) {
+        kernels.push((BackwardKernel::Hopper, true));
+    }
+    for (kernel, probed_kernel) in kernels {
+        let run = |probe: bool| {
+            flash_attention::set_backward_probe(probe);
+            let (mut dq, mut dk, mut dv) =
+                (poisoned::<bf16>(&dev, n), poisoned::<bf16>(&dev, n), poisoned::<bf16>(&dev, n));
+            let grads = FlashGrads { dq: &mut dq, dk: &mut dk, dv: &mut dv };
+            let done = flash_attention::backward_with(kernel, &q, &k, &v, &out, &lse, &dout, &shape, grads);
+            flash_attention::set_backward_probe(false);
+            done.expect("backward");
+            (read("dq", &dq), read("dk", &dk), read("dv", &dv))
+        };
+        let (dq, dk, dv) = run(false);
+        let (probed_dq, probed_dk, probed_dv) = run(true);
+        assert!(dq.iter().any(|&x| x != 0.0), "{kernel:?}: dQ is zero without the probe");
+        if probed_kernel {
+            assert!(probed_dq.iter().all(|&x| x == 0.0), "{kernel:?}: dQ was accumulated under the probe");
+        } else {
+            let scale = common::max_abs(&dq);
+            common::assert_close(
+                &format!("{kernel:?} dQ under the probe"),
+                &probed_dq,
+                &dq,
+                1e-2,
+                1e-3 * scale,
+            );
+        }
+        assert!(probed_dk == dk && probed_dv == dv, "{kernel:?}: the probe changed dK or dV");
+        // dQ's atomics add in no fixed order: the same values up to f32 rounding.
+        let scale = common::max_abs(&dq);
+        common::assert_close(
+            &format!("{kernel:?} dQ after the probe"),
+            &run(false).0,
+            &dq,
+            1e-2,
+            1e-3 * scale,
+        );
+    }
+}

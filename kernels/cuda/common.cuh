@@ -353,13 +353,17 @@ struct FaLayout {
     long long batch, head, row;
 };
 
+// The Hopper backward skips dQ (its products and its adds into the accumulator): a benchmark
+// times the rest of the pass. The portable backward ignores it.
+#define FA_PROBE_NO_DQ 1
+
 struct FlashDims {
     int bh;      // batch × heads
     int heads;   // heads per sequence
     int seq;     // sequence length
     int causal;  // 1: key j is masked for query i when j > i
     float scale; // softmax scale (usually 1/sqrt(D))
-    int unused;  // keeps the layouts 8-byte aligned on both sides
+    int probe;   // diagnostic bits (FA_PROBE_*), 0 outside benchmarks; keeps the layouts 8-byte aligned
     FaLayout q, k, v, o, dout, dq, dk, dv;
 };
 

@@ -490,6 +490,7 @@ __device__ __forceinline__ void flash_bwd(FlashDims a, const T* __restrict__ q, 
         __syncthreads();  // dSᵀ of every warp is in shared memory
 
         // dQ (unscaled) for this warp's 16 query rows over the block's 64 keys, into dq_acc.
+        // (No FA_PROBE_NO_DQ here: at head dim 128 this kernel has no register to spare for it.)
         {
             u32 dsa[FA_BN / 16][4];
 #pragma unroll

@@ -277,6 +277,16 @@ fn uses_hopper(
     }
 }
 
+/// A diagnostic for benchmarks, for the calling thread: while `skip_dq` is set, every backward
+/// pass it launches on the Hopper kernel skips dQ (its products and its f32 atomic adds), so
+/// dQ comes out zero and the pass's time without it can be set against the full one. (dQ is
+/// one of the backward's five products; the portable kernel, with no register to spare at
+/// head dim 128, ignores the probe.) Never set it in training.
+pub fn set_backward_probe(skip_dq: bool) {
+    use super::flash_layout::{BACKWARD_PROBE, PROBE_NO_DQ};
+    BACKWARD_PROBE.set(if skip_dq { PROBE_NO_DQ } else { 0 });
+}
+
 /// The gradients [`backward`] writes: the same triple the simple attention kernel fills.
 pub type FlashGrads<'a, T> = super::attention::AttentionGrads<'a, T>;
 

@@ -627,9 +627,10 @@ __device__ __forceinline__ void flash_bwd_hopper(FlashDims a, const FhTensorMap*
         fh_wg_sync(1 + cw);  // every warp's dSᵀ rows are written
 
         // dQ (unscaled) += dS·K over this warpgroup's 64 keys, 64 head columns at a time: A is
-        // the dSᵀ rows read M-major, B the K rows read N-major.
+        // the dSᵀ rows read M-major, B the K rows read N-major (skipped, products and adds,
+        // under a benchmark's FA_PROBE_NO_DQ).
 #pragma unroll
-        for (int hf = 0; hf < D / 64; hf++) {
+        for (int hf = 0; hf < ((a.probe & FA_PROBE_NO_DQ) ? 0 : D / 64); hf++) {
             float dq[32];
 #pragma unroll
             for (int j = 0; j < 32; j++) dq[j] = 0.0f;

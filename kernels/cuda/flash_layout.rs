@@ -8,6 +8,8 @@
 //! output, the output is written as `[batch, seq, heads, head_dim]` (ready for the output
 //! projection), and dQ, dK, dV land in one `[batch, seq, 3, heads, head_dim]` gradient.
 
+use std::cell::Cell;
+
 use cudarc::driver::DeviceRepr;
 
 use super::device::{DeviceBuf, FloatElem};
@@ -368,6 +370,14 @@ struct Strides {
     row: i64,
 }
 
+thread_local! {
+    /// The diagnostic bits the backward passes this thread launches pass their kernels
+    /// ([`super::flash_attention::set_backward_probe`]).
+    pub(crate) static BACKWARD_PROBE: Cell<i32> = const { Cell::new(0) };
+}
+/// `FA_PROBE_NO_DQ`: nothing is added into the dQ accumulator.
+pub(crate) const PROBE_NO_DQ: i32 = 1;
+
 /// `struct FlashDims` of `common.cuh`: the shape and the strides of every operand.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -377,7 +387,8 @@ pub(crate) struct FlashDims {
     seq: i32,
     causal: i32,
     scale: f32,
-    unused: i32,
+    /// Diagnostic bits (`FA_PROBE_*` in common.cuh), 0 but in a benchmark's probe.
+    probe: i32,
     /// q, k, v, o, dout, dq, dk, dv.
     layouts: [Strides; 8],
 }
@@ -424,7 +435,7 @@ impl FlashDims {
             seq: shape.seq as i32,
             causal: shape.causal as i32,
             scale: shape.scale,
-            unused: 0,
+            probe: if grads.is_some() { BACKWARD_PROBE.get() } else { 0 },
             layouts: [
                 ops.q.strides(),
                 ops.k.strides(),
