@@ -85,6 +85,11 @@ pub struct BenchReport {
     pub data_parallel: Option<DataParallelReport>,
     /// Device time per kernel family over one plain step, when asked for.
     pub profile: Option<Vec<KernelTime>>,
+    /// Seconds spent before the first step: drawing the initial weights, moving them to the
+    /// device, the optimiser state and the cast to the training dtype.
+    pub setup_s: f64,
+    /// Seconds of the untimed warm-up step (on a GPU it loads the kernels).
+    pub warmup_s: f64,
 }
 
 /// The same steps through the data-parallel path.
@@ -114,6 +119,7 @@ pub fn flops_per_token(config: &ModelConfig, seq: usize) -> f64 {
 /// Runs the benchmark: random tokens, one warm-up step, then `steps` timed steps.
 pub fn run(opts: BenchOptions) -> Result<BenchReport> {
     crate::setup::check_model_fits(&opts.config, opts.dtype, opts.device)?;
+    let setup_start = Instant::now();
     let mut model = Gpt::new(opts.config.clone(), DType::F32, 7)?;
     model.params_mut().to_device(opts.device)?;
     let decays = crate::train::weight_decays(&model, 0.1);
@@ -169,21 +175,26 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport> {
         opt.step(&mut ps, 1e-4, clip)?;
         Ok(())
     };
+    // The warm-up step's seconds, then the mean of the timed steps'.
     let time_steps = |step: &mut dyn FnMut(&mut Gpt, bool) -> Result<()>,
                       model: &mut Gpt,
                       data_parallel: bool|
-     -> Result<f64> {
+     -> Result<(f64, f64)> {
+        let warmup = Instant::now();
         step(model, data_parallel)?;
         opts.device.synchronize()?;
+        let warmup_s = warmup.elapsed().as_secs_f64();
         let start = Instant::now();
         for _ in 0..opts.steps {
             step(model, data_parallel)?;
         }
         opts.device.synchronize()?;
-        Ok(start.elapsed().as_secs_f64() / opts.steps.max(1) as f64)
+        Ok((warmup_s, start.elapsed().as_secs_f64() / opts.steps.max(1) as f64))
     };
+    opts.device.synchronize()?;
+    let setup_s = setup_start.elapsed().as_secs_f64();
     opts.device.reset_peak_memory();
-    let step_s = time_steps(&mut step, &mut model, false)?;
+    let (warmup_s, step_s) = time_steps(&mut step, &mut model, false)?;
     let peak_memory = opts.device.memory_report().map(|r| r.peak_in_use);
     let profile = match opts.device {
         Device::Cuda(ordinal) if opts.profile => {
@@ -197,7 +208,7 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport> {
         }
         _ => None,
     };
-    let dp_step_s = if with_dp { Some(time_steps(&mut step, &mut model, true)?) } else { None };
+    let dp_step_s = if with_dp { Some(time_steps(&mut step, &mut model, true)?.1) } else { None };
     let tokens_per_s = (accum * n) as f64 / step_s;
     let fpt = flops_per_token(&opts.config, opts.seq);
     let tflops = tokens_per_s * fpt / 1e12;
@@ -209,6 +220,8 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport> {
         mfu: opts.peak_tflops.map(|p| tflops / p),
         peak_memory,
         profile,
+        setup_s,
+        warmup_s,
         data_parallel: dp_step_s.zip(dp.as_ref()).map(|(s, d)| DataParallelReport {
             backend: d.backend(),
             world: d.world_size(),

@@ -641,6 +641,10 @@ fn run_bench(a: BenchArgs) -> Result<()> {
     if let Some(b) = r.peak_memory {
         println!("peak memory     {:.2} GB", b as f64 / 1e9);
     }
+    println!(
+        "setup           {:.1} s (initial weights, to the device, optimiser state), warm-up step {:.1} s",
+        r.setup_s, r.warmup_s
+    );
     if let Some(d) = r.data_parallel {
         println!(
             "data parallel   {} × {}: {:.1} tokens/s per rank, step {:.3} s, {:+.1}% against the plain step \

@@ -548,6 +548,11 @@ fn bench_times_the_data_parallel_path_beside_the_plain_one() {
         .and_then(|w| w.trim_end_matches('%').parse().ok())
         .unwrap_or_else(|| panic!("no overhead in {line}"));
     assert!(overhead.is_finite() && overhead > -100.0, "{line}");
+    // Where the time before the timed steps went.
+    let setup =
+        out.lines().find(|l| l.starts_with("setup")).unwrap_or_else(|| panic!("no setup line in {out}"));
+    let seconds: Vec<f64> = setup.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    assert!(seconds.len() == 2 && seconds.iter().all(|s| s.is_finite() && *s >= 0.0), "{setup}");
     // A bad bucket size or backend is a usage error, not a panic.
     let o =
         polylm(&["bench", "--preset", "tiny", "--steps", "1", "--device", "cpu", "--ddp", "carrier-pigeon"]);
