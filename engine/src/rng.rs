@@ -65,8 +65,6 @@ pub(crate) fn normal_from_bits(first: u64, second: u64) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
-impl Rng {}
-
 #[cfg(test)]
 mod tests {
     use super::Rng;

@@ -348,11 +348,18 @@ impl CudaDevice {
     /// counts: the streamed layernorm's 48 KiB ring beside its reduction scratch was refused
     /// with `CUDA_ERROR_INVALID_VALUE` on an H200 before it did.)
     pub(crate) fn allow_shared_memory(&self, f: &CudaFunction, bytes: u32) -> CudaResult<()> {
-        let static_bytes = f
-            .get_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
-            .map_err(CudaError::driver("reading a kernel's static shared memory"))?;
-        if !needs_shared_opt_in(bytes, static_bytes.max(0) as u32) {
+        // The static size decides only a launch with some dynamic memory that fits the default
+        // on its own; the others skip the driver query (this runs before every such launch).
+        if bytes == 0 {
             return Ok(());
+        }
+        if bytes <= DEFAULT_SHARED_LIMIT {
+            let static_bytes = f
+                .get_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
+                .map_err(CudaError::driver("reading a kernel's static shared memory"))?;
+            if !needs_shared_opt_in(bytes, static_bytes.max(0) as u32) {
+                return Ok(());
+            }
         }
         f.set_attribute(
             sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
